@@ -1,0 +1,182 @@
+/* lbd_shared.h: every struct, flag, limit, stat slot and drop reason that the
+ * XDP program and the Python control plane share. This header is the only
+ * definition: Python takes the layouts from bcc's table types (which bcc
+ * builds from these declarations) and the enums by parsing this file
+ * (lbd/layout.py), never by restating them.
+ *
+ * Byte order: addresses and ports are kept in network byte order exactly as
+ * they appear on the wire; everything else is host order.
+ * Limits are behind #ifndef so the loader can override them with -D.
+ */
+#ifndef LBD_SHARED_H
+#define LBD_SHARED_H
+
+#include <linux/types.h>
+
+/* Bumped whenever a pinned map's key, value or meaning changes: a daemon that
+ * finds pinned maps of another version replaces them (and says so). */
+#define LBD_LAYOUT_VERSION 1
+
+#ifndef LBD_MAX_VIPS
+#define LBD_MAX_VIPS 1024          /* VIP ids are 1..LBD_MAX_VIPS-1 */
+#endif
+#ifndef LBD_MAX_BACKENDS
+#define LBD_MAX_BACKENDS 131072    /* backend ids 1..; one per (VIP, backend) */
+#endif
+#ifndef LBD_RING_SIZE
+#define LBD_RING_SIZE 65537        /* Maglev table size per VIP: a prime */
+#endif
+#ifndef LBD_CT_SIZE
+#define LBD_CT_SIZE 1048576        /* connection-table entries (all CPUs) */
+#endif
+#define LBD_MAX_ADDRS (2 * LBD_MAX_VIPS)
+
+/* Seed of the flow hash (MurmurHash3 x86_32). Fixed, never host-local, so
+ * every lbd host picks the same backend for a flow (lbd/flowhash.py). */
+#define LBD_HASH_SEED 0x6c626431
+
+/* Id 0 means "none" in the Maglev table and in connection-table entries. */
+#define LBD_NO_BACKEND 0
+
+/* vip_key.kind */
+enum lbd_family {
+	LBD_FAMILY_V4 = 4,
+	LBD_FAMILY_V6 = 6,
+};
+
+/* vip_info.flags */
+enum lbd_vip_flags {
+	LBD_VIP_CLIENT_AFFINITY = 1 << 0, /* hash the client address only */
+	LBD_VIP_MODE_IPIP       = 1 << 1, /* encapsulate; otherwise L2 DSR */
+};
+
+/* addr_info.flags: what a VIP address as a whole accepts */
+enum lbd_addr_flags {
+	LBD_ADDR_HAS_PORTS    = 1 << 0, /* at least one VIP with a port on it */
+	LBD_ADDR_HAS_WILDCARD = 1 << 1, /* a port-0 VIP (every port) on it */
+	LBD_ADDR_FRAG_VIP     = 1 << 2, /* frag_vip_id is a client-affinity VIP */
+};
+
+/* backend.state */
+enum lbd_backend_state {
+	LBD_BACKEND_EMPTY    = 0, /* slot unused: flows pinned here move on */
+	LBD_BACKEND_ACTIVE   = 1, /* in its VIP's Maglev table */
+	LBD_BACKEND_DRAINING = 2, /* out of the table, keeps established flows */
+	LBD_BACKEND_DOWN     = 3, /* failed health checks: flows move on */
+};
+
+/* Why a packet for a VIP was dropped: becomes lbd_drops_total{reason}. */
+enum lbd_drop_reason {
+	LBD_DROP_MALFORMED = 0,   /* truncated or inconsistent headers to a VIP */
+	LBD_DROP_FRAGMENT,        /* fragment to a VIP without client affinity */
+	LBD_DROP_NO_BACKEND,      /* VIP's table is empty */
+	LBD_DROP_FIB_FAILED,      /* ipip: no route to the backend */
+	LBD_DROP_NO_NEIGHBOUR,    /* ipip: next hop's MAC not resolved yet */
+	LBD_DROP_ENCAP_FAILED,    /* ipip: no headroom for the outer header */
+	LBD_DROP_REDIRECT_FAILED, /* backend's interface refused the packet */
+	LBD_DROP__MAX,
+};
+
+/* Which XDP verdicts the program returned: lbd_xdp_actions_total{action}. */
+enum lbd_action_slot {
+	LBD_ACT_PASS = 0,
+	LBD_ACT_TX,
+	LBD_ACT_REDIRECT,
+	LBD_ACT_DROP,
+	LBD_ACT__MAX,
+};
+
+/* vips map key: one VIP, or (with port 0) every port of an address. 20 bytes. */
+struct lbd_vip_key {
+	__u32 addr[4]; /* network order; IPv4 in addr[0], rest zero */
+	__u16 port;    /* network order; 0 = every port */
+	__u8 proto;    /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 family;   /* enum lbd_family */
+};
+
+/* vips map value. */
+struct lbd_vip_info {
+	__u32 vip_id; /* index into rings, vip_stats */
+	__u32 flags;  /* enum lbd_vip_flags */
+};
+
+/* addrs map key: a VIP address and protocol, whatever the port. 20 bytes. */
+struct lbd_addr_key {
+	__u32 addr[4]; /* network order */
+	__u16 pad;     /* always 0 */
+	__u8 proto;
+	__u8 family;
+};
+
+/* addrs map value: first lookup for every packet, so non-VIP traffic costs
+ * one hash lookup, and fragments and malformed packets know their VIP. */
+struct lbd_addr_info {
+	__u32 flags;       /* enum lbd_addr_flags */
+	__u32 frag_vip_id; /* client-affinity VIP that takes fragments, or 0 */
+	__u32 frag_vip_flags; /* that VIP's enum lbd_vip_flags */
+	__u32 pad;
+};
+
+/* backends array value, indexed by backend id. 40 bytes. */
+struct lbd_backend {
+	__u32 addr[4];     /* network order: ipip outer destination */
+	__u8 dst_mac[6];   /* dsr: the backend's MAC */
+	__u8 src_mac[6];   /* dsr: our MAC on the egress interface */
+	__u32 ifindex;     /* dsr: egress interface (XDP_TX when it is ingress) */
+	__u32 generation;  /* bumped when the id is reused: stale flows move on */
+	__u8 state;        /* enum lbd_backend_state */
+	__u8 family;       /* enum lbd_family */
+	__u16 vip_id;      /* owner VIP (ids fit 16 bits: LBD_MAX_VIPS <= 65536) */
+};
+
+/* Connection-table key: the flow's 5-tuple as seen from the client. 40 bytes. */
+struct lbd_flow_key {
+	__u32 src[4];  /* client address, network order */
+	__u32 dst[4];  /* VIP address, network order */
+	__u16 sport;   /* network order */
+	__u16 dport;   /* network order */
+	__u8 proto;
+	__u8 family;
+	__u16 pad;     /* always 0 (hashed) */
+};
+
+/* Connection-table value. */
+struct lbd_flow_entry {
+	__u32 backend_id;
+	__u32 generation; /* backend's generation when the flow was placed */
+};
+
+/* Program-wide settings, one entry written by the daemon. */
+struct lbd_settings {
+	__u32 ipip_src_v4;    /* ipip outer source, network order */
+	__u32 ipip_src_v6[4]; /* ipip outer source, network order */
+	__u32 layout_version; /* LBD_LAYOUT_VERSION of the daemon that wrote it */
+	__u32 pad;
+};
+
+/* Per-CPU, per VIP; summed by the daemon at scrape time. */
+struct lbd_vip_stats {
+	__u64 packets;
+	__u64 bytes;
+	__u64 new_flows;   /* connection-table misses that placed a flow */
+	__u64 rescheduled; /* flows moved off a removed or failed backend */
+};
+
+/* Per-CPU, per backend id. */
+struct lbd_backend_stats {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* Per-CPU, one entry: what the program did to every packet it saw. */
+struct lbd_global_stats {
+	__u64 actions[LBD_ACT__MAX];  /* enum lbd_action_slot */
+	__u64 drops[LBD_DROP__MAX];   /* enum lbd_drop_reason */
+	__u64 ct_hits;
+	__u64 ct_misses;
+	__u64 icmp_too_big_sent;      /* ipip: we told a client to lower its MTU */
+	__u64 icmp_to_backend;        /* ICMP errors about a VIP flow forwarded */
+	__u64 fragments_forwarded;    /* client-affinity VIP fragments */
+};
+
+#endif /* LBD_SHARED_H */

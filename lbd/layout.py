@@ -16,7 +16,7 @@ if not (XDP_DIR / "lbd_shared.h").exists():  # installed wheel: sources ship as 
     XDP_DIR = Path(__file__).resolve().parent / "xdp"
 SHARED_HEADER = XDP_DIR / "lbd_shared.h"
 
-_DEFINE = re.compile(r"^#define\s+(LBD_[A-Z0-9_]+)\s+([0-9xXa-fA-FLBD_\s*<()+]+?)\s*(?:/\*.*)?$", re.M)
+_DEFINE = re.compile(r"^#define\s+(LBD_[A-Z0-9_]+)\s+([\w\s*<()+]+?)\s*(?:/\*.*)?$", re.M)
 _ENUM = re.compile(r"enum\s+(\w+)\s*\{(.*?)\};", re.S)
 _ENUM_ITEM = re.compile(r"^\s*(LBD_\w+)\s*(?:=\s*([^,/]+))?,", re.M)
 

@@ -1,0 +1,286 @@
+/* balancer.c: lbd's XDP entry point. It only dispatches: parsing, hashing,
+ * encapsulation, ICMP and the maps live in their own headers.
+ *
+ * For each packet: one lookup of the destination address decides whether it
+ * is VIP traffic at all (everything else leaves untouched with XDP_PASS);
+ * then the VIP, then the connection table, then on a miss the VIP's Maglev
+ * table; then the packet goes to the backend by L2 DSR or IP-in-IP. */
+#include <uapi/linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/icmp.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+
+#include "lbd_shared.h"
+#include "maps.h"
+#include "parse.h"
+#include "flowhash.h"
+#include "csum.h"
+#include "encap.h"
+#include "icmp.h"
+
+static __always_inline int lbd_verdict(struct lbd_global_stats *gs, int action)
+{
+	if (action == XDP_TX)
+		gs->actions[LBD_ACT_TX]++;
+	else if (action == XDP_REDIRECT)
+		gs->actions[LBD_ACT_REDIRECT]++;
+	else if (action == XDP_PASS)
+		gs->actions[LBD_ACT_PASS]++;
+	else
+		gs->actions[LBD_ACT_DROP]++;
+	return action;
+}
+
+static __always_inline int lbd_drop(struct lbd_global_stats *gs, int reason)
+{
+	if (reason >= 0 && reason < LBD_DROP__MAX)
+		gs->drops[reason]++;
+	return lbd_verdict(gs, XDP_DROP);
+}
+
+/* The backend id in slot hash % ring size of the VIP's current table. */
+static __always_inline __u32 lbd_ring_pick(__u32 vip_id, __u32 hash)
+{
+	int outer_key = vip_id;
+	__u32 slot = hash % LBD_RING_SIZE;
+	void *ring = rings.lookup(&outer_key);
+	__u32 *id;
+
+	if (!ring)
+		return LBD_NO_BACKEND;
+	id = bpf_map_lookup_elem(ring, &slot);
+	return id ? *id : LBD_NO_BACKEND;
+}
+
+static __always_inline __u32 lbd_hash_for(const struct lbd_flow_key *flow, __u32 vip_flags)
+{
+	if (vip_flags & LBD_VIP_CLIENT_AFFINITY)
+		return lbd_client_hash(flow);
+	return lbd_flow_hash(flow);
+}
+
+static __always_inline int lbd_backend_usable(const struct lbd_backend *be, __u32 generation)
+{
+	return be->generation == generation &&
+	       (be->state == LBD_BACKEND_ACTIVE || be->state == LBD_BACKEND_DRAINING);
+}
+
+/* Send the (unchanged) packet to the backend's MAC: L2 direct server return. */
+static __always_inline int lbd_forward_dsr(struct xdp_md *ctx, const struct lbd_backend *be)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(eth->h_dest, be->dst_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
+	if (be->ifindex == 0 || be->ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(be->ifindex, 0);
+}
+
+static __always_inline int lbd_forward_ipip(struct xdp_md *ctx, struct lbd_global_stats *gs,
+					    const struct lbd_packet *pkt,
+					    const struct lbd_backend *be, __u32 hash)
+{
+	struct bpf_fib_lookup fib;
+	__u32 zero = 0;
+	struct lbd_settings *st = settings.lookup(&zero);
+	int route;
+
+	if (!st)
+		return lbd_drop(gs, LBD_DROP_FIB_FAILED);
+	route = lbd_route_to_backend(ctx, pkt, be, st, &fib);
+	if (route == LBD_ROUTE_TOO_BIG) {
+		gs->icmp_too_big_sent++;
+		return lbd_verdict(gs, lbd_reply_too_big(ctx, pkt, fib.mtu_result - lbd_outer_len(pkt)));
+	}
+	if (route == LBD_ROUTE_NO_NEIGH)
+		return lbd_drop(gs, LBD_DROP_NO_NEIGHBOUR);
+	if (route != LBD_ROUTE_OK)
+		return lbd_drop(gs, LBD_DROP_FIB_FAILED);
+	if (lbd_encapsulate(ctx, pkt, be, st, &fib, hash))
+		return lbd_drop(gs, LBD_DROP_ENCAP_FAILED);
+	if (fib.ifindex == ctx->ingress_ifindex)
+		return lbd_verdict(gs, XDP_TX);
+	return lbd_verdict(gs, bpf_redirect(fib.ifindex, 0));
+}
+
+static __always_inline int lbd_forward(struct xdp_md *ctx, struct lbd_global_stats *gs,
+				       const struct lbd_packet *pkt, __u32 backend_id,
+				       const struct lbd_backend *be, __u32 vip_flags, __u32 hash)
+{
+	struct lbd_backend_stats *bs = backend_stats.lookup(&backend_id);
+
+	if (bs) {
+		bs->packets++;
+		bs->bytes += pkt->frame_len;
+	}
+	if (vip_flags & LBD_VIP_MODE_IPIP)
+		return lbd_forward_ipip(ctx, gs, pkt, be, hash);
+	return lbd_verdict(gs, lbd_forward_dsr(ctx, be));
+}
+
+static __always_inline struct lbd_vip_info *lbd_vip_lookup(const struct lbd_flow_key *flow,
+							    __u32 addr_flags)
+{
+	struct lbd_vip_key key = {};
+	struct lbd_vip_info *vip = NULL;
+
+	__builtin_memcpy(key.addr, flow->dst, sizeof(key.addr));
+	key.proto = flow->proto;
+	key.family = flow->family;
+	if (addr_flags & LBD_ADDR_HAS_PORTS) {
+		key.port = flow->dport;
+		vip = vips.lookup(&key);
+	}
+	if (!vip && (addr_flags & LBD_ADDR_HAS_WILDCARD)) {
+		key.port = 0;
+		vip = vips.lookup(&key);
+	}
+	return vip;
+}
+
+static __always_inline struct lbd_addr_info *lbd_addr_lookup(const struct lbd_flow_key *flow)
+{
+	struct lbd_addr_key key = {};
+
+	__builtin_memcpy(key.addr, flow->dst, sizeof(key.addr));
+	key.proto = flow->proto;
+	key.family = flow->family;
+	return addrs.lookup(&key);
+}
+
+/* An ICMP too-big error about a VIP flow goes to the backend of that flow,
+ * found the way the flow's own packets find it (without placing a new flow). */
+static __always_inline int lbd_handle_icmp(struct xdp_md *ctx, struct lbd_global_stats *gs,
+					   const struct lbd_packet *pkt)
+{
+	struct lbd_flow_key flow = {};
+	struct lbd_addr_info *addr;
+	struct lbd_vip_info *vip;
+	struct lbd_flow_entry *entry;
+	struct lbd_backend *be;
+	__u32 backend_id, hash;
+
+	if (lbd_icmp_inner_flow(pkt, (void *)(long)ctx->data_end, &flow))
+		return lbd_verdict(gs, XDP_PASS);
+	/* only errors addressed to the VIP itself, never ones for this host */
+	if (flow.dst[0] != pkt->flow.dst[0] || flow.dst[1] != pkt->flow.dst[1] ||
+	    flow.dst[2] != pkt->flow.dst[2] || flow.dst[3] != pkt->flow.dst[3])
+		return lbd_verdict(gs, XDP_PASS);
+	addr = lbd_addr_lookup(&flow);
+	if (!addr)
+		return lbd_verdict(gs, XDP_PASS);
+	vip = lbd_vip_lookup(&flow, addr->flags);
+	if (!vip)
+		return lbd_verdict(gs, XDP_PASS);
+	hash = lbd_hash_for(&flow, vip->flags);
+	entry = conntrack.lookup(&flow);
+	backend_id = entry ? entry->backend_id : lbd_ring_pick(vip->vip_id, hash);
+	be = backends.lookup(&backend_id);
+	if (!be || backend_id == LBD_NO_BACKEND || be->state == LBD_BACKEND_EMPTY)
+		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
+	gs->icmp_to_backend++;
+	return lbd_forward(ctx, gs, pkt, backend_id, be, vip->flags, hash);
+}
+
+/* Fragments carry no ports: only a client-affinity VIP, whose hash needs no
+ * ports, can send every fragment of a packet to the same backend. */
+static __always_inline int lbd_handle_fragment(struct xdp_md *ctx, struct lbd_global_stats *gs,
+					       const struct lbd_packet *pkt,
+					       const struct lbd_addr_info *addr)
+{
+	__u32 backend_id, hash;
+	struct lbd_backend *be;
+
+	if (!(addr->flags & LBD_ADDR_FRAG_VIP))
+		return lbd_drop(gs, LBD_DROP_FRAGMENT);
+	hash = lbd_client_hash(&pkt->flow);
+	backend_id = lbd_ring_pick(addr->frag_vip_id, hash);
+	be = backends.lookup(&backend_id);
+	if (!be || backend_id == LBD_NO_BACKEND || be->state != LBD_BACKEND_ACTIVE)
+		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
+	gs->fragments_forwarded++;
+	return lbd_forward(ctx, gs, pkt, backend_id, be, addr->frag_vip_flags, hash);
+}
+
+int lbd_balancer(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct lbd_packet pkt = {};
+	struct lbd_global_stats *gs;
+	struct lbd_addr_info *addr;
+	struct lbd_vip_info *vip;
+	struct lbd_vip_stats *vs;
+	struct lbd_flow_entry *entry, placed;
+	struct lbd_backend *be;
+	__u32 zero = 0, backend_id, vip_id, vip_flags, hash;
+	int parsed, moved = 0;
+
+	gs = global_stats.lookup(&zero);
+	if (!gs)
+		return XDP_PASS;
+	parsed = lbd_parse(&pkt, data, data_end);
+	if (parsed == LBD_NOT_IP)
+		return lbd_verdict(gs, XDP_PASS);
+	if (parsed == LBD_PARSED_ICMP)
+		return lbd_handle_icmp(ctx, gs, &pkt);
+
+	addr = lbd_addr_lookup(&pkt.flow);
+	if (!addr)
+		return lbd_verdict(gs, XDP_PASS);
+	if (parsed == LBD_PARSED_FRAGMENT)
+		return lbd_handle_fragment(ctx, gs, &pkt, addr);
+	if (parsed != LBD_PARSED_L4)
+		return lbd_drop(gs, LBD_DROP_MALFORMED);
+
+	vip = lbd_vip_lookup(&pkt.flow, addr->flags);
+	if (!vip)
+		return lbd_verdict(gs, XDP_PASS);
+	vip_id = vip->vip_id;
+	vip_flags = vip->flags;
+	vs = vip_stats.lookup(&vip_id);
+	if (vs) {
+		vs->packets++;
+		vs->bytes += pkt.frame_len;
+	}
+
+	entry = conntrack.lookup(&pkt.flow);
+	if (entry) {
+		backend_id = entry->backend_id;
+		be = backends.lookup(&backend_id);
+		if (be && lbd_backend_usable(be, entry->generation)) {
+			gs->ct_hits++;
+			/* established DSR flows never need the hash: skip it */
+			hash = (vip_flags & LBD_VIP_MODE_IPIP) ? lbd_hash_for(&pkt.flow, vip_flags) : 0;
+			return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash);
+		}
+		moved = 1; /* its backend was removed or failed: place it again */
+	} else {
+		gs->ct_misses++;
+	}
+
+	hash = lbd_hash_for(&pkt.flow, vip_flags);
+	backend_id = lbd_ring_pick(vip_id, hash);
+	be = backends.lookup(&backend_id);
+	if (!be || backend_id == LBD_NO_BACKEND || be->state != LBD_BACKEND_ACTIVE)
+		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
+	placed.backend_id = backend_id;
+	placed.generation = be->generation;
+	conntrack.update(&pkt.flow, &placed);
+	if (vs) {
+		if (moved)
+			vs->rescheduled++;
+		else
+			vs->new_flows++;
+	}
+	return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash);
+}

@@ -1,0 +1,44 @@
+/* maps.h: every map of the balancer, one comment line each.
+ *
+ * With LBD_PIN_DIR defined (the daemon passes -DLBD_PIN_DIR="/sys/fs/bpf/lbd")
+ * bcc opens the map pinned at LBD_PIN_DIR/<name> if it exists and creates and
+ * pins it otherwise: that is how a restarted daemon adopts the running
+ * datapath's connection table and counters. Tests leave it undefined to get
+ * private maps.
+ */
+#ifndef LBD_MAPS_H
+#define LBD_MAPS_H
+
+#include "lbd_shared.h"
+
+#ifdef LBD_PIN_DIR
+#define LBD_MAP(type, key, value, name, size, flags) \
+	BPF_TABLE_PINNED7(type, key, value, name, size, LBD_PIN_DIR "/" #name, flags)
+#else
+#define LBD_MAP(type, key, value, name, size, flags) \
+	BPF_F_TABLE(type, key, value, name, size, flags)
+#endif
+
+/* (VIP address, proto) -> what the address accepts; first lookup of a packet */
+LBD_MAP("hash", struct lbd_addr_key, struct lbd_addr_info, addrs, LBD_MAX_ADDRS, BPF_F_NO_PREALLOC);
+/* (VIP address, port or 0, proto) -> VIP id and flags */
+LBD_MAP("hash", struct lbd_vip_key, struct lbd_vip_info, vips, LBD_MAX_VIPS, BPF_F_NO_PREALLOC);
+/* backend id -> where and how to send a packet */
+LBD_MAP("array", u32, struct lbd_backend, backends, LBD_MAX_BACKENDS, 0);
+/* Template for the per-VIP Maglev tables: slot -> backend id. Userspace builds
+ * a new one off to the side and swaps it into rings in one update, so a packet
+ * sees the old table or the new one, never half of each. */
+BPF_ARRAY(ring_template, u32, LBD_RING_SIZE);
+/* VIP id -> that VIP's Maglev table (an inner map shaped like ring_template) */
+LBD_MAP("array_of_maps$ring_template", int, int, rings, LBD_MAX_VIPS, 0);
+/* 5-tuple -> backend: per-CPU LRU lists (no lock shared by CPUs on insert) over
+ * one key space, so a flow whose packets move to another CPU keeps its backend */
+LBD_MAP("lru_hash", struct lbd_flow_key, struct lbd_flow_entry, conntrack, LBD_CT_SIZE, BPF_F_NO_COMMON_LRU);
+/* one entry: ipip outer sources, layout version */
+LBD_MAP("array", u32, struct lbd_settings, settings, 1, 0);
+/* per-CPU counters, summed at scrape time */
+LBD_MAP("percpu_array", u32, struct lbd_vip_stats, vip_stats, LBD_MAX_VIPS, 0);
+LBD_MAP("percpu_array", u32, struct lbd_backend_stats, backend_stats, LBD_MAX_BACKENDS, 0);
+LBD_MAP("percpu_array", u32, struct lbd_global_stats, global_stats, 1, 0);
+
+#endif /* LBD_MAPS_H */

@@ -1,0 +1,627 @@
+"""Load lbd's YAML config into immutable objects, or say exactly what is wrong.
+
+Every problem names the file, the line, the field and the bad value, and all
+of them are reported at once:
+
+    configs/x.yaml:12: vips[2].backends[0].weight: must be 0..65535, got 70000
+
+pydantic checks each field; the loader then checks what spans fields (address
+families, duplicates, limits) and maps every problem back to its YAML line
+through the composed node tree. `lbd check FILE...` (or `python -m
+lbd.config FILE...`) runs the same code without touching a running daemon.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from pathlib import Path
+from typing import Annotated, Any, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
+
+from lbd.layout import constant
+
+IPAddress = IPv4Address | IPv6Address
+
+# Settings that size maps or pick what the program is attached to: changing
+# one needs the program reloaded, so the daemon refuses it on a config reload.
+BOOT_ONLY = (
+    "interfaces",
+    "bpffs",
+    "limits.max_vips",
+    "limits.max_backends",
+    "limits.ring_size",
+    "limits.conntrack_size",
+)
+
+
+# ---------------------------------------------------------------------------
+# Field checks. Each raises PydanticCustomError with the words an operator
+# reads after the field's path; the loader appends ", got <value>".
+
+def _fail(expected: str) -> PydanticCustomError:
+    return PydanticCustomError("lbd", expected)
+
+
+def _int_in(lo: int, hi: int, note: str = "") -> PlainValidator:
+    def check(value: Any) -> int:
+        # bool is an int in Python; `port: yes` is a mistake, not 1.
+        if isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi:
+            return value
+        raise _fail(f"must be {lo}..{hi}{note}")
+    return PlainValidator(check)
+
+
+def _one_of(*choices: str) -> PlainValidator:
+    def check(value: Any) -> str:
+        if isinstance(value, str) and value in choices:
+            return value
+        raise _fail("must be one of: " + ", ".join(choices))
+    return PlainValidator(check)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str) and value.strip():
+        return value
+    raise _fail("must be non-empty text")
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _fail("must be true or false")
+
+
+def _abs_path(value: Any) -> str:
+    if isinstance(value, str) and value.startswith("/"):
+        return value
+    raise _fail("must be an absolute path")
+
+
+def _url_path(value: Any) -> str:
+    if isinstance(value, str) and value.startswith("/"):
+        return value
+    raise _fail("must be a URL path starting with /")
+
+
+def _group(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _ifname(value: Any) -> str:
+    # The kernel's own rule (dev_valid_name): 1..15 bytes, no '/', ':' or space.
+    if isinstance(value, str) and re.fullmatch(r"[^/:\s]{1,15}", value) and value not in (".", ".."):
+        return value
+    raise _fail("must be a network interface name (1..15 characters, no '/', ':' or spaces)")
+
+
+def _unicast(value: Any) -> IPAddress:
+    try:
+        addr = ip_address(value) if isinstance(value, str) else None
+    except ValueError:
+        addr = None
+    if addr is None or addr.is_unspecified or addr.is_multicast:
+        raise _fail("must be a unicast IPv4 or IPv6 address")
+    return addr
+
+
+def _source(version: int) -> Callable[[Any], IPAddress | None]:
+    def check(value: Any) -> IPAddress | None:
+        if value is None:
+            return None
+        try:
+            addr = _unicast(value)
+        except PydanticCustomError:
+            addr = None
+        if addr is None or addr.version != version:
+            raise _fail(f"must be a unicast IPv{version} address")
+        return addr
+    return check
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0}
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        seconds = float(match.group(1)) * _UNIT_S[match.group(2)]
+    else:
+        seconds = 0.0
+    if seconds > 0:
+        return seconds
+    raise _fail('must be a duration above zero such as "500ms", "1s", "1.5s", "2m", or a number of seconds')
+
+
+def _listen(value: Any) -> tuple[str, int]:
+    # host:port with an IP literal host; IPv6 in brackets as in URLs.
+    match = re.fullmatch(r"\[([^\]]+)\]:(\d+)|([^:\[\]]+):(\d+)", value) if isinstance(value, str) else None
+    if match:
+        host, port = (match.group(1), match.group(2)) if match.group(1) else (match.group(3), match.group(4))
+        try:
+            addr = ip_address(host)
+        except ValueError:
+            addr = None
+        if addr and (addr.version == 6) == bool(match.group(1)) and 1 <= int(port) <= 65535:
+            return str(addr), int(port)
+    raise _fail('must be IP:port such as "127.0.0.1:9100", or "[::1]:9100" for IPv6 (quoted)')
+
+
+def _is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
+
+
+def _ring_size(value: Any) -> int:
+    # Maglev fills a VIP's table by stepping through it with a per-backend
+    # stride; only a prime size makes every stride visit every slot.
+    if isinstance(value, int) and not isinstance(value, bool) and 101 <= value <= 1 << 24 and _is_prime(value):
+        return value
+    raise _fail(f"must be a prime number 101..{1 << 24} such as 65537 (Maglev needs a prime table size)")
+
+
+Port = Annotated[int, _int_in(0, 65535, " (0 = every port)")]
+CheckPort = Annotated[int, _int_in(1, 65535)]
+Address = Annotated[IPAddress, PlainValidator(_unicast)]
+Duration = Annotated[float, PlainValidator(_duration)]
+
+
+# ---------------------------------------------------------------------------
+# The objects the daemon uses. Frozen, hence hashable and comparable, so a
+# reload can diff old and new with == and sets.
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Interface(_Model):
+    name: Annotated[str, PlainValidator(_ifname)]
+    # native fails loudly on a driver without XDP support; auto falls back
+    # to generic (slower) and the daemon reports which one it got.
+    mode: Annotated[str, _one_of("native", "generic", "auto")] = "native"
+
+
+class Limits(_Model):
+    """Map sizes. Defaults are the header's, so the program needs no -D."""
+    max_vips: Annotated[int, _int_in(2, 65536)] = constant("LBD_MAX_VIPS")  # vip_id is 16 bits
+    max_backends: Annotated[int, _int_in(2, 1 << 24)] = constant("LBD_MAX_BACKENDS")
+    ring_size: Annotated[int, PlainValidator(_ring_size)] = constant("LBD_RING_SIZE")
+    conntrack_size: Annotated[int, _int_in(1024, 1 << 30)] = constant("LBD_CT_SIZE")
+
+
+class HealthCheck(_Model):
+    type: Annotated[str, _one_of("tcp", "http")]
+    port: CheckPort | None = None  # the loader fills in the VIP's port
+    path: Annotated[str, PlainValidator(_url_path)] = "/"
+    expect_status: Annotated[int, _int_in(100, 599)] = 200
+    interval_s: Duration = Field(1.0, alias="interval")
+    timeout_s: Duration = Field(0.5, alias="timeout")
+    rise: Annotated[int, _int_in(1, 100)] = 2
+    fall: Annotated[int, _int_in(1, 100)] = 3
+
+
+class Backend(_Model):
+    address: Address
+    weight: Annotated[int, _int_in(0, 65535)] = 100
+    drain: Annotated[bool, PlainValidator(_flag)] = False
+
+    @property
+    def effective_weight(self) -> int:
+        """Weight in the Maglev table: 0 (out of it) while draining."""
+        return 0 if self.drain else self.weight
+
+
+class Vip(_Model):
+    name: Annotated[str, PlainValidator(_text)] | None = None  # the loader fills in the default
+    address: Address
+    port: Port
+    protocol: Annotated[str, _one_of("tcp", "udp")]
+    mode: Annotated[str, _one_of("dsr", "ipip")]
+    affinity: Annotated[str, _one_of("flow", "client")] = "flow"
+    health: HealthCheck | None = None
+    backends: tuple[Backend, ...] = ()
+
+    @property
+    def key(self) -> tuple[IPAddress, int, str]:
+        return (self.address, self.port, self.protocol)
+
+    @property
+    def proto_number(self) -> int:
+        return {"tcp": 6, "udp": 17}[self.protocol]
+
+    def default_name(self) -> str:
+        host = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        return f"{host}:{self.port}/{self.protocol}"
+
+
+class _Http(_Model):
+    listen: Annotated[tuple[str, int], PlainValidator(_listen)] = ("127.0.0.1", 9100)
+
+
+class _Control(_Model):
+    socket: Annotated[str, PlainValidator(_abs_path)] = "/run/lbd/lbd.sock"
+    group: Annotated[str | None, PlainValidator(_group)] = None
+
+
+class _Ipip(_Model):
+    source_v4: Annotated[IPv4Address | None, PlainValidator(_source(4))] = None
+    source_v6: Annotated[IPv6Address | None, PlainValidator(_source(6))] = None
+
+
+@dataclass(frozen=True)
+class Config:
+    interfaces: tuple[Interface, ...]
+    http_listen: tuple[str, int]  # host without brackets, port
+    control_socket: str
+    control_group: str | None
+    bpffs: str
+    limits: Limits
+    ipip_source_v4: IPv4Address | None
+    ipip_source_v6: IPv6Address | None
+    vips: tuple[Vip, ...]
+
+    @property
+    def backend_count(self) -> int:
+        return sum(len(vip.backends) for vip in self.vips)
+
+
+# The file's top level: each section is validated on its own (and each VIP on
+# its own), so that one broken part doesn't hide the checks on the rest.
+_SECTIONS: dict[str, Any] = {
+    "interfaces": tuple[Interface, ...],
+    "http": _Http,
+    "control": _Control,
+    "bpffs": Annotated[str, PlainValidator(_abs_path)],
+    "limits": Limits,
+    "ipip": _Ipip,
+    "vips": tuple[Vip, ...],
+}
+_DEFAULTS = {"http": _Http(), "control": _Control(), "bpffs": "/sys/fs/bpf/lbd",
+             "limits": Limits(), "ipip": _Ipip(), "vips": []}
+
+
+# ---------------------------------------------------------------------------
+# Problems
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int | None  # 1-based; None when the file could not be read
+    path: str         # e.g. "vips[2].backends[0].weight"; "" for the whole file
+    value: str | None  # the bad value as shown to the operator; None if there is none
+    expected: str
+
+    def __str__(self) -> str:
+        parts = [self.file if self.line is None else f"{self.file}:{self.line}"]
+        if self.path:
+            parts.append(self.path)
+        parts.append(self.expected if self.value is None else f"{self.expected}, got {self.value}")
+        return ": ".join(parts)
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem]):
+        self.problems = list(problems)
+        super().__init__("\n".join(map(str, self.problems)))
+
+
+_NO_VALUE = object()
+Loc = tuple[str | int, ...]
+
+
+def _show(value: Any) -> str:
+    # JSON spells values the way YAML does (true, null, "text"); long ones are cut.
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+@functools.cache
+def _adapter(kind: Any) -> TypeAdapter:
+    return TypeAdapter(kind)
+
+
+def _path(loc: Loc) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _model_in(tp: Any) -> type[BaseModel] | None:
+    # Digs through tuple[X, ...], X | None and Annotated[...] to the model.
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return tp
+    return next(filter(None, map(_model_in, get_args(tp))), None)
+
+
+def _allowed_keys(loc: Loc) -> list[str]:
+    if len(loc) == 1:
+        return list(_SECTIONS)
+    model = _model_in(_SECTIONS[loc[0]])
+    for part in loc[1:-1]:
+        if isinstance(part, str):
+            field = next(f for n, f in model.model_fields.items() if (f.alias or n) == part)
+            model = _model_in(field.annotation)
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+class _Checker:
+    """Validates one parsed file and collects its problems with their lines."""
+
+    def __init__(self, filename: str, root: yaml.Node, raw: Any):
+        self.filename, self.root, self.raw = filename, root, raw
+        self.problems: list[Problem] = []
+
+    def add(self, loc: Loc, expected: str, value: Any = _NO_VALUE) -> None:
+        shown = None if value is _NO_VALUE else _show(value)
+        self.problems.append(Problem(self.filename, self.line(loc), _path(loc), shown, expected))
+
+    def line(self, loc: Loc) -> int:
+        """Line of the value at loc; of its key when the value spans lines;
+        of the nearest enclosing mapping when the key is missing."""
+        node, line = self.root, self.root.start_mark.line + 1
+        for part in loc:
+            child = None
+            if isinstance(node, yaml.MappingNode):
+                for key, value in node.value:  # the last duplicate wins, as in the loaded data
+                    if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                        child, line = value, key.start_mark.line + 1
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+                child = node.value[part]
+                line = child.start_mark.line + 1
+            if child is None:
+                return line
+            node = child
+        return node.start_mark.line + 1 if isinstance(node, yaml.ScalarNode) else line
+
+    def raw_at(self, loc: Loc) -> Any:
+        value = self.raw
+        for part in loc:
+            value = value[part]
+        return value
+
+    def duplicate_keys(self, node: yaml.Node, loc: Loc = (), seen: set[int] | None = None) -> None:
+        # PyYAML keeps the last of two equal keys without a word: two `vips:`
+        # sections would silently lose the first one.
+        seen = set() if seen is None else seen
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if key.value in keys:
+                        self.problems.append(Problem(self.filename, key.start_mark.line + 1,
+                                                     _path(loc + (key.value,)), None,
+                                                     "key appears twice in the same mapping"))
+                    keys.add(key.value)
+                    self.duplicate_keys(value, loc + (key.value,), seen)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.duplicate_keys(item, loc + (i,), seen)
+
+    def validate(self, kind: Any, value: Any, loc: Loc) -> Any:
+        """The validated value, or None after recording its problems."""
+        try:
+            return _adapter(kind).validate_python(value)
+        except ValidationError as err:
+            for error in err.errors():
+                self.pydantic_problem(loc + tuple(error["loc"]), error)
+            return None
+
+    def pydantic_problem(self, loc: Loc, error: Any) -> None:
+        kind = error["type"]
+        if kind == "missing":
+            self.add(loc, "is required")
+        elif kind == "extra_forbidden":
+            self.add(loc, "unknown key; allowed here: " + ", ".join(_allowed_keys(loc)))
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            self.add(loc, "must be a mapping of keys to values", error["input"])
+        elif kind in ("tuple_type", "list_type"):
+            self.add(loc, "must be a list", error["input"])
+        else:
+            self.add(loc, error["msg"], error["input"])
+
+    def check(self) -> Config | None:
+        raw = self.raw
+        if not isinstance(raw, dict):
+            self.add((), "the top level must be a mapping of settings (interfaces:, vips:, ...)", raw)
+            return None
+        for key in raw:
+            if key not in _SECTIONS:
+                self.add((key,), "unknown key; allowed here: " + ", ".join(_SECTIONS))
+        got: dict[str, Any] = {}
+        for name, kind in _SECTIONS.items():
+            value = raw.get(name)
+            if value is None:  # missing, or a section whose body is all commented out
+                if name == "interfaces":
+                    self.add((name,), "is required: list at least one interface, e.g. [{name: eth0}]")
+                got[name] = _DEFAULTS.get(name)
+            elif name == "interfaces" and isinstance(value, list):
+                got[name] = [self.validate(Interface, v, (name, i)) for i, v in enumerate(value)]
+            elif name == "vips" and isinstance(value, list):
+                got[name] = [self.validate_vip(v, (name, i)) for i, v in enumerate(value)]
+            else:
+                got[name] = self.validate(kind, value, (name,))
+        interfaces = self.check_interfaces(got["interfaces"])
+        vips = self.check_vips(got["vips"] or [], got["ipip"], got["limits"])
+        if self.problems:
+            return None
+        return Config(
+            interfaces=interfaces, http_listen=got["http"].listen,
+            control_socket=got["control"].socket, control_group=got["control"].group,
+            bpffs=got["bpffs"], limits=got["limits"],
+            ipip_source_v4=got["ipip"].source_v4, ipip_source_v6=got["ipip"].source_v6,
+            vips=vips,
+        )
+
+    def validate_vip(self, raw: Any, loc: Loc) -> tuple[Vip | None, list[Backend | None]]:
+        """The VIP and its backends, each None if invalid. Backends and the
+        health check are validated apart from the rest, so that one bad weight
+        doesn't hide the cross-checks on everything else."""
+        given = raw.get("backends") if isinstance(raw, dict) else None
+        given = [] if given is None else given  # also `backends:` with every entry commented out
+        if not isinstance(raw, dict) or not isinstance(given, list):
+            return self.validate(Vip, raw, loc), []
+        vip = self.validate(Vip, {**raw, "backends": (), "health": None}, loc)
+        backends = [self.validate(Backend, b, loc + ("backends", j)) for j, b in enumerate(given)]
+        health = raw.get("health")
+        health = None if health is None else self.validate(HealthCheck, health, loc + ("health",))
+        return (vip and vip.model_copy(update={"health": health})), backends
+
+    def check_interfaces(self, interfaces: list[Interface | None] | None) -> tuple[Interface, ...]:
+        if interfaces is None:  # reported already
+            return ()
+        if not interfaces:
+            self.add(("interfaces",), "must list at least one interface", interfaces)
+        names: dict[str, int] = {}
+        for i, iface in enumerate(interfaces):
+            if iface and iface.name in names:
+                self.add(("interfaces", i, "name"), f"already listed as interfaces[{names[iface.name]}]", iface.name)
+            elif iface:
+                names[iface.name] = i
+        return tuple(filter(None, interfaces))
+
+    def check_vips(self, vips: list[tuple[Vip | None, list[Backend | None]]], ipip: _Ipip | None,
+                   limits: Limits | None) -> tuple[Vip, ...]:
+        done: list[Vip] = []
+        keys: dict[tuple, int] = {}
+        names: dict[str, int] = {}
+        for i, (vip, backends) in enumerate(vips):
+            if vip is None:  # its own problems are reported already
+                continue
+            vip = self.check_vip(("vips", i), vip, backends, ipip)
+            if vip.key in keys:
+                self.add(("vips", i), f"same address, port and protocol as vips[{keys[vip.key]}]",
+                         vip.default_name())
+            elif vip.name in names:
+                loc = ("vips", i, "name") if "name" in self.raw_at(("vips", i)) else ("vips", i)
+                self.add(loc, f"name already used by vips[{names[vip.name]}]", vip.name)
+            keys.setdefault(vip.key, i)
+            names.setdefault(vip.name, i)
+            done.append(vip)
+        if limits is not None:
+            # Id 0 means "none" in the maps, so ids run 1..max-1.
+            if len(vips) > limits.max_vips - 1:
+                self.add(("vips",), f"at most {limits.max_vips - 1} VIPs fit (limits.max_vips - 1)",
+                         len(vips))
+            total = sum(len(backends) for _, backends in vips)
+            if total > limits.max_backends - 1:
+                self.add(("vips",), f"at most {limits.max_backends - 1} backends in all VIPs fit "
+                         "(limits.max_backends - 1)", total)
+        return tuple(done)
+
+    def check_vip(self, loc: Loc, vip: Vip, backends: list[Backend | None], ipip: _Ipip | None) -> Vip:
+        """The VIP with its defaults filled in, after checking what spans its fields."""
+        family = f"IPv{vip.address.version}"
+        if vip.mode == "ipip" and ipip is not None:
+            key = f"source_v{vip.address.version}"
+            if getattr(ipip, key) is None:
+                self.add(loc + ("mode",), f"an {family} ipip VIP needs ipip.{key} (the outer source address)",
+                         vip.mode)
+        seen: dict[IPAddress, int] = {}
+        for j, backend in enumerate(backends):
+            if backend is None:
+                continue
+            if backend.address.version != vip.address.version:
+                self.add(loc + ("backends", j, "address"),
+                         f"must be an {family} address like the VIP's ({vip.address})", str(backend.address))
+            elif backend.address in seen:
+                self.add(loc + ("backends", j, "address"),
+                         f"already a backend of this VIP (backends[{seen[backend.address]}])", str(backend.address))
+            seen.setdefault(backend.address, j)
+        health = vip.health
+        if health is not None:
+            hloc = loc + ("health",)
+            given = self.raw_at(hloc)
+            if health.timeout_s >= health.interval_s:
+                self.add(hloc + ("timeout",), f"must be shorter than interval ({given.get('interval', '1s')})",
+                         given.get("timeout", "500ms"))
+            if health.type == "tcp":
+                for key in sorted({"path", "expect_status"} & given.keys()):
+                    self.add(hloc + (key,), "only for type: http", given[key])
+            if health.port is None:
+                if vip.port == 0:
+                    self.add(hloc + ("port",), "is required when the VIP's port is 0 (every port)")
+                else:
+                    health = health.model_copy(update={"port": vip.port})
+        return vip.model_copy(update={
+            "name": vip.name or vip.default_name(),
+            "health": health,
+            "backends": tuple(filter(None, backends)),
+        })
+
+
+# ---------------------------------------------------------------------------
+# Entry points
+
+def parse_config(text: str, filename: str = "<string>") -> Config:
+    """The config in text, or ConfigError listing every problem in it."""
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            raise ConfigError([Problem(filename, 1, "", None,
+                                       "the file is empty; it needs at least `interfaces:`")])
+        checker = _Checker(filename, root, None)
+        checker.duplicate_keys(root)  # before constructing: merge keys (<<) rewrite the tree
+        checker.raw = loader.construct_document(root)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        what = ": ".join(filter(None, [getattr(err, "context", None), getattr(err, "problem", None)])) or str(err)
+        raise ConfigError([Problem(filename, mark.line + 1 if mark else None, "", None,
+                                   f"not valid YAML: {what}")]) from None
+    finally:
+        loader.dispose()
+    config = checker.check()
+    if checker.problems:
+        raise ConfigError(sorted(checker.problems, key=lambda p: p.line or 0))
+    assert config is not None
+    return config
+
+
+def load_config(path: str | Path) -> Config:
+    """The config in the file at path, or ConfigError listing every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise ConfigError([Problem(str(path), None, "", None, f"cannot read: {reason}")]) from None
+    return parse_config(text, str(path))
+
+
+def boot_only_changes(old: Config, new: Config) -> list[str]:
+    """Names (from BOOT_ONLY) of the settings that differ between old and new."""
+    def get(config: Config, name: str) -> Any:
+        value: Any = config
+        for part in name.split("."):
+            value = getattr(value, part)
+        return value
+    return [name for name in BOOT_ONLY if get(old, name) != get(new, name)]
+
+
+def check_main(paths: list[str]) -> int:
+    """`lbd check FILE...`: 0 if every file is valid, else 1 (problems on stderr)."""
+    if not paths:
+        print("usage: lbd check FILE...", file=sys.stderr)
+        return 1
+    status = 0
+    for path in paths:
+        try:
+            config = load_config(path)
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            status = 1
+        else:
+            print(f"{path}: OK ({len(config.vips)} VIPs, {config.backend_count} backends)")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(check_main(sys.argv[1:]))

@@ -1,0 +1,183 @@
+"""The few bpf(2) operations bcc's Python module does not offer, from libbpf.
+
+bcc loads the program and gives typed tables; this module adds what it lacks:
+creating a map off to the side (a Maglev table before it is swapped in),
+batched writes to a raw map fd, map-in-map slot reads, pinning, and
+BPF_PROG_TEST_RUN for the packet tests and the per-packet cost benchmark.
+libbpf.so.1 comes with Debian's bcc packages.
+"""
+from __future__ import annotations
+
+import array
+import ctypes
+import ctypes.util
+import errno
+import os
+from dataclasses import dataclass
+
+_libbpf = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
+
+BPF_MAP_TYPE_ARRAY = 2
+BPF_ANY = 0
+
+
+class _TestRunOpts(ctypes.Structure):
+    # struct bpf_test_run_opts of libbpf 1.x (its sz field versions it)
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class _XdpMd(ctypes.Structure):
+    # struct xdp_md as BPF_PROG_TEST_RUN takes it: only ingress_ifindex and
+    # data_end (= packet length) may be set.
+    _fields_ = [
+        ("data", ctypes.c_uint32),
+        ("data_end", ctypes.c_uint32),
+        ("data_meta", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("rx_queue_index", ctypes.c_uint32),
+        ("egress_ifindex", ctypes.c_uint32),
+    ]
+
+
+_libbpf.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
+                                   ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p]
+_libbpf.bpf_map_update_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                         ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
+_libbpf.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_libbpf.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                        ctypes.c_uint64]
+_libbpf.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_libbpf.bpf_map_lookup_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                         ctypes.c_void_p, ctypes.c_void_p,
+                                         ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
+_libbpf.bpf_map_get_fd_by_id.argtypes = [ctypes.c_uint32]
+_libbpf.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+_libbpf.bpf_obj_get.argtypes = [ctypes.c_char_p]
+_libbpf.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
+
+
+class BpfError(OSError):
+    pass
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno() or -result
+        raise BpfError(err, f"{what}: {os.strerror(err)}")
+    return result
+
+
+def create_array(name: str, value_size: int, max_entries: int) -> int:
+    """A new, unpinned BPF array map with u32 keys; returns its fd."""
+    return _check(_libbpf.bpf_map_create(BPF_MAP_TYPE_ARRAY, name.encode()[:15], 4,
+                                         value_size, max_entries, None),
+                  f"creating map {name}")
+
+
+def update_batch(fd: int, keys: ctypes.Array, values: ctypes.Array, count: int) -> None:
+    """Write `count` entries in one syscall (the kernel may split it; it loops)."""
+    done = 0
+    key_size = ctypes.sizeof(keys) // len(keys)
+    value_size = ctypes.sizeof(values) // len(values)
+    while done < count:
+        n = ctypes.c_uint32(count - done)
+        _check(_libbpf.bpf_map_update_batch(
+            fd, ctypes.addressof(keys) + done * key_size,
+            ctypes.addressof(values) + done * value_size, ctypes.byref(n), None),
+            "BPF_MAP_UPDATE_BATCH")
+        done += n.value
+
+
+def lookup_u32(fd: int, key: int) -> int | None:
+    """A u32 value (e.g. an inner map id in a map-in-map), or None if absent."""
+    k = ctypes.c_uint32(key)
+    v = ctypes.c_uint32()
+    if _libbpf.bpf_map_lookup_elem(fd, ctypes.byref(k), ctypes.byref(v)) < 0:
+        return None
+    return v.value
+
+
+def update_u32(fd: int, key: int, value: int) -> None:
+    k = ctypes.c_uint32(key)
+    v = ctypes.c_uint32(value)
+    _check(_libbpf.bpf_map_update_elem(fd, ctypes.byref(k), ctypes.byref(v), BPF_ANY),
+           "bpf_map_update_elem")
+
+
+def delete_u32(fd: int, key: int) -> None:
+    """Delete an entry; absent entries are fine."""
+    k = ctypes.c_uint32(key)
+    _libbpf.bpf_map_delete_elem(fd, ctypes.byref(k))
+
+
+def lookup_array_u32(fd: int, size: int) -> array.array:
+    """All `size` u32 values of an array map, in a few batched syscalls."""
+    keys = (ctypes.c_uint32 * size)()
+    values = array.array("I", bytes(4 * size))
+    out_values = (ctypes.c_uint32 * size).from_buffer(values)
+    token = ctypes.c_uint32()
+    done = 0
+    while done < size:
+        n = ctypes.c_uint32(size - done)
+        result = _libbpf.bpf_map_lookup_batch(
+            fd, ctypes.byref(token) if done else None, ctypes.byref(token),
+            ctypes.addressof(keys) + 4 * done, ctypes.addressof(out_values) + 4 * done,
+            ctypes.byref(n), None)
+        done += n.value
+        if result < 0:
+            if ctypes.get_errno() == errno.ENOENT:  # end of the map
+                break
+            _check(result, "BPF_MAP_LOOKUP_BATCH")
+    return values
+
+
+def map_fd_by_id(map_id: int) -> int:
+    return _check(_libbpf.bpf_map_get_fd_by_id(map_id), f"opening map id {map_id}")
+
+
+def pin(fd: int, path: str) -> None:
+    _check(_libbpf.bpf_obj_pin(fd, path.encode()), f"pinning {path}")
+
+
+def pinned_fd(path: str) -> int:
+    return _check(_libbpf.bpf_obj_get(path.encode()), f"opening pinned {path}")
+
+
+@dataclass(frozen=True)
+class TestRun:
+    action: int     # XDP verdict the program returned
+    packet: bytes   # the packet as the program left it
+    duration_ns: int
+
+
+def test_run(prog_fd: int, packet: bytes, ingress_ifindex: int = 0, repeat: int = 1) -> TestRun:
+    """Run the XDP program once (or `repeat` times) on `packet` in the kernel."""
+    data_in = ctypes.create_string_buffer(packet, len(packet))
+    data_out = ctypes.create_string_buffer(len(packet) + 512)  # room for encapsulation
+    md = _XdpMd(data_end=len(packet), ingress_ifindex=ingress_ifindex)
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts),
+        data_in=ctypes.addressof(data_in), data_size_in=len(packet),
+        data_out=ctypes.addressof(data_out), data_size_out=len(data_out),
+        ctx_in=ctypes.addressof(md) if ingress_ifindex else None,
+        ctx_size_in=ctypes.sizeof(md) if ingress_ifindex else 0,
+        repeat=repeat,
+    )
+    _check(_libbpf.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
+    return TestRun(opts.retval, data_out.raw[:opts.data_size_out], opts.duration)

@@ -1,0 +1,341 @@
+"""Compile, load, attach and drive the XDP balancer (xdp/balancer.c) with bcc.
+
+`Datapath` owns the loaded program and is the only place that reads or writes
+its maps. Struct layouts come from bcc's table types (built from
+xdp/lbd_shared.h); this module only converts Python values into them.
+"""
+from __future__ import annotations
+
+import array
+import ctypes
+import ipaddress
+import logging
+import os
+import shutil
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lbd import bpfsys, layout
+
+log = logging.getLogger("lbd.datapath")
+
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+_ATTACHED_MODE = {1: "native", 2: "generic", 3: "offload"}  # IFLA_XDP_ATTACHED
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+C = layout.constant
+
+
+def addr_words(address: IPAddress) -> tuple[int, int, int, int]:
+    """An address as the program's __u32[4]: network byte order in memory."""
+    return struct.unpack("<4I", address.packed.ljust(16, b"\0"))
+
+
+def port_word(port: int) -> int:
+    """A port as the program's __u16 in network byte order."""
+    return struct.unpack("<H", struct.pack(">H", port))[0]
+
+
+def family_of(address: IPAddress) -> int:
+    return C("LBD_FAMILY_V4") if address.version == 4 else C("LBD_FAMILY_V6")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Map sizes compiled into the program: changing one needs a new program."""
+    max_vips: int = C("LBD_MAX_VIPS")
+    max_backends: int = C("LBD_MAX_BACKENDS")
+    ring_size: int = C("LBD_RING_SIZE")
+    conntrack_size: int = C("LBD_CT_SIZE")
+
+    def cflags(self) -> list[str]:
+        return [f"-DLBD_MAX_VIPS={self.max_vips}", f"-DLBD_MAX_BACKENDS={self.max_backends}",
+                f"-DLBD_RING_SIZE={self.ring_size}", f"-DLBD_CT_SIZE={self.conntrack_size}"]
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """One backend slot as the program sees it."""
+    vip_id: int
+    address: IPAddress
+    state: int = C("LBD_BACKEND_ACTIVE")
+    generation: int = 1
+    dst_mac: bytes = b"\0" * 6   # dsr: the backend's MAC
+    src_mac: bytes = b"\0" * 6   # dsr: our MAC on the egress interface
+    ifindex: int = 0             # dsr: egress interface, 0 = where it came in
+
+
+@dataclass
+class Stats:
+    """Per-CPU counters summed over CPUs."""
+    values: dict[str, int] = field(default_factory=dict)
+
+
+class Datapath:
+    """The balancer program loaded in the kernel, and its maps.
+
+    With `pin_dir`, maps are pinned there (and adopted if already pinned, so
+    a restarted daemon keeps the connection table); without, maps are private
+    to this object (tests).
+    """
+
+    def __init__(self, limits: Limits = Limits(), pin_dir: str | None = None):
+        from bcc import BPF  # imported here so unit tests never need bcc
+
+        self.limits = limits
+        self.pin_dir = pin_dir
+        cflags = [f"-I{layout.XDP_DIR}", "-Wno-unused-function", *limits.cflags()]
+        if pin_dir:
+            os.makedirs(pin_dir, exist_ok=True)
+            cflags.append(f'-DLBD_PIN_DIR="{pin_dir}"')
+        self.bpf = BPF(src_file=str(layout.XDP_DIR / "balancer.c").encode(), cflags=cflags)
+        self.function = self.bpf.load_func(b"lbd_balancer", BPF.XDP)
+        self.prog_fd = self.function.fd
+        if pin_dir:
+            prog_pin = os.path.join(pin_dir, "prog")
+            if os.path.exists(prog_pin):
+                os.unlink(prog_pin)
+            bpfsys.pin(self.prog_fd, prog_pin)
+        self.vips = self.bpf["vips"]
+        self.addrs = self.bpf["addrs"]
+        self.backends = self.bpf["backends"]
+        self.rings = self.bpf["rings"]
+        self.conntrack = self.bpf["conntrack"]
+        self.settings = self.bpf["settings"]
+        self.vip_stats = self.bpf["vip_stats"]
+        self.backend_stats = self.bpf["backend_stats"]
+        self.global_stats = self.bpf["global_stats"]
+        self._ring_keys = (ctypes.c_uint32 * limits.ring_size)(*range(limits.ring_size))
+
+    # --- VIPs -----------------------------------------------------------------
+    def _vip_key(self, address: IPAddress, port: int, proto: int):
+        key = self.vips.Key()
+        key.addr[:] = addr_words(address)
+        key.port = port_word(port)
+        key.proto = proto
+        key.family = family_of(address)
+        return key
+
+    def _addr_key(self, address: IPAddress, proto: int):
+        key = self.addrs.Key()
+        key.addr[:] = addr_words(address)
+        key.proto = proto
+        key.family = family_of(address)
+        return key
+
+    def set_vip(self, address: IPAddress, port: int, proto: int, vip_id: int, flags: int) -> None:
+        self.vips[self._vip_key(address, port, proto)] = self.vips.Leaf(vip_id, flags)
+
+    def delete_vip(self, address: IPAddress, port: int, proto: int) -> None:
+        self.vips.pop(self._vip_key(address, port, proto), None)
+
+    def set_addr(self, address: IPAddress, proto: int, flags: int,
+                 frag_vip_id: int = 0, frag_vip_flags: int = 0) -> None:
+        leaf = self.addrs.Leaf()
+        leaf.flags = flags
+        leaf.frag_vip_id = frag_vip_id
+        leaf.frag_vip_flags = frag_vip_flags
+        self.addrs[self._addr_key(address, proto)] = leaf
+
+    def delete_addr(self, address: IPAddress, proto: int) -> None:
+        self.addrs.pop(self._addr_key(address, proto), None)
+
+    def set_settings(self, ipip_src_v4: ipaddress.IPv4Address | None,
+                     ipip_src_v6: ipaddress.IPv6Address | None) -> None:
+        leaf = self.settings.Leaf()
+        if ipip_src_v4:
+            leaf.ipip_src_v4 = addr_words(ipip_src_v4)[0]
+        if ipip_src_v6:
+            leaf.ipip_src_v6[:] = addr_words(ipip_src_v6)
+        leaf.layout_version = C("LBD_LAYOUT_VERSION")
+        self.settings[ctypes.c_uint32(0)] = leaf
+
+    # --- backends -------------------------------------------------------------
+    def set_backend(self, backend_id: int, entry: BackendEntry) -> None:
+        leaf = self.backends.Leaf()
+        leaf.addr[:] = addr_words(entry.address)
+        leaf.dst_mac[:] = entry.dst_mac
+        leaf.src_mac[:] = entry.src_mac
+        leaf.ifindex = entry.ifindex
+        leaf.generation = entry.generation
+        leaf.state = entry.state
+        leaf.family = family_of(entry.address)
+        leaf.vip_id = entry.vip_id
+        self.backends[ctypes.c_uint32(backend_id)] = leaf
+
+    def set_backend_state(self, backend_id: int, state: int) -> None:
+        key = ctypes.c_uint32(backend_id)
+        leaf = self.backends[key]
+        leaf.state = state
+        self.backends[key] = leaf
+
+    def clear_backend(self, backend_id: int) -> None:
+        self.backends[ctypes.c_uint32(backend_id)] = self.backends.Leaf()
+
+    def backend(self, backend_id: int):
+        return self.backends[ctypes.c_uint32(backend_id)]
+
+    # --- Maglev tables --------------------------------------------------------
+    def write_ring(self, vip_id: int, table: array.array) -> None:
+        """Swap in a new Maglev table for a VIP in one map update.
+
+        The table is written into a new map first; packets see the old table
+        until the single update of rings[vip_id], then the new one.
+        """
+        if len(table) != self.limits.ring_size:
+            raise ValueError(f"table has {len(table)} slots, program expects "
+                             f"{self.limits.ring_size}")
+        fd = bpfsys.create_array("lbd_ring", 4, self.limits.ring_size)
+        try:
+            values = (ctypes.c_uint32 * len(table)).from_buffer(table)
+            bpfsys.update_batch(fd, self._ring_keys, values, len(table))
+            bpfsys.update_u32(self.rings.map_fd, vip_id, fd)
+        finally:
+            os.close(fd)  # rings holds its own reference now
+
+    def read_ring(self, vip_id: int) -> array.array | None:
+        """The VIP's current table as the program sees it, or None."""
+        map_id = bpfsys.lookup_u32(self.rings.map_fd, vip_id)
+        if not map_id:
+            return None
+        fd = bpfsys.map_fd_by_id(map_id)
+        try:
+            return bpfsys.lookup_array_u32(fd, self.limits.ring_size)
+        finally:
+            os.close(fd)
+
+    def ring_slot(self, vip_id: int, slot: int) -> int:
+        """One slot of the VIP's current table (for explain)."""
+        map_id = bpfsys.lookup_u32(self.rings.map_fd, vip_id)
+        if not map_id:
+            return C("LBD_NO_BACKEND")
+        fd = bpfsys.map_fd_by_id(map_id)
+        try:
+            return bpfsys.lookup_u32(fd, slot) or 0
+        finally:
+            os.close(fd)
+
+    def clear_ring(self, vip_id: int) -> None:
+        bpfsys.delete_u32(self.rings.map_fd, vip_id)
+
+    # --- connection table -----------------------------------------------------
+    def flow_key(self, src: IPAddress, dst: IPAddress, sport: int, dport: int, proto: int):
+        key = self.conntrack.Key()
+        key.src[:] = addr_words(src)
+        key.dst[:] = addr_words(dst)
+        key.sport = port_word(sport)
+        key.dport = port_word(dport)
+        key.proto = proto
+        key.family = family_of(src)
+        return key
+
+    def lookup_flow(self, src, dst, sport, dport, proto) -> tuple[int, int] | None:
+        """(backend id, generation) the connection table holds for a flow."""
+        entry = self.conntrack.get(self.flow_key(src, dst, sport, dport, proto))
+        return None if entry is None else (entry.backend_id, entry.generation)
+
+    def conntrack_snapshot(self) -> dict[bytes, tuple[int, int]]:
+        """Every connection-table entry, keyed by the raw key bytes."""
+        return {bytes(k): (v.backend_id, v.generation) for k, v in self.conntrack.items()}
+
+    # --- counters -------------------------------------------------------------
+    @staticmethod
+    def _sum_percpu(values) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for per_cpu in values:
+            for name, ctype in per_cpu._fields_:
+                value = getattr(per_cpu, name)
+                if hasattr(ctype, "_length_"):
+                    acc = total.setdefault(name, [0] * ctype._length_)
+                    for i, v in enumerate(value):
+                        acc[i] += v
+                else:
+                    total[name] = total.get(name, 0) + value
+        return total
+
+    def vip_counters(self, vip_id: int) -> dict[str, int]:
+        return self._sum_percpu(self.vip_stats[ctypes.c_uint32(vip_id)])
+
+    def backend_counters(self, backend_id: int) -> dict[str, int]:
+        return self._sum_percpu(self.backend_stats[ctypes.c_uint32(backend_id)])
+
+    def global_counters(self) -> dict:
+        """Actions and drops by name, plus the other global counters."""
+        total = self._sum_percpu(self.global_stats[ctypes.c_uint32(0)])
+        actions = layout.enum_names("LBD_ACT_")
+        drops = layout.enum_names("LBD_DROP_")
+        total["actions"] = {actions[i]: n for i, n in enumerate(total["actions"])}
+        total["drops"] = {drops[i]: n for i, n in enumerate(total["drops"])}
+        return total
+
+    # --- attach ---------------------------------------------------------------
+    def attach(self, ifname: str, mode: str = "native") -> str:
+        return attach_xdp(self.function, ifname, mode)
+
+    def test_run(self, packet: bytes, ingress_ifindex: int = 0) -> bpfsys.TestRun:
+        return bpfsys.test_run(self.prog_fd, packet, ingress_ifindex)
+
+
+def attached_mode(ifname: str) -> str | None:
+    """How an XDP program is attached to an interface now, per the kernel."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = ipr.link("get", ifname=ifname)
+        xdp = links[0].get_attr("IFLA_XDP") if links else None
+        attached = xdp.get_attr("IFLA_XDP_ATTACHED") if xdp else None
+    return _ATTACHED_MODE.get(attached) if attached else None
+
+
+def attach_xdp(function, ifname: str, mode: str = "native") -> str:
+    """Attach (or atomically replace) an XDP program; returns the mode used.
+
+    native: driver mode or fail. generic: skb mode. auto: native, else generic
+    with a warning. The mode actually attached is read back from the kernel.
+    """
+    from bcc import BPF
+
+    if mode not in ("native", "generic", "auto"):
+        raise ValueError(f"xdp mode must be native, generic or auto, got {mode!r}")
+    if mode in ("native", "auto"):
+        try:
+            BPF.attach_xdp(ifname.encode(), function, XDP_FLAGS_DRV_MODE)
+        except Exception as err:  # bcc raises plain Exception
+            if mode == "native":
+                raise RuntimeError(f"native XDP attach to {ifname} failed: {err}. "
+                                   f"Use mode: generic (slower) or auto") from err
+            log.warning("xdp_native_failed interface=%s error=%s fallback=generic", ifname, err)
+            BPF.attach_xdp(ifname.encode(), function, XDP_FLAGS_SKB_MODE)
+    else:
+        BPF.attach_xdp(ifname.encode(), function, XDP_FLAGS_SKB_MODE)
+    actual = attached_mode(ifname) or "unknown"
+    log.info("xdp_attached interface=%s mode=%s requested=%s", ifname, actual, mode)
+    return actual
+
+
+def detach_xdp(ifname: str) -> None:
+    """Remove whatever XDP program is attached, in whichever mode."""
+    from bcc import BPF
+
+    mode = attached_mode(ifname)
+    if mode is None:
+        return
+    flags = XDP_FLAGS_SKB_MODE if mode == "generic" else XDP_FLAGS_DRV_MODE
+    BPF.remove_xdp(ifname.encode(), flags)
+
+
+def load_helper(function_name: str, source: str = "pass.c"):
+    """Load one of the small helper programs (xdp/pass.c, xdp/decap.c)."""
+    from bcc import BPF
+
+    bpf = BPF(src_file=str(layout.XDP_DIR / source).encode(),
+              cflags=[f"-I{layout.XDP_DIR}", "-Wno-unused-function"])
+    return bpf, bpf.load_func(function_name.encode(), BPF.XDP)
+
+
+def remove_pins(pin_dir: str) -> None:
+    """Unpin everything lbd pinned (the maps go when nothing else holds them)."""
+    if os.path.isdir(pin_dir):
+        shutil.rmtree(pin_dir)

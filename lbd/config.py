@@ -353,8 +353,9 @@ def _allowed_keys(loc: Loc) -> list[str]:
 class _Checker:
     """Validates one parsed file and collects its problems with their lines."""
 
-    def __init__(self, filename: str, root: yaml.Node, raw: Any):
-        self.filename, self.root, self.raw = filename, root, raw
+    def __init__(self, filename: str, root: yaml.Node | None):
+        self.filename, self.root = filename, root
+        self.raw: Any = None
         self.problems: list[Problem] = []
 
     def add(self, loc: Loc, expected: str, value: Any = _NO_VALUE) -> None:
@@ -566,12 +567,10 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
     loader = yaml.SafeLoader(text)
     try:
         root = loader.get_single_node()
-        if root is None:
-            raise ConfigError([Problem(filename, 1, "", None,
-                                       "the file is empty; it needs at least `interfaces:`")])
-        checker = _Checker(filename, root, None)
-        checker.duplicate_keys(root)  # before constructing: merge keys (<<) rewrite the tree
-        checker.raw = loader.construct_document(root)
+        checker = _Checker(filename, root)
+        if root is not None:
+            checker.duplicate_keys(root)  # before constructing: merge keys (<<) rewrite the tree
+            checker.raw = loader.construct_document(root)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         what = ": ".join(filter(None, [getattr(err, "context", None), getattr(err, "problem", None)])) or str(err)
@@ -579,6 +578,8 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
                                    f"not valid YAML: {what}")]) from None
     finally:
         loader.dispose()
+    if checker.raw is None:  # no document at all, or only comments or `---`
+        raise ConfigError([Problem(filename, 1, "", None, "the file is empty; it needs at least `interfaces:`")])
     config = checker.check()
     if checker.problems:
         raise ConfigError(sorted(checker.problems, key=lambda p: p.line or 0))

@@ -1,0 +1,536 @@
+"""lbd.config: every rule rejects a bad file with file, line, path and value;
+valid files load into immutable objects; boot-only changes are named."""
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from ipaddress import ip_address
+from pathlib import Path
+
+import pydantic
+import pytest
+
+from lbd import layout
+from lbd.config import (
+    BOOT_ONLY,
+    Config,
+    ConfigError,
+    Problem,
+    boot_only_changes,
+    check_main,
+    load_config,
+    parse_config,
+)
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+
+GOOD = """\
+interfaces:
+  - {name: eth0, mode: native}
+ipip:
+  source_v4: 198.18.0.1
+vips:
+  - name: web
+    address: 198.18.0.10
+    port: 443
+    protocol: tcp
+    mode: dsr
+    affinity: client
+    health:
+      type: http
+      port: 8080
+      path: /healthz
+      interval: 1s
+      timeout: 500ms
+    backends:
+      - {address: 198.18.1.11, weight: 100}
+      - {address: 198.18.1.12, weight: 50, drain: true}
+  - address: fd00::10
+    port: 53
+    protocol: udp
+    mode: dsr
+    backends:
+      - {address: "fd00::11"}
+"""
+
+
+def line_of(text: str, snippet: str) -> int:
+    return next(n for n, line in enumerate(text.splitlines(), 1) if snippet in line)
+
+
+def edit(old: str, new: str, text: str = GOOD) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    lines = str(err.value).splitlines()
+    assert len(lines) == len(err.value.problems)
+    return lines
+
+
+def one_problem(tmp_path: Path, text: str, line: int, path: str, *words: str) -> str:
+    """The single problem in text, checked to name file, line, path and words."""
+    found = problems(tmp_path, text)
+    assert len(found) == 1, found
+    message = found[0]
+    assert message.startswith(f"{tmp_path / 'bad.yaml'}:{line}: {path}: "), message
+    for word in words:
+        assert word in message, (word, message)
+    return message
+
+
+# ---------------------------------------------------------------------------
+# Valid files
+
+def test_good_config_loads():
+    config = parse_config(GOOD)
+    web, dns = config.vips
+    assert config.interfaces[0].name == "eth0" and config.interfaces[0].mode == "native"
+    assert web.name == "web" and web.address == ip_address("198.18.0.10")
+    assert web.key == (ip_address("198.18.0.10"), 443, "tcp") and web.proto_number == 6
+    assert web.affinity == "client" and web.mode == "dsr"
+    assert web.health.port == 8080 and web.health.interval_s == 1.0 and web.health.timeout_s == 0.5
+    assert [b.effective_weight for b in web.backends] == [100, 0]
+    assert dns.name == "[fd00::10]:53/udp" and dns.proto_number == 17 and dns.health is None
+    assert config.ipip_source_v4 == ip_address("198.18.0.1") and config.ipip_source_v6 is None
+
+
+def test_defaults():
+    config = parse_config("""\
+interfaces: [{name: eth0}]
+vips:
+  - address: 198.18.0.10
+    port: 80
+    protocol: tcp
+    mode: dsr
+    health: {type: tcp}
+    backends: [{address: 198.18.1.11}]
+""")
+    assert config.interfaces[0].mode == "native"
+    assert config.http_listen == ("127.0.0.1", 9100)
+    assert config.control_socket == "/run/lbd/lbd.sock" and config.control_group is None
+    assert config.bpffs == "/sys/fs/bpf/lbd"
+    assert config.limits.max_vips == layout.constant("LBD_MAX_VIPS")
+    assert config.limits.max_backends == layout.constant("LBD_MAX_BACKENDS")
+    assert config.limits.ring_size == layout.constant("LBD_RING_SIZE")
+    assert config.limits.conntrack_size == layout.constant("LBD_CT_SIZE")
+    vip = config.vips[0]
+    assert vip.name == "198.18.0.10:80/tcp" and vip.affinity == "flow"
+    assert vip.health.port == 80 and vip.health.path == "/" and vip.health.expect_status == 200
+    assert (vip.health.rise, vip.health.fall) == (2, 3)
+    assert vip.backends[0].weight == 100 and not vip.backends[0].drain
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    assert load_config(path).vips
+
+
+def test_shipped_configs_exist():
+    assert {p.name for p in CONFIGS} >= {"lbd.yaml", "dsr.yaml", "ipip.yaml", "client-affinity.yaml"}
+
+
+def test_vip_without_backends_is_allowed():
+    config = parse_config(edit("""    backends:
+      - {address: "fd00::11"}
+""", "    backends: []\n"))
+    assert config.vips[1].backends == ()
+    assert parse_config(edit('      - {address: "fd00::11"}\n', "")).vips[1].backends == ()
+
+
+@pytest.mark.parametrize("listen, expected", [
+    ("127.0.0.1:9100", ("127.0.0.1", 9100)),
+    ('"[::1]:9101"', ("::1", 9101)),
+    ("0.0.0.0:80", ("0.0.0.0", 80)),
+])
+def test_http_listen(listen, expected):
+    assert parse_config(GOOD + f"http: {{listen: {listen}}}\n").http_listen == expected
+
+
+@pytest.mark.parametrize("text, seconds", [("500ms", 0.5), ("1s", 1.0), ("1.5s", 1.5), ("2m", 120.0), ("3", 3.0),
+                                           ("2.5", 2.5)])
+def test_durations(text, seconds):
+    config = parse_config(edit("interval: 1s", f"interval: {text}", edit("timeout: 500ms", "timeout: 100ms")))
+    assert config.vips[0].health.interval_s == seconds
+
+
+# ---------------------------------------------------------------------------
+# One test per rule
+
+@pytest.mark.parametrize("where, old, new, path", [
+    ("top", "vips:", "vipz: []\nvips:", "vipz"),
+    ("vip", "    affinity: client", "    afinity: client", "vips[0].afinity"),
+    ("backend", "weight: 50,", "wieght: 50,", "vips[0].backends[1].wieght"),
+    ("health", "      path: /healthz", "      pth: /healthz", "vips[0].health.pth"),
+    ("interface", "mode: native}", "mode: native, xdp: yes}", "interfaces[0].xdp"),
+])
+def test_unknown_key(tmp_path, where, old, new, path):
+    text = edit(old, new)
+    message = one_problem(tmp_path, text, line_of(text, path.rsplit(".", 1)[-1].split("]")[-1] + ":"),
+                          path, "unknown key", "allowed")
+    allowed = {"top": "interfaces, http, control, bpffs, limits, ipip, vips",
+               "vip": "name, address, port, protocol, mode, affinity, health, backends",
+               "backend": "address, weight, drain",
+               "health": "type, port, path, expect_status, interval, timeout, rise, fall",
+               "interface": "name, mode"}[where]
+    assert allowed in message
+
+
+@pytest.mark.parametrize("old, new, path, value", [
+    ("address: 198.18.0.10", "address: 198.18.0.300", "vips[0].address", '"198.18.0.300"'),
+    ("address: 198.18.0.10", "address: example.com", "vips[0].address", '"example.com"'),
+    ("address: 198.18.0.10", "address: 0.0.0.0", "vips[0].address", '"0.0.0.0"'),
+    ("address: 198.18.0.10", "address: 224.0.0.1", "vips[0].address", '"224.0.0.1"'),
+    ("{address: 198.18.1.11,", "{address: 198.18.1,", "vips[0].backends[0].address", '"198.18.1"'),
+    ("source_v4: 198.18.0.1", "source_v4: fd00::1", "ipip.source_v4", '"fd00::1"'),
+])
+def test_bad_address(tmp_path, old, new, path, value):
+    text = edit(old, new)
+    one_problem(tmp_path, text, line_of(text, new), path, "unicast", f"got {value}")
+
+
+def test_backend_family_must_match_vip(tmp_path):
+    text = edit('{address: "fd00::11"}', "{address: 198.18.1.20}")
+    one_problem(tmp_path, text, line_of(text, "198.18.1.20"), "vips[1].backends[0].address",
+                "must be an IPv6 address", 'got "198.18.1.20"')
+
+
+def test_duplicate_vip(tmp_path):
+    text = GOOD + """\
+  - address: 198.18.0.10
+    port: 443
+    protocol: tcp
+    mode: ipip
+"""
+    one_problem(tmp_path, text, line_of(text, "mode: ipip") - 3, "vips[2]", "same address, port and protocol as vips[0]",
+                'got "198.18.0.10:443/tcp"')
+
+
+def test_same_address_and_port_other_protocol_is_not_a_duplicate():
+    parse_config(GOOD + "  - {address: 198.18.0.10, port: 443, protocol: udp, mode: dsr}\n")
+
+
+def test_duplicate_name(tmp_path):
+    text = GOOD + "  - {name: web, address: 198.18.0.11, port: 443, protocol: tcp, mode: dsr}\n"
+    one_problem(tmp_path, text, len(text.splitlines()), "vips[2].name", "already used by vips[0]", 'got "web"')
+
+
+def test_explicit_name_clashing_with_a_default_name(tmp_path):
+    text = GOOD + '  - {name: "[fd00::10]:53/udp", address: 198.18.0.11, port: 53, protocol: udp, mode: dsr}\n'
+    one_problem(tmp_path, text, len(text.splitlines()), "vips[2].name", "already used by vips[1]")
+
+
+def test_duplicate_backend(tmp_path):
+    text = edit("{address: 198.18.1.12,", "{address: 198.18.1.11,")
+    one_problem(tmp_path, text, line_of(text, "weight: 50"), "vips[0].backends[1].address",
+                "already a backend of this VIP (backends[0])", 'got "198.18.1.11"')
+
+
+@pytest.mark.parametrize("weight", ["70000", "-1", "1.5", '"heavy"'])
+def test_weight_out_of_range(tmp_path, weight):
+    text = edit("weight: 100", f"weight: {weight}")
+    one_problem(tmp_path, text, line_of(text, "weight: " + weight), "vips[0].backends[0].weight",
+                "must be 0..65535", f"got {weight}")
+
+
+def test_weight_message_reads_as_documented():
+    with pytest.raises(ConfigError) as err:
+        parse_config(edit("weight: 100", "weight: 70000"), "configs/x.yaml")
+    assert str(err.value) == "configs/x.yaml:19: vips[0].backends[0].weight: must be 0..65535, got 70000"
+
+
+@pytest.mark.parametrize("old, new, path, expected", [
+    ("port: 443", "port: 70000", "vips[0].port", "must be 0..65535"),
+    ("port: 443", "port: -1", "vips[0].port", "must be 0..65535"),
+    ("port: 443", "port: yes", "vips[0].port", "must be 0..65535"),
+    ("port: 8080", "port: 0", "vips[0].health.port", "must be 1..65535"),
+    ("port: 8080", "port: 65536", "vips[0].health.port", "must be 1..65535"),
+])
+def test_port_out_of_range(tmp_path, old, new, path, expected):
+    text = edit(old, new)
+    one_problem(tmp_path, text, line_of(text, new), path, expected, "got " + new.split(": ")[1].replace("yes", "true"))
+
+
+@pytest.mark.parametrize("old, new, path, choices", [
+    ("protocol: tcp", "protocol: sctp", "vips[0].protocol", "tcp, udp"),
+    ("protocol: tcp", "protocol: TCP", "vips[0].protocol", "tcp, udp"),
+    ("    mode: dsr", "    mode: nat", "vips[0].mode", "dsr, ipip"),
+    ("affinity: client", "affinity: source", "vips[0].affinity", "flow, client"),
+    ("type: http", "type: icmp", "vips[0].health.type", "tcp, http"),
+    ("mode: native}", "mode: turbo}", "interfaces[0].mode", "native, generic, auto"),
+])
+def test_bad_enum(tmp_path, old, new, path, choices):
+    text = edit(old, new)
+    bad = new.split(": ")[1].rstrip("}")
+    one_problem(tmp_path, text, line_of(text, new), path, f"must be one of: {choices}", f'got "{bad}"')
+
+
+@pytest.mark.parametrize("value", ['"fast"', '"1h"', '"-1s"', "0", '"0ms"', '"1 s s"', "true"])
+def test_bad_duration(tmp_path, value):
+    text = edit("interval: 1s", f"interval: {value}")
+    one_problem(tmp_path, text, line_of(text, "interval:"), "vips[0].health.interval",
+                "must be a duration", '"500ms"', f"got {value}")
+
+
+@pytest.mark.parametrize("timeout", ["1s", "2s", "1000ms"])
+def test_timeout_not_below_interval(tmp_path, timeout):
+    text = edit("timeout: 500ms", f"timeout: {timeout}")
+    one_problem(tmp_path, text, line_of(text, "timeout:"), "vips[0].health.timeout",
+                "must be shorter than interval (1s)", f'got "{timeout}"')
+
+
+def test_default_timeout_not_below_interval(tmp_path):
+    text = edit("      timeout: 500ms\n", "", edit("interval: 1s", "interval: 200ms"))
+    one_problem(tmp_path, text, line_of(text, "health:"), "vips[0].health.timeout",
+                "must be shorter than interval (200ms)")
+
+
+def test_http_only_settings_on_a_tcp_check(tmp_path):
+    text = edit("type: http", "type: tcp")
+    one_problem(tmp_path, text, line_of(text, "path: /healthz"), "vips[0].health.path", "only for type: http")
+
+
+@pytest.mark.parametrize("ring", [65536, 100000, 97, 1, 0])
+def test_ring_size_must_be_a_prime_of_at_least_101(tmp_path, ring):
+    text = GOOD + f"limits:\n  ring_size: {ring}\n"
+    one_problem(tmp_path, text, len(text.splitlines()), "limits.ring_size", "prime", "Maglev", f"got {ring}")
+
+
+def test_ring_size_prime_is_accepted():
+    assert parse_config(GOOD + "limits: {ring_size: 101}\n").limits.ring_size == 101
+
+
+def test_health_port_required_when_vip_port_is_zero(tmp_path):
+    text = edit("port: 443", "port: 0", edit("      port: 8080\n", ""))
+    one_problem(tmp_path, text, line_of(text, "health:"), "vips[0].health.port", "is required when the VIP's port is 0")
+    # with a health port, every-port VIPs are fine
+    assert parse_config(edit("port: 443", "port: 0")).vips[0].port == 0
+
+
+@pytest.mark.parametrize("family, vip, backend, key", [
+    (4, "198.18.0.20", "198.18.1.20", "source_v4"),
+    (6, "fd00::20", "fd00::21", "source_v6"),
+])
+def test_ipip_vip_needs_its_family_source(tmp_path, family, vip, backend, key):
+    text = edit("  source_v4: 198.18.0.1\n", "") + \
+        f'  - {{address: "{vip}", port: 80, protocol: tcp, mode: ipip, backends: [{{address: "{backend}"}}]}}\n'
+    one_problem(tmp_path, text, len(text.splitlines()), "vips[2].mode", f"ipip.{key}", 'got "ipip"')
+    with_source = text.replace("ipip:\n", f"ipip:\n  {key}: {'198.18.0.1' if family == 4 else 'fd00::1'}\n")
+    assert parse_config(with_source).vips[2].mode == "ipip"
+
+
+def test_too_many_vips(tmp_path):
+    # ids 1..max_vips-1: id 0 means "no VIP"
+    text = GOOD + "limits: {max_vips: 2}\n"
+    one_problem(tmp_path, text, line_of(text, "vips:"), "vips", "at most 1 VIPs", "got 2")
+    assert len(parse_config(GOOD + "limits: {max_vips: 3}\n").vips) == 2
+
+
+def test_too_many_backends(tmp_path):
+    text = GOOD + "limits: {max_backends: 3}\n"
+    one_problem(tmp_path, text, line_of(text, "vips:"), "vips", "at most 2 backends", "got 3")
+    assert parse_config(GOOD + "limits: {max_backends: 4}\n").limits.max_backends == 4
+
+
+@pytest.mark.parametrize("interfaces, expected", [
+    ("interfaces: []", "must list at least one interface"),
+    ("interfaces:", "is required"),
+])
+def test_interfaces_empty(tmp_path, interfaces, expected):
+    text = edit("interfaces:\n  - {name: eth0, mode: native}", interfaces)
+    one_problem(tmp_path, text, 1, "interfaces", expected)
+
+
+def test_interfaces_missing(tmp_path):
+    text = edit("interfaces:\n  - {name: eth0, mode: native}\n", "")
+    one_problem(tmp_path, text, 1, "interfaces", "is required")
+
+
+def test_interface_listed_twice_and_bad_name(tmp_path):
+    text = edit("  - {name: eth0, mode: native}", "  - {name: eth0}\n  - {name: eth0}\n  - {name: a/b}")
+    found = problems(tmp_path, text)
+    assert len(found) == 2
+    assert found[0].endswith('interfaces[1].name: already listed as interfaces[0], got "eth0"')
+    assert 'interfaces[2].name: must be a network interface name' in found[1]
+
+
+@pytest.mark.parametrize("listen", ['"localhost:9100"', '"127.0.0.1"', '"::1:9100"', '"[127.0.0.1]:80"',
+                                    '"127.0.0.1:0"', '"127.0.0.1:70000"', "9100"])
+def test_http_listen_unparseable(tmp_path, listen):
+    text = GOOD + f"http:\n  listen: {listen}\n"
+    one_problem(tmp_path, text, len(text.splitlines()), "http.listen", "must be IP:port", f"got {listen}")
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("interfaces: [{name: eth0}\nvips: []\n", 2, "expected ',' or ']'"),
+    ("interfaces:\n  - name: eth0\n mode: x\n", 3, "not valid YAML"),
+    ("interfaces: [{name: eth0}]\nvips:\n  - address: 1.2.3.4\n\tport: 80\n", 4, "not valid YAML"),
+])
+def test_yaml_syntax_error(tmp_path, text, line, words):
+    found = problems(tmp_path, text)
+    assert len(found) == 1
+    assert found[0].startswith(f"{tmp_path / 'bad.yaml'}:{line}: not valid YAML")
+    assert words in found[0]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# nothing but a comment\n", "---\n"])
+def test_empty_file(tmp_path, text):
+    found = problems(tmp_path, text)
+    assert found == [f"{tmp_path / 'bad.yaml'}:1: the file is empty; it needs at least `interfaces:`"]
+
+
+def test_top_level_not_a_mapping(tmp_path):
+    found = problems(tmp_path, "- eth0\n")
+    assert found == [f"{tmp_path / 'bad.yaml'}:1: the top level must be a mapping of settings "
+                     '(interfaces:, vips:, ...), got ["eth0"]']
+
+
+def test_duplicate_yaml_key(tmp_path):
+    # YAML loaders keep the last of two equal keys silently: say so instead.
+    text = edit("    mode: dsr\n", "    mode: dsr\n    mode: ipip\n")
+    one_problem(tmp_path, text, line_of(text, "mode: ipip"), "vips[0].mode", "appears twice")
+
+
+@pytest.mark.parametrize("old, new, path, expected, value", [
+    ("interfaces:\n  - {name: eth0, mode: native}\n", "interfaces: eth0\n", "interfaces", "must be a list", '"eth0"'),
+    ("health:\n      type: http\n      port: 8080\n      path: /healthz\n      interval: 1s\n      timeout: 500ms\n",
+     "health: yes\n", "vips[0].health", "must be a mapping", "true"),
+    ("      - {address: 198.18.1.11, weight: 100}\n      - {address: 198.18.1.12, weight: 50, drain: true}\n",
+     "      198.18.1.11\n", "vips[0].backends", "must be a list", '"198.18.1.11"'),
+    ("{address: 198.18.1.11, weight: 100}", "198.18.1.11", "vips[0].backends[0]", "must be a mapping",
+     '"198.18.1.11"'),
+])
+def test_wrong_shapes(tmp_path, old, new, path, expected, value):
+    text = edit(old, new)
+    line = line_of(text, new.split("\n")[0].strip())
+    one_problem(tmp_path, text, line, path, expected, f"got {value}")
+
+
+def test_missing_required_key_points_at_the_enclosing_mapping(tmp_path):
+    text = edit("    protocol: udp\n", "")
+    one_problem(tmp_path, text, line_of(text, "address: fd00::10"), "vips[1].protocol", "is required")
+
+
+def test_unreadable_file(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(tmp_path / "missing.yaml")
+    assert str(err.value) == f"{tmp_path / 'missing.yaml'}: cannot read: No such file or directory"
+
+
+# ---------------------------------------------------------------------------
+# All problems at once
+
+def test_all_problems_reported_at_once(tmp_path):
+    text = edit("weight: 100", "weight: 70000", edit("protocol: tcp", "protocol: sctp", edit("port: 53", "port: 99999")))
+    found = problems(tmp_path, text)
+    assert len(found) == 3
+    assert [f.split(": ")[1] for f in found] == ["vips[0].protocol", "vips[0].backends[0].weight", "vips[1].port"]
+
+
+def test_field_problems_do_not_hide_cross_checks(tmp_path):
+    # a bad weight in one backend, a wrong family in another, a duplicate VIP
+    text = edit("weight: 100", "weight: 70000", edit("{address: 198.18.1.12,", "{address: fd00::12,"))
+    text += "  - {address: fd00::10, port: 53, protocol: udp, mode: dsr}\n"
+    found = problems(tmp_path, text)
+    assert [f.split(": ")[1] for f in found] == ["vips[0].backends[0].weight", "vips[0].backends[1].address", "vips[2]"]
+
+
+def test_problems_are_data(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        parse_config(edit("weight: 100", "weight: 70000"), "x.yaml")
+    assert err.value.problems == [Problem("x.yaml", 19, "vips[0].backends[0].weight", "70000", "must be 0..65535")]
+
+
+# ---------------------------------------------------------------------------
+# Immutability
+
+def test_objects_are_frozen():
+    config = parse_config(GOOD)
+    vip = config.vips[0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.bpffs = "/tmp"
+    for obj, field, value in [(vip, "port", 80), (vip.backends[0], "weight", 1), (vip.health, "rise", 5),
+                              (config.limits, "ring_size", 101), (config.interfaces[0], "mode", "generic")]:
+        with pytest.raises(pydantic.ValidationError):
+            setattr(obj, field, value)
+    assert isinstance(config.vips, tuple) and isinstance(vip.backends, tuple) and isinstance(config.interfaces, tuple)
+
+
+def test_objects_are_hashable_and_comparable():
+    a, b = parse_config(GOOD), parse_config(GOOD)
+    assert a == b and hash(a) == hash(b)
+    assert len({*a.vips, *b.vips}) == 2
+    assert a != parse_config(edit("weight: 100", "weight: 99"))
+
+
+# ---------------------------------------------------------------------------
+# Boot-only settings
+
+@pytest.mark.parametrize("extra, changed", [
+    ("bpffs: /sys/fs/bpf/other\n", ["bpffs"]),
+    ("limits: {max_vips: 512}\n", ["limits.max_vips"]),
+    ("limits: {max_backends: 1024}\n", ["limits.max_backends"]),
+    ("limits: {ring_size: 257}\n", ["limits.ring_size"]),
+    ("limits: {conntrack_size: 4096}\n", ["limits.conntrack_size"]),
+    ("limits: {ring_size: 257, max_vips: 16}\n", ["limits.max_vips", "limits.ring_size"]),
+])
+def test_boot_only_changes_detects_each_field(extra, changed):
+    assert boot_only_changes(parse_config(GOOD), parse_config(GOOD + extra)) == changed
+
+
+@pytest.mark.parametrize("new", ["{name: eth1, mode: native}", "{name: eth0, mode: generic}",
+                                 "{name: eth0}\n  - {name: eth1}"])
+def test_boot_only_changes_detects_interfaces(new):
+    assert boot_only_changes(parse_config(GOOD), parse_config(edit("{name: eth0, mode: native}", new))) == ["interfaces"]
+
+
+def test_boot_only_changes_ignores_the_rest():
+    old = parse_config(GOOD)
+    new = parse_config(edit("weight: 100", "weight: 1", edit("port: 443", "port: 444",
+                                                             edit("source_v4: 198.18.0.1", "source_v4: 198.18.0.2")))
+                       + "  - {address: 198.18.0.99, port: 1, protocol: tcp, mode: dsr}\n"
+                       + 'http: {listen: "127.0.0.1:9200"}\ncontrol: {group: lbd}\n')
+    assert old != new
+    assert boot_only_changes(old, new) == []
+    assert boot_only_changes(old, old) == []
+    assert set(BOOT_ONLY) >= {"interfaces", "bpffs", "limits.ring_size"}
+
+
+# ---------------------------------------------------------------------------
+# lbd check
+
+def test_check_main(tmp_path, capsys):
+    good = ROOT / "configs" / "dsr.yaml"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(edit("weight: 100", "weight: 70000"))
+    assert check_main([str(good)]) == 0
+    out, err = capsys.readouterr()
+    config = load_config(good)
+    assert out == f"{good}: OK ({len(config.vips)} VIPs, {config.backend_count} backends)\n" and err == ""
+    assert check_main([str(good), str(bad)]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{good}: OK") and err == f"{bad}:19: vips[0].backends[0].weight: must be 0..65535, got 70000\n"
+    assert check_main([]) == 1
+
+
+def test_module_runs_check(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "lbd.config", str(ROOT / "configs" / "lbd.yaml")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(f"{ROOT / 'configs' / 'lbd.yaml'}: OK (1 VIPs, 2 backends)")
+
+
+def test_config_is_a_plain_frozen_dataclass():
+    assert dataclasses.is_dataclass(Config)
+    assert {f.name for f in dataclasses.fields(Config)} == {
+        "interfaces", "http_listen", "control_socket", "control_group", "bpffs", "limits",
+        "ipip_source_v4", "ipip_source_v6", "vips"}

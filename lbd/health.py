@@ -296,10 +296,19 @@ async def check_http(
         return CheckResult(False, time.perf_counter() - start, _timeout_detail(timeout_s))
     except aiohttp.ClientConnectorError as exc:
         return CheckResult(False, time.perf_counter() - start, _describe_os_error(exc.os_error))
-    except aiohttp.ServerDisconnectedError:
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError, ConnectionResetError):
+        # The backend accepted and hung up (or reset) before a status line:
+        # reported as one reason, since the race between our write and its
+        # close decides which of these exceptions aiohttp raises.
         return CheckResult(False, time.perf_counter() - start, "connection closed before response")
+    except aiohttp.ClientResponseError as exc:
+        # The parser's message spans lines and draws a caret under the bad
+        # byte; fold it into one line so the transition log stays one line.
+        parts = [p.strip() for p in str(exc.message or "unparseable").splitlines()]
+        reason = " ".join(p for p in parts if p and set(p) != {"^"})[:200]
+        return CheckResult(False, time.perf_counter() - start, f"bad response: {reason}")
     except aiohttp.ClientError as exc:
-        return CheckResult(False, time.perf_counter() - start, f"bad response: {exc}")
+        return CheckResult(False, time.perf_counter() - start, f"http error: {type(exc).__name__}: {exc}")
     except OSError as exc:
         return CheckResult(False, time.perf_counter() - start, _describe_os_error(exc))
     duration = time.perf_counter() - start

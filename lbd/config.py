@@ -79,16 +79,12 @@ def _flag(value: Any) -> bool:
     raise _fail("must be true or false")
 
 
-def _abs_path(value: Any) -> str:
-    if isinstance(value, str) and value.startswith("/"):
-        return value
-    raise _fail("must be an absolute path")
-
-
-def _url_path(value: Any) -> str:
-    if isinstance(value, str) and value.startswith("/"):
-        return value
-    raise _fail("must be a URL path starting with /")
+def _rooted(what: str) -> PlainValidator:
+    def check(value: Any) -> str:
+        if isinstance(value, str) and value.startswith("/"):
+            return value
+        raise _fail(f"must be {what} starting with /")
+    return PlainValidator(check)
 
 
 def _group(value: Any) -> str | None:
@@ -200,7 +196,7 @@ class Limits(_Model):
 class HealthCheck(_Model):
     type: Annotated[str, _one_of("tcp", "http")]
     port: CheckPort | None = None  # the loader fills in the VIP's port
-    path: Annotated[str, PlainValidator(_url_path)] = "/"
+    path: Annotated[str, _rooted("a URL path")] = "/"
     expect_status: Annotated[int, _int_in(100, 599)] = 200
     interval_s: Duration = Field(1.0, alias="interval")
     timeout_s: Duration = Field(0.5, alias="timeout")
@@ -247,7 +243,7 @@ class _Http(_Model):
 
 
 class _Control(_Model):
-    socket: Annotated[str, PlainValidator(_abs_path)] = "/run/lbd/lbd.sock"
+    socket: Annotated[str, _rooted("an absolute path")] = "/run/lbd/lbd.sock"
     group: Annotated[str | None, PlainValidator(_group)] = None
 
 
@@ -279,7 +275,7 @@ _SECTIONS: dict[str, Any] = {
     "interfaces": tuple[Interface, ...],
     "http": _Http,
     "control": _Control,
-    "bpffs": Annotated[str, PlainValidator(_abs_path)],
+    "bpffs": Annotated[str, _rooted("an absolute path")],
     "limits": Limits,
     "ipip": _Ipip,
     "vips": tuple[Vip, ...],
@@ -353,8 +349,9 @@ def _allowed_keys(loc: Loc) -> list[str]:
 class _Checker:
     """Validates one parsed file and collects its problems with their lines."""
 
-    def __init__(self, filename: str, root: yaml.Node | None):
-        self.filename, self.root = filename, root
+    def __init__(self, filename: str):
+        self.filename = filename
+        self.root: yaml.Node | None = None
         self.raw: Any = None
         self.problems: list[Problem] = []
 
@@ -484,7 +481,8 @@ class _Checker:
         names: dict[str, int] = {}
         for i, iface in enumerate(interfaces):
             if iface and iface.name in names:
-                self.add(("interfaces", i, "name"), f"already listed as interfaces[{names[iface.name]}]", iface.name)
+                self.add(("interfaces", i, "name"), f"already listed as interfaces[{names[iface.name]}]",
+                         iface.name)
             elif iface:
                 names[iface.name] = i
         return tuple(filter(None, interfaces))
@@ -535,15 +533,17 @@ class _Checker:
                          f"must be an {family} address like the VIP's ({vip.address})", str(backend.address))
             elif backend.address in seen:
                 self.add(loc + ("backends", j, "address"),
-                         f"already a backend of this VIP (backends[{seen[backend.address]}])", str(backend.address))
+                         f"already a backend of this VIP (backends[{seen[backend.address]}])",
+                         str(backend.address))
             seen.setdefault(backend.address, j)
         health = vip.health
         if health is not None:
             hloc = loc + ("health",)
             given = self.raw_at(hloc)
             if health.timeout_s >= health.interval_s:
-                self.add(hloc + ("timeout",), f"must be shorter than interval ({given.get('interval', '1s')})",
-                         given.get("timeout", "500ms"))
+                self.add(hloc + ("timeout",),
+                         f"must be shorter than interval ({given.get('interval', f'{health.interval_s:g}s')})",
+                         given.get("timeout", f"{health.timeout_s:g}s"))
             if health.type == "tcp":
                 for key in sorted({"path", "expect_status"} & given.keys()):
                     self.add(hloc + (key,), "only for type: http", given[key])
@@ -564,20 +564,22 @@ class _Checker:
 
 def parse_config(text: str, filename: str = "<string>") -> Config:
     """The config in text, or ConfigError listing every problem in it."""
-    loader = yaml.SafeLoader(text)
+    checker = _Checker(filename)
     try:
-        root = loader.get_single_node()
-        checker = _Checker(filename, root)
-        if root is not None:
-            checker.duplicate_keys(root)  # before constructing: merge keys (<<) rewrite the tree
-            checker.raw = loader.construct_document(root)
+        loader = yaml.SafeLoader(text)  # rejects control characters already
+        try:
+            checker.root = loader.get_single_node()
+            if checker.root is not None:
+                checker.duplicate_keys(checker.root)  # before constructing: merge keys (<<) rewrite the tree
+                checker.raw = loader.construct_document(checker.root)
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        what = ": ".join(filter(None, [getattr(err, "context", None), getattr(err, "problem", None)])) or str(err)
-        raise ConfigError([Problem(filename, mark.line + 1 if mark else None, "", None,
-                                   f"not valid YAML: {what}")]) from None
-    finally:
-        loader.dispose()
+        line = mark.line + 1 if mark else text.count("\n", 0, getattr(err, "position", 0)) + 1
+        what = ": ".join(filter(None, [getattr(err, "context", None), getattr(err, "problem", None)]))
+        raise ConfigError([Problem(filename, line, "", None,
+                                   f"not valid YAML: {what or str(err).splitlines()[0]}")]) from None
     if checker.raw is None:  # no document at all, or only comments or `---`
         raise ConfigError([Problem(filename, 1, "", None, "the file is empty; it needs at least `interfaces:`")])
     config = checker.check()

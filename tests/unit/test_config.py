@@ -62,9 +62,12 @@ def line_of(text: str, snippet: str) -> int:
     return next(n for n, line in enumerate(text.splitlines(), 1) if snippet in line)
 
 
-def edit(old: str, new: str, text: str = GOOD) -> str:
-    assert old in text, old
-    return text.replace(old, new, 1)
+def edit(*old_new: str, text: str = GOOD) -> str:
+    """text with each old replaced by the new that follows it (once)."""
+    for old, new in zip(old_new[::2], old_new[1::2]):
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    return text
 
 
 def problems(tmp_path: Path, text: str) -> list[str]:
@@ -159,7 +162,7 @@ def test_http_listen(listen, expected):
 @pytest.mark.parametrize("text, seconds", [("500ms", 0.5), ("1s", 1.0), ("1.5s", 1.5), ("2m", 120.0), ("3", 3.0),
                                            ("2.5", 2.5)])
 def test_durations(text, seconds):
-    config = parse_config(edit("interval: 1s", f"interval: {text}", edit("timeout: 500ms", "timeout: 100ms")))
+    config = parse_config(edit("interval: 1s", f"interval: {text}", "timeout: 500ms", "timeout: 100ms"))
     assert config.vips[0].health.interval_s == seconds
 
 
@@ -211,8 +214,8 @@ def test_duplicate_vip(tmp_path):
     protocol: tcp
     mode: ipip
 """
-    one_problem(tmp_path, text, line_of(text, "mode: ipip") - 3, "vips[2]", "same address, port and protocol as vips[0]",
-                'got "198.18.0.10:443/tcp"')
+    one_problem(tmp_path, text, line_of(text, "mode: ipip") - 3, "vips[2]",
+                "same address, port and protocol as vips[0]", 'got "198.18.0.10:443/tcp"')
 
 
 def test_same_address_and_port_other_protocol_is_not_a_duplicate():
@@ -257,7 +260,8 @@ def test_weight_message_reads_as_documented():
 ])
 def test_port_out_of_range(tmp_path, old, new, path, expected):
     text = edit(old, new)
-    one_problem(tmp_path, text, line_of(text, new), path, expected, "got " + new.split(": ")[1].replace("yes", "true"))
+    shown = new.split(": ")[1].replace("yes", "true")  # YAML 1.1 reads yes as true
+    one_problem(tmp_path, text, line_of(text, new), path, expected, f"got {shown}")
 
 
 @pytest.mark.parametrize("old, new, path, choices", [
@@ -289,7 +293,7 @@ def test_timeout_not_below_interval(tmp_path, timeout):
 
 
 def test_default_timeout_not_below_interval(tmp_path):
-    text = edit("      timeout: 500ms\n", "", edit("interval: 1s", "interval: 200ms"))
+    text = edit("      timeout: 500ms\n", "", "interval: 1s", "interval: 200ms")
     one_problem(tmp_path, text, line_of(text, "health:"), "vips[0].health.timeout",
                 "must be shorter than interval (200ms)")
 
@@ -310,8 +314,9 @@ def test_ring_size_prime_is_accepted():
 
 
 def test_health_port_required_when_vip_port_is_zero(tmp_path):
-    text = edit("port: 443", "port: 0", edit("      port: 8080\n", ""))
-    one_problem(tmp_path, text, line_of(text, "health:"), "vips[0].health.port", "is required when the VIP's port is 0")
+    text = edit("port: 443", "port: 0", "      port: 8080\n", "")
+    one_problem(tmp_path, text, line_of(text, "health:"), "vips[0].health.port",
+                "is required when the VIP's port is 0")
     # with a health port, every-port VIPs are fine
     assert parse_config(edit("port: 443", "port: 0")).vips[0].port == 0
 
@@ -401,9 +406,10 @@ def test_duplicate_yaml_key(tmp_path):
 
 
 @pytest.mark.parametrize("old, new, path, expected, value", [
-    ("interfaces:\n  - {name: eth0, mode: native}\n", "interfaces: eth0\n", "interfaces", "must be a list", '"eth0"'),
-    ("health:\n      type: http\n      port: 8080\n      path: /healthz\n      interval: 1s\n      timeout: 500ms\n",
-     "health: yes\n", "vips[0].health", "must be a mapping", "true"),
+    ("interfaces:\n  - {name: eth0, mode: native}\n", "interfaces: eth0\n", "interfaces", "must be a list",
+     '"eth0"'),
+    ("health:\n      type: http\n      port: 8080\n      path: /healthz\n      interval: 1s\n"
+     "      timeout: 500ms\n", "health: yes\n", "vips[0].health", "must be a mapping", "true"),
     ("      - {address: 198.18.1.11, weight: 100}\n      - {address: 198.18.1.12, weight: 50, drain: true}\n",
      "      198.18.1.11\n", "vips[0].backends", "must be a list", '"198.18.1.11"'),
     ("{address: 198.18.1.11, weight: 100}", "198.18.1.11", "vips[0].backends[0]", "must be a mapping",
@@ -420,17 +426,38 @@ def test_missing_required_key_points_at_the_enclosing_mapping(tmp_path):
     one_problem(tmp_path, text, line_of(text, "address: fd00::10"), "vips[1].protocol", "is required")
 
 
+def test_control_character_is_a_yaml_error(tmp_path):
+    found = problems(tmp_path, 'interfaces: [{name: eth0}]\nbpffs: "\x07"\n')
+    assert found == [f"{tmp_path / 'bad.yaml'}:2: not valid YAML: unacceptable character #x0007: "
+                     "special characters are not allowed"]
+
+
+def test_merged_values_point_at_where_they_are_written(tmp_path):
+    text = """\
+interfaces: [{name: eth0}]
+vips:
+  - &web {address: 198.18.0.10, port: 80, protocol: tcp, mode: dsr, health: {type: tcp, timeout: 5s}}
+  - {<<: *web, port: 81}
+"""
+    found = problems(tmp_path, text)
+    assert [f.split(": ")[0].rsplit(":", 1)[1] for f in found] == ["3", "3"]
+    assert [f.split(": ")[1] for f in found] == ["vips[0].health.timeout", "vips[1].health.timeout"]
+
+
 def test_unreadable_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(tmp_path / "missing.yaml")
     assert str(err.value) == f"{tmp_path / 'missing.yaml'}: cannot read: No such file or directory"
+    (tmp_path / "latin1.yaml").write_bytes("bpffs: /sys/fs/bpf/l\xe9\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.yaml: cannot read: not UTF-8 text"):
+        load_config(tmp_path / "latin1.yaml")
 
 
 # ---------------------------------------------------------------------------
 # All problems at once
 
 def test_all_problems_reported_at_once(tmp_path):
-    text = edit("weight: 100", "weight: 70000", edit("protocol: tcp", "protocol: sctp", edit("port: 53", "port: 99999")))
+    text = edit("weight: 100", "weight: 70000", "protocol: tcp", "protocol: sctp", "port: 53", "port: 99999")
     found = problems(tmp_path, text)
     assert len(found) == 3
     assert [f.split(": ")[1] for f in found] == ["vips[0].protocol", "vips[0].backends[0].weight", "vips[1].port"]
@@ -438,10 +465,11 @@ def test_all_problems_reported_at_once(tmp_path):
 
 def test_field_problems_do_not_hide_cross_checks(tmp_path):
     # a bad weight in one backend, a wrong family in another, a duplicate VIP
-    text = edit("weight: 100", "weight: 70000", edit("{address: 198.18.1.12,", "{address: fd00::12,"))
+    text = edit("weight: 100", "weight: 70000", "{address: 198.18.1.12,", "{address: fd00::12,")
     text += "  - {address: fd00::10, port: 53, protocol: udp, mode: dsr}\n"
     found = problems(tmp_path, text)
-    assert [f.split(": ")[1] for f in found] == ["vips[0].backends[0].weight", "vips[0].backends[1].address", "vips[2]"]
+    paths = [f.split(": ")[1] for f in found]
+    assert paths == ["vips[0].backends[0].weight", "vips[0].backends[1].address", "vips[2]"]
 
 
 def test_problems_are_data(tmp_path):
@@ -462,7 +490,7 @@ def test_objects_are_frozen():
                               (config.limits, "ring_size", 101), (config.interfaces[0], "mode", "generic")]:
         with pytest.raises(pydantic.ValidationError):
             setattr(obj, field, value)
-    assert isinstance(config.vips, tuple) and isinstance(vip.backends, tuple) and isinstance(config.interfaces, tuple)
+    assert all(isinstance(seq, tuple) for seq in (config.vips, vip.backends, config.interfaces))
 
 
 def test_objects_are_hashable_and_comparable():
@@ -490,13 +518,14 @@ def test_boot_only_changes_detects_each_field(extra, changed):
 @pytest.mark.parametrize("new", ["{name: eth1, mode: native}", "{name: eth0, mode: generic}",
                                  "{name: eth0}\n  - {name: eth1}"])
 def test_boot_only_changes_detects_interfaces(new):
-    assert boot_only_changes(parse_config(GOOD), parse_config(edit("{name: eth0, mode: native}", new))) == ["interfaces"]
+    new_config = parse_config(edit("{name: eth0, mode: native}", new))
+    assert boot_only_changes(parse_config(GOOD), new_config) == ["interfaces"]
 
 
 def test_boot_only_changes_ignores_the_rest():
     old = parse_config(GOOD)
-    new = parse_config(edit("weight: 100", "weight: 1", edit("port: 443", "port: 444",
-                                                             edit("source_v4: 198.18.0.1", "source_v4: 198.18.0.2")))
+    new = parse_config(edit("weight: 100", "weight: 1", "port: 443", "port: 444",
+                            "source_v4: 198.18.0.1", "source_v4: 198.18.0.2")
                        + "  - {address: 198.18.0.99, port: 1, protocol: tcp, mode: dsr}\n"
                        + 'http: {listen: "127.0.0.1:9200"}\ncontrol: {group: lbd}\n')
     assert old != new
@@ -518,7 +547,8 @@ def test_check_main(tmp_path, capsys):
     assert out == f"{good}: OK ({len(config.vips)} VIPs, {config.backend_count} backends)\n" and err == ""
     assert check_main([str(good), str(bad)]) == 1
     out, err = capsys.readouterr()
-    assert out.startswith(f"{good}: OK") and err == f"{bad}:19: vips[0].backends[0].weight: must be 0..65535, got 70000\n"
+    assert out.startswith(f"{good}: OK")
+    assert err == f"{bad}:19: vips[0].backends[0].weight: must be 0..65535, got 70000\n"
     assert check_main([]) == 1
 
 

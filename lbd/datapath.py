@@ -178,7 +178,7 @@ class Datapath:
         return self.backends[ctypes.c_uint32(backend_id)]
 
     # --- Maglev tables --------------------------------------------------------
-    def write_ring(self, vip_id: int, table: array.array) -> None:
+    def write_ring(self, vip_id: int, table) -> None:
         """Swap in a new Maglev table for a VIP in one map update.
 
         The table is written into a new map first; packets see the old table
@@ -189,7 +189,8 @@ class Datapath:
                              f"{self.limits.ring_size}")
         fd = bpfsys.create_array("lbd_ring", 4, self.limits.ring_size)
         try:
-            values = (ctypes.c_uint32 * len(table)).from_buffer(table)
+            # any buffer of u32 (array.array or numpy): one copy into ctypes
+            values = (ctypes.c_uint32 * len(table)).from_buffer_copy(memoryview(table).cast("B"))
             bpfsys.update_batch(fd, self._ring_keys, values, len(table))
             bpfsys.update_u32(self.rings.map_fd, vip_id, fd)
         finally:

@@ -1,0 +1,315 @@
+"""Turn the desired set of VIPs and backends into map writes, touching only what changed.
+
+The daemon describes what it wants as `VipPlan`s (from the config, health
+states and resolved MACs); `Programmer.apply()` diffs them against what it
+applied last and writes the difference in an order that keeps every packet
+consistent:
+
+  1. backend entries first (a new table may point at them),
+  2. then each changed VIP's Maglev table, swapped in one update,
+  3. then VIP and address entries (a new VIP appears only once its table is there),
+  4. removals last: VIP entries, then tables, then backend slots.
+
+Ids: every VIP gets a stable id, every (VIP, backend address) a stable backend
+id. A reused backend id gets a new generation, so connection-table entries
+of the backend that had it before move on instead of reaching a stranger.
+Ids are read back from the maps when the daemon adopts a running datapath,
+so a restart keeps every flow where it is.
+
+All checks and table builds happen before the first write; if a write still
+fails (the kernel refusing memory), the previous plans are written back.
+"""
+from __future__ import annotations
+
+import array
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lbd import layout, maglev
+from lbd.datapath import BackendEntry, Datapath, IPAddress
+
+log = logging.getLogger("lbd.programmer")
+C = layout.constant
+
+ACTIVE = C("LBD_BACKEND_ACTIVE")
+DRAINING = C("LBD_BACKEND_DRAINING")
+DOWN = C("LBD_BACKEND_DOWN")
+EMPTY = C("LBD_BACKEND_EMPTY")
+STATE_NAMES = {ACTIVE: "active", DRAINING: "draining", DOWN: "down", EMPTY: "empty"}
+PROTO_NUMBERS = {"tcp": 6, "udp": 17}
+
+VipKey = tuple[IPAddress, int, int]  # address, port, protocol number
+
+
+@dataclass(frozen=True)
+class BackendPlan:
+    """One backend of a VIP as it should be in the datapath."""
+    address: IPAddress
+    weight: int               # share of the Maglev table; 0 = no new flows
+    state: int = ACTIVE       # ACTIVE (in table), DRAINING (keeps flows), DOWN (flows move)
+    dst_mac: bytes = b"\0" * 6
+    src_mac: bytes = b"\0" * 6
+    ifindex: int = 0
+
+    @property
+    def in_table(self) -> bool:
+        return self.state == ACTIVE and self.weight > 0
+
+
+@dataclass(frozen=True)
+class VipPlan:
+    """One VIP as it should be in the datapath."""
+    address: IPAddress
+    port: int
+    proto: int                # 6 or 17
+    ipip: bool = False
+    client_affinity: bool = False
+    backends: tuple[BackendPlan, ...] = ()
+    name: str = ""
+
+    @property
+    def key(self) -> VipKey:
+        return (self.address, self.port, self.proto)
+
+    @property
+    def flags(self) -> int:
+        return ((C("LBD_VIP_MODE_IPIP") if self.ipip else 0)
+                | (C("LBD_VIP_CLIENT_AFFINITY") if self.client_affinity else 0))
+
+    def table_input(self) -> tuple:
+        """What the Maglev table depends on (a change here means a new table)."""
+        return tuple(sorted((b.address.packed, b.weight) for b in self.backends if b.in_table))
+
+
+@dataclass
+class VipResult:
+    """What one apply did to one VIP, for logs, status and `check --diff`."""
+    name: str
+    action: str               # added, changed, removed, unchanged
+    moved_share: float = 0.0  # share of the table's slots that changed backend
+    fingerprint: str = ""
+
+
+class ApplyError(Exception):
+    pass
+
+
+@dataclass
+class _Applied:
+    plan: VipPlan
+    vip_id: int
+    backend_ids: dict[IPAddress, int]
+    table: np.ndarray | None
+    fingerprint: str
+
+
+def canonical_fingerprint(table: np.ndarray, id_to_address: dict[int, IPAddress]) -> str:
+    """Fingerprint of slot -> backend *address*: equal on every host with the
+    same config, whatever ids each host happened to allocate."""
+    ranked = sorted(id_to_address, key=lambda i: id_to_address[i].packed)
+    lut = np.zeros(int(table.max(initial=0)) + 1, dtype=np.uint32)
+    for rank, backend_id in enumerate(ranked, start=1):
+        if backend_id < len(lut):
+            lut[backend_id] = rank
+    canonical = array.array("I")
+    canonical.frombytes(lut[table].astype(np.uint32).tobytes())
+    return maglev.fingerprint(canonical)
+
+
+class Programmer:
+    def __init__(self, datapath: Datapath):
+        self.dp = datapath
+        self.limits = datapath.limits
+        self._applied: dict[VipKey, _Applied] = {}
+        self._vip_ids: dict[VipKey, int] = {}
+        self._backend_ids: dict[tuple[VipKey, IPAddress], int] = {}
+        self._generations: dict[int, int] = {}  # backend id -> last generation used
+        self._free_vip_ids = list(range(self.limits.max_vips - 1, 0, -1))
+        self._free_backend_ids = list(range(self.limits.max_backends - 1, 0, -1))
+        self._addr_keys_written: set[tuple[IPAddress, int]] = set()
+
+    # --- adoption of a running datapath ----------------------------------------
+    def adopt(self) -> int:
+        """Take over ids from maps written by an earlier daemon. Returns the
+        number of VIPs found. The next apply rewrites every table with the same
+        ids (identical tables for an identical config: no flow moves)."""
+        id_to_key: dict[int, VipKey] = {}
+        for key, leaf in self.dp.vips.items():
+            raw = bytes(key.addr)
+            family = key.family
+            address = ipaddress.ip_address(raw[:4] if family == C("LBD_FAMILY_V4") else raw)
+            port = int.from_bytes(int(key.port).to_bytes(2, "little"), "big")
+            vip_key = (address, port, int(key.proto))
+            self._vip_ids[vip_key] = leaf.vip_id
+            id_to_key[leaf.vip_id] = vip_key
+        for backend_id in range(1, self.limits.max_backends):
+            entry = self.dp.backend(backend_id)
+            if entry.generation:
+                self._generations[backend_id] = entry.generation
+            if entry.state == EMPTY or entry.vip_id not in id_to_key:
+                continue
+            raw = bytes(entry.addr)
+            address = ipaddress.ip_address(raw[:4] if entry.family == C("LBD_FAMILY_V4") else raw)
+            self._backend_ids[(id_to_key[entry.vip_id], address)] = backend_id
+        used_vips = set(self._vip_ids.values())
+        used_backends = set(self._backend_ids.values())
+        self._free_vip_ids = [i for i in self._free_vip_ids if i not in used_vips]
+        self._free_backend_ids = [i for i in self._free_backend_ids if i not in used_backends]
+        return len(self._vip_ids)
+
+    # --- planning ---------------------------------------------------------------
+    def _check_capacity(self, plans: list[VipPlan]) -> None:
+        keys = [p.key for p in plans]
+        if len(set(keys)) != len(keys):
+            raise ApplyError("duplicate VIP in plan")
+        if len(plans) > self.limits.max_vips - 1:
+            raise ApplyError(f"{len(plans)} VIPs, the program holds {self.limits.max_vips - 1} "
+                             "(limits.max_vips, boot-only)")
+        total = sum(len(p.backends) for p in plans)
+        if total > self.limits.max_backends - 1:
+            raise ApplyError(f"{total} backends, the program holds "
+                             f"{self.limits.max_backends - 1} (limits.max_backends, boot-only)")
+
+    def _backend_id(self, vip_key: VipKey, address: IPAddress, fresh: set[int]) -> int:
+        existing = self._backend_ids.get((vip_key, address))
+        if existing:
+            return existing
+        backend_id = self._free_backend_ids.pop()
+        self._generations[backend_id] = self._generations.get(backend_id, 0) + 1
+        self._backend_ids[(vip_key, address)] = backend_id
+        fresh.add(backend_id)
+        return backend_id
+
+    def _build_table(self, plan: VipPlan, ids: dict[IPAddress, int]) -> np.ndarray:
+        entries = [maglev.Backend(b.address.packed, b.weight, ids[b.address])
+                   for b in plan.backends if b.in_table]
+        # np.frombuffer shares the array's memory: no copy of 65537 slots
+        return np.frombuffer(maglev.build_table(entries, self.limits.ring_size), dtype=np.uint32)
+
+    # --- applying ------------------------------------------------------------------
+    def apply(self, plans: list[VipPlan]) -> list[VipResult]:
+        """Make the datapath hold exactly `plans`."""
+        self._check_capacity(plans)
+        previous = [a.plan for a in self._applied.values()]
+        try:
+            return self._apply(plans)
+        except Exception as err:
+            log.error("apply_failed error=%s action=restoring_previous", err)
+            try:
+                self._apply(previous)
+            except Exception as restore_err:  # the kernel refusing twice: say so loudly
+                log.critical("restore_failed error=%s", restore_err)
+            raise ApplyError(f"writing the maps failed: {err}") from err
+
+    def _apply(self, plans: list[VipPlan]) -> list[VipResult]:
+        wanted = {p.key: p for p in plans}
+        results: list[VipResult] = []
+        fresh_ids: set[int] = set()
+
+        # Build everything first: ids, tables, fingerprints.
+        staged: dict[VipKey, _Applied] = {}
+        for key, plan in wanted.items():
+            old = self._applied.get(key)
+            if old and old.plan == plan:
+                continue
+            vip_id = self._vip_ids.get(key) or self._free_vip_ids.pop()
+            self._vip_ids[key] = vip_id
+            ids = {b.address: self._backend_id(key, b.address, fresh_ids) for b in plan.backends}
+            if old and old.plan.table_input() == plan.table_input() and old.table is not None:
+                table = old.table
+                fingerprint = old.fingerprint
+            else:
+                table = self._build_table(plan, ids)
+                fingerprint = canonical_fingerprint(
+                    table, {ids[b.address]: b.address for b in plan.backends if b.in_table})
+            staged[key] = _Applied(plan, vip_id, ids, table, fingerprint)
+
+        # 1. backend entries of new and changed VIPs
+        for key, applied in staged.items():
+            for b in applied.plan.backends:
+                backend_id = applied.backend_ids[b.address]
+                self.dp.set_backend(backend_id, BackendEntry(
+                    vip_id=applied.vip_id, address=b.address, state=b.state,
+                    generation=self._generations[backend_id], dst_mac=b.dst_mac,
+                    src_mac=b.src_mac, ifindex=b.ifindex))
+        # 2. tables, each swapped atomically
+        for key, applied in staged.items():
+            old = self._applied.get(key)
+            if old is None or old.table is not applied.table:
+                self.dp.write_ring(applied.vip_id, applied.table)
+        # 3. VIP entries and the address entries derived from them
+        for key, applied in staged.items():
+            self.dp.set_vip(key[0], key[1], key[2], applied.vip_id, applied.plan.flags)
+        self._write_addrs(wanted, staged)
+
+        # 4. removals: VIPs gone entirely, then backends gone from kept VIPs
+        for key in [k for k in self._applied if k not in wanted]:
+            gone = self._applied.pop(key)
+            self.dp.delete_vip(*key)
+            self.dp.clear_ring(gone.vip_id)
+            for address, backend_id in gone.backend_ids.items():
+                self._release_backend(key, address, backend_id)
+            del self._vip_ids[key]
+            self._free_vip_ids.append(gone.vip_id)
+            results.append(VipResult(gone.plan.name, "removed", 1.0, ""))
+        for key, applied in staged.items():
+            old = self._applied.get(key)
+            if old:
+                for address, backend_id in old.backend_ids.items():
+                    if address not in applied.backend_ids:
+                        self._release_backend(key, address, backend_id)
+            moved = 1.0 if old is None else _moved(old.table, applied.table)
+            results.append(VipResult(applied.plan.name, "changed" if old else "added",
+                                     0.0 if old is None else moved, applied.fingerprint))
+            self._applied[key] = applied
+        for key in wanted:
+            if key not in staged:
+                results.append(VipResult(wanted[key].name, "unchanged", 0.0,
+                                         self._applied[key].fingerprint))
+        return results
+
+    def _release_backend(self, vip_key: VipKey, address: IPAddress, backend_id: int) -> None:
+        self.dp.clear_backend(backend_id)
+        self._backend_ids.pop((vip_key, address), None)
+        self._free_backend_ids.append(backend_id)
+
+    def _write_addrs(self, wanted: dict[VipKey, VipPlan], staged: dict[VipKey, _Applied]) -> None:
+        """Rewrite the per-address entries (ports, wildcard, fragment VIP)."""
+        by_addr: dict[tuple[IPAddress, int], list[VipPlan]] = {}
+        for plan in wanted.values():
+            by_addr.setdefault((plan.address, plan.proto), []).append(plan)
+        for (address, proto), vips in by_addr.items():
+            flags = 0
+            frag_vip = None
+            for plan in sorted(vips, key=lambda p: p.port):
+                flags |= C("LBD_ADDR_HAS_WILDCARD") if plan.port == 0 else C("LBD_ADDR_HAS_PORTS")
+                # fragments follow the first client-affinity VIP of the address
+                if plan.client_affinity and frag_vip is None:
+                    frag_vip = plan
+            if frag_vip:
+                flags |= C("LBD_ADDR_FRAG_VIP")
+                self.dp.set_addr(address, proto, flags, self._vip_ids[frag_vip.key], frag_vip.flags)
+            else:
+                self.dp.set_addr(address, proto, flags)
+        for (address, proto) in self._addr_keys_written - set(by_addr):
+            self.dp.delete_addr(address, proto)
+        self._addr_keys_written = set(by_addr)
+
+    # --- queries ----------------------------------------------------------------
+    def vip_id(self, key: VipKey) -> int | None:
+        return self._vip_ids.get(key)
+
+    def applied(self) -> dict[VipKey, _Applied]:
+        return dict(self._applied)
+
+    def backend_id(self, key: VipKey, address: IPAddress) -> int | None:
+        return self._backend_ids.get((key, address))
+
+
+def _moved(old: np.ndarray | None, new: np.ndarray) -> float:
+    if old is None or len(old) != len(new):
+        return 1.0
+    return float(np.count_nonzero(old != new)) / len(new)

@@ -231,13 +231,15 @@ async def check_tcp(address: IPAddress | str, port: int, timeout_s: float) -> Ch
         sock.close()
 
 
-# Why aiohttp rather than a hand-written HTTP/1.0 request: a health check is a
-# tiny request, and aiohttp's client costs on the order of a few hundred
-# microseconds of CPU per check (see the measurement in the report: 500 HTTP
-# targets at 1 s take a small fraction of one core). That is not "clearly
-# heavier" than a raw asyncio request for hundreds of checks per second, and
-# aiohttp parses status lines, chunking and malformed responses correctly,
-# which a hand-written parser would have to get right by itself.
+# Why aiohttp rather than a hand-written HTTP/1.0 request. Measured on a
+# 2-vCPU VM, 500 targets at 1 s against loopback servers in another process
+# (user+sys CPU of the checker process): aiohttp ~0.67 ms per check, 33% of
+# one core; a raw asyncio-streams HTTP/1.0 GET ~0.32 ms, 16%; a TCP connect
+# check ~0.33 ms, 16%. So aiohttp costs about twice the raw request, ~0.35 ms
+# per check, which is ~17% of one core only in the extreme case of 500 HTTP
+# backends at 1 s, and the control plane is not on the forwarding path (XDP
+# is). That is not worth owning an HTTP parser for: aiohttp gets status
+# lines, chunking, and malformed or truncated answers right, and names them.
 def new_http_session() -> aiohttp.ClientSession:
     """An aiohttp session suited to health checks (call with a running loop)."""
     connector = aiohttp.TCPConnector(
@@ -382,6 +384,9 @@ class HealthChecker:
         self._targets: dict[TargetKey, _Target] = {}
         self._session: aiohttp.ClientSession | None = None
         self._stopped = False
+        # Tasks cancelled by set_targets end at their next await; stop()
+        # waits for them too, so none outlives the checker.
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def set_targets(self, targets: Mapping[TargetKey, CheckSpec]) -> None:
         """Make `targets` the set being checked (start, config reload).
@@ -453,11 +458,10 @@ class HealthChecker:
     async def stop(self) -> None:
         """Stop every check and release the HTTP session; idempotent."""
         self._stopped = True
-        tasks = [t.task for t in self._targets.values() if t.task is not None]
         for target in self._targets.values():
             self._cancel(target)
         self._targets.clear()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -465,6 +469,8 @@ class HealthChecker:
     def _cancel(self, target: _Target) -> None:
         if target.task is not None:
             target.task.cancel()
+            self._retiring.add(target.task)
+            target.task.add_done_callback(self._retiring.discard)
             target.task = None
 
     def _http_session(self) -> aiohttp.ClientSession:

@@ -98,15 +98,15 @@ class Datapath:
             if os.path.exists(prog_pin):
                 os.unlink(prog_pin)
             bpfsys.pin(self.prog_fd, prog_pin)
-        self.vips = self.bpf["vips"]
-        self.addrs = self.bpf["addrs"]
-        self.backends = self.bpf["backends"]
-        self.rings = self.bpf["rings"]
-        self.conntrack = self.bpf["conntrack"]
-        self.settings = self.bpf["settings"]
-        self.vip_stats = self.bpf["vip_stats"]
-        self.backend_stats = self.bpf["backend_stats"]
-        self.global_stats = self.bpf["global_stats"]
+        self.vips = self.bpf[b"vips"]
+        self.addrs = self.bpf[b"addrs"]
+        self.backends = self.bpf[b"backends"]
+        self.rings = self.bpf[b"rings"]
+        self.conntrack = self.bpf[b"conntrack"]
+        self.settings = self.bpf[b"settings"]
+        self.vip_stats = self.bpf[b"vip_stats"]
+        self.backend_stats = self.bpf[b"backend_stats"]
+        self.global_stats = self.bpf[b"global_stats"]
         self._ring_keys = (ctypes.c_uint32 * limits.ring_size)(*range(limits.ring_size))
 
     # --- VIPs -----------------------------------------------------------------

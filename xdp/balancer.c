@@ -103,6 +103,8 @@ static __always_inline int lbd_forward_ipip(struct xdp_md *ctx, struct lbd_globa
 	}
 	if (route == LBD_ROUTE_NO_NEIGH)
 		return lbd_drop(gs, LBD_DROP_NO_NEIGHBOUR);
+	if (route == LBD_ROUTE_FORWARDING_OFF)
+		return lbd_drop(gs, LBD_DROP_FORWARDING_OFF);
 	if (route != LBD_ROUTE_OK)
 		return lbd_drop(gs, LBD_DROP_FIB_FAILED);
 	if (lbd_encapsulate(ctx, pkt, be, st, &fib, hash))

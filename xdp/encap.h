@@ -18,6 +18,7 @@ enum lbd_route_result {
 	LBD_ROUTE_OK = 0,
 	LBD_ROUTE_TOO_BIG,  /* the encapsulated packet would exceed the MTU */
 	LBD_ROUTE_NO_NEIGH, /* route found, next hop's MAC unknown */
+	LBD_ROUTE_FORWARDING_OFF, /* the kernel refuses: forwarding is off */
 	LBD_ROUTE_FAILED,
 };
 
@@ -57,6 +58,8 @@ static __always_inline int lbd_route_to_backend(struct xdp_md *ctx, const struct
 		return LBD_ROUTE_TOO_BIG;
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return LBD_ROUTE_NO_NEIGH;
+	if (rc == BPF_FIB_LKUP_RET_FWD_DISABLED)
+		return LBD_ROUTE_FORWARDING_OFF;
 	return LBD_ROUTE_FAILED;
 }
 

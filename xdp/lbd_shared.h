@@ -72,6 +72,7 @@ enum lbd_drop_reason {
 	LBD_DROP_NO_BACKEND,      /* VIP's table is empty */
 	LBD_DROP_FIB_FAILED,      /* ipip: no route to the backend */
 	LBD_DROP_NO_NEIGHBOUR,    /* ipip: next hop's MAC not resolved yet */
+	LBD_DROP_FORWARDING_OFF,  /* ipip: IP forwarding disabled on the interface */
 	LBD_DROP_ENCAP_FAILED,    /* ipip: no headroom for the outer header */
 	LBD_DROP_REDIRECT_FAILED, /* backend's interface refused the packet */
 	LBD_DROP__MAX,

@@ -1,0 +1,411 @@
+"""Prepare a backend host for lbd, check one, or undo it: the `lbd-backend` command.
+
+lbd forwards a client's packet to a backend unchanged (L2 direct server return)
+or wrapped in IP-in-IP; either way the backend answers the client directly,
+from the VIP. So every backend needs:
+
+- each VIP on its loopback (/32, /128), so the kernel accepts packets to it
+  and answers from it;
+- ARP for those VIPs suppressed (arp_ignore=1, arp_announce=2), so the
+  backend never claims a VIP on the LAN and steals traffic from lbd;
+- no strict reverse-path filter (rp_filter=1): a packet from a client arrives
+  with the client's address, and a multi-homed backend whose route back to
+  the client leaves by another interface would drop it;
+- ipip mode only: the decapsulation program (xdp/decap.c, function lbd_decap)
+  on the interface, since these kernels have no IPIP tunnel devices.
+
+    lbd-backend prepare --mode dsr --vip 198.18.100.1 --vip fd00:100::1
+    lbd-backend check   --mode ipip --vip 198.18.100.1 [--port 80]
+    lbd-backend undo
+
+Addresses this command adds carry their own IFA_PROTO value (76; newer
+iproute2 shows it as `proto 76`), so `undo` removes exactly those and never an
+address an operator added by hand. `undo` leaves sysctls as they are.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import ipaddress
+import socket
+import sys
+from dataclasses import dataclass
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+LBD_ADDR_PROTO = 76        # IFA_PROTO of addresses we add ('L'); the kernel's own are 0..3
+DECAP_FUNCTION = "lbd_decap"
+XDP_FLAGS = {"native": 1 << 2, "generic": 1 << 1}   # XDP_FLAGS_DRV_MODE, _SKB_MODE
+# IFLA_XDP_ATTACHED, which pyroute2 decodes to names (older versions: numbers)
+_XDP_ATTACHED = {1: "native", 2: "generic", 3: "offload", 4: "multi",
+                 "xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload",
+                 "xdpmulti": "multi"}
+IFA_F_NODAD = 0x02
+
+
+class PrepError(RuntimeError):
+    """A problem prepare cannot fix by itself; the message says what to do."""
+
+
+# --- sysctls -------------------------------------------------------------------
+def _sysctl_path(name: str) -> str:
+    return "/proc/sys/" + name.replace(".", "/")
+
+
+def read_sysctl(name: str) -> int:
+    with open(_sysctl_path(name)) as f:
+        return int(f.read().split()[0])
+
+
+def write_sysctl(name: str, value: int) -> None:
+    with open(_sysctl_path(name), "w") as f:
+        f.write(f"{value}\n")
+
+
+def _conf(family: str, device: str, key: str) -> str:
+    # interface names may hold dots, which /proc/sys writes as slashes
+    return f"net.{family}.conf.{device.replace('.', '/')}.{key}"
+
+
+def effective_conf(device: str, key: str) -> int:
+    """arp_ignore, arp_announce and rp_filter: the kernel uses max(all, device)."""
+    return max(read_sysctl(_conf("ipv4", "all", key)), read_sysctl(_conf("ipv4", device, key)))
+
+
+# --- links and XDP -------------------------------------------------------------
+def _ipr():
+    from pyroute2 import IPRoute
+    return IPRoute()
+
+
+def default_interface() -> str:
+    """The interface of the IPv4 default route, else of the IPv6 one."""
+    with _ipr() as ipr:
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for route in ipr.get_routes(family=family, table=254):
+                if route["dst_len"] != 0:
+                    continue
+                oif = route.get_attr("RTA_OIF")
+                if oif is None:
+                    multipath = route.get_attr("RTA_MULTIPATH") or []
+                    oif = multipath[0]["oif"] if multipath else None
+                if oif is not None:
+                    return ipr.get_links(oif)[0].get_attr("IFLA_IFNAME")
+    raise PrepError("no default route, so no default interface: pass --interface IFACE")
+
+
+def _link_index(ipr, ifname: str) -> int:
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise PrepError(f"interface {ifname!r} does not exist: pass --interface with one "
+                        f"that does (see `ip link`)")
+    return found[0]
+
+
+@dataclass(frozen=True)
+class XdpState:
+    """The XDP program on an interface, as the kernel reports it."""
+    prog_id: int
+    mode: str
+    name: str
+
+
+def _libbpf():
+    lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
+    lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+    lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p,
+                                           ctypes.POINTER(ctypes.c_uint32)]
+    return lib
+
+
+def program_name(prog_id: int) -> str:
+    """A loaded program's name (bcc names it after its function, cut to 15 bytes)."""
+    import os
+
+    lib = _libbpf()
+    fd = lib.bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        return ""
+    try:
+        # struct bpf_prog_info: name[16] sits at byte 64; the kernel accepts a
+        # longer zeroed buffer and fills what it knows.
+        info = ctypes.create_string_buffer(256)
+        size = ctypes.c_uint32(len(info))
+        if lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)) != 0:
+            return ""
+        return info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def xdp_state(ifname: str) -> XdpState | None:
+    with _ipr() as ipr:
+        link = ipr.get_links(_link_index(ipr, ifname))[0]
+    xdp = link.get_attr("IFLA_XDP")
+    if xdp is None:
+        return None
+    attached = xdp.get_attr("IFLA_XDP_ATTACHED")
+    prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") or xdp.get_attr("IFLA_XDP_DRV_PROG_ID") \
+        or xdp.get_attr("IFLA_XDP_SKB_PROG_ID")
+    if not attached or not prog_id:
+        return None
+    return XdpState(prog_id, _XDP_ATTACHED.get(attached, str(attached)), program_name(prog_id))
+
+
+def _set_xdp(ifname: str, fd: int, mode: str) -> None:
+    with _ipr() as ipr:
+        ipr.link("set", index=_link_index(ipr, ifname),
+                 xdp={"attrs": [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", XDP_FLAGS[mode])]})
+
+
+def attach_decap(ifname: str, mode: str) -> str:
+    """Compile xdp/decap.c and attach lbd_decap; returns the mode the kernel reports.
+
+    The attachment is made over netlink, so it outlives this process.
+    """
+    from lbd.datapath import load_helper
+
+    _bpf, function = load_helper(DECAP_FUNCTION, "decap.c")
+    tries = ["native", "generic"] if mode == "auto" else [mode]
+    for attempt in tries:
+        try:
+            _set_xdp(ifname, function.fd, attempt)
+            break
+        except Exception as err:  # pyroute2 raises NetlinkError with the kernel's errno
+            if attempt == tries[-1]:
+                raise PrepError(f"attaching {DECAP_FUNCTION} to {ifname} in {attempt} mode "
+                                f"failed: {err}") from err
+            print(f"decap: native attach on {ifname} failed ({err}), trying generic", flush=True)
+    state = xdp_state(ifname)
+    return state.mode if state else "unknown"
+
+
+def detach_xdp(ifname: str, state: XdpState) -> None:
+    _set_xdp(ifname, -1, "generic" if state.mode == "generic" else "native")
+
+
+# --- VIPs on loopback ---------------------------------------------------------
+def loopback_addresses() -> dict[IPAddress, int]:
+    """Addresses on lo, with their IFA_PROTO (0 when unset)."""
+    with _ipr() as ipr:
+        lo = _link_index(ipr, "lo")
+        return {ipaddress.ip_address(a.get_attr("IFA_ADDRESS")): a.get_attr("IFA_PROTO") or 0
+                for a in ipr.get_addr(index=lo)}
+
+
+def _lo_up() -> bool:
+    with _ipr() as ipr:
+        return ipr.get_links(_link_index(ipr, "lo"))[0]["flags"] & 1 == 1  # IFF_UP
+
+
+def add_vip(vip: IPAddress) -> None:
+    with _ipr() as ipr:
+        lo = _link_index(ipr, "lo")
+        ipr.link("set", index=lo, state="up")
+        # no duplicate address detection: the VIP lives on many hosts by design
+        ipr.addr("add", index=lo, address=str(vip), prefixlen=vip.max_prefixlen,
+                 proto=LBD_ADDR_PROTO, flags=IFA_F_NODAD if vip.version == 6 else 0)
+
+
+def remove_vip(vip: IPAddress) -> None:
+    with _ipr() as ipr:
+        ipr.addr("del", index=_link_index(ipr, "lo"), address=str(vip),
+                 prefixlen=vip.max_prefixlen)
+
+
+# --- the three commands --------------------------------------------------------
+def prepare(mode: str, vips: list[IPAddress], ifname: str, xdp_mode: str = "auto") -> list[str]:
+    """Make the host ready; returns one line per change made (none when already ready)."""
+    done: list[str] = []
+    on_lo = loopback_addresses()
+    for vip in vips:
+        if vip.version == 6 and read_sysctl("net.ipv6.conf.lo.disable_ipv6"):
+            write_sysctl("net.ipv6.conf.lo.disable_ipv6", 0)
+            done.append("enabled IPv6 on lo")
+        if vip not in on_lo:
+            add_vip(vip)
+            done.append(f"added {vip}/{vip.max_prefixlen} to lo")
+    if not _lo_up():
+        with _ipr() as ipr:
+            ipr.link("set", index=_link_index(ipr, "lo"), state="up")
+        done.append("set lo up")
+    # ARP and rp_filter are IPv4 knobs; they are harmless on an IPv6-only backend
+    if effective_conf(ifname, "arp_ignore") == 0:
+        write_sysctl(_conf("ipv4", "all", "arp_ignore"), 1)
+        done.append("net.ipv4.conf.all.arp_ignore=1 (answer ARP only for addresses "
+                    "on the asked interface, never for VIPs on lo)")
+    if effective_conf(ifname, "arp_announce") < 2:
+        write_sysctl(_conf("ipv4", "all", "arp_announce"), 2)
+        done.append("net.ipv4.conf.all.arp_announce=2 (never use a VIP as ARP source)")
+    for device in ("all", ifname):
+        if read_sysctl(_conf("ipv4", device, "rp_filter")) == 1:
+            write_sysctl(_conf("ipv4", device, "rp_filter"), 2)
+            done.append(f"{_conf('ipv4', device, 'rp_filter')}=2 (loose)")
+    if mode == "ipip":
+        state = xdp_state(ifname)
+        if state and state.name != DECAP_FUNCTION:
+            raise PrepError(f"{ifname} already runs XDP program {state.name!r} (id "
+                            f"{state.prog_id}); detach it first (`ip link set {ifname} "
+                            f"xdp off`) or pick another --interface")
+        if state is None:
+            used = attach_decap(ifname, xdp_mode)
+            done.append(f"attached {DECAP_FUNCTION} to {ifname} (xdp mode {used})")
+    return done
+
+
+@dataclass(frozen=True)
+class Finding:
+    ok: bool
+    what: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"ok       {self.what}" if self.ok else f"PROBLEM  {self.what}: {self.fix}"
+
+
+def _tcp_listeners(port: int) -> set[IPAddress]:
+    """Local addresses with a TCP socket listening on port (from /proc/net/tcp*)."""
+    found: set[IPAddress] = set()
+    for path, version in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)):
+        try:
+            lines = open(path).read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            hex_addr, hex_port = local.split(":")
+            if state != "0A" or int(hex_port, 16) != port:
+                continue
+            raw = bytes.fromhex(hex_addr)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.add(ipaddress.ip_address(packed))
+    return found
+
+
+def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = ()) -> list[Finding]:
+    """Diagnose without changing anything."""
+    findings: list[Finding] = []
+    again = f"run `lbd-backend prepare --mode {mode} " + \
+        " ".join(f"--vip {v}" for v in vips) + f" --interface {ifname}`"
+    on_lo = loopback_addresses()
+    for vip in vips:
+        if vip in on_lo:
+            findings.append(Finding(True, f"VIP {vip} is on lo"))
+        else:
+            findings.append(Finding(False, f"VIP {vip} is not on lo",
+                                    f"{again}, or `ip addr add {vip}/{vip.max_prefixlen} dev lo`"))
+    if not _lo_up():
+        findings.append(Finding(False, "lo is down", "`ip link set lo up`"))
+    if any(v.version == 6 for v in vips) and read_sysctl("net.ipv6.conf.lo.disable_ipv6"):
+        findings.append(Finding(False, "IPv6 is disabled on lo",
+                                "`sysctl -w net.ipv6.conf.lo.disable_ipv6=0`"))
+    ignore = effective_conf(ifname, "arp_ignore")
+    findings.append(Finding(ignore != 0, f"arp_ignore is {ignore} on {ifname}",
+                            "the host answers ARP for the VIPs on lo and steals their "
+                            "traffic: `sysctl -w net.ipv4.conf.all.arp_ignore=1`"))
+    announce = effective_conf(ifname, "arp_announce")
+    findings.append(Finding(announce >= 2, f"arp_announce is {announce} on {ifname}",
+                            "ARP requests may carry a VIP as sender: "
+                            "`sysctl -w net.ipv4.conf.all.arp_announce=2`"))
+    rp = effective_conf(ifname, "rp_filter")
+    findings.append(Finding(rp != 1, f"rp_filter is {rp} on {ifname}" + (" (strict)" if rp == 1 else ""),
+                            f"strict reverse-path filtering drops client packets whose route "
+                            f"back leaves by another interface: `sysctl -w "
+                            f"{_conf('ipv4', 'all', 'rp_filter')}=2 "
+                            f"{_conf('ipv4', ifname, 'rp_filter')}=2`"))
+    if mode == "ipip":
+        state = xdp_state(ifname)
+        if state is None:
+            findings.append(Finding(False, f"no XDP program on {ifname}",
+                                    f"IP-in-IP packets from lbd are not decapsulated: {again}"))
+        elif state.name != DECAP_FUNCTION:
+            findings.append(Finding(False, f"{ifname} runs XDP program {state.name!r}, not "
+                                    f"{DECAP_FUNCTION}", f"detach it, then {again}"))
+        else:
+            findings.append(Finding(True, f"{DECAP_FUNCTION} attached to {ifname} "
+                                    f"(xdp mode {state.mode}, id {state.prog_id})"))
+    for port in ports:
+        listening = _tcp_listeners(port)
+        for vip in vips:
+            # a [::] socket also takes IPv4 unless it is v6only, which /proc does not show
+            served = vip in listening or ipaddress.ip_address("::") in listening or (
+                vip.version == 4 and ipaddress.ip_address("0.0.0.0") in listening)
+            findings.append(Finding(served, f"TCP port {port} on {vip} has "
+                                    f"{'a' if served else 'no'} listener",
+                                    "start the service bound to 0.0.0.0/[::] or to the VIP"))
+    return findings
+
+
+def undo(vips: list[IPAddress] | None = None) -> list[str]:
+    """Remove the VIPs prepare put on lo and any lbd_decap program; sysctls stay."""
+    done: list[str] = []
+    for address, proto in loopback_addresses().items():
+        if proto == LBD_ADDR_PROTO and (vips is None or address in vips):
+            remove_vip(address)
+            done.append(f"removed {address}/{address.max_prefixlen} from lo")
+    with _ipr() as ipr:
+        names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
+    for ifname in names:
+        state = xdp_state(ifname)
+        if state and state.name == DECAP_FUNCTION:
+            detach_xdp(ifname, state)
+            done.append(f"detached {DECAP_FUNCTION} from {ifname}")
+    return done
+
+
+# --- command line --------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lbd-backend", description="Prepare, check or undo a backend host for lbd.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("prepare", "put VIPs on lo, suppress ARP, loosen rp_filter, "
+                                   "attach the decap program (ipip); idempotent"),
+                       ("check", "diagnose without changing anything; exit 1 on a problem")):
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("--mode", choices=("dsr", "ipip"), required=True)
+        cmd.add_argument("--vip", action="append", required=True, type=ipaddress.ip_address,
+                         help="a VIP this backend serves (repeatable)")
+        cmd.add_argument("--interface", help="where lbd's packets arrive "
+                                             "(default: the default route's interface)")
+        if name == "prepare":
+            cmd.add_argument("--xdp-mode", choices=("auto", "native", "generic"), default="auto",
+                             help="decap attach mode (auto: native, else generic)")
+        else:
+            cmd.add_argument("--port", action="append", type=int, default=[],
+                             help="also check a TCP listener serves the VIPs on this port")
+    cmd = sub.add_parser("undo", help="remove the VIPs prepare added and the decap program")
+    cmd.add_argument("--vip", action="append", type=ipaddress.ip_address,
+                     help="only these VIPs (default: every one prepare added)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "undo":
+            for line in undo(args.vip) or ["nothing to undo"]:
+                print(line)
+            return 0
+        ifname = args.interface or default_interface()
+        if args.command == "prepare":
+            changes = prepare(args.mode, args.vip, ifname, args.xdp_mode)
+            for line in changes or ["already prepared"]:
+                print(line)
+            if args.mode == "ipip":
+                state = xdp_state(ifname)
+                print(f"decap: {state.name} on {ifname}, xdp mode {state.mode}")
+            return 0
+        findings = check(args.mode, args.vip, ifname, args.port)
+        for finding in findings:
+            print(finding.line())
+        return 0 if all(f.ok for f in findings) else 1
+    except (PrepError, PermissionError) as err:
+        print(f"lbd-backend: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The backend-side decapsulation program turns what the balancer's ipip mode
+sends back into the client's original packet, byte for byte."""
+from __future__ import annotations
+
+import pytest
+from scapy.layers.inet import IP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+
+from lbd import bpfsys
+from lbd.datapath import load_helper
+from tests.bpf import scenario as sc
+
+pytestmark = pytest.mark.bpf
+
+XDP_PASS, XDP_TX = 2, 3
+
+
+@pytest.fixture(scope="module")
+def decap(fib_namespace):
+    bpf, function = load_helper("lbd_decap", "decap.c")
+    yield function.fd
+    bpf.cleanup()
+
+
+@pytest.mark.parametrize("address,port,proto,vlan", [
+    (sc.IPIP_V4, 80, 6, None), (sc.IPIP_V4, 53, 17, None), (sc.IPIP_V6, 80, 6, None),
+    (sc.IPIP_V6, 53, 17, None), (sc.IPIP_V4, 80, 6, 9)])
+def test_decap_restores_the_original_packet(lb, decap, address, port, proto, vlan):
+    lb.apply(sc.standard_vips())
+    original = sc.client_packet(address, port, proto, vlan=vlan,
+                                ip_options=b"\x01\x01\x01\x00" if ":" not in address else None)
+    encapsulated = lb.run(bytes(original))
+    assert encapsulated.action == XDP_TX
+    outer = Ether(encapsulated.packet)
+    assert (IP in outer and outer[IP].proto == 4) or (IPv6 in outer and outer[IPv6].nh == 41)
+
+    result = bpfsys.test_run(decap, encapsulated.packet)
+    assert result.action == XDP_PASS
+    l2_len = 18 if vlan is not None else 14
+    inner = original[IP] if IP in original else original[IPv6]
+    assert result.packet[l2_len:] == bytes(inner), "the IP packet, byte for byte"
+    # the L2 header is the one the packet arrived with (MACs of the last hop)
+    assert result.packet[:l2_len] == encapsulated.packet[:l2_len]
+
+
+@pytest.mark.parametrize("frame", [
+    sc.client_packet(sc.IPIP_V4, 80), sc.client_packet(sc.IPIP_V6, 53, 17),
+    Ether() / IP(dst="198.18.0.1", proto=4) / (b"\x00" * 8),  # claims ipip, inner is no IPv4
+])
+def test_decap_leaves_everything_else_alone(decap, frame):
+    raw = bytes(frame)
+    result = bpfsys.test_run(decap, raw)
+    assert result.action == XDP_PASS and result.packet == raw

@@ -1,0 +1,59 @@
+"""A throwaway network namespace in which bpf_fib_lookup() has real answers.
+
+BPF_PROG_TEST_RUN runs the balancer with the ingress interface of the
+calling thread's namespace. This namespace gives it one interface with
+addresses, a resolved next hop toward the ipip backends, a next hop with no
+MAC, and forwarding on: what the bpf test tier and the per-packet cost
+benchmark run in. Only test ranges (198.18.0.0/15, fd00::/8) are used.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+from typing import Iterator
+
+from pyroute2 import netns
+
+IFNAME = "lbd0"
+MAC = "02:00:00:00:01:01"
+V4, V6 = "198.18.1.1", "fd00:1::1"
+GW_MAC = "02:00:00:00:01:fe"          # next hop toward the ipip backends
+GW_V4, GW_V6 = "198.18.1.254", "fd00:1::fe"
+REMOTE_V4, REMOTE_V6 = "198.18.20.0/24", "fd00:20::/64"   # behind the resolved next hop
+UNRESOLVED_V4 = "198.18.30.0/24"                          # behind a next hop with no MAC
+
+
+@contextlib.contextmanager
+def fib_namespace(name: str | None = None) -> Iterator[int]:
+    """Create the namespace, move this thread into it, yield the interface's
+    ifindex; on exit return to the original namespace and delete it."""
+    name = name or f"lbdt-fib-{os.getpid()}"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", "-n", name, *args], check=True, capture_output=True)
+
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        # bpf_fib_lookup() refuses to route when forwarding is off
+        for sysctl in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"):
+            subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", sysctl], check=True)
+        ip("link", "add", IFNAME, "address", MAC, "type", "veth", "peer", "name", f"{IFNAME}p")
+        for dev in ("lo", IFNAME, f"{IFNAME}p"):
+            ip("link", "set", dev, "up")
+        ip("addr", "add", f"{V4}/24", "dev", IFNAME)
+        ip("addr", "add", f"{V6}/64", "dev", IFNAME, "nodad")
+        ip("neigh", "replace", GW_V4, "lladdr", GW_MAC, "dev", IFNAME, "nud", "permanent")
+        ip("neigh", "replace", GW_V6, "lladdr", GW_MAC, "dev", IFNAME, "nud", "permanent")
+        ip("route", "add", REMOTE_V4, "via", GW_V4)
+        ip("-6", "route", "add", REMOTE_V6, "via", GW_V6)
+        ip("route", "add", UNRESOLVED_V4, "via", "198.18.1.253")
+        netns.pushns(name)
+        try:
+            yield socket.if_nametoindex(IFNAME)
+        finally:
+            netns.popns()
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)

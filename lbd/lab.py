@@ -170,11 +170,11 @@ def _kill_pids(pids: list[int], timeout: float = 3.0) -> None:
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + timeout
     while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if _alive(p)]
+        pids = [p for p in pids if process_alive(p)]
         time.sleep(_WAIT_STEP)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -207,14 +207,14 @@ def remove_stale(base: str = BASE_PREFIX, everything: bool = False) -> list[str]
     """Remove namespaces and bpffs dirs of earlier runs whose process is gone (or all)."""
     removed = []
     for name, pid in lab_namespaces(base).items():
-        if everything or not _alive(pid):
+        if everything or not process_alive(pid):
             remove_netns(name)
             removed.append(name)
     pattern = re.compile(rf"^{re.escape(base)}(\d+)-\d+$")
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(BPFFS):
             match = pattern.match(name)
-            if match and (everything or not _alive(int(match.group(1)))):
+            if match and (everything or not process_alive(int(match.group(1)))):
                 shutil.rmtree(os.path.join(BPFFS, name), ignore_errors=True)
                 removed.append(os.path.join(BPFFS, name))
     if removed:
@@ -514,7 +514,7 @@ http {{
             argv += ["--mode", backend.mode, "--interface", backend.ifname]
             for vip in vips or (*self.vips_v4, *self.vips_v6):
                 argv += ["--vip", str(vip)]
-        if command in ("prepare", "undo") and self.bpffs_dir:
+        if command == "prepare" and self.bpffs_dir:
             argv += ["--pin-dir", os.path.join(self.bpffs_dir, "decap")]
         return argv + list(args)
 

@@ -175,6 +175,7 @@ def _kill_pids(pids: list[int], timeout: float = 3.0) -> None:
 
 
 def process_alive(pid: int) -> bool:
+    """Whether pid is a running process (a zombie counts as gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -559,6 +560,18 @@ http {{
         self.xdp_modes[f"{short}/{ifname}"] = mode
         log.info("lab_xdp namespace=%s interface=%s mode=%s", short, ifname, mode)
         return mode
+
+    def detach_xdp(self, ns: str | Node, ifname: str) -> None:
+        """Remove the XDP program of a link in a namespace, whichever mode it runs in."""
+        ipr = self._ipr_for(self.ns(ns))
+        index = _index(ipr, ifname)
+        mode = xdp_mode(ipr, index)
+        if mode is None:
+            return
+        flags = 1 << 1 if mode == "generic" else XDP_FLAGS_DRV_MODE
+        ipr.link("set", index=index, xdp={"attrs": [("IFLA_XDP_FD", -1),
+                                                   ("IFLA_XDP_FLAGS", flags)]})
+        self.xdp_modes.pop(f"{self.ns(ns).removeprefix(self.prefix)}/{ifname}", None)
 
     def read_xdp_mode(self, ns: str | Node, ifname: str) -> str | None:
         ipr = self._ipr_for(self.ns(ns))

@@ -275,3 +275,74 @@ def _dead_pid() -> int:
             return proc.pid
         time.sleep(0.01)
     raise RuntimeError("no dead pid found")
+
+
+# --- native XDP_TX through the lab ----------------------------------------------
+_BOUNCE_TO_B1 = r"""
+#include <uapi/linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+
+/* The least a DSR balancer does: packets to the VIP get b1's MAC and go back
+ * out (XDP_TX); everything else passes. */
+int lab_bounce(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	unsigned char dst[ETH_ALEN] = {DST_MAC}, src[ETH_ALEN] = {SRC_MAC};
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_PASS;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > data_end || ip->daddr != VIP4)
+			return XDP_PASS;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end || ip6->daddr.s6_addr32[0] != VIP6_0 ||
+		    ip6->daddr.s6_addr32[1] != VIP6_1 || ip6->daddr.s6_addr32[2] != VIP6_2 ||
+		    ip6->daddr.s6_addr32[3] != VIP6_3)
+			return XDP_PASS;
+	} else {
+		return XDP_PASS;
+	}
+	__builtin_memcpy(eth->h_dest, dst, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, src, ETH_ALEN);
+	return XDP_TX;
+}
+"""
+
+
+def _mac_bytes(mac: str) -> str:
+    return ",".join(f"0x{part}" for part in mac.split(":"))
+
+
+def test_native_xdp_tx_on_lbd_host_delivers_tcp_to_a_dsr_backend(lab):
+    """What the lab exists for: a native XDP program on lbd's eth0 that bounces
+    VIP traffic to b1 (XDP_TX) delivers TCP, v4 and v6, and b1 answers the
+    client directly."""
+    import struct
+
+    from bcc import BPF
+
+    vip4, vip6 = lab.vips_v4[2], lab.vips_v6[2]
+    words = struct.unpack("<4I", vip6.packed)
+    cflags = [f"-DVIP4={struct.unpack('<I', vip4.packed)[0]}u",
+              *(f"-DVIP6_{i}={w}u" for i, w in enumerate(words)),
+              f"-DDST_MAC={_mac_bytes(lab.backends['b1'].mac)}",
+              f"-DSRC_MAC={_mac_bytes(lab.lbd.mac)}"]
+    bpf = BPF(text=_BOUNCE_TO_B1.encode(), cflags=cflags)
+    function = bpf.load_func(b"lab_bounce", BPF.XDP)
+    try:
+        assert lab.attach_xdp(lab.lbd, "eth0", function.fd) == "native"
+        for vip, source in ((vip4, lab.client.v4s[11]), (vip6, lab.client.v6s[11])):
+            reply = lab.http_get(lab.url(vip, "/whoami"), source=source)
+            assert reply.body == f"b1 {source}\n", reply
+    finally:
+        lab.detach_xdp(lab.lbd, "eth0")
+        bpf.cleanup()
+    assert lab.read_xdp_mode(lab.lbd, "eth0") is None

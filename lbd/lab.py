@@ -21,13 +21,21 @@ Native XDP on veth (TESTBED.md): the lab attaches the lbd_pass helper to the
 bridge-side peer of lbd's eth0 and of each ipip backend's eth0, and turns TX
 checksum offload off on every veth, so a native XDP_TX from lbd and the
 native decap program on r1..r3 deliver. `Lab.xdp_modes` says which mode
-each program runs in.
+each program runs in. The lbd host knows its router's MAC from the start (a
+permanent neighbour entry), since bpf_fib_lookup() cannot resolve one.
+MACs are fixed: 02:00:c6:12:<net>:<host> (net 00 LAN, 10 clients, 20 remote).
 
     with Lab(vips_v4=["198.18.100.1"], vips_v6=["fd00:100::1"]) as lab:
         lab.run("lbd", ["ip", "addr"])                  # CompletedProcess
         daemon = lab.spawn("lbd", ["lbd", "run", ...], host_mounts=True)
-        reply = lab.http_get(lab.url(lab.vips_v4[0]), source="198.18.10.7")
-        lab.stop_server("b2"); lab.start_server("b2")
+        lab.attach_xdp("lbd", "eth0", prog_fd)          # native; returns the mode
+        reply = lab.http_get(lab.url(lab.vips_v4[0]), source=lab.client.v4s[7])
+        replies = lab.http_get_many(lab.url(vip, "/whoami"), lab.client.v4s)
+        lab.udp_echo(vip, "hi")                         # "b2 hi" or None
+        lab.stop_server("b2"); lab.start_server("b2")   # "http", "udp" or both
+
+`python -m lbd.lab up` builds one and keeps it until Ctrl-C; `python -m
+lbd.lab clean` removes what dead runs left.
 """
 from __future__ import annotations
 
@@ -47,7 +55,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 log = logging.getLogger("lbd.lab")
 
@@ -250,6 +258,9 @@ class Lab:
                  dsr_backends: int = 3, ipip_backends: int = 3, clients: int = 1,
                  addresses_per_client: int = 59, servers: bool = True, mtu: int = 1500,
                  base: str = BASE_PREFIX):
+        """VIPs go on every backend's loopback; `servers=False` starts no nginx
+        or UDP echo; `mtu` is that of every lab link; `base` starts every
+        namespace name (labs of other bases are never touched)."""
         self.vips_v4 = [ipaddress.IPv4Address(v) for v in vips_v4]
         self.vips_v6 = [ipaddress.IPv6Address(v) for v in vips_v6]
         for vip in (*self.vips_v4, *self.vips_v6):

@@ -60,7 +60,8 @@ class PrepError(RuntimeError):
 
 # --- sysctls -------------------------------------------------------------------
 def _sysctl_path(name: str) -> str:
-    return "/proc/sys/" + name.replace(".", "/")
+    # sysctl(8) spelling: dots separate, a slash stands for a dot in a name (eth0/100)
+    return "/proc/sys/" + "/".join(part.replace("/", ".") for part in name.split("."))
 
 
 def read_sysctl(name: str) -> int:
@@ -192,6 +193,13 @@ def _on_bpffs(path: str) -> bool:
     return fstype == "bpf"
 
 
+def require_bpffs(pin_dir: str) -> None:
+    existing = pin_dir if os.path.isdir(pin_dir) else os.path.dirname(os.path.abspath(pin_dir))
+    if not _on_bpffs(existing):
+        raise PrepError(f"--pin-dir {pin_dir} is not on a bpf filesystem: mount one "
+                        f"(`mount -t bpf bpf /sys/fs/bpf`) or leave --pin-dir out")
+
+
 @contextlib.contextmanager
 def _locked(directory: str):
     # Concurrent prepares sharing a pin directory (the lab prepares its
@@ -214,10 +222,7 @@ def decap_program(pin_dir: str | None):
         _bpf, function = load_helper(DECAP_FUNCTION, "decap.c")
         yield function.fd, "compiled"
         return
-    existing = pin_dir if os.path.isdir(pin_dir) else os.path.dirname(os.path.abspath(pin_dir))
-    if not _on_bpffs(existing):
-        raise PrepError(f"--pin-dir {pin_dir} is not on a bpf filesystem: mount one "
-                        f"(`mount -t bpf bpf /sys/fs/bpf`) or leave --pin-dir out")
+    require_bpffs(pin_dir)
     from lbd import bpfsys
 
     os.makedirs(pin_dir, exist_ok=True)
@@ -477,7 +482,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
             return 0
         ifname = args.interface or default_interface()
+        with _ipr() as ipr:
+            _link_index(ipr, ifname)      # a missing interface is named, not a traceback
         if args.command == "prepare":
+            if args.mode == "ipip" and args.pin_dir:
+                require_bpffs(args.pin_dir)   # before changing anything
             changes = prepare(args.mode, args.vip, ifname, args.xdp_mode, args.pin_dir)
             for line in changes or ["already prepared"]:
                 print(line)

@@ -5,6 +5,7 @@ Real traffic only, and only inside the lab's namespaces.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -346,3 +347,12 @@ def test_native_xdp_tx_on_lbd_host_delivers_tcp_to_a_dsr_backend(lab):
         lab.detach_xdp(lab.lbd, "eth0")
         bpf.cleanup()
     assert lab.read_xdp_mode(lab.lbd, "eth0") is None
+
+
+def test_add_vips_prepares_every_backend_again(lab):
+    lab.add_vips(["198.18.100.40"], ["fd00:100::40"])
+    assert ipaddress.ip_address("198.18.100.40") in lab.vips_v4
+    for name in BACKENDS:
+        result = lab.check_backend(name)
+        assert result.returncode == 0, result.stdout
+        assert "VIP fd00:100::40 is on lo" in result.stdout

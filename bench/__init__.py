@@ -1,0 +1,1 @@
+"""lbd's benchmarks: each writes bench/results/<name>.json; `make bench` runs them all."""

@@ -22,7 +22,9 @@ log = logging.getLogger("lbd.datapath")
 
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
-_ATTACHED_MODE = {1: "native", 2: "generic", 3: "offload"}  # IFLA_XDP_ATTACHED
+# IFLA_XDP_ATTACHED: numbers from the kernel, names from pyroute2 >= 0.9
+_ATTACHED_MODE = {1: "native", 2: "generic", 3: "offload", "xdp": "native",
+                  "xdpgeneric": "generic", "xdpoffload": "offload", "xdpdrv": "native"}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 C = layout.constant

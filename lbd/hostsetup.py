@@ -20,6 +20,7 @@ import sys
 # test lab and benchmarks use. Kept in one list so install and Dockerfile agree.
 RUNTIME_PACKAGES = [
     "python3-bpfcc",      # bcc's Python module (not on PyPI)
+    "python3-systemd",    # sd_notify for Type=notify (systemd's own binding)
     "python3-venv",
     "python3-dev",        # builds lbd's Maglev C extension
     "gcc",

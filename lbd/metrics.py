@@ -1,0 +1,115 @@
+"""Prometheus metrics: the program's per-CPU counters summed at scrape time,
+plus the daemon's own state. Labels are VIP names and backend addresses,
+never client addresses."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from lbd import __version__
+
+if TYPE_CHECKING:
+    from lbd.daemon import Daemon
+
+
+class DatapathCollector:
+    """Reads the maps on every scrape (per-CPU values summed here, not in C)."""
+
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
+
+    def collect(self):
+        d = self.daemon
+        if d.datapath is None:
+            return
+        dp, programmer = d.datapath, d.programmer
+        vip_metrics = {
+            "packets": CounterMetricFamily("lbd_vip_packets", "Packets to the VIP seen by XDP", labels=["vip"]),
+            "bytes": CounterMetricFamily("lbd_vip_bytes", "Bytes to the VIP seen by XDP", labels=["vip"]),
+            "new_flows": CounterMetricFamily("lbd_vip_new_flows", "Flows placed by the Maglev table",
+                                             labels=["vip"]),
+            "rescheduled": CounterMetricFamily("lbd_vip_rescheduled_flows",
+                                               "Flows moved off a removed or failed backend", labels=["vip"]),
+        }
+        be_packets = CounterMetricFamily("lbd_backend_packets", "Packets sent to the backend",
+                                         labels=["vip", "backend"])
+        be_bytes = CounterMetricFamily("lbd_backend_bytes", "Bytes sent to the backend",
+                                       labels=["vip", "backend"])
+        be_up = GaugeMetricFamily("lbd_backend_up", "1 if the backend is in its VIP's table",
+                                  labels=["vip", "backend"])
+        be_weight = GaugeMetricFamily("lbd_backend_weight", "Configured weight (0 when draining)",
+                                      labels=["vip", "backend"])
+        vip_up = GaugeMetricFamily("lbd_vip_backends_up", "Backends in the VIP's table", labels=["vip"])
+        fail_open = GaugeMetricFamily("lbd_vip_fail_open",
+                                      "1 if every backend failed health checks and lbd kept them in",
+                                      labels=["vip"])
+        table = GaugeMetricFamily("lbd_vip_table_info", "Fingerprint of the VIP's Maglev table",
+                                  labels=["vip", "fingerprint"])
+        for key, applied in programmer.applied().items():
+            name = applied.plan.name
+            counters = dp.vip_counters(applied.vip_id)
+            for field, family in vip_metrics.items():
+                family.add_metric([name], counters[field])
+            in_table = 0
+            for backend in applied.plan.backends:
+                backend_id = applied.backend_ids[backend.address]
+                stats = dp.backend_counters(backend_id)
+                label = [name, str(backend.address)]
+                be_packets.add_metric(label, stats["packets"])
+                be_bytes.add_metric(label, stats["bytes"])
+                be_up.add_metric(label, 1 if backend.in_table else 0)
+                be_weight.add_metric(label, backend.weight)
+                in_table += backend.in_table
+            vip_up.add_metric([name], in_table)
+            status = d.vip_status.get(name)
+            fail_open.add_metric([name], 1 if status and status.fail_open else 0)
+            table.add_metric([name, applied.fingerprint], 1)
+        yield from vip_metrics.values()
+        yield from (be_packets, be_bytes, be_up, be_weight, vip_up, fail_open, table)
+
+        totals = dp.global_counters()
+        drops = CounterMetricFamily("lbd_drops", "Packets to a VIP dropped, by reason", labels=["reason"])
+        for reason, value in totals["drops"].items():
+            drops.add_metric([reason], value)
+        actions = CounterMetricFamily("lbd_xdp_actions", "XDP verdicts returned", labels=["action"])
+        for action, value in totals["actions"].items():
+            actions.add_metric([action], value)
+        yield drops
+        yield actions
+        for name, field, text in (
+                ("lbd_conntrack_hits", "ct_hits", "Packets whose flow was in the connection table"),
+                ("lbd_conntrack_misses", "ct_misses", "Packets whose flow was not in the connection table"),
+                ("lbd_icmp_too_big_sent", "icmp_too_big_sent", "ICMP too-big sent to clients (ipip MTU)"),
+                ("lbd_icmp_to_backend", "icmp_to_backend", "ICMP errors about a VIP flow sent to its backend"),
+                ("lbd_fragments_forwarded", "fragments_forwarded", "Fragments forwarded (client affinity)")):
+            family = CounterMetricFamily(name, text)
+            family.add_metric([], totals[field])
+            yield family
+        attached = GaugeMetricFamily("lbd_xdp_attached", "1 if the program is attached",
+                                     labels=["interface", "mode"])
+        for ifname, mode in d.attached.items():
+            attached.add_metric([ifname, mode], 1)
+        yield attached
+
+
+class Metrics:
+    """The registry and the daemon's own instruments."""
+
+    def __init__(self, daemon: "Daemon"):
+        self.registry = CollectorRegistry()
+        Gauge("lbd_build_info", "lbd version", ["version"], registry=self.registry).labels(__version__).set(1)
+        self.reloads = Counter("lbd_reloads", "Config reloads by result", ["result"], registry=self.registry)
+        for result in ("success", "failure", "refused"):
+            self.reloads.labels(result)
+        self.last_success = Gauge("lbd_last_reload_success_timestamp_seconds",
+                                  "When the config was last applied successfully", registry=self.registry)
+        self.last_ok = Gauge("lbd_config_last_reload_successful",
+                             "1 if the last reload succeeded", registry=self.registry)
+        self.check_duration = Histogram("lbd_health_check_duration_seconds", "Health check durations",
+                                        ["vip"], registry=self.registry,
+                                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+        self.checks = Counter("lbd_health_checks", "Health checks by result", ["vip", "backend", "result"],
+                              registry=self.registry)
+        self.registry.register(DatapathCollector(daemon))

@@ -1,0 +1,86 @@
+"""From config, health and neighbour facts to the plans the programmer writes.
+
+Backend states, in order of precedence:
+  * drain: true or weight 0   -> DRAINING: keeps its established flows, no new ones
+  * MAC unresolved (dsr)      -> DOWN: cannot be reached, flows move on
+  * health check down         -> DOWN
+  * otherwise                 -> ACTIVE, in the Maglev table by weight
+
+All backends down: lbd fails open. When no backend of a VIP is usable and
+some are down only because their health checks fail, those are put back
+in the table as if healthy (and lbd_vip_fail_open says so): a health checker
+that cannot reach anything (a firewall change, our own network trouble) must
+not black-hole a VIP whose backends may well be serving. Backends that are
+drained or unreachable at L2 stay out even then.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from lbd.config import Backend, Config, Vip
+from lbd.neighbours import Resolved
+from lbd.programmer import ACTIVE, DOWN, DRAINING, PROTO_NUMBERS, BackendPlan, VipPlan
+
+HealthUp = Callable[[Vip, Backend], bool]
+
+
+@dataclass
+class VipStatus:
+    """What an operator needs to know about a VIP beyond its plan."""
+    fail_open: bool = False
+    notes: dict[str, str] = field(default_factory=dict)  # backend address -> why not active
+
+
+def backend_plan(vip: Vip, backend: Backend, up: bool, resolved: Resolved | None) -> tuple[BackendPlan, str]:
+    mac = src_mac = b"\0" * 6
+    ifindex = 0
+    note = ""
+    if vip.mode == "dsr":
+        if resolved is None or not resolved.ok:
+            note = resolved.problem if resolved else "not resolved yet"
+        else:
+            mac, src_mac, ifindex = resolved.mac, resolved.our_mac, resolved.ifindex
+    if backend.effective_weight == 0:
+        state, note = DRAINING, "draining" + (f"; {note}" if note else "")
+    elif note:
+        state = DOWN
+    elif not up:
+        state, note = DOWN, "health check failing"
+    else:
+        state = ACTIVE
+    return BackendPlan(backend.address, backend.effective_weight, state, mac, src_mac, ifindex), note
+
+
+def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict) -> tuple[VipPlan, VipStatus]:
+    status = VipStatus()
+    planned = []
+    for backend in vip.backends:
+        up = health_up(vip, backend)
+        plan, note = backend_plan(vip, backend, up, resolutions.get(backend.address))
+        planned.append((backend, plan, note, up))
+        if note:
+            status.notes[str(backend.address)] = note
+    if planned and not any(p.in_table for _, p, _, _ in planned):
+        revived = []
+        for backend, plan, note, up in planned:
+            if plan.state == DOWN and not up and note == "health check failing":
+                plan = BackendPlan(plan.address, plan.weight, ACTIVE, plan.dst_mac, plan.src_mac,
+                                   plan.ifindex)
+                status.notes[str(backend.address)] = "health check failing (fail-open: kept in table)"
+            revived.append((backend, plan, note, up))
+        if any(p.in_table for _, p, _, _ in revived):
+            status.fail_open = True
+            planned = revived
+    return VipPlan(vip.address, vip.port, PROTO_NUMBERS[vip.protocol], ipip=vip.mode == "ipip",
+                   client_affinity=vip.affinity == "client",
+                   backends=tuple(p for _, p, _, _ in planned), name=vip.name), status
+
+
+def plans_for(config: Config, health_up: HealthUp, resolutions: dict) -> tuple[list[VipPlan], dict[str, VipStatus]]:
+    plans, statuses = [], {}
+    for vip in config.vips:
+        plan, status = vip_plan(vip, health_up, resolutions)
+        plans.append(plan)
+        statuses[vip.name] = status
+    return plans, statuses

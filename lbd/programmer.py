@@ -298,6 +298,27 @@ class Programmer:
             self.dp.delete_addr(address, proto)
         self._addr_keys_written = set(by_addr)
 
+    def preview(self, plans: list[VipPlan]) -> list[VipResult]:
+        """What apply(plans) would do to each VIP, writing nothing: the share
+        of flows (table slots) that would move to another backend address."""
+        results = []
+        wanted = {p.key: p for p in plans}
+        for key, plan in wanted.items():
+            old = self._applied.get(key)
+            new_table = _by_address(plan, self.limits.ring_size)
+            if old is None:
+                results.append(VipResult(plan.name, "added", 0.0))
+            elif old.plan.table_input() == plan.table_input():
+                results.append(VipResult(plan.name, "unchanged" if old.plan == plan else "changed",
+                                         0.0, old.fingerprint))
+            else:
+                results.append(VipResult(plan.name, "changed",
+                                         _moved(_by_address(old.plan, self.limits.ring_size), new_table)))
+        for key, old in self._applied.items():
+            if key not in wanted:
+                results.append(VipResult(old.plan.name, "removed", 1.0))
+        return results
+
     # --- queries ----------------------------------------------------------------
     def vip_id(self, key: VipKey) -> int | None:
         return self._vip_ids.get(key)
@@ -307,6 +328,16 @@ class Programmer:
 
     def backend_id(self, key: VipKey, address: IPAddress) -> int | None:
         return self._backend_ids.get((key, address))
+
+
+def _by_address(plan: VipPlan, ring_size: int) -> np.ndarray:
+    """The plan's table with backends numbered by address order: comparable
+    between two plans whatever ids the backends were given."""
+    ranks = {address: rank for rank, address in
+             enumerate(sorted((b.address for b in plan.backends), key=lambda a: a.packed), start=1)}
+    entries = [maglev.Backend(b.address.packed, b.weight, ranks[b.address])
+               for b in plan.backends if b.in_table]
+    return np.frombuffer(maglev.build_table(entries, ring_size), dtype=np.uint32)
 
 
 def _moved(old: np.ndarray | None, new: np.ndarray) -> float:

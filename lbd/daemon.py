@@ -1,0 +1,393 @@
+"""The lbd daemon: config in, datapath programmed, health checked, observable.
+
+Lifecycle
+  start:   check the host, load (or adopt) the pinned program and maps,
+           resolve backends, apply the config, attach, then READY=1.
+  reload:  SIGHUP or `lbctl reload`: validate, refuse boot-only changes by
+           name, diff, apply; an invalid file or a failed apply leaves the
+           datapath exactly as it was (logged, in /status, counted).
+  stop:    SIGTERM: STOPPING=1 and exit, leaving the program attached and
+           the maps pinned, so forwarding and the connection table go on
+           and the next start adopts them (hitless restart and upgrade).
+  teardown: `lbctl teardown` / `lbd --teardown`: detach and unpin all.
+"""
+from __future__ import annotations
+
+import asyncio
+import glob
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from lbd import config as config_mod
+from lbd import hostsetup, layout
+from lbd.config import Config, ConfigError
+from lbd.datapath import Datapath, Limits, attach_xdp, detach_xdp
+from lbd.health import CheckSpec, HealthChecker
+from lbd.metrics import Metrics
+from lbd.neighbours import NeighbourResolver, Resolved
+from lbd.plan import VipStatus, plans_for, vip_plan
+from lbd.programmer import ApplyError, Programmer, VipResult
+
+log = logging.getLogger("lbd")
+NEIGHBOUR_REFRESH_S = 30.0
+
+
+class StartupError(Exception):
+    """Something basic is missing; the message says what to do."""
+
+
+def pin_dir_for(bpffs: str, limits: Limits) -> str:
+    """Pins live in a directory named after the layout and the map sizes, so
+    a daemon only ever adopts maps shaped exactly as its program expects."""
+    return os.path.join(bpffs, f"layout{layout.constant('LBD_LAYOUT_VERSION')}-vips{limits.max_vips}"
+                               f"-backends{limits.max_backends}-ring{limits.ring_size}"
+                               f"-ct{limits.conntrack_size}")
+
+
+def datapath_limits(config: Config) -> Limits:
+    return Limits(**config.limits.model_dump())
+
+
+def teardown(config: Config) -> list[str]:
+    """Detach from every configured interface and remove every pin."""
+    done = []
+    for interface in config.interfaces:
+        try:
+            detach_xdp(interface.name)
+            done.append(f"detached {interface.name}")
+        except Exception as err:  # interface gone: nothing attached there
+            done.append(f"{interface.name}: {err}")
+    if os.path.isdir(config.bpffs):
+        shutil.rmtree(config.bpffs)
+        done.append(f"unpinned {config.bpffs}")
+    return done
+
+
+def _notify(message: str) -> None:
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return
+    try:
+        from systemd import daemon as sd
+    except ImportError:  # no python3-systemd: nothing to notify with
+        return
+    sd.notify(message)
+
+
+class Daemon:
+    def __init__(self, config_path: str, config: Config):
+        self.config_path = config_path
+        self.config = config
+        self.datapath: Datapath | None = None
+        self.programmer: Programmer | None = None
+        self.health: HealthChecker | None = None
+        self.resolver = NeighbourResolver()
+        self.resolutions: dict = {}
+        self.vip_status: dict[str, VipStatus] = {}
+        self.attached: dict[str, str] = {}
+        self.last_results: list[VipResult] = []
+        self.reload_state = {"last_result": None, "last_error": None, "last_success_time": None,
+                             "refused": None}
+        self.ready = False
+        self.started = time.time()
+        self.metrics = Metrics(self)
+        self._apply_lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # --- start ----------------------------------------------------------------
+    def preflight(self) -> None:
+        problems = [p for p in hostsetup.problems() if "bpffs" not in p]
+        if not _on_bpffs(self.config.bpffs):
+            problems.append(f"{self.config.bpffs} (config bpffs) is not on a mounted bpffs: "
+                            f"mount -t bpf bpf /sys/fs/bpf")
+        for interface in self.config.interfaces:
+            if not _interface_exists(interface.name):
+                problems.append(f"interface {interface.name} does not exist (config interfaces)")
+        if problems:
+            raise StartupError("lbd cannot start:\n  " + "\n  ".join(problems))
+
+    def _load_datapath(self) -> None:
+        limits = datapath_limits(self.config)
+        pin_dir = pin_dir_for(self.config.bpffs, limits)
+        stale = [d for d in glob.glob(os.path.join(self.config.bpffs, "layout*")) if d != pin_dir]
+        adopting = os.path.isdir(pin_dir)
+        try:
+            self.datapath = Datapath(limits, pin_dir)
+        except Exception as err:
+            if "EACCES" in str(err) or "Operation not permitted" in str(err):
+                raise StartupError(f"loading the XDP program was refused ({err}): lbd needs "
+                                   "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON") from err
+            raise
+        self.programmer = Programmer(self.datapath)
+        if adopting:
+            found = self.programmer.adopt()
+            log.info("datapath_adopted pin_dir=%s vips=%d conntrack_entries=%d", pin_dir, found,
+                     len(self.datapath.conntrack_snapshot()))
+        else:
+            log.info("datapath_created pin_dir=%s", pin_dir)
+        self._stale_pins = stale
+
+    def _ipip_forwarding(self) -> None:
+        """bpf_fib_lookup() refuses to route when IP forwarding is off on the
+        interface: ipip needs it on (dsr does not)."""
+        families = {vip.address.version for vip in self.config.vips if vip.mode == "ipip"}
+        for interface in self.config.interfaces:
+            for version in families:
+                path = (f"/proc/sys/net/ipv4/conf/{interface.name}/forwarding" if version == 4 else
+                        f"/proc/sys/net/ipv6/conf/{interface.name}/forwarding")
+                try:
+                    if Path(path).read_text().strip() != "1":
+                        Path(path).write_text("1\n")
+                        log.info("forwarding_enabled interface=%s family=ipv%d reason=ipip", interface.name,
+                                 version)
+                except OSError as err:
+                    log.warning("forwarding_not_set interface=%s error=%s", interface.name, err)
+
+    async def _resolve(self) -> None:
+        dsr = {b.address for v in self.config.vips if v.mode == "dsr" for b in v.backends}
+        ipip = {b.address for v in self.config.vips if v.mode == "ipip" for b in v.backends}
+        loop = asyncio.get_running_loop()
+        resolutions = await loop.run_in_executor(None, self.resolver.resolve_all, dsr, ipip)
+        for address, resolved in resolutions.items():
+            previous = self.resolutions.get(address)
+            if not resolved.ok and (previous is None or previous.ok):
+                log.warning("backend_unresolved backend=%s problem=%r", address, resolved.problem)
+        self.resolutions = resolutions
+
+    def _health_targets(self, config: Config) -> dict:
+        targets = {}
+        for vip in config.vips:
+            if vip.health is None:
+                continue
+            for backend in vip.backends:
+                h = vip.health
+                targets[(vip.name, str(backend.address))] = CheckSpec(
+                    type=h.type, address=backend.address, port=h.port, path=h.path,
+                    expect_status=h.expect_status, interval_s=h.interval_s, timeout_s=h.timeout_s,
+                    rise=h.rise, fall=h.fall)
+        return targets
+
+    def _health_up(self, vip, backend) -> bool:
+        if vip.health is None or self.health is None:
+            return True
+        return self.health.is_up((vip.name, str(backend.address)))
+
+    async def _apply(self, config: Config) -> list[VipResult]:
+        plans, statuses = plans_for(config, self._health_up, self.resolutions)
+        async with self._apply_lock:
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(None, self.programmer.apply, plans)
+        self.vip_status = statuses
+        return results
+
+    def _attach(self) -> None:
+        for interface in self.config.interfaces:
+            self.attached[interface.name] = self.datapath.attach(interface.name, interface.mode)
+        # an older layout's pins are dropped only once our program has replaced its program
+        for stale in getattr(self, "_stale_pins", []):
+            log.warning("pinned_layout_replaced old=%s new_limits=%s conntrack=lost", stale,
+                        datapath_limits(self.config))
+            shutil.rmtree(stale, ignore_errors=True)
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.preflight()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._load_datapath)
+        self.datapath.set_settings(self.config.ipip_source_v4, self.config.ipip_source_v6)
+        self._ipip_forwarding()
+        await self._resolve()
+        self.health = HealthChecker(self._on_health_change, self._on_health_result)
+        self.health.set_targets(self._health_targets(self.config))
+        results = await self._apply(self.config)
+        self._log_results("initial", results)
+        self._attach()
+        self.last_results = results
+        self.reload_state.update(last_result="success", last_success_time=time.time())
+        self.metrics.last_success.set(time.time())
+        self.metrics.last_ok.set(1)
+        self.ready = True
+        log.info("ready vips=%d backends=%d interfaces=%s", len(self.config.vips), self.config.backend_count,
+                 ",".join(f"{k}:{v}" for k, v in self.attached.items()))
+        _notify("READY=1")
+
+    # --- health ---------------------------------------------------------------
+    def _on_health_change(self, key, old, new, result) -> None:
+        if old.is_up == new.is_up or not self.ready:
+            return
+        vip_name = key[0]
+        asyncio.ensure_future(self._replan(vip_name))
+
+    def _on_health_result(self, key, result) -> None:
+        self.metrics.check_duration.labels(key[0]).observe(result.duration_s)
+        self.metrics.checks.labels(key[0], key[1], "ok" if result.ok else "fail").inc()
+
+    async def _replan(self, vip_name: str | None = None) -> None:
+        """Recompute plans after a health or neighbour change and apply: only
+        the VIPs whose plan changed are written."""
+        try:
+            results = await self._apply(self.config)
+        except ApplyError as err:
+            log.error("health_apply_failed vip=%s error=%s", vip_name, err)
+            return
+        for r in results:
+            if r.action != "unchanged":
+                log.info("table_updated vip=%s reason=health_or_neighbour moved_share=%.4f fingerprint=%s",
+                         r.name, r.moved_share, r.fingerprint)
+
+    async def _refresh_neighbours(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await asyncio.wait_for(self._stop.wait(), NEIGHBOUR_REFRESH_S)
+            except asyncio.TimeoutError:
+                before = self.resolutions
+                await self._resolve()
+                if before != self.resolutions:
+                    await self._replan()
+
+    # --- reload ---------------------------------------------------------------
+    async def reload(self) -> dict:
+        _notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            return await self._reload()
+        finally:
+            _notify("READY=1")
+
+    async def _reload(self) -> dict:
+        try:
+            new = config_mod.load_config(self.config_path)
+        except ConfigError as err:
+            return self._reload_failed("failure", str(err))
+        refused = config_mod.boot_only_changes(self.config, new)
+        if refused:
+            return self._reload_failed(
+                "refused", f"boot-only settings changed: {', '.join(refused)} (restart lbd to change "
+                           "them; nothing was applied)")
+        old_config = self.config
+        self.config = new
+        try:
+            self.datapath.set_settings(new.ipip_source_v4, new.ipip_source_v6)
+            self._ipip_forwarding()
+            await self._resolve()
+            self.health.set_targets(self._health_targets(new))
+            results = await self._apply(new)
+        except Exception as err:  # ApplyError: the programmer restored the previous plans
+            self.config = old_config
+            self.datapath.set_settings(old_config.ipip_source_v4, old_config.ipip_source_v6)
+            self.health.set_targets(self._health_targets(old_config))
+            return self._reload_failed("failure", f"apply failed: {err}")
+        self.last_results = results
+        self._log_results("reload", results)
+        self.reload_state.update(last_result="success", last_error=None, last_success_time=time.time(),
+                                 refused=None)
+        self.metrics.reloads.labels("success").inc()
+        self.metrics.last_success.set(time.time())
+        self.metrics.last_ok.set(1)
+        return {"result": "success", "vips": [r.__dict__ for r in results]}
+
+    def _reload_failed(self, result: str, error: str) -> dict:
+        log.error("reload_%s file=%s error=%r", result, self.config_path, error)
+        self.reload_state.update(last_result=result, last_error=error)
+        self.metrics.reloads.labels(result).inc()
+        self.metrics.last_ok.set(0)
+        return {"result": result, "error": error}
+
+    def _log_results(self, why: str, results: list[VipResult]) -> None:
+        for r in results:
+            log.info("vip_applied why=%s vip=%s action=%s moved_share=%.4f fingerprint=%s", why, r.name,
+                     r.action, r.moved_share, r.fingerprint)
+
+    async def diff(self, path: str) -> dict:
+        """What applying `path` would move, per VIP (for `lbd check --diff`)."""
+        new = config_mod.load_config(path)
+        plans, _ = plans_for(new, self._health_up, self.resolutions)
+        return {"refused": config_mod.boot_only_changes(self.config, new),
+                "vips": [r.__dict__ for r in self.programmer.preview(plans)]}
+
+    # --- status and explain -----------------------------------------------------
+    def status(self) -> dict:
+        health = self.health.snapshot() if self.health else {}
+        vips = []
+        applied = self.programmer.applied() if self.programmer else {}
+        for vip in self.config.vips:
+            key = (vip.address, vip.port, vip.proto_number)
+            entry = applied.get(key)
+            status = self.vip_status.get(vip.name, VipStatus())
+            counters = self.datapath.vip_counters(entry.vip_id) if entry else {}
+            backends = []
+            for backend, plan in zip(vip.backends, entry.plan.backends if entry else ()):
+                h = health.get((vip.name, str(backend.address)), {})
+                backend_id = entry.backend_ids[backend.address]
+                backends.append({
+                    "address": str(backend.address), "weight": backend.weight, "drain": backend.drain,
+                    "state": {1: "active", 2: "draining", 3: "down"}.get(plan.state, "?"),
+                    "in_table": plan.in_table, "health": str(h.get("state", "none")),
+                    "note": status.notes.get(str(backend.address), ""),
+                    **self.datapath.backend_counters(backend_id)})
+            vips.append({"name": vip.name, "address": str(vip.address), "port": vip.port,
+                         "protocol": vip.protocol, "mode": vip.mode, "affinity": vip.affinity,
+                         "fingerprint": entry.fingerprint if entry else "", "fail_open": status.fail_open,
+                         "counters": counters, "backends": backends})
+        return {"ready": self.ready, "config": self.config_path, "attached": self.attached,
+                "uptime_s": round(time.time() - self.started, 1), "reload": self.reload_state,
+                "global": self.datapath.global_counters() if self.datapath else {}, "vips": vips}
+
+    def explain(self, client: str, vip_spec: str) -> dict:
+        from lbd.explain import explain
+        return explain(self, client, vip_spec)
+
+    # --- run ------------------------------------------------------------------
+    async def run(self) -> None:
+        from lbd.http import serve
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        await self.start()
+        runners = await serve(self)
+        tasks = [asyncio.ensure_future(self._refresh_neighbours())]
+        watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        if watchdog_usec:
+            tasks.append(asyncio.ensure_future(self._watchdog(watchdog_usec / 2e6)))
+        await self._stop.wait()
+        _notify("STOPPING=1")
+        log.info("stopping datapath=kept_attached pins=kept (restart adopts them; lbctl teardown removes)")
+        for task in tasks:
+            task.cancel()
+        await self.health.stop()
+        for runner in runners:
+            await runner.cleanup()
+
+    async def _watchdog(self, every_s: float) -> None:
+        while True:
+            _notify("WATCHDOG=1")  # from the loop itself: a stuck loop stops the pings
+            await asyncio.sleep(every_s)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+
+def _interface_exists(name: str) -> bool:
+    import socket
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False
+
+
+def _on_bpffs(path: str) -> bool:
+    with open("/proc/mounts", encoding="ascii") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[2] == "bpf"]
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in points)
+
+
+def parse_hostport(text: str) -> tuple[ipaddress._BaseAddress, int]:
+    """'198.18.0.1:80' or '[fd00::1]:80'."""
+    host, _, port = text.rpartition(":")
+    return ipaddress.ip_address(host.strip("[]")), int(port)

@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
+
+import uvloop
 
 from lbd import __version__
 
@@ -33,17 +34,13 @@ def run(config_path: str) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
-
     async def main() -> None:
         await Daemon(config_path, config).run()
 
     try:
-        asyncio.run(main())
+        # uvloop for our loop only, not as the global policy: pyroute2 runs its
+        # own asyncio loops in worker threads, on netlink sockets uvloop lacks
+        uvloop.run(main())
     except StartupError as err:
         logging.getLogger("lbd").error("%s", err)
         print(err, file=sys.stderr)

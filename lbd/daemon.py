@@ -206,7 +206,8 @@ class Daemon:
         self.health.set_targets(self._health_targets(self.config))
         results = await self._apply(self.config)
         self._log_results("initial", results)
-        self._attach()
+        # pyroute2 runs an asyncio loop of its own: keep it off ours
+        await loop.run_in_executor(None, self._attach)
         self.last_results = results
         self.reload_state.update(last_result="success", last_success_time=time.time())
         self.metrics.last_success.set(time.time())

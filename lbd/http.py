@@ -10,6 +10,7 @@ POST /teardown. Nothing that changes state is reachable over TCP.
 """
 from __future__ import annotations
 
+import asyncio
 import grp
 import json
 import os
@@ -67,7 +68,7 @@ def _control_routes(daemon: "Daemon") -> list:
 
     async def teardown(_request):
         from lbd.daemon import teardown as do_teardown
-        done = do_teardown(daemon.config)
+        done = await asyncio.get_running_loop().run_in_executor(None, do_teardown, daemon.config)
         daemon.request_stop()
         return _json({"done": done})
 

@@ -436,6 +436,8 @@ class Lab:
         conf = os.path.join(root, "nginx.conf")
         temp = "".join(f"    {kind}_temp_path {root}/{kind};\n"
                        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        with open(os.path.join(root, "stream.txt"), "w") as f:
+            f.write(f"{backend.name}\n" + ("." * 63 + "\n") * 32768)
         with open(conf, "w") as f:
             f.write(f"""# lab backend {backend.name}
 user root;
@@ -452,6 +454,8 @@ http {{
         listen [::]:{HTTP_PORT} ipv6only=on;
         location = /healthz {{ return 200 "ok\\n"; }}
         location = /whoami {{ return 200 "{backend.name} $remote_addr\\n"; }}
+        # a long-lived stream (about a minute): name first, then paced filler
+        location = /stream {{ alias {root}/stream.txt; limit_rate 32k; }}
         location / {{ return 200 "{backend.name}\\n"; }}
     }}
 }}

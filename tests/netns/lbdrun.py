@@ -1,0 +1,146 @@
+"""Run the real lbd daemon in the lab's lbd namespace and talk to it the way
+an operator does: a YAML file, lbctl over the control socket, /metrics."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from lbd.lab import Lab
+
+STREAMER = str(Path(__file__).with_name("streamer.py"))
+HEALTH = "{type: http, path: /healthz, interval: 500ms, timeout: 300ms, rise: 2, fall: 2}"
+
+
+def backends(lab: Lab, names, family: int = 4, weights=None, drain=()) -> str:
+    items = []
+    for i, name in enumerate(names):
+        node = lab.backends[name]
+        address = node.v4 if family == 4 else f"'{node.v6}'"
+        extra = f", weight: {weights[i]}" if weights else ""
+        extra += ", drain: true" if name in drain else ""
+        items.append(f"{{address: {address}{extra}}}")
+    return "[" + ", ".join(items) + "]"
+
+
+def lab_config(lab: Lab, socket_path: str, web_backends=("b1", "b2", "b3"), web_drain=()) -> str:
+    """The test VIPs. VIP addresses are the lab's (on every backend's lo)."""
+    return f"""# written by tests/netns/lbdrun.py
+interfaces: [{{name: eth0, mode: native}}]
+http: {{listen: 127.0.0.1:9100}}
+control: {{socket: {socket_path}}}
+bpffs: {lab.bpffs_dir}/lbd
+ipip: {{source_v4: {lab.lbd.v4}, source_v6: '{lab.lbd.v6}'}}
+vips:
+  - {{name: web4, address: 198.18.100.1, port: 80, protocol: tcp, mode: dsr, health: {HEALTH},
+     backends: {backends(lab, web_backends, drain=web_drain)}}}
+  - {{name: echo4, address: 198.18.100.1, port: 5300, protocol: udp, mode: dsr,
+     backends: {backends(lab, ["b1", "b2", "b3"])}}}
+  - {{name: web6, address: 'fd00:100::1', port: 80, protocol: tcp, mode: dsr,
+     backends: {backends(lab, ["b1", "b2", "b3"], 6)}}}
+  - {{name: ipip4, address: 198.18.100.2, port: 80, protocol: tcp, mode: ipip,
+     backends: {backends(lab, ["r1", "r2", "r3"])}}}
+  - {{name: ipip6, address: 'fd00:100::2', port: 80, protocol: tcp, mode: ipip,
+     backends: {backends(lab, ["r1", "r2", "r3"], 6)}}}
+  - {{name: weighted, address: 198.18.100.3, port: 80, protocol: tcp, mode: dsr,
+     backends: {backends(lab, ["b1", "b2", "b3"], weights=[100, 100, 200])}}}
+  - {{name: sticky6, address: 'fd00:100::3', port: 80, protocol: tcp, mode: dsr, affinity: client,
+     backends: {backends(lab, ["b1", "b2", "b3"], 6)}}}
+"""
+
+
+class LbdUnderTest:
+    def __init__(self, lab: Lab):
+        self.lab = lab
+        self.socket = os.path.join(lab.tmpdir, "lbd.sock")
+        self.config_path = os.path.join(lab.tmpdir, "lbd.yaml")
+        self.proc: subprocess.Popen | None = None
+        self.write_config(lab_config(lab, self.socket))
+
+    def write_config(self, text: str) -> None:
+        Path(self.config_path).write_text(text)
+
+    def start(self, timeout: float = 60) -> None:
+        if os.path.exists(self.socket):
+            os.unlink(self.socket)
+        self.proc = self.lab.spawn("lbd", [sys.executable, "-m", "lbd.cli", "--config", self.config_path],
+                                   host_mounts=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"lbd exited {self.proc.returncode}:\n{self.log()}")
+            if os.path.exists(self.socket):
+                try:
+                    if self.status()["ready"]:
+                        return
+                except (SystemExit, OSError, ValueError):
+                    pass
+            time.sleep(0.2)
+        raise TimeoutError(f"lbd not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return Path(self.proc.log_path).read_text() if self.proc and self.proc.log_path else ""
+
+    def lbctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run([sys.executable, "-m", "lbd.lbctl", "--socket", self.socket, *args],
+                                capture_output=True, text=True, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"lbctl {' '.join(args)} failed: {result.stdout}{result.stderr}")
+        return result
+
+    def status(self) -> dict:
+        from lbd.lbctl import call
+        code, body = call(self.socket, "GET", "/status")
+        assert code == 200, body
+        return body
+
+    def vip(self, name: str) -> dict:
+        return next(v for v in self.status()["vips"] if v["name"] == name)
+
+    def metrics(self) -> str:
+        from lbd.lbctl import _UnixConnection
+        connection = _UnixConnection(self.socket)
+        connection.request("GET", "/metrics")
+        body = connection.getresponse().read().decode()
+        connection.close()
+        return body
+
+    def metric(self, name: str, **labels) -> float:
+        """The value of one sample of /metrics (0 if absent)."""
+        from prometheus_client.parser import text_string_to_metric_families
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return sample.value
+        return 0.0
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc:
+            self.lab.stop(self.proc)
+
+    def conntrack_keys(self) -> set[str]:
+        """Keys of the pinned connection table, read with bpftool (not lbd)."""
+        pin_dirs = [d for d in Path(self.lab.bpffs_dir, "lbd").iterdir() if d.name.startswith("layout")]
+        result = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", str(pin_dirs[0] / "conntrack")],
+                                capture_output=True, text=True, check=True)
+        return {json.dumps(entry["key"]) for entry in json.loads(result.stdout)}
+
+    def start_streams(self, vip: str, sources, duration: float) -> subprocess.Popen:
+        proc = self.lab.spawn(self.lab.client, [sys.executable, STREAMER, vip, "80", str(duration),
+                                                *map(str, sources)], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout.readline().strip() == "started"
+        return proc
+
+    @staticmethod
+    def stream_results(proc: subprocess.Popen, timeout: float) -> list[dict]:
+        out, _ = proc.communicate(timeout=timeout)
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]

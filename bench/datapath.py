@@ -483,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     arms = args.arms.split(",")
     if "direct" not in arms:
         arms.insert(0, "direct")
-    runs, window, warmup = (1, 1.0, 0.5) if args.quick else (3, 5.0, 1.5)
+    runs, window, warmup = (1, 0.5, 0.5) if args.quick else (3, 5.0, 1.5)
     result = measure(runs, window, warmup, args.tcp, arms)
     result["quick"] = args.quick
     result["machine"] = machine_info(xdp_mode="native")

@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS / "sharedmem.json"))
     args = parser.parse_args(argv)
     if args.quick:
-        result = measure(runs=1, duration=4.0, warmup=1.0, clients=32, conns=2)
+        result = measure(runs=1, duration=3.0, warmup=0.5, clients=32, conns=2)
     else:
         result = measure(runs=3, duration=12.0, warmup=2.0, clients=64, conns=4)
     result["quick"] = args.quick

@@ -33,8 +33,54 @@ test-bpf: venv
 test-netns: venv
 	$(PY) -m pytest -v -m netns tests
 
+# Build the namespace lab, run lbd on configs/demo.yaml, send real HTTP through it.
+demo: venv
+	$(PY) -m lbd.demo
+
 bench: venv
 	$(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Install on an edge host: Debian packages (runtime only), a venv under
+# $(PREFIX) that sees Debian's bcc, lbd itself (not editable), the systemd unit,
+# /etc/default/lbd and /etc/lbd/lbd.yaml unless they exist (never overwritten),
+# bpffs mounted. Running it again upgrades lbd in place; then
+# `systemctl restart lbd` is hitless. The variables may be overridden (the
+# netns tier installs into a temporary directory). The Dockerfile runs
+# install-lbd after installing hostsetup's RUNTIME_PACKAGES.
+PREFIX      ?= /opt/lbd
+ETCDIR      ?= /etc
+SYSTEMD_DIR ?= /etc/systemd/system
+
+install:
+	/usr/bin/python3 -m lbd.hostsetup install --runtime-only
+	$(MAKE) install-lbd
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "lbd installed in $(PREFIX). Next: edit $(ETCDIR)/lbd/lbd.yaml," \
+	      "check it with $(PREFIX)/venv/bin/lbd check $(ETCDIR)/lbd/lbd.yaml," \
+	      "then systemctl enable --now lbd"
+
+.PHONY: install-lbd uninstall
+install-lbd:
+	test -x $(PREFIX)/venv/bin/python || /usr/bin/python3 -m venv --system-site-packages $(PREFIX)/venv
+	$(PREFIX)/venv/bin/python -m pip install -q .
+	test ! -f README.md || install -m 0644 README.md $(PREFIX)/README.md
+	install -d -m 0755 $(SYSTEMD_DIR) $(ETCDIR)/default $(ETCDIR)/lbd
+	sed -e 's|/opt/lbd|$(PREFIX)|g' -e 's|/etc/default/lbd|$(ETCDIR)/default/lbd|g' \
+	    -e 's|/etc/lbd/|$(ETCDIR)/lbd/|g' systemd/lbd.service > $(SYSTEMD_DIR)/lbd.service.tmp
+	chmod 0644 $(SYSTEMD_DIR)/lbd.service.tmp
+	mv $(SYSTEMD_DIR)/lbd.service.tmp $(SYSTEMD_DIR)/lbd.service
+	test -e $(ETCDIR)/default/lbd || sed -e 's|/etc/lbd/|$(ETCDIR)/lbd/|g' systemd/lbd.env > $(ETCDIR)/default/lbd
+	test -e $(ETCDIR)/lbd/lbd.yaml || install -m 0644 configs/lbd.yaml $(ETCDIR)/lbd/lbd.yaml
+
+# Stop forwarding and remove what `make install` put in place, except the
+# config ($(ETCDIR)/lbd, $(ETCDIR)/default/lbd) and the Debian packages.
+uninstall:
+	if [ -d /run/systemd/system ]; then systemctl disable --now lbd || true; fi
+	if [ -x $(PREFIX)/venv/bin/lbd ] && [ -e $(ETCDIR)/lbd/lbd.yaml ]; then \
+	    $(PREFIX)/venv/bin/lbd --teardown --config $(ETCDIR)/lbd/lbd.yaml || true; fi
+	rm -f $(SYSTEMD_DIR)/lbd.service
+	rm -rf $(PREFIX)
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

@@ -256,6 +256,19 @@ def misses(data: dict) -> list[str]:
     return out
 
 
+def noise_line(dp: dict) -> str:
+    """How much the direct arm moved between runs: the yardstick for every hop."""
+    d = dp["arms"].get("direct")
+    if not d or not d.get("spread_pps"):
+        return ""
+    lo, hi = d["spread_pps"]
+    ns_lo, ns_hi = 1e9 / hi, 1e9 / lo
+    return (f"Run-to-run noise: the direct arm alone ranged {fmt(lo, 0)}–{fmt(hi, 0)} pps, "
+            f"i.e. {fmt(ns_lo, 0)}–{fmt(ns_hi, 0)} ns per packet, a swing of "
+            f"{fmt(ns_hi - ns_lo, 0)} ns: hop differences smaller than that are not resolved "
+            "by this run, whichever way the goal verdicts fall.\n")
+
+
 def render(results: Path, out: Path) -> str:
     data = {n: load(results, n) for n in ("datapath", "sharedmem", "control", "xdp_cost")}
     made = plots(results, data)
@@ -291,6 +304,7 @@ def render(results: Path, out: Path) -> str:
                   table(["arm", "pps (median)", "spread", "hop ns", "vs direct"],
                         [[a, fmt(v["pps"], 0), spread(v["spread_pps"], 0), fmt(v.get("hop_ns")),
                           fmt(v.get("ratio_to_direct"), 3)] for a, v in dp["arms"].items()]), "",
+                  noise_line(dp),
                   "On veth nearly all of a packet's cost is the kernel's own (the generator, "
                   "the veth transmit and the receiver share one core), so hop differences of "
                   "a few hundred ns are within run-to-run spread; read the hops with the "

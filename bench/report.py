@@ -211,6 +211,17 @@ def misses(data: dict) -> list[str]:
             elif g["met"] is None:
                 out.append(f"- datapath `{name}`: {g.get('note', 'not measurable')}; lbd's hop exceeds "
                            f"the floor's by {fmt(g.get('excess_ns'))} ns per packet.")
+        d = dp["arms"].get("direct", {})
+        if d.get("spread_pps") and d["spread_pps"][0] > 0:
+            swing = 1e9 / d["spread_pps"][0] - 1e9 / d["spread_pps"][1]
+            hops = [v.get("hop_ns") for a, v in dp["arms"].items()
+                    if a in ("xdp_floor", "lbd_dsr", "lbd_ipip") and v.get("hop_ns") is not None]
+            if hops and swing > max(hops) - min(hops):
+                out.append(f"- datapath: the direct arm alone swung {fmt(swing, 0)} ns per packet "
+                           "between runs (a shared 2-core VM), more than the differences between "
+                           "the floor's and lbd's hops, so the lbd-vs-floor verdicts are within "
+                           "noise in either direction; the nftables and user-space gaps are larger "
+                           "than the noise.")
         if dp.get("userspace_proxy", "").startswith("python"):
             out.append("- datapath `userspace`: nginx's stream module (Debian `libnginx-mod-stream`) "
                        "is not installed, so the user-space arm is a 2-process Python UDP proxy: "

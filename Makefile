@@ -53,13 +53,14 @@ clean:
 PREFIX      ?= /opt/lbd
 ETCDIR      ?= /etc
 SYSTEMD_DIR ?= /etc/systemd/system
+BINDIR      ?= /usr/local/bin
 
 install:
 	/usr/bin/python3 -m lbd.hostsetup install --runtime-only
 	$(MAKE) install-lbd
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
-	@echo "lbd installed in $(PREFIX). Next: edit $(ETCDIR)/lbd/lbd.yaml," \
-	      "check it with $(PREFIX)/venv/bin/lbd check $(ETCDIR)/lbd/lbd.yaml," \
+	@echo "lbd installed in $(PREFIX) (commands linked in $(BINDIR)). Next: edit $(ETCDIR)/lbd/lbd.yaml," \
+	      "check it with lbd check $(ETCDIR)/lbd/lbd.yaml," \
 	      "then systemctl enable --now lbd"
 
 .PHONY: install-lbd uninstall
@@ -67,7 +68,8 @@ install-lbd:
 	test -x $(PREFIX)/venv/bin/python || /usr/bin/python3 -m venv --system-site-packages $(PREFIX)/venv
 	$(PREFIX)/venv/bin/python -m pip install -q .
 	test ! -f README.md || install -m 0644 README.md $(PREFIX)/README.md
-	install -d -m 0755 $(SYSTEMD_DIR) $(ETCDIR)/default $(ETCDIR)/lbd
+	install -d -m 0755 $(BINDIR) $(SYSTEMD_DIR) $(ETCDIR)/default $(ETCDIR)/lbd
+	for tool in lbd lbctl lbd-backend; do ln -sfn $(PREFIX)/venv/bin/$$tool $(BINDIR)/$$tool; done
 	sed -e 's|/opt/lbd|$(PREFIX)|g' -e 's|/etc/default/lbd|$(ETCDIR)/default/lbd|g' \
 	    -e 's|/etc/lbd/|$(ETCDIR)/lbd/|g' systemd/lbd.service > $(SYSTEMD_DIR)/lbd.service.tmp
 	chmod 0644 $(SYSTEMD_DIR)/lbd.service.tmp
@@ -81,6 +83,6 @@ uninstall:
 	if [ -d /run/systemd/system ]; then systemctl disable --now lbd || true; fi
 	if [ -x $(PREFIX)/venv/bin/lbd ] && [ -e $(ETCDIR)/lbd/lbd.yaml ]; then \
 	    $(PREFIX)/venv/bin/lbd --teardown --config $(ETCDIR)/lbd/lbd.yaml || true; fi
-	rm -f $(SYSTEMD_DIR)/lbd.service
+	rm -f $(SYSTEMD_DIR)/lbd.service $(BINDIR)/lbd $(BINDIR)/lbctl $(BINDIR)/lbd-backend
 	rm -rf $(PREFIX)
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

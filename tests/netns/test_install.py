@@ -52,6 +52,7 @@ def installed():
         "PREFIX": scratch / "opt/lbd",
         "ETCDIR": scratch / "etc",
         "SYSTEMD_DIR": scratch / "etc/systemd/system",
+        "BINDIR": scratch / "bin",
     }
     try:
         result = _run("make", "-C", str(ROOT), "install", *(f"{k}={v}" for k, v in paths.items()),
@@ -68,6 +69,8 @@ def test_make_install_puts_everything_in_place(installed):
 
     version = _run(str(lbd), "--version").stdout.strip()
     assert re.fullmatch(r"lbd \S+", version), version
+    for tool in ("lbd", "lbctl", "lbd-backend"):  # on the operator's PATH
+        assert (installed["BINDIR"] / tool).resolve() == (prefix / "venv/bin" / tool).resolve()
     # lbd itself, not an editable link back to this checkout, with its C sources
     where = _run(str(prefix / "venv/bin/python"), "-c",
                  "import lbd, bcc; from lbd import layout; print(lbd.__file__, layout.XDP_DIR)",

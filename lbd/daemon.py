@@ -121,7 +121,8 @@ class Daemon:
         except Exception as err:
             if "EACCES" in str(err) or "Operation not permitted" in str(err):
                 raise StartupError(f"loading the XDP program was refused ({err}): lbd needs "
-                                   "CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON") from err
+                                   "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_ADMIN (to reopen "
+                                   "pinned maps by id)") from err
             raise
         self.programmer = Programmer(self.datapath)
         if adopting:

@@ -243,8 +243,11 @@ def misses(data: dict) -> list[str]:
                        "(BPF_F_MMAPABLE) and a single memcpy.")
         if ctl["health_to_map_ms"] > 50:
             out.append(f"- control: health change to maps {fmt(ctl['health_to_map_ms'])} ms, "
-                       f"{fmt(ctl['health_to_map_ms'] / 50, 2)}x the 50 ms goal; it is one table "
-                       f"rebuild and swap: {steps}.")
+                       f"{fmt(ctl['health_to_map_ms'] / 50, 2)}x the 50 ms goal at "
+                       f"{ctl.get('health_config')}: the Programmer diffs the whole plan list "
+                       f"(an unchanged reload of that size alone takes "
+                       f"{fmt(1000 * ctl['reload_unchanged_s'].get(ctl.get('health_config'), 0), 1)} ms), "
+                       f"then rebuilds and swaps one table ({steps}).")
     xc = data.get("xdp_cost")
     if xc:
         for case, v in xc["cases"].items():

@@ -66,7 +66,8 @@ install:
 .PHONY: install-lbd uninstall
 install-lbd:
 	test -x $(PREFIX)/venv/bin/python || /usr/bin/python3 -m venv --system-site-packages $(PREFIX)/venv
-	$(PREFIX)/venv/bin/python -m pip install -q .
+	# one retry: a busy index sometimes answers "no versions" once
+	$(PREFIX)/venv/bin/python -m pip install -q . || $(PREFIX)/venv/bin/python -m pip install -q .
 	test ! -f README.md || install -m 0644 README.md $(PREFIX)/README.md
 	install -d -m 0755 $(BINDIR) $(SYSTEMD_DIR) $(ETCDIR)/default $(ETCDIR)/lbd
 	for tool in lbd lbctl lbd-backend; do ln -sfn $(PREFIX)/venv/bin/$$tool $(BINDIR)/$$tool; done

@@ -275,35 +275,43 @@ def client(argv: list[str]) -> int:
     parser.add_argument("--conns", type=int, default=4)
     parser.add_argument("--duration", type=float, required=True)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     with contextlib.suppress(ImportError):
         import uvloop
         uvloop.install()
     out = asyncio.run(_client_main(args.addresses.split(","), args.conns, args.duration,
                                    args.warmup))
-    print(json.dumps(out))
+    Path(args.out).write_text(json.dumps(out))   # a file: big results through a pipe got mangled
     return 0
 
 
 def run_clients(net: Net, duration: float, warmup: float, procs: int, conns: int) -> dict:
     shards = [net.clients[i::procs] for i in range(procs)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    outs = [tempfile.mktemp(prefix="lbdb-client-", suffix=".json") for _ in shards]
     running = [subprocess.Popen(nsx(net.names["cli"], "timeout", str(int(duration + 30)),
                                     sys.executable, "-m", "bench.sharedmem", "client",
                                     "--addresses", ",".join(s), "--conns", str(conns),
-                                    "--duration", str(duration), "--warmup", str(warmup)),
+                                    "--duration", str(duration), "--warmup", str(warmup),
+                                    "--out", out),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=str(REPO), env=env)
-               for s in shards]
+               for s, out in zip(shards, outs)]
     per_addr: dict = {}
     latencies: list[float] = []
-    for p in running:
-        out, err = p.communicate(timeout=duration + 60)
-        if p.returncode != 0:
-            raise RuntimeError(f"client failed: {err.strip()[-500:]}")
-        data = json.loads(out)
-        per_addr.update(data["per_addr"])
-        latencies.extend(data["latencies_ms"])
+    try:
+        for p, path in zip(running, outs):
+            _, err = p.communicate(timeout=duration + 60)
+            if p.returncode != 0:
+                raise RuntimeError(f"client failed: {err.strip()[-500:]}")
+            data = json.loads(Path(path).read_text())
+            per_addr.update(data["per_addr"])
+            latencies.extend(data["latencies_ms"])
+    finally:
+        for path in outs:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
     return {"per_addr": per_addr, "latencies_ms": latencies}
 
 

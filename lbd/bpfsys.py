@@ -2,7 +2,7 @@
 
 bcc loads the program and gives typed tables; this module adds what it lacks:
 creating a map off to the side (a Maglev table before it is swapped in),
-batched writes to a raw map fd, map-in-map slot reads, pinning, and
+tables written through mmap, map-in-map slot reads, pinning, and
 BPF_PROG_TEST_RUN for the packet tests and the per-packet cost benchmark.
 libbpf.so.1 comes with Debian's bcc packages.
 """
@@ -12,6 +12,7 @@ import array
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 from dataclasses import dataclass
 
@@ -19,6 +20,23 @@ _libbpf = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errn
 
 BPF_MAP_TYPE_ARRAY = 2
 BPF_ANY = 0
+BPF_F_MMAPABLE = 1 << 10
+
+
+class _MapCreateOpts(ctypes.Structure):
+    # struct bpf_map_create_opts of libbpf 1.x (its sz field versions it)
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("btf_fd", ctypes.c_uint32),
+        ("btf_key_type_id", ctypes.c_uint32),
+        ("btf_value_type_id", ctypes.c_uint32),
+        ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+        ("inner_map_fd", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+        ("map_extra", ctypes.c_uint64),
+        ("numa_node", ctypes.c_uint32),
+        ("map_ifindex", ctypes.c_uint32),
+    ]
 
 
 class _TestRunOpts(ctypes.Structure):
@@ -83,24 +101,34 @@ def _check(result: int, what: str) -> int:
     return result
 
 
-def create_array(name: str, value_size: int, max_entries: int) -> int:
+def create_array(name: str, value_size: int, max_entries: int, flags: int = 0) -> int:
     """A new, unpinned BPF array map with u32 keys; returns its fd."""
+    opts = _MapCreateOpts(sz=ctypes.sizeof(_MapCreateOpts), map_flags=flags)
     return _check(_libbpf.bpf_map_create(BPF_MAP_TYPE_ARRAY, name.encode()[:15], 4,
-                                         value_size, max_entries, None),
+                                         value_size, max_entries, ctypes.byref(opts)),
                   f"creating map {name}")
 
 
-def update_batch(fd: int, keys: ctypes.Array, values: ctypes.Array, count: int) -> None:
-    """Write `count` entries in one syscall (the kernel may split it; it loops)."""
+def mmap_array(fd: int, value_size: int, max_entries: int) -> mmap.mmap:
+    """Map a BPF_F_MMAPABLE array's values into memory. The kernel stores each
+    value in an 8-byte-aligned slot (round_up(value_size, 8) bytes)."""
+    slot = (value_size + 7) // 8 * 8
+    length = (slot * max_entries + mmap.PAGESIZE - 1) // mmap.PAGESIZE * mmap.PAGESIZE
+    return mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+
+
+def update_batch_u32(fd: int, pairs: list[tuple[int, int]]) -> None:
+    """Write u32 key/value pairs in one BPF_MAP_UPDATE_BATCH. For a map-in-map
+    this matters: the kernel waits for an RCU grace period after every update
+    call (so no program still uses an old inner map), once per batch here."""
+    keys = (ctypes.c_uint32 * len(pairs))(*(k for k, _ in pairs))
+    values = (ctypes.c_uint32 * len(pairs))(*(v for _, v in pairs))
     done = 0
-    key_size = ctypes.sizeof(keys) // len(keys)
-    value_size = ctypes.sizeof(values) // len(values)
-    while done < count:
-        n = ctypes.c_uint32(count - done)
-        _check(_libbpf.bpf_map_update_batch(
-            fd, ctypes.addressof(keys) + done * key_size,
-            ctypes.addressof(values) + done * value_size, ctypes.byref(n), None),
-            "BPF_MAP_UPDATE_BATCH")
+    while done < len(pairs):
+        n = ctypes.c_uint32(len(pairs) - done)
+        _check(_libbpf.bpf_map_update_batch(fd, ctypes.addressof(keys) + 4 * done,
+                                            ctypes.addressof(values) + 4 * done, ctypes.byref(n), None),
+               "BPF_MAP_UPDATE_BATCH")
         done += n.value
 
 

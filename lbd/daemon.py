@@ -88,6 +88,7 @@ class Daemon:
         self.resolver = NeighbourResolver()
         self.resolutions: dict = {}
         self.vip_status: dict[str, VipStatus] = {}
+        self._plans: dict = {}  # VIP name -> the VipPlan last applied
         self.attached: dict[str, str] = {}
         self.last_results: list[VipResult] = []
         self.reload_state = {"last_result": None, "last_error": None, "last_success_time": None,
@@ -178,11 +179,22 @@ class Daemon:
             return True
         return self.health.is_up((vip.name, str(backend.address)))
 
-    async def _apply(self, config: Config) -> list[VipResult]:
-        plans, statuses = plans_for(config, self._health_up, self.resolutions)
+    async def _apply(self, config: Config, only_vip: str | None = None) -> list[VipResult]:
+        """Plan and write. With only_vip (a health change), only that VIP is
+        planned again; the others keep their plan objects, which the
+        programmer skips at the cost of an identity check."""
+        vip = next((v for v in config.vips if v.name == only_vip), None)
+        if vip is not None and vip.name in self._plans:
+            plan, status = vip_plan(vip, self._health_up, self.resolutions)
+            plans = {**self._plans, vip.name: plan}
+            statuses = {**self.vip_status, vip.name: status}
+        else:
+            plan_list, statuses = plans_for(config, self._health_up, self.resolutions)
+            plans = {plan.name: plan for plan in plan_list}
         async with self._apply_lock:
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(None, self.programmer.apply, plans)
+            results = await loop.run_in_executor(None, self.programmer.apply, list(plans.values()))
+        self._plans = plans
         self.vip_status = statuses
         return results
 
@@ -233,7 +245,7 @@ class Daemon:
         """Recompute plans after a health or neighbour change and apply: only
         the VIPs whose plan changed are written."""
         try:
-            results = await self._apply(self.config)
+            results = await self._apply(self.config, only_vip=vip_name)
         except ApplyError as err:
             log.error("health_apply_failed vip=%s error=%s", vip_name, err)
             return

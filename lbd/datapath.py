@@ -16,6 +16,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from lbd import bpfsys, layout
 
 log = logging.getLogger("lbd.datapath")
@@ -38,6 +40,13 @@ def addr_words(address: IPAddress) -> tuple[int, int, int, int]:
 def port_word(port: int) -> int:
     """A port as the program's __u16 in network byte order."""
     return struct.unpack("<H", struct.pack(">H", port))[0]
+
+
+def prefilter_bit(address: IPAddress) -> int:
+    """The address's bit in the prefilter bitmap (xdp/prefilter.h)."""
+    a, b, c, d = addr_words(address)
+    product = ((a ^ b ^ c ^ d) * C("LBD_PREFILTER_HASH_MUL")) & 0xFFFFFFFF
+    return product >> (32 - C("LBD_PREFILTER_LOG2"))
 
 
 def family_of(address: IPAddress) -> int:
@@ -102,6 +111,7 @@ class Datapath:
             bpfsys.pin(self.prog_fd, prog_pin)
         self.vips = self.bpf[b"vips"]
         self.addrs = self.bpf[b"addrs"]
+        self.prefilter = self.bpf[b"prefilter"]
         self.backends = self.bpf[b"backends"]
         self.rings = self.bpf[b"rings"]
         self.conntrack = self.bpf[b"conntrack"]
@@ -109,7 +119,6 @@ class Datapath:
         self.vip_stats = self.bpf[b"vip_stats"]
         self.backend_stats = self.bpf[b"backend_stats"]
         self.global_stats = self.bpf[b"global_stats"]
-        self._ring_keys = (ctypes.c_uint32 * limits.ring_size)(*range(limits.ring_size))
 
     # --- VIPs -----------------------------------------------------------------
     def _vip_key(self, address: IPAddress, port: int, proto: int):
@@ -143,6 +152,15 @@ class Datapath:
 
     def delete_addr(self, address: IPAddress, proto: int) -> None:
         self.addrs.pop(self._addr_key(address, proto), None)
+
+    def read_prefilter(self) -> list[int]:
+        """The prefilter bitmap as the program sees it, one int per 64-bit word."""
+        return [self.prefilter[ctypes.c_uint32(i)].value for i in range(C("LBD_PREFILTER_WORDS"))]
+
+    def write_prefilter(self, words: dict[int, int]) -> None:
+        """Set prefilter words: word index -> the word's 64 bits."""
+        for index, bits in words.items():
+            self.prefilter[ctypes.c_uint32(index)] = ctypes.c_uint64(bits)
 
     def set_settings(self, ipip_src_v4: ipaddress.IPv4Address | None,
                      ipip_src_v6: ipaddress.IPv6Address | None) -> None:
@@ -181,22 +199,46 @@ class Datapath:
 
     # --- Maglev tables --------------------------------------------------------
     def write_ring(self, vip_id: int, table) -> None:
-        """Swap in a new Maglev table for a VIP in one map update.
+        """Swap in a new Maglev table for one VIP (see write_rings)."""
+        self.write_rings({vip_id: table})
 
-        The table is written into a new map first; packets see the old table
-        until the single update of rings[vip_id], then the new one.
+    # Tables filled before one batched swap; bounded so open fds stay few.
+    RING_BATCH = 128
+
+    def write_rings(self, tables: dict) -> None:
+        """Swap in new Maglev tables, each in one map update.
+
+        Each table is written into a new map first; packets see a VIP's old
+        table until its slot in rings is replaced, then the new one. The
+        slots are replaced with one batched update per RING_BATCH tables,
+        since the kernel waits an RCU grace period after each update call.
         """
+        items = list(tables.items())
+        for start in range(0, len(items), self.RING_BATCH):
+            fds: list[tuple[int, int]] = []
+            try:
+                for vip_id, table in items[start:start + self.RING_BATCH]:
+                    fds.append((vip_id, self._new_ring(table)))
+                bpfsys.update_batch_u32(self.rings.map_fd, fds)
+            finally:
+                for _, fd in fds:
+                    os.close(fd)  # rings holds its own references now
+
+    def _new_ring(self, table) -> int:
         if len(table) != self.limits.ring_size:
             raise ValueError(f"table has {len(table)} slots, program expects "
                              f"{self.limits.ring_size}")
-        fd = bpfsys.create_array("lbd_ring", 4, self.limits.ring_size)
+        fd = bpfsys.create_array("lbd_ring", 4, self.limits.ring_size, bpfsys.BPF_F_MMAPABLE)
         try:
-            # any buffer of u32 (array.array or numpy): one copy into ctypes
-            values = (ctypes.c_uint32 * len(table)).from_buffer_copy(memoryview(table).cast("B"))
-            bpfsys.update_batch(fd, self._ring_keys, values, len(table))
-            bpfsys.update_u32(self.rings.map_fd, vip_id, fd)
-        finally:
-            os.close(fd)  # rings holds its own reference now
+            # one memory copy into the new map (u32 values in 8-byte slots)
+            with bpfsys.mmap_array(fd, 4, self.limits.ring_size) as memory:
+                slots = np.frombuffer(memory, dtype=np.uint32, count=2 * self.limits.ring_size)
+                slots[0::2] = np.frombuffer(memoryview(table).cast("B"), dtype=np.uint32)
+                del slots  # the mapping cannot close while a view holds it
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     def read_ring(self, vip_id: int) -> array.array | None:
         """The VIP's current table as the program sees it, or None."""

@@ -7,8 +7,10 @@ consistent:
 
   1. backend entries first (a new table may point at them),
   2. then each changed VIP's Maglev table, swapped in one update,
-  3. then VIP and address entries (a new VIP appears only once its table is there),
-  4. removals last: VIP entries, then tables, then backend slots.
+  3. then VIP and address entries (a new VIP appears only once its table is
+     there), each address's prefilter bit set before its first VIP entry,
+  4. removals last: VIP entries, then tables, then backend slots, then the
+     prefilter bits of addresses no VIP uses any more.
 
 Ids: every VIP gets a stable id, every (VIP, backend address) a stable backend
 id. A reused backend id gets a new generation, so connection-table entries
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lbd import layout, maglev
-from lbd.datapath import BackendEntry, Datapath, IPAddress
+from lbd.datapath import BackendEntry, Datapath, IPAddress, prefilter_bit
 
 log = logging.getLogger("lbd.programmer")
 C = layout.constant
@@ -130,6 +132,9 @@ class Programmer:
         self._free_vip_ids = list(range(self.limits.max_vips - 1, 0, -1))
         self._free_backend_ids = list(range(self.limits.max_backends - 1, 0, -1))
         self._addr_keys_written: set[tuple[IPAddress, int]] = set()
+        # the prefilter as written (word index -> bits, nonzero words only);
+        # read back so bits left by an earlier daemon are cleared when unused
+        self._prefilter = {i: bits for i, bits in enumerate(datapath.read_prefilter()) if bits}
 
     # --- adoption of a running datapath ----------------------------------------
     def adopt(self) -> int:
@@ -235,12 +240,13 @@ class Programmer:
                     vip_id=applied.vip_id, address=b.address, state=b.state,
                     generation=self._generations[backend_id], dst_mac=b.dst_mac,
                     src_mac=b.src_mac, ifindex=b.ifindex))
-        # 2. tables, each swapped atomically
-        for key, applied in staged.items():
-            old = self._applied.get(key)
-            if old is None or old.table is not applied.table:
-                self.dp.write_ring(applied.vip_id, applied.table)
-        # 3. VIP entries and the address entries derived from them
+        # 2. tables, each swapped atomically (in batches)
+        self.dp.write_rings({applied.vip_id: applied.table for key, applied in staged.items()
+                             if key not in self._applied or self._applied[key].table is not applied.table})
+        # 3. VIP entries and the address entries derived from them, behind
+        # prefilter bits for every wanted address (old ones stay set for now)
+        wanted_bits = _prefilter_words(plan.address for plan in wanted.values())
+        self._write_prefilter({i: bits | self._prefilter.get(i, 0) for i, bits in wanted_bits.items()})
         for key, applied in staged.items():
             self.dp.set_vip(key[0], key[1], key[2], applied.vip_id, applied.plan.flags)
         self._write_addrs(wanted, staged)
@@ -269,7 +275,20 @@ class Programmer:
             if key not in staged:
                 results.append(VipResult(wanted[key].name, "unchanged", 0.0,
                                          self._applied[key].fingerprint))
+        # 5. now that removed VIPs are gone: exactly the wanted addresses' bits
+        self._write_prefilter(wanted_bits, exact=True)
         return results
+
+    def _write_prefilter(self, words: dict[int, int], exact: bool = False) -> None:
+        """Write the prefilter words that differ from what is written; with
+        exact, every word not in `words` becomes zero as well."""
+        target = dict(self._prefilter)
+        if exact:
+            target = {i: 0 for i in target}
+        target.update(words)
+        changed = {i: bits for i, bits in target.items() if bits != self._prefilter.get(i, 0)}
+        self.dp.write_prefilter(changed)
+        self._prefilter = {i: bits for i, bits in target.items() if bits}
 
     def _release_backend(self, vip_key: VipKey, address: IPAddress, backend_id: int) -> None:
         self.dp.clear_backend(backend_id)
@@ -338,6 +357,15 @@ def _by_address(plan: VipPlan, ring_size: int) -> np.ndarray:
     entries = [maglev.Backend(b.address.packed, b.weight, ranks[b.address])
                for b in plan.backends if b.in_table]
     return np.frombuffer(maglev.build_table(entries, ring_size), dtype=np.uint32)
+
+
+def _prefilter_words(addresses) -> dict[int, int]:
+    """Prefilter words (index -> bits) with the bit of every address set."""
+    words: dict[int, int] = {}
+    for address in addresses:
+        bit = prefilter_bit(address)
+        words[bit // 64] = words.get(bit // 64, 0) | 1 << (bit % 64)
+    return words
 
 
 def _moved(old: np.ndarray | None, new: np.ndarray) -> float:

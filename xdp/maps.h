@@ -19,16 +19,19 @@
 	BPF_F_TABLE(type, key, value, name, size, flags)
 #endif
 
-/* (VIP address, proto) -> what the address accepts; first lookup of a packet */
+/* bitmap of VIP addresses (prefilter.h): the first test of every packet */
+LBD_MAP("array", u32, u64, prefilter, LBD_PREFILTER_WORDS, 0);
+/* (VIP address, proto) -> what the address accepts: fragments, malformed packets, ICMP */
 LBD_MAP("hash", struct lbd_addr_key, struct lbd_addr_info, addrs, LBD_MAX_ADDRS, BPF_F_NO_PREALLOC);
-/* (VIP address, port or 0, proto) -> VIP id and flags */
+/* (VIP address, port or 0, proto) -> VIP id and flags: the lookup of well-formed packets */
 LBD_MAP("hash", struct lbd_vip_key, struct lbd_vip_info, vips, LBD_MAX_VIPS, BPF_F_NO_PREALLOC);
 /* backend id -> where and how to send a packet */
 LBD_MAP("array", u32, struct lbd_backend, backends, LBD_MAX_BACKENDS, 0);
 /* Template for the per-VIP Maglev tables: slot -> backend id. Userspace builds
  * a new one off to the side and swaps it into rings in one update, so a packet
- * sees the old table or the new one, never half of each. */
-BPF_ARRAY(ring_template, u32, LBD_RING_SIZE);
+ * sees the old table or the new one, never half of each. Mmapable, so that
+ * userspace fills a table with one memory copy instead of 65537 updates. */
+BPF_F_TABLE("array", u32, u32, ring_template, LBD_RING_SIZE, BPF_F_MMAPABLE);
 /* VIP id -> that VIP's Maglev table (an inner map shaped like ring_template) */
 LBD_MAP("array_of_maps$ring_template", int, int, rings, LBD_MAX_VIPS, 0);
 /* 5-tuple -> backend: per-CPU LRU lists (no lock shared by CPUs on insert) over

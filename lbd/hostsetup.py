@@ -30,6 +30,7 @@ RUNTIME_PACKAGES = [
 LAB_PACKAGES = [
     "ethtool",            # tx checksum offload off on veths (TESTBED.md)
     "nginx-light",        # real HTTP backends in the lab
+    "libnginx-mod-stream",  # nginx stream: the user-space proxy arm of bench/datapath.py
     "nftables",
     "netsniff-ng",        # trafgen for data-plane benchmarks
     "iputils-ping",

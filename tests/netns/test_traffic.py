@@ -6,10 +6,12 @@ Every test reports the XDP mode lbd ran in (native on the lab's veths)."""
 from __future__ import annotations
 
 import collections
+import json
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -107,6 +109,8 @@ def test_backend_failure_leaves_table_and_new_connections_succeed(lab, lbd):
 
     background = threading.Thread(target=clients_keep_going, daemon=True)
     background.start()
+    streams = lbd.start_streams("198.18.100.1", lab.client.v4s[20:32], duration=6)
+    time.sleep(1)
     lab.stop_server("b2", "http")
     stopped = time.monotonic()
     try:
@@ -123,8 +127,14 @@ def test_backend_failure_leaves_table_and_new_connections_succeed(lab, lbd):
         # after that, every new connection succeeds, none reaches b2
         counts = answered_by(lab.http_get_many(lab.url("198.18.100.1", "/"), lab.client.v4s[:40]))
         assert "b2" not in counts
+        # connections on the other backends were never reset
+        results = lbd.stream_results(streams, timeout=30)
+        survivors = [r for r in results if r["backend"] in ("b1", "b3")]
+        assert survivors and not [r for r in survivors if r["error"]], results
         assert lbd.metric("lbd_backend_up", vip="web4", backend=str(lab.backends["b2"].v4)) == 0
     finally:
+        if streams.poll() is None:
+            streams.kill()
         stop_clients.set()
         background.join(10)
         lab.start_server("b2", "http")
@@ -235,3 +245,31 @@ def test_metrics_have_no_client_addresses(lab, lbd):
     text = lbd.metrics()
     assert "198.18.10." not in text and "fd00:10::" not in text
     assert "lbd_xdp_attached" in text and 'mode="native"' in text
+
+
+def test_check_diff_says_what_a_reload_would_move(lab, lbd):
+    fingerprint = lbd.vip("web4")["fingerprint"]
+    candidate = Path(lab.tmpdir, "candidate.yaml")
+    candidate.write_text(lab_config(lab, lbd.socket, web_backends=("b1", "b2")))
+    result = subprocess.run([sys.executable, "-m", "lbd.cli", "check", "--diff", "--socket", lbd.socket,
+                             str(candidate)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    web4 = next(line for line in result.stdout.splitlines() if line.startswith("web4:"))
+    share = float(web4.split(",")[1].split("%")[0])
+    # removing one of three equal backends moves about a third of the flows
+    assert 30.0 <= share <= 37.0, web4
+    assert "echo4: unchanged, 0.00%" in result.stdout
+    assert lbd.vip("web4")["fingerprint"] == fingerprint, "check --diff applies nothing"
+    assert len(lbd.vip("web4")["backends"]) == 3
+
+
+def test_metrics_pass_promtool_and_serve_the_dashboard(lab, lbd):
+    text = lbd.metrics()
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+                           timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    from tests.unit.test_packaging import DASHBOARD, _dashboard_exprs, _metric_names
+    queried = set().union(*map(_metric_names, _dashboard_exprs(json.loads(DASHBOARD.read_text()))))
+    exported = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    exported |= {name + "_total" for name in exported}
+    assert queried <= exported, sorted(queried - exported)

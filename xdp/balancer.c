@@ -1,10 +1,13 @@
 /* balancer.c: lbd's XDP entry point. It only dispatches: parsing, hashing,
  * encapsulation, ICMP and the maps live in their own headers.
  *
- * For each packet: one lookup of the destination address decides whether it
- * is VIP traffic at all (everything else leaves untouched with XDP_PASS);
- * then the VIP, then the connection table, then on a miss the VIP's Maglev
- * table; then the packet goes to the backend by L2 DSR or IP-in-IP. */
+ * For each packet: one bit of the prefilter says whether the destination can
+ * be a VIP address at all (everything else leaves untouched with XDP_PASS,
+ * having cost no hash lookup); then the VIP (its port, else the address's
+ * port-0 VIP), then the connection table, then on a miss the VIP's Maglev
+ * table; then the packet goes to the backend by L2 DSR or IP-in-IP.
+ * Packets without a usable 5-tuple (fragments, malformed, ICMP errors) look
+ * up the address itself (addrs), which says what such packets may do. */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -18,6 +21,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "flowhash.h"
+#include "prefilter.h"
 #include "csum.h"
 #include "encap.h"
 #include "icmp.h"
@@ -40,6 +44,16 @@ static __always_inline int lbd_drop(struct lbd_global_stats *gs, int reason)
 	if (reason >= 0 && reason < LBD_DROP__MAX)
 		gs->drops[reason]++;
 	return lbd_verdict(gs, XDP_DROP);
+}
+
+/* 0 if no VIP uses this destination address; 1 if one may (prefilter.h). */
+static __always_inline int lbd_maybe_vip(const __u32 addr[4])
+{
+	__u32 bit = lbd_prefilter_bit(addr);
+	__u32 word = bit / 64;
+	__u64 *bits = prefilter.lookup(&word);
+
+	return bits && (*bits >> (bit % 64)) & 1;
 }
 
 /* The backend id in slot hash % ring size of the VIP's current table. */
@@ -129,6 +143,8 @@ static __always_inline int lbd_forward(struct xdp_md *ctx, struct lbd_global_sta
 	return lbd_verdict(gs, lbd_forward_dsr(ctx, be));
 }
 
+/* The VIP of the flow's port, else the address's port-0 VIP. addr_flags
+ * (from addrs, when the caller has it) skips lookups that cannot match. */
 static __always_inline struct lbd_vip_info *lbd_vip_lookup(const struct lbd_flow_key *flow,
 							    __u32 addr_flags)
 {
@@ -148,6 +164,10 @@ static __always_inline struct lbd_vip_info *lbd_vip_lookup(const struct lbd_flow
 	}
 	return vip;
 }
+
+/* Without addrs: both lookups may be needed. Still cheaper for the common
+ * case (a port VIP) than the addrs lookup that used to come first. */
+#define LBD_ADDR_ANY_VIP (LBD_ADDR_HAS_PORTS | LBD_ADDR_HAS_WILDCARD)
 
 static __always_inline struct lbd_addr_info *lbd_addr_lookup(const struct lbd_flow_key *flow)
 {
@@ -231,20 +251,21 @@ int lbd_balancer(struct xdp_md *ctx)
 	if (!gs)
 		return XDP_PASS;
 	parsed = lbd_parse(&pkt, data, data_end);
-	if (parsed == LBD_NOT_IP)
+	if (parsed == LBD_NOT_IP || !lbd_maybe_vip(pkt.flow.dst))
 		return lbd_verdict(gs, XDP_PASS);
 	if (parsed == LBD_PARSED_ICMP)
 		return lbd_handle_icmp(ctx, gs, &pkt);
-
-	addr = lbd_addr_lookup(&pkt.flow);
-	if (!addr)
-		return lbd_verdict(gs, XDP_PASS);
-	if (parsed == LBD_PARSED_FRAGMENT)
-		return lbd_handle_fragment(ctx, gs, &pkt, addr);
-	if (parsed != LBD_PARSED_L4)
+	if (parsed != LBD_PARSED_L4) {
+		/* no ports to look a VIP up by: is the address a VIP address? */
+		addr = lbd_addr_lookup(&pkt.flow);
+		if (!addr)
+			return lbd_verdict(gs, XDP_PASS);
+		if (parsed == LBD_PARSED_FRAGMENT)
+			return lbd_handle_fragment(ctx, gs, &pkt, addr);
 		return lbd_drop(gs, LBD_DROP_MALFORMED);
+	}
 
-	vip = lbd_vip_lookup(&pkt.flow, addr->flags);
+	vip = lbd_vip_lookup(&pkt.flow, LBD_ADDR_ANY_VIP);
 	if (!vip)
 		return lbd_verdict(gs, XDP_PASS);
 	vip_id = vip->vip_id;

@@ -31,6 +31,15 @@
 #endif
 #define LBD_MAX_ADDRS (2 * LBD_MAX_VIPS)
 
+/* Prefilter: a bitmap of VIP addresses (xdp/prefilter.h), 1 << LBD_PREFILTER_LOG2
+ * bits in LBD_PREFILTER_WORDS 64-bit words. An address's bit is the top
+ * LBD_PREFILTER_LOG2 bits of (the XOR of its four __u32 words, as loaded
+ * from memory) * LBD_PREFILTER_HASH_MUL, in 32-bit arithmetic. Fixed here,
+ * not overridable: lbd/datapath.py computes the same bits. */
+#define LBD_PREFILTER_LOG2 16
+#define LBD_PREFILTER_WORDS 1024     /* (1 << LBD_PREFILTER_LOG2) / 64 */
+#define LBD_PREFILTER_HASH_MUL 0x9e3779b1 /* 2^32 / golden ratio, odd */
+
 /* Seed of the flow hash (MurmurHash3 x86_32). Fixed, never host-local, so
  * every lbd host picks the same backend for a flow (lbd/flowhash.py). */
 #define LBD_HASH_SEED 0x6c626431
@@ -109,8 +118,9 @@ struct lbd_addr_key {
 	__u8 family;
 };
 
-/* addrs map value: first lookup for every packet, so non-VIP traffic costs
- * one hash lookup, and fragments and malformed packets know their VIP. */
+/* addrs map value: looked up for packets without a usable 5-tuple, so that
+ * fragments, malformed packets and ICMP errors to a VIP address know what
+ * the address accepts (well-formed packets go to vips directly). */
 struct lbd_addr_info {
 	__u32 flags;       /* enum lbd_addr_flags */
 	__u32 frag_vip_id; /* client-affinity VIP that takes fragments, or 0 */

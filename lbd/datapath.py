@@ -116,6 +116,7 @@ class Datapath:
         self.rings = self.bpf[b"rings"]
         self.conntrack = self.bpf[b"conntrack"]
         self.settings = self.bpf[b"settings"]
+        self.nexthops = self.bpf[b"nexthops"]
         self.vip_stats = self.bpf[b"vip_stats"]
         self.backend_stats = self.bpf[b"backend_stats"]
         self.global_stats = self.bpf[b"global_stats"]
@@ -196,6 +197,16 @@ class Datapath:
 
     def backend(self, backend_id: int):
         return self.backends[ctypes.c_uint32(backend_id)]
+
+    def nexthop(self, backend_id: int) -> list:
+        """The ipip next-hop cache entry of a backend id, one per CPU."""
+        return list(self.nexthops[ctypes.c_uint32(backend_id)])
+
+    def forget_nexthop(self, backend_id: int) -> None:
+        """Empty a backend id's next-hop cache entry on every CPU: the next
+        packet asks the FIB again."""
+        key = ctypes.c_uint32(backend_id)
+        self.nexthops[key] = self.nexthops.Leaf(*([self.nexthops.sLeaf()] * self.nexthops.total_cpu))
 
     # --- Maglev tables --------------------------------------------------------
     def write_ring(self, vip_id: int, table) -> None:

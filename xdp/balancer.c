@@ -99,33 +99,53 @@ static __always_inline int lbd_forward_dsr(struct xdp_md *ctx, const struct lbd_
 	return bpf_redirect(be->ifindex, 0);
 }
 
+static __always_inline int lbd_too_big(struct xdp_md *ctx, struct lbd_global_stats *gs,
+				       const struct lbd_packet *pkt, __u32 mtu)
+{
+	gs->icmp_too_big_sent++;
+	return lbd_verdict(gs, lbd_reply_too_big(ctx, pkt, mtu - lbd_outer_len(pkt)));
+}
+
+/* Encapsulate toward the backend's next hop: from this CPU's next-hop cache,
+ * asking the FIB when the entry is empty, expired or for an older generation
+ * of the backend id (encap.h says what the cache trades). */
 static __always_inline int lbd_forward_ipip(struct xdp_md *ctx, struct lbd_global_stats *gs,
-					    const struct lbd_packet *pkt,
+					    const struct lbd_packet *pkt, __u32 backend_id,
 					    const struct lbd_backend *be, __u32 hash)
 {
-	struct bpf_fib_lookup fib;
 	__u32 zero = 0;
 	struct lbd_settings *st = settings.lookup(&zero);
+	struct lbd_nexthop *nh = nexthops.lookup(&backend_id);
+	__u64 now;
 	int route;
 
-	if (!st)
+	if (!st || !nh)
 		return lbd_drop(gs, LBD_DROP_FIB_FAILED);
-	route = lbd_route_to_backend(ctx, pkt, be, st, &fib);
-	if (route == LBD_ROUTE_TOO_BIG) {
-		gs->icmp_too_big_sent++;
-		return lbd_verdict(gs, lbd_reply_too_big(ctx, pkt, fib.mtu_result - lbd_outer_len(pkt)));
+	now = bpf_ktime_get_coarse_ns();
+	if (nh->generation != be->generation || now >= nh->expires_ns) {
+		struct lbd_nexthop fresh;
+
+		route = lbd_route_to_backend(ctx, pkt, be, st, &fresh);
+		if (route == LBD_ROUTE_TOO_BIG)
+			return lbd_too_big(ctx, gs, pkt, fresh.mtu);
+		if (route == LBD_ROUTE_NO_NEIGH)
+			return lbd_drop(gs, LBD_DROP_NO_NEIGHBOUR);
+		if (route == LBD_ROUTE_FORWARDING_OFF)
+			return lbd_drop(gs, LBD_DROP_FORWARDING_OFF);
+		if (route != LBD_ROUTE_OK)
+			return lbd_drop(gs, LBD_DROP_FIB_FAILED);
+		fresh.generation = be->generation;
+		fresh.expires_ns = now + LBD_NEXTHOP_TTL_NS;
+		*nh = fresh;
 	}
-	if (route == LBD_ROUTE_NO_NEIGH)
-		return lbd_drop(gs, LBD_DROP_NO_NEIGHBOUR);
-	if (route == LBD_ROUTE_FORWARDING_OFF)
-		return lbd_drop(gs, LBD_DROP_FORWARDING_OFF);
-	if (route != LBD_ROUTE_OK)
-		return lbd_drop(gs, LBD_DROP_FIB_FAILED);
-	if (lbd_encapsulate(ctx, pkt, be, st, &fib, hash))
+	/* the check the FIB makes when asked, made against the cached MTU */
+	if (pkt->l3_len + lbd_outer_len(pkt) > nh->mtu)
+		return lbd_too_big(ctx, gs, pkt, nh->mtu);
+	if (lbd_encapsulate(ctx, pkt, be, st, nh, hash))
 		return lbd_drop(gs, LBD_DROP_ENCAP_FAILED);
-	if (fib.ifindex == ctx->ingress_ifindex)
+	if (nh->ifindex == ctx->ingress_ifindex)
 		return lbd_verdict(gs, XDP_TX);
-	return lbd_verdict(gs, bpf_redirect(fib.ifindex, 0));
+	return lbd_verdict(gs, bpf_redirect(nh->ifindex, 0));
 }
 
 static __always_inline int lbd_forward(struct xdp_md *ctx, struct lbd_global_stats *gs,
@@ -139,7 +159,7 @@ static __always_inline int lbd_forward(struct xdp_md *ctx, struct lbd_global_sta
 		bs->bytes += pkt->frame_len;
 	}
 	if (vip_flags & LBD_VIP_MODE_IPIP)
-		return lbd_forward_ipip(ctx, gs, pkt, be, hash);
+		return lbd_forward_ipip(ctx, gs, pkt, backend_id, be, hash);
 	return lbd_verdict(gs, lbd_forward_dsr(ctx, be));
 }
 
@@ -282,8 +302,9 @@ int lbd_balancer(struct xdp_md *ctx)
 		be = backends.lookup(&backend_id);
 		if (be && lbd_backend_usable(be, entry->generation)) {
 			gs->ct_hits++;
-			/* established DSR flows never need the hash: skip it */
-			hash = (vip_flags & LBD_VIP_MODE_IPIP) ? lbd_hash_for(&pkt.flow, vip_flags) : 0;
+			/* only the ipip IPv6 flow label needs the hash of an established flow */
+			hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
+			       lbd_hash_for(&pkt.flow, vip_flags) : 0;
 			return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash);
 		}
 		moved = 1; /* its backend was removed or failed: place it again */

@@ -1,5 +1,13 @@
 /* encap.h: IPv4-in-IPv4 and IPv6-in-IPv6 encapsulation toward a backend, with
- * the next hop (and its MTU) from the kernel's FIB. */
+ * the next hop (and its MTU) from the kernel's FIB.
+ *
+ * bpf_fib_lookup() is the dearest step of an ipip packet, so balancer.c keeps
+ * its answer per backend and per CPU (struct lbd_nexthop) for
+ * LBD_NEXTHOP_TTL_NS (1 s unless the loader passes -D) and checks the MTU
+ * against the cached one itself. The trade-off: a route, neighbour (MAC) or
+ * MTU change, and routing by TOS or ingress interface, is seen up to that
+ * long after the first packet that filled the entry. Only successful lookups
+ * are cached: an unresolved next hop is asked again on every packet. */
 #ifndef LBD_ENCAP_H
 #define LBD_ENCAP_H
 
@@ -28,12 +36,14 @@ static __always_inline __u32 lbd_outer_len(const struct lbd_packet *pkt)
 }
 
 /* Ask the FIB for the next hop to the backend, sized for the encapsulated
- * packet so that the kernel also checks the egress MTU. */
+ * packet so that the kernel also checks the egress MTU. Fills `nh` (all but
+ * generation and expiry) on LBD_ROUTE_OK, and nh->mtu on LBD_ROUTE_TOO_BIG. */
 static __always_inline int lbd_route_to_backend(struct xdp_md *ctx, const struct lbd_packet *pkt,
 						 const struct lbd_backend *be,
 						 const struct lbd_settings *st,
-						 struct bpf_fib_lookup *fib)
+						 struct lbd_nexthop *nh)
 {
+	struct bpf_fib_lookup fib_storage, *fib = &fib_storage;
 	int rc;
 
 	__builtin_memset(fib, 0, sizeof(*fib));
@@ -52,10 +62,19 @@ static __always_inline int lbd_route_to_backend(struct xdp_md *ctx, const struct
 		__builtin_memcpy(fib->ipv6_dst, be->addr, 16);
 	}
 	rc = bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
-	if (rc == BPF_FIB_LKUP_RET_SUCCESS)
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		/* on success too, mtu_result holds the egress MTU (kernel >= 5.12) */
+		__builtin_memcpy(nh->dst_mac, fib->dmac, ETH_ALEN);
+		__builtin_memcpy(nh->src_mac, fib->smac, ETH_ALEN);
+		nh->mtu = fib->mtu_result;
+		nh->pad = 0;
+		nh->ifindex = fib->ifindex;
 		return LBD_ROUTE_OK;
-	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+	}
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
+		nh->mtu = fib->mtu_result;
 		return LBD_ROUTE_TOO_BIG;
+	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return LBD_ROUTE_NO_NEIGH;
 	if (rc == BPF_FIB_LKUP_RET_FWD_DISABLED)
@@ -79,11 +98,11 @@ static __always_inline int lbd_move_l2(void *to, void *from, __u32 l2_len, void 
 }
 
 /* Put an outer IP header between the L2 header and the packet, addressed from
- * our configured source to the backend, with the FIB's MACs. Returns 0 or -1. */
+ * our configured source to the backend, with the next hop's MACs. Returns 0 or -1. */
 static __always_inline int lbd_encapsulate(struct xdp_md *ctx, const struct lbd_packet *pkt,
 					   const struct lbd_backend *be,
 					   const struct lbd_settings *st,
-					   const struct bpf_fib_lookup *fib, __u32 flow_hash)
+					   const struct lbd_nexthop *nh, __u32 flow_hash)
 {
 	__u32 outer_len = lbd_outer_len(pkt);
 	__u32 l2_len = pkt->l2_len;
@@ -97,8 +116,8 @@ static __always_inline int lbd_encapsulate(struct xdp_md *ctx, const struct lbd_
 	if (lbd_move_l2(data, data + outer_len, l2_len, data_end))
 		return -1;
 	eth = data;
-	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, nh->dst_mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, nh->src_mac, ETH_ALEN);
 
 	if (pkt->flow.family == LBD_FAMILY_V4) {
 		struct iphdr *outer = data + (l2_len & 0x1f);

@@ -29,6 +29,9 @@
 #ifndef LBD_CT_SIZE
 #define LBD_CT_SIZE 1048576        /* connection-table entries (all CPUs) */
 #endif
+#ifndef LBD_NEXTHOP_TTL_NS
+#define LBD_NEXTHOP_TTL_NS 1000000000 /* ipip: how long a cached next hop is used */
+#endif
 #define LBD_MAX_ADDRS (2 * LBD_MAX_VIPS)
 
 /* Prefilter: a bitmap of VIP addresses (xdp/prefilter.h), 1 << LBD_PREFILTER_LOG2
@@ -138,6 +141,19 @@ struct lbd_backend {
 	__u8 state;        /* enum lbd_backend_state */
 	__u8 family;       /* enum lbd_family */
 	__u16 vip_id;      /* owner VIP (ids fit 16 bits: LBD_MAX_VIPS <= 65536) */
+};
+
+/* ipip next-hop cache (nexthops, per CPU, indexed by backend id): what
+ * bpf_fib_lookup() answered for the backend, reused until expires_ns. A zero
+ * entry is empty (generations start at 1). 32 bytes. */
+struct lbd_nexthop {
+	__u8 dst_mac[6];   /* next hop's MAC */
+	__u8 src_mac[6];   /* our MAC on the egress interface */
+	__u16 mtu;         /* egress MTU: bigger encapsulated packets get ICMP */
+	__u16 pad;
+	__u32 ifindex;     /* egress interface */
+	__u32 generation;  /* the backend's generation it was looked up for */
+	__u64 expires_ns;  /* bpf_ktime_get_coarse_ns() time to ask the FIB again */
 };
 
 /* Connection-table key: the flow's 5-tuple as seen from the client. 40 bytes. */

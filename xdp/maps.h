@@ -37,6 +37,10 @@ LBD_MAP("array_of_maps$ring_template", int, int, rings, LBD_MAX_VIPS, 0);
 /* 5-tuple -> backend: per-CPU LRU lists (no lock shared by CPUs on insert) over
  * one key space, so a flow whose packets move to another CPU keeps its backend */
 LBD_MAP("lru_hash", struct lbd_flow_key, struct lbd_flow_entry, conntrack, LBD_CT_SIZE, BPF_F_NO_COMMON_LRU);
+/* ipip: backend id -> cached FIB answer (encap.h), per CPU so no entry is
+ * shared between CPUs. Not pinned: a new program starts with an empty cache.
+ * 32 bytes x LBD_MAX_BACKENDS per CPU (4 MiB at the default). */
+BPF_F_TABLE("percpu_array", u32, struct lbd_nexthop, nexthops, LBD_MAX_BACKENDS, 0);
 /* one entry: ipip outer sources, layout version */
 LBD_MAP("array", u32, struct lbd_settings, settings, 1, 0);
 /* per-CPU counters, summed at scrape time */

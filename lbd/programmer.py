@@ -131,7 +131,8 @@ class Programmer:
         self._generations: dict[int, int] = {}  # backend id -> last generation used
         self._free_vip_ids = list(range(self.limits.max_vips - 1, 0, -1))
         self._free_backend_ids = list(range(self.limits.max_backends - 1, 0, -1))
-        self._addr_keys_written: set[tuple[IPAddress, int]] = set()
+        # (address, proto) -> (flags, fragment VIP id, its flags) as last written
+        self._addr_entries: dict[tuple[IPAddress, int], tuple[int, int, int]] = {}
         # the prefilter as written (word index -> bits, nonzero words only);
         # read back so bits left by an earlier daemon are cleared when unused
         self._prefilter = {i: bits for i, bits in enumerate(datapath.read_prefilter()) if bits}
@@ -300,22 +301,26 @@ class Programmer:
         by_addr: dict[tuple[IPAddress, int], list[VipPlan]] = {}
         for plan in wanted.values():
             by_addr.setdefault((plan.address, plan.proto), []).append(plan)
-        for (address, proto), vips in by_addr.items():
-            flags = 0
-            frag_vip = None
-            for plan in sorted(vips, key=lambda p: p.port):
-                flags |= C("LBD_ADDR_HAS_WILDCARD") if plan.port == 0 else C("LBD_ADDR_HAS_PORTS")
-                # fragments follow the first client-affinity VIP of the address
-                if plan.client_affinity and frag_vip is None:
-                    frag_vip = plan
-            if frag_vip:
-                flags |= C("LBD_ADDR_FRAG_VIP")
-                self.dp.set_addr(address, proto, flags, self._vip_ids[frag_vip.key], frag_vip.flags)
-            else:
-                self.dp.set_addr(address, proto, flags)
-        for (address, proto) in self._addr_keys_written - set(by_addr):
+        entries = {key: self._addr_entry(vips) for key, vips in by_addr.items()}
+        # only entries that changed: a health change must not rewrite 1,000 addresses
+        for (address, proto), entry in entries.items():
+            if self._addr_entries.get((address, proto)) != entry:
+                self.dp.set_addr(address, proto, *entry)
+        for (address, proto) in set(self._addr_entries) - set(entries):
             self.dp.delete_addr(address, proto)
-        self._addr_keys_written = set(by_addr)
+        self._addr_entries = entries
+
+    def _addr_entry(self, vips: list[VipPlan]) -> tuple[int, int, int]:
+        """(flags, fragment VIP id, its flags) of one address: fragments follow
+        its first client-affinity VIP."""
+        flags, frag_vip = 0, None
+        for plan in sorted(vips, key=lambda p: p.port):
+            flags |= C("LBD_ADDR_HAS_WILDCARD") if plan.port == 0 else C("LBD_ADDR_HAS_PORTS")
+            if plan.client_affinity and frag_vip is None:
+                frag_vip = plan
+        if frag_vip:
+            return (flags | C("LBD_ADDR_FRAG_VIP"), self._vip_ids[frag_vip.key], frag_vip.flags)
+        return (flags, 0, 0)
 
     def preview(self, plans: list[VipPlan]) -> list[VipResult]:
         """What apply(plans) would do to each VIP, writing nothing: the share

@@ -233,10 +233,14 @@ class Programmer:
                     table, {ids[b.address]: b.address for b in plan.backends if b.in_table})
             staged[key] = _Applied(plan, vip_id, ids, table, fingerprint)
 
-        # 1. backend entries of new and changed VIPs
+        # 1. backend entries of new and changed VIPs (only the backends that changed)
         for key, applied in staged.items():
+            old = self._applied.get(key)
+            before = {b.address: (b, old.backend_ids[b.address]) for b in old.plan.backends} if old else {}
             for b in applied.plan.backends:
                 backend_id = applied.backend_ids[b.address]
+                if before.get(b.address) == (b, backend_id):
+                    continue
                 self.dp.set_backend(backend_id, BackendEntry(
                     vip_id=applied.vip_id, address=b.address, state=b.state,
                     generation=self._generations[backend_id], dst_mac=b.dst_mac,

@@ -136,6 +136,7 @@ static __always_inline int lbd_encapsulate(struct xdp_md *ctx, const struct lbd_
 		outer->saddr = st->ipip_src_v4;
 		outer->daddr = be->addr[0];
 		outer->check = 0;
+		/* a full sum of 10 words: skipping it altogether measured no faster */
 		outer->check = lbd_ipv4_csum(outer);
 		return 0;
 	}

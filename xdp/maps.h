@@ -35,7 +35,11 @@ BPF_F_TABLE("array", u32, u32, ring_template, LBD_RING_SIZE, BPF_F_MMAPABLE);
 /* VIP id -> that VIP's Maglev table (an inner map shaped like ring_template) */
 LBD_MAP("array_of_maps$ring_template", int, int, rings, LBD_MAX_VIPS, 0);
 /* 5-tuple -> backend: per-CPU LRU lists (no lock shared by CPUs on insert) over
- * one key space, so a flow whose packets move to another CPU keeps its backend */
+ * one key space, so a flow whose packets move to another CPU keeps its backend.
+ * Its insert dominates a new flow's cost: ~300 ns with warm memory, ~600 ns
+ * cold (bpf_lru_pop_free/push_free and the irq-off LRU and bucket locks, on
+ * a 2-vCPU KVM, kernel 6.18); the common LRU (flags 0) and 64K entries
+ * measured no cheaper. */
 LBD_MAP("lru_hash", struct lbd_flow_key, struct lbd_flow_entry, conntrack, LBD_CT_SIZE, BPF_F_NO_COMMON_LRU);
 /* ipip: backend id -> cached FIB answer (encap.h), per CPU so no entry is
  * shared between CPUs. Not pinned: a new program starts with an empty cache.

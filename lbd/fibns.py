@@ -26,9 +26,11 @@ UNRESOLVED_V4 = "198.18.30.0/24"                          # behind a next hop wi
 
 
 @contextlib.contextmanager
-def fib_namespace(name: str | None = None) -> Iterator[int]:
-    """Create the namespace, move this thread into it, yield the interface's
-    ifindex; on exit return to the original namespace and delete it."""
+def fib_namespace(name: str | None = None, enter: bool = True) -> Iterator[int]:
+    """Create the namespace and yield the interface's ifindex; delete it on
+    exit. With enter, this thread lives in the namespace meanwhile; without,
+    use entered() around each use, so that nothing else this thread starts
+    (subprocesses in particular) lands in a namespace with no way out."""
     name = name or f"lbdt-fib-{os.getpid()}"
 
     def ip(*args: str) -> None:
@@ -50,10 +52,21 @@ def fib_namespace(name: str | None = None) -> Iterator[int]:
         ip("route", "add", REMOTE_V4, "via", GW_V4)
         ip("-6", "route", "add", REMOTE_V6, "via", GW_V6)
         ip("route", "add", UNRESOLVED_V4, "via", "198.18.1.253")
-        netns.pushns(name)
-        try:
-            yield socket.if_nametoindex(IFNAME)
-        finally:
-            netns.popns()
+        with entered(name):
+            ifindex = socket.if_nametoindex(IFNAME)
+            if enter:
+                yield ifindex
+        if not enter:
+            yield ifindex
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@contextlib.contextmanager
+def entered(name: str) -> Iterator[None]:
+    """Run this thread in the namespace for the duration."""
+    netns.pushns(name)
+    try:
+        yield
+    finally:
+        netns.popns()

@@ -15,11 +15,23 @@ from lbd.fibns import GW_MAC, MAC as LBD_MAC, V4 as IPIP_SRC_V4, V6 as IPIP_SRC_
 from tests.conftest import require_root
 
 
+NAMESPACE = f"lbdt-bpf-{os.getpid()}"
+
+
 @pytest.fixture(scope="session")
 def fib_namespace():
     require_root("the bpf tier loads XDP programs and")
-    with fibns.fib_namespace(f"lbdt-bpf-{os.getpid()}") as ifindex:
+    with fibns.fib_namespace(NAMESPACE, enter=False) as ifindex:
         yield ifindex
+
+
+@pytest.fixture(autouse=True)
+def _in_fib_namespace(fib_namespace):
+    """Each bpf test runs in the namespace (BPF_PROG_TEST_RUN resolves the
+    ingress interface in the caller's), and only the test: a thread left in
+    it would start later tiers' subprocesses (pip, servers) with no network."""
+    with fibns.entered(NAMESPACE):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,6 @@ import ipaddress
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys

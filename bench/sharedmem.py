@@ -225,7 +225,7 @@ def machine_busy() -> float:
 def wait_listening(ns: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        out = sh(nsx(ns, "ss", "-Hltn", f"sport = :80"), check=False).stdout
+        out = sh(nsx(ns, "ss", "-Hltn", "sport = :80"), check=False).stdout
         if out.strip():
             return
         time.sleep(0.1)

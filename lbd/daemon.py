@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import glob
-import ipaddress
 import logging
 import os
 import shutil
@@ -26,10 +25,10 @@ from pathlib import Path
 from lbd import config as config_mod
 from lbd import hostsetup, layout
 from lbd.config import Config, ConfigError
-from lbd.datapath import Datapath, Limits, attach_xdp, detach_xdp
+from lbd.datapath import Datapath, Limits, detach_xdp
 from lbd.health import CheckSpec, HealthChecker
 from lbd.metrics import Metrics
-from lbd.neighbours import NeighbourResolver, Resolved
+from lbd.neighbours import NeighbourResolver
 from lbd.plan import VipStatus, plans_for, vip_plan
 from lbd.programmer import ApplyError, Programmer, VipResult
 
@@ -399,9 +398,3 @@ def _on_bpffs(path: str) -> bool:
     with open("/proc/mounts", encoding="ascii") as mounts:
         points = [line.split()[1] for line in mounts if line.split()[2] == "bpf"]
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in points)
-
-
-def parse_hostport(text: str) -> tuple[ipaddress._BaseAddress, int]:
-    """'198.18.0.1:80' or '[fd00::1]:80'."""
-    host, _, port = text.rpartition(":")
-    return ipaddress.ip_address(host.strip("[]")), int(port)

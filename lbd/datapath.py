@@ -11,10 +11,8 @@ import ctypes
 import ipaddress
 import logging
 import os
-import shutil
 import struct
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -76,12 +74,6 @@ class BackendEntry:
     dst_mac: bytes = b"\0" * 6   # dsr: the backend's MAC
     src_mac: bytes = b"\0" * 6   # dsr: our MAC on the egress interface
     ifindex: int = 0             # dsr: egress interface, 0 = where it came in
-
-
-@dataclass
-class Stats:
-    """Per-CPU counters summed over CPUs."""
-    values: dict[str, int] = field(default_factory=dict)
 
 
 class Datapath:
@@ -185,12 +177,6 @@ class Datapath:
         leaf.family = family_of(entry.address)
         leaf.vip_id = entry.vip_id
         self.backends[ctypes.c_uint32(backend_id)] = leaf
-
-    def set_backend_state(self, backend_id: int, state: int) -> None:
-        key = ctypes.c_uint32(backend_id)
-        leaf = self.backends[key]
-        leaf.state = state
-        self.backends[key] = leaf
 
     def clear_backend(self, backend_id: int) -> None:
         self.backends[ctypes.c_uint32(backend_id)] = self.backends.Leaf()
@@ -389,9 +375,3 @@ def load_helper(function_name: str, source: str = "pass.c"):
     bpf = BPF(src_file=str(layout.XDP_DIR / source).encode(),
               cflags=[f"-I{layout.XDP_DIR}", "-Wno-unused-function"])
     return bpf, bpf.load_func(function_name.encode(), BPF.XDP)
-
-
-def remove_pins(pin_dir: str) -> None:
-    """Unpin everything lbd pinned (the maps go when nothing else holds them)."""
-    if os.path.isdir(pin_dir):
-        shutil.rmtree(pin_dir)

@@ -31,7 +31,7 @@ def say(text: str = "") -> None:
 
 def main() -> int:
     config = load_config(CONFIG)
-    say(f"== lbd demo: building the namespace lab (clients, router, lbd host, 6 backends)")
+    say("== lbd demo: building the namespace lab (clients, router, lbd host, 6 backends)")
     with Lab(vips_v4=[str(v.address) for v in config.vips]) as lab:
         say(f"   lab ready in {lab.build_seconds:.1f}s; helper XDP programs: "
             f"{sorted(set(lab.xdp_modes.values()))} mode")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import glob
 import os
 import platform
-import shutil
 import subprocess
 import sys
 

@@ -21,9 +21,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import textwrap
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest

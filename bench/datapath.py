@@ -47,9 +47,9 @@ import time
 from pathlib import Path
 
 from bench.machine import machine_info
+from bench.netline import NamespaceLine, nsx, sh
 
 RESULTS = Path(__file__).resolve().parent / "results"
-BASE = "lbdb"
 XDP_FLAGS_DRV_MODE = 1 << 2
 NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"
 ARMS = ["direct", "xdp_floor", "lbd_dsr", "lbd_ipip", "nftables", "userspace"]
@@ -110,54 +110,15 @@ while True:
 """
 
 
-def sh(argv, check=True, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, capture_output=True, text=True, **kw)
-
-
-def nsx(ns: str, *argv: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, *argv]
-
-
-class Line:
-    """The namespaces above; removes them on close (also on failure)."""
+class Line(NamespaceLine):
+    """The namespaces above; removed on close (also on failure)."""
+    ROLES = ("gen", "lb", "be1", "be2")
 
     def __init__(self):
-        from lbd.lab import remove_stale
-
-        remove_stale(BASE)  # what killed runs left behind
-        self.prefix = f"{BASE}{os.getpid()}-0-"
-        self.names = {n: self.prefix + n for n in ("gen", "lb", "be1", "be2")}
-        self.created: list[str] = []
-        self.ifindex: dict[str, int] = {}
-
-    def __enter__(self) -> Line:
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        from lbd.lab import remove_netns
-
-        for ns in reversed(self.created):
-            remove_netns(ns)
-        self.created.clear()
+        super().__init__(0)
 
     def _build(self) -> None:
         n = self.names
-        for ns in n.values():
-            sh(["ip", "netns", "add", ns])
-            self.created.append(ns)
-            sh(nsx(ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0",
-                   "net.ipv4.conf.default.rp_filter=0", "net.ipv6.conf.all.disable_ipv6=1",
-                   "net.ipv6.conf.default.disable_ipv6=1"))
-            sh(["ip", "-n", ns, "link", "set", "lo", "up"])
-        sh(nsx(n["lb"], "sysctl", "-qw", "net.ipv4.ip_forward=1"))
         links = [("gen", "eth0", MAC["gen"], "lb", "in0", MAC["in0"]),
                  ("lb", "out1", MAC["out1"], "be1", "eth0", MAC["be1"]),
                  ("lb", "out2", MAC["out2"], "be2", "eth0", MAC["be2"]),

@@ -48,10 +48,10 @@ import time
 from pathlib import Path
 
 from bench.machine import machine_info
+from bench.netline import NamespaceLine, nsx, sh
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
-BASE = "lbdb"
 ARMS = ["shared_memory", "local_kernel_hash", "lbd_client_affinity"]
 XDP_FLAGS_DRV_MODE = 1 << 2
 RATE = 5          # r/s per client address
@@ -61,58 +61,21 @@ MAC = {"cli": "02:00:c6:12:10:01", "in0": "02:00:c6:12:10:02",
        "out2": "02:00:c6:12:03:01", "be2": "02:00:c6:12:03:02"}
 
 
-def sh(argv, check=True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=check, capture_output=True, text=True)
-
-
-def nsx(ns: str, *argv: str) -> list[str]:
-    return ["ip", "netns", "exec", ns, *argv]
-
-
 def client_addresses(n: int) -> list[str]:
     return [f"198.18.10.{10 + i}" for i in range(n)]
 
 
-class Net:
+class Net(NamespaceLine):
+    ROLES = ("cli", "lb", "be1", "be2")
+    SYSCTLS = ("net.ipv4.tcp_tw_reuse=1", "net.core.somaxconn=4096",
+               "net.ipv4.ip_local_port_range=10000 60999")
+
     def __init__(self, clients: int):
-        from lbd.lab import remove_stale
-
-        remove_stale(BASE)
-        self.prefix = f"{BASE}{os.getpid()}-1-"
-        self.names = {n: self.prefix + n for n in ("cli", "lb", "be1", "be2")}
-        self.created: list[str] = []
-        self.ifindex: dict[str, int] = {}
+        super().__init__(1)
         self.clients = client_addresses(clients)
-
-    def __enter__(self) -> Net:
-        try:
-            self._build()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        from lbd.lab import remove_netns
-
-        for ns in reversed(self.created):
-            remove_netns(ns)
-        self.created.clear()
 
     def _build(self) -> None:
         n = self.names
-        for ns in n.values():
-            sh(["ip", "netns", "add", ns])
-            self.created.append(ns)
-            sh(nsx(ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0",
-                   "net.ipv4.conf.default.rp_filter=0", "net.ipv6.conf.all.disable_ipv6=1",
-                   "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.tcp_tw_reuse=1",
-                   "net.core.somaxconn=4096", "net.ipv4.ip_local_port_range=10000 60999"))
-            sh(["ip", "-n", ns, "link", "set", "lo", "up"])
-        sh(nsx(n["lb"], "sysctl", "-qw", "net.ipv4.ip_forward=1"))
         for a, a_if, b, b_if in (("cli", "eth0", "lb", "in0"), ("lb", "out1", "be1", "eth0"),
                                  ("lb", "out2", "be2", "eth0")):
             a_mac = MAC[a if a == "cli" else a_if]

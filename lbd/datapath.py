@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import array
 import ctypes
+import functools
+import gzip
 import ipaddress
 import logging
 import os
+import re
 import struct
 from dataclasses import dataclass
 
@@ -49,6 +52,25 @@ def prefilter_bit(address: IPAddress) -> int:
 
 def family_of(address: IPAddress) -> int:
     return C("LBD_FAMILY_V4") if address.version == 4 else C("LBD_FAMILY_V6")
+
+
+@functools.cache
+def kernel_hz() -> int | None:
+    """The running kernel's CONFIG_HZ, from its config (None if not shipped).
+
+    The program counts the ipip next-hop cache's lifetime in jiffies (a load,
+    where reading a ns clock is a helper call); without this it assumes the
+    lowest HZ, so entries expire early rather than late."""
+    for path in ("/proc/config.gz", f"/boot/config-{os.uname().release}"):
+        try:
+            opener = gzip.open if path.endswith(".gz") else open
+            with opener(path, "rt") as config:
+                found = re.search(r"^CONFIG_HZ=(\d+)$", config.read(), re.M)
+        except OSError:
+            continue
+        if found:
+            return int(found.group(1))
+    return None
 
 
 @dataclass(frozen=True)
@@ -90,6 +112,8 @@ class Datapath:
         self.limits = limits
         self.pin_dir = pin_dir
         cflags = [f"-I{layout.XDP_DIR}", "-Wno-unused-function", *limits.cflags()]
+        if kernel_hz():
+            cflags.append(f"-DLBD_KERNEL_HZ={kernel_hz()}")
         if pin_dir:
             os.makedirs(pin_dir, exist_ok=True)
             cflags.append(f'-DLBD_PIN_DIR="{pin_dir}"')

@@ -3,8 +3,8 @@
  *
  * bpf_fib_lookup() is the dearest step of an ipip packet, so balancer.c keeps
  * its answer per backend and per CPU (struct lbd_nexthop) for
- * LBD_NEXTHOP_TTL_NS (1 s unless the loader passes -D) and checks the MTU
- * against the cached one itself. The trade-off: a route, neighbour (MAC) or
+ * LBD_NEXTHOP_TTL_NS (1 s unless the loader passes -D), counted in jiffies
+ * (LBD_KERNEL_HZ), and checks the MTU against the cached one itself. The trade-off: a route, neighbour (MAC) or
  * MTU change, and routing by TOS or ingress interface, is seen up to that
  * long after the first packet that filled the entry. Only successful lookups
  * are cached: an unresolved next hop is asked again on every packet. */
@@ -21,6 +21,9 @@
 #ifndef AF_INET6
 #define AF_INET6 10
 #endif
+
+/* The cache's lifetime in jiffies: bpf_jiffies64() is a load, the ns clocks a call. */
+#define LBD_NEXTHOP_TTL_JIFFIES ((__u64)LBD_NEXTHOP_TTL_NS * LBD_KERNEL_HZ / 1000000000)
 
 enum lbd_route_result {
 	LBD_ROUTE_OK = 0,

@@ -32,6 +32,9 @@
 #ifndef LBD_NEXTHOP_TTL_NS
 #define LBD_NEXTHOP_TTL_NS 1000000000 /* ipip: how long a cached next hop is used */
 #endif
+#ifndef LBD_KERNEL_HZ
+#define LBD_KERNEL_HZ 100 /* the running kernel's HZ (the loader passes it); the lowest, 100, makes cached next hops expire early, never late */
+#endif
 #define LBD_MAX_ADDRS (2 * LBD_MAX_VIPS)
 
 /* Prefilter: a bitmap of VIP addresses (xdp/prefilter.h), 1 << LBD_PREFILTER_LOG2
@@ -144,7 +147,7 @@ struct lbd_backend {
 };
 
 /* ipip next-hop cache (nexthops, per CPU, indexed by backend id): what
- * bpf_fib_lookup() answered for the backend, reused until expires_ns. A zero
+ * bpf_fib_lookup() answered for the backend, reused until expires_jiffies. A zero
  * entry is empty (generations start at 1). 32 bytes. */
 struct lbd_nexthop {
 	__u8 dst_mac[6];   /* next hop's MAC */
@@ -153,7 +156,7 @@ struct lbd_nexthop {
 	__u16 pad;
 	__u32 ifindex;     /* egress interface */
 	__u32 generation;  /* the backend's generation it was looked up for */
-	__u64 expires_ns;  /* bpf_ktime_get_coarse_ns() time to ask the FIB again */
+	__u64 expires_jiffies; /* bpf_jiffies64() time to ask the FIB again */
 };
 
 /* Connection-table key: the flow's 5-tuple as seen from the client. 40 bytes. */

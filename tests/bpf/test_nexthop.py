@@ -98,7 +98,7 @@ def test_a_forwarded_packet_fills_the_entry(standard):
     assert len(filled) == 1, "one CPU ran the packet"
     entry = filled[0]
     assert sc.mac(bytes(entry.dst_mac)) == GW_MAC and sc.mac(bytes(entry.src_mac)) == LBD_MAC
-    assert entry.mtu == 1500 and entry.ifindex == standard.ifindex and entry.expires_ns > 0
+    assert entry.mtu == 1500 and entry.ifindex == standard.ifindex and entry.expires_jiffies > 0
     assert entry.generation == standard.dp.backend(backend_id).generation
 
 
@@ -110,13 +110,13 @@ def test_the_cached_next_hop_is_used_until_it_is_stale(standard):
     generation = standard.dp.backend(backend_id).generation
     # what the cache holds is what the packet gets (no FIB lookup while fresh)
     set_entry(standard, backend_id, dst_mac=BOGUS_MAC, generation=generation,
-              expires_ns=2**63, mtu=1500, ifindex=standard.ifindex)
+              expires_jiffies=2**63, mtu=1500, ifindex=standard.ifindex)
     assert Ether(standard.run(packet).packet).dst == sc.mac(BOGUS_MAC)
     # an entry for another generation of the id is asked again
     set_entry(standard, backend_id, generation=generation + 1)
     assert Ether(standard.run(packet).packet).dst == GW_MAC
     # so is an expired one
-    set_entry(standard, backend_id, dst_mac=BOGUS_MAC, generation=generation, expires_ns=1)
+    set_entry(standard, backend_id, dst_mac=BOGUS_MAC, generation=generation, expires_jiffies=1)
     assert Ether(standard.run(packet).packet).dst == GW_MAC
 
 

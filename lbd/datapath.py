@@ -96,6 +96,7 @@ class BackendEntry:
     dst_mac: bytes = b"\0" * 6   # dsr: the backend's MAC
     src_mac: bytes = b"\0" * 6   # dsr: our MAC on the egress interface
     ifindex: int = 0             # dsr: egress interface, 0 = where it came in
+    vip_flags: int = 0           # the owner VIP's flags (established flows read them here)
 
 
 class Datapath:
@@ -200,6 +201,7 @@ class Datapath:
         leaf.state = entry.state
         leaf.family = family_of(entry.address)
         leaf.vip_id = entry.vip_id
+        leaf.vip_flags = entry.vip_flags
         self.backends[ctypes.c_uint32(backend_id)] = leaf
 
     def clear_backend(self, backend_id: int) -> None:

@@ -233,10 +233,12 @@ class Programmer:
                     table, {ids[b.address]: b.address for b in plan.backends if b.in_table})
             staged[key] = _Applied(plan, vip_id, ids, table, fingerprint)
 
-        # 1. backend entries of new and changed VIPs (only the backends that changed)
+        # 1. backend entries of new and changed VIPs (only the backends that
+        # changed; all of a VIP's when its flags changed: each entry holds them)
         for key, applied in staged.items():
             old = self._applied.get(key)
-            before = {b.address: (b, old.backend_ids[b.address]) for b in old.plan.backends} if old else {}
+            before = ({b.address: (b, old.backend_ids[b.address]) for b in old.plan.backends}
+                      if old and old.plan.flags == applied.plan.flags else {})
             for b in applied.plan.backends:
                 backend_id = applied.backend_ids[b.address]
                 if before.get(b.address) == (b, backend_id):
@@ -244,7 +246,7 @@ class Programmer:
                 self.dp.set_backend(backend_id, BackendEntry(
                     vip_id=applied.vip_id, address=b.address, state=b.state,
                     generation=self._generations[backend_id], dst_mac=b.dst_mac,
-                    src_mac=b.src_mac, ifindex=b.ifindex))
+                    src_mac=b.src_mac, ifindex=b.ifindex, vip_flags=applied.plan.flags))
         # 2. tables, each swapped atomically (in batches)
         self.dp.write_rings({applied.vip_id: applied.table for key, applied in staged.items()
                              if key not in self._applied or self._applied[key].table is not applied.table})

@@ -3,9 +3,10 @@
  *
  * For each packet: one bit of the prefilter says whether the destination can
  * be a VIP address at all (everything else leaves untouched with XDP_PASS,
- * having cost no hash lookup); then the VIP (its port, else the address's
- * port-0 VIP), then the connection table, then on a miss the VIP's Maglev
- * table; then the packet goes to the backend by L2 DSR or IP-in-IP.
+ * having cost no hash lookup); then the connection table, whose backend entry
+ * names the flow's VIP and its flags (one hash lookup for an established
+ * flow); on a miss the VIP (its port, else the address's port-0 VIP) and its
+ * Maglev table; then the packet goes to the backend by L2 DSR or IP-in-IP.
  * Packets without a usable 5-tuple (fragments, malformed, ICMP errors) look
  * up the address itself (addrs), which says what such packets may do. */
 #include <uapi/linux/bpf.h>
@@ -288,6 +289,31 @@ int lbd_balancer(struct xdp_md *ctx)
 		return lbd_drop(gs, LBD_DROP_MALFORMED);
 	}
 
+	/* An established flow: its backend entry carries the VIP's id and flags,
+	 * so the VIP lookup is skipped. A removed VIP's backends are emptied by
+	 * the same apply that removes it, and a backend id reused for another
+	 * VIP has a new generation, so a stale entry never leads elsewhere. */
+	entry = conntrack.lookup(&pkt.flow);
+	if (entry) {
+		backend_id = entry->backend_id;
+		be = backends.lookup(&backend_id);
+		if (be && lbd_backend_usable(be, entry->generation)) {
+			vip_id = be->vip_id;
+			vip_flags = be->vip_flags;
+			vs = vip_stats.lookup(&vip_id);
+			if (vs) {
+				vs->packets++;
+				vs->bytes += pkt.frame_len;
+			}
+			gs->ct_hits++;
+			/* only the ipip IPv6 flow label needs the hash of an established flow */
+			hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
+			       lbd_hash_for(&pkt.flow, vip_flags) : 0;
+			return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash);
+		}
+		moved = 1; /* its backend was removed or failed: place it again */
+	}
+
 	vip = lbd_vip_lookup(&pkt.flow, LBD_ADDR_ANY_VIP);
 	if (!vip)
 		return lbd_verdict(gs, XDP_PASS);
@@ -298,22 +324,8 @@ int lbd_balancer(struct xdp_md *ctx)
 		vs->packets++;
 		vs->bytes += pkt.frame_len;
 	}
-
-	entry = conntrack.lookup(&pkt.flow);
-	if (entry) {
-		backend_id = entry->backend_id;
-		be = backends.lookup(&backend_id);
-		if (be && lbd_backend_usable(be, entry->generation)) {
-			gs->ct_hits++;
-			/* only the ipip IPv6 flow label needs the hash of an established flow */
-			hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
-			       lbd_hash_for(&pkt.flow, vip_flags) : 0;
-			return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash);
-		}
-		moved = 1; /* its backend was removed or failed: place it again */
-	} else {
+	if (!moved)
 		gs->ct_misses++;
-	}
 
 	hash = lbd_hash_for(&pkt.flow, vip_flags);
 	backend_id = lbd_ring_pick(vip_id, hash);

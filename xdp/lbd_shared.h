@@ -15,7 +15,7 @@
 
 /* Bumped whenever a pinned map's key, value or meaning changes: a daemon that
  * finds pinned maps of another version replaces them (and says so). */
-#define LBD_LAYOUT_VERSION 1
+#define LBD_LAYOUT_VERSION 2
 
 #ifndef LBD_MAX_VIPS
 #define LBD_MAX_VIPS 1024          /* VIP ids are 1..LBD_MAX_VIPS-1 */
@@ -134,7 +134,8 @@ struct lbd_addr_info {
 	__u32 pad;
 };
 
-/* backends array value, indexed by backend id. 40 bytes. */
+/* backends array value, indexed by backend id. 48 bytes. A packet of an
+ * established flow reads its VIP's id and flags here, not from vips. */
 struct lbd_backend {
 	__u32 addr[4];     /* network order: ipip outer destination */
 	__u8 dst_mac[6];   /* dsr: the backend's MAC */
@@ -144,6 +145,8 @@ struct lbd_backend {
 	__u8 state;        /* enum lbd_backend_state */
 	__u8 family;       /* enum lbd_family */
 	__u16 vip_id;      /* owner VIP (ids fit 16 bits: LBD_MAX_VIPS <= 65536) */
+	__u32 vip_flags;   /* the owner VIP's enum lbd_vip_flags */
+	__u32 pad;         /* always 0 */
 };
 
 /* ipip next-hop cache (nexthops, per CPU, indexed by backend id): what

@@ -209,3 +209,28 @@ def test_run(prog_fd: int, packet: bytes, ingress_ifindex: int = 0, repeat: int 
     )
     _check(_libbpf.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
     return TestRun(opts.retval, data_out.raw[:opts.data_size_out], opts.duration)
+
+
+# --- which program is attached where (lbd.bgp announces only while ours is) ----
+_libbpf.bpf_xdp_query_id.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)]
+_libbpf.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p,
+                                           ctypes.POINTER(ctypes.c_uint32)]
+
+
+def xdp_program_id(ifindex: int) -> int:
+    """Id of the XDP program attached to an interface in any mode (0: none).
+
+    libbpf asks over its own netlink socket: safe from any thread, unlike
+    pyroute2 on a running asyncio loop."""
+    prog_id = ctypes.c_uint32(0)
+    _check(_libbpf.bpf_xdp_query_id(ifindex, 0, ctypes.byref(prog_id)), "bpf_xdp_query_id")
+    return prog_id.value
+
+
+def program_id(prog_fd: int) -> int:
+    """The kernel's id of a loaded program (struct bpf_prog_info: type, then id)."""
+    info = (ctypes.c_uint32 * 64)()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_libbpf.bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(size)),
+           "bpf_obj_get_info_by_fd")
+    return info[1]

@@ -3,7 +3,11 @@
   lbd --config /etc/lbd/lbd.yaml     run (under systemd: Type=notify)
   lbd check FILE...                  validate, touch nothing
   lbd check --diff FILE              what a reload of FILE would move, per VIP
-  lbd --teardown [--config FILE]     detach from the interfaces, unpin everything
+  lbd --teardown [--config FILE]     withdraw from BGP, detach from the interfaces, unpin everything
+  lbd bird-config [--config FILE] [--if-missing]
+                                     write BIRD's config announcing nothing (lbd-bird.service
+                                     runs it before BIRD starts, so a boot announces nothing
+                                     until lbd says so)
   lbd --version
 """
 from __future__ import annotations
@@ -48,11 +52,41 @@ def run(config_path: str) -> int:
     return 0
 
 
+def bird_config(argv: list[str]) -> int:
+    import os
+
+    from lbd import bird
+    from lbd.config import ConfigError, load_config
+
+    parser = argparse.ArgumentParser(prog="lbd bird-config")
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--if-missing", action="store_true",
+                        help="leave an existing file alone (it holds what lbd announces now)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if config.bgp is None:
+        print(f"{args.config}: no bgp section; nothing to write", file=sys.stderr)
+        return 1
+    path = config.bgp.bird_config
+    if args.if_missing and os.path.exists(path):
+        print(f"{path}: kept (lbd's current announcements)")
+        return 0
+    bird.write(path, bird.render(config.bgp, (), args.config))
+    print(f"{path}: written, announcing nothing until lbd decides")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "check":
         from lbd.lbctl import check_command
         return check_command(argv[1:])
+    if argv and argv[0] == "bird-config":
+        return bird_config(argv[1:])
     parser = argparse.ArgumentParser(prog="lbd", description="XDP layer-4 load balancer daemon")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
     parser.add_argument("--teardown", action="store_true",

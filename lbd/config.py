@@ -164,6 +164,32 @@ def _ring_size(value: Any) -> int:
     raise _fail(f"must be a prime number 101..{1 << 24} such as 65537 (Maglev needs a prime table size)")
 
 
+def _community(value: Any) -> tuple[int, ...]:
+    # BGP communities as operators write them: "65001:100" (standard, two
+    # 16-bit halves) or "65001:1:2" (large, RFC 8092, three 32-bit parts).
+    parts = value.split(":") if isinstance(value, str) else []
+    if len(parts) in (2, 3) and all(p.isdigit() for p in parts):
+        numbers = tuple(int(p) for p in parts)
+        if all(n <= (0xFFFF if len(parts) == 2 else 0xFFFFFFFF) for n in numbers):
+            return numbers
+    raise _fail('must be a BGP community "ASN:VALUE" (each 0..65535) or a large community '
+                '"ASN:X:Y" (each 0..4294967295), quoted')
+
+
+def _password(value: Any) -> str | None:
+    # BIRD reads it inside double quotes: printable ASCII without " or \
+    if value is None or (isinstance(value, str) and re.fullmatch(r'[ !#-\[\]-~]{1,80}', value)):
+        return value
+    raise _fail('must be 1..80 printable ASCII characters without " or \\')
+
+
+def _hold_time(value: Any) -> int:
+    # RFC 4271: 0 (no keepalives) or at least 3 seconds
+    if isinstance(value, int) and not isinstance(value, bool) and (value == 0 or 3 <= value <= 65535):
+        return value
+    raise _fail("must be 0 or 3..65535 (seconds; RFC 4271)")
+
+
 Port = Annotated[int, _int_in(0, 65535, " (0 = every port)")]
 CheckPort = Annotated[int, _int_in(1, 65535)]
 Address = Annotated[IPAddress, PlainValidator(_unicast)]
@@ -224,6 +250,10 @@ class Vip(_Model):
     affinity: Annotated[str, _one_of("flow", "client")] = "flow"
     health: HealthCheck | None = None
     backends: tuple[Backend, ...] = ()
+    # BGP (with a bgp section): announce this VIP at all, and with how many
+    # healthy backends at least (default: bgp.min_healthy)
+    announce: Annotated[bool, PlainValidator(_flag)] = True
+    min_healthy: Annotated[int, _int_in(1, 1 << 24)] | None = None
 
     @property
     def key(self) -> tuple[IPAddress, int, str]:
@@ -252,6 +282,33 @@ class _Ipip(_Model):
     source_v6: Annotated[IPv6Address | None, PlainValidator(_source(6))] = None
 
 
+ASN = Annotated[int, _int_in(1, 4294967295)]
+
+
+class BgpPeer(_Model):
+    """A router this host announces its VIPs to; an IPv4 peer carries the
+    IPv4 VIPs, an IPv6 peer the IPv6 ones."""
+    address: Address
+    asn: ASN = Field(alias="as")
+    hold_time: Annotated[int, PlainValidator(_hold_time)] = 9
+    password: Annotated[str | None, PlainValidator(_password)] = None
+    multihop: Annotated[int, _int_in(1, 255)] | None = None  # TTL; default: a direct neighbour
+    bfd: Annotated[bool, PlainValidator(_flag)] = False
+
+
+class Bgp(_Model):
+    local_as: ASN
+    router_id: Annotated[IPv4Address, PlainValidator(_source(4))]
+    peers: tuple[BgpPeer, ...]
+    min_healthy: Annotated[int, _int_in(1, 1 << 24)] = 1
+    communities: tuple[Annotated[tuple[int, ...], PlainValidator(_community)], ...] = ()
+    med: Annotated[int, _int_in(0, 4294967295)] | None = None
+    maintenance_file: Annotated[str, _rooted("an absolute path")] = "/var/lib/lbd/maintenance"
+    bird_config: Annotated[str, _rooted("an absolute path")] = "/run/lbd-bgp/bird.conf"
+    bird_socket: Annotated[str, _rooted("an absolute path")] = "/run/lbd-bgp/bird.ctl"
+    withdraw_delay_s: Duration = Field(2.0, alias="withdraw_delay")
+
+
 @dataclass(frozen=True)
 class Config:
     interfaces: tuple[Interface, ...]
@@ -263,6 +320,7 @@ class Config:
     ipip_source_v4: IPv4Address | None
     ipip_source_v6: IPv6Address | None
     vips: tuple[Vip, ...]
+    bgp: Bgp | None = None
 
     @property
     def backend_count(self) -> int:
@@ -279,9 +337,10 @@ _SECTIONS: dict[str, Any] = {
     "limits": Limits,
     "ipip": _Ipip,
     "vips": tuple[Vip, ...],
+    "bgp": Bgp,
 }
 _DEFAULTS = {"http": _Http(), "control": _Control(), "bpffs": "/sys/fs/bpf/lbd",
-             "limits": Limits(), "ipip": _Ipip(), "vips": []}
+             "limits": Limits(), "ipip": _Ipip(), "vips": [], "bgp": None}
 
 
 # ---------------------------------------------------------------------------
@@ -449,6 +508,7 @@ class _Checker:
                 got[name] = self.validate(kind, value, (name,))
         interfaces = self.check_interfaces(got["interfaces"])
         vips = self.check_vips(got["vips"] or [], got["ipip"], got["limits"])
+        self.check_bgp(got["bgp"], vips)
         if self.problems:
             return None
         return Config(
@@ -456,7 +516,7 @@ class _Checker:
             control_socket=got["control"].socket, control_group=got["control"].group,
             bpffs=got["bpffs"], limits=got["limits"],
             ipip_source_v4=got["ipip"].source_v4, ipip_source_v6=got["ipip"].source_v6,
-            vips=vips,
+            vips=vips, bgp=got["bgp"],
         )
 
     def validate_vip(self, raw: Any, loc: Loc) -> tuple[Vip | None, list[Backend | None]]:
@@ -515,6 +575,24 @@ class _Checker:
                 self.add(("vips",), f"at most {limits.max_backends - 1} backends in all VIPs fit "
                          "(limits.max_backends - 1)", total)
         return tuple(done)
+
+    def check_bgp(self, bgp: Bgp | None, vips: tuple[Vip, ...]) -> None:
+        if bgp is None:
+            return
+        if not bgp.peers:
+            self.add(("bgp", "peers"), "must list at least one peer (address and as)", [])
+        seen: dict[IPAddress, int] = {}
+        for i, peer in enumerate(bgp.peers):
+            if peer.address in seen:
+                self.add(("bgp", "peers", i, "address"), f"already listed as bgp.peers[{seen[peer.address]}]",
+                         str(peer.address))
+            seen.setdefault(peer.address, i)
+        families = {peer.address.version for peer in bgp.peers}
+        for i, vip in enumerate(vips):
+            if bgp.peers and vip.announce and vip.address.version not in families:
+                self.add(("vips", i, "address"),
+                         f"an announced IPv{vip.address.version} VIP needs an IPv{vip.address.version} "
+                         "peer in bgp.peers (or announce: false on this VIP)", str(vip.address))
 
     def check_vip(self, loc: Loc, vip: Vip, backends: list[Backend | None], ipip: _Ipip | None) -> Vip:
         """The VIP with its defaults filled in, after checking what spans its fields."""

@@ -9,11 +9,15 @@ Lifecycle
   stop:    SIGTERM: STOPPING=1 and exit, leaving the program attached and
            the maps pinned, so forwarding and the connection table go on
            and the next start adopts them (hitless restart and upgrade).
-  teardown: `lbctl teardown` / `lbd --teardown`: detach and unpin all.
+  teardown: `lbctl teardown` / `lbd --teardown`: withdraw the VIPs from
+           BGP (with a bgp section), wait, then detach and unpin all.
+  BGP:     with a bgp section, lbd.bgp decides which VIPs this host
+           announces and holds BIRD's config to it (see lbd/bgp.py).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import logging
 import os
@@ -23,6 +27,7 @@ import time
 from pathlib import Path
 
 from lbd import config as config_mod
+from lbd import bgp as bgp_mod
 from lbd import hostsetup, layout
 from lbd.config import Config, ConfigError
 from lbd.datapath import Datapath, Limits, detach_xdp
@@ -53,8 +58,9 @@ def datapath_limits(config: Config) -> Limits:
 
 
 def teardown(config: Config) -> list[str]:
-    """Detach from every configured interface and remove every pin."""
-    done = []
+    """Withdraw the VIPs from BGP (routers move the flows first), then detach
+    from every configured interface and remove every pin."""
+    done = [bgp_mod.withdraw_everything(config)] if config.bgp else []
     for interface in config.interfaces:
         try:
             detach_xdp(interface.name)
@@ -94,8 +100,9 @@ class Daemon:
                              "refused": None}
         self.ready = False
         self.started = time.time()
+        self.announcer: bgp_mod.Announcer | None = None
         self.metrics = Metrics(self)
-        self._apply_lock = asyncio.Lock()
+        self.apply_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -182,19 +189,23 @@ class Daemon:
         """Plan and write. With only_vip (a health change), only that VIP is
         planned again; the others keep their plan objects, which the
         programmer skips at the cost of an identity check."""
-        vip = next((v for v in config.vips if v.name == only_vip), None)
-        if vip is not None and vip.name in self._plans:
-            plan, status = vip_plan(vip, self._health_up, self.resolutions)
-            plans = {**self._plans, vip.name: plan}
-            statuses = {**self.vip_status, vip.name: status}
-        else:
-            plan_list, statuses = plans_for(config, self._health_up, self.resolutions)
-            plans = {plan.name: plan for plan in plan_list}
-        async with self._apply_lock:
+        async with self.apply_lock:
+            # Planned under the lock: two health changes of different VIPs
+            # apply one after the other, each on top of the other's plans and
+            # with the health state of its own turn. (Planned outside it, the
+            # second would write back the first VIP's older plan.)
+            vip = next((v for v in config.vips if v.name == only_vip), None)
+            if vip is not None and vip.name in self._plans:
+                plan, status = vip_plan(vip, self._health_up, self.resolutions)
+                plans = {**self._plans, vip.name: plan}
+                statuses = {**self.vip_status, vip.name: status}
+            else:
+                plan_list, statuses = plans_for(config, self._health_up, self.resolutions)
+                plans = {plan.name: plan for plan in plan_list}
             loop = asyncio.get_running_loop()
             results = await loop.run_in_executor(None, self.programmer.apply, list(plans.values()))
-        self._plans = plans
-        self.vip_status = statuses
+            self._plans = plans
+            self.vip_status = statuses
         return results
 
     def _attach(self) -> None:
@@ -227,14 +238,38 @@ class Daemon:
         self.ready = True
         log.info("ready vips=%d backends=%d interfaces=%s", len(self.config.vips), self.config.backend_count,
                  ",".join(f"{k}:{v}" for k, v in self.attached.items()))
+        await self._follow_bgp_section()
         _notify("READY=1")
+
+    async def _follow_bgp_section(self) -> None:
+        """Start announcing when the config has a bgp section; withdraw
+        everything when a reload removed it."""
+        if self.config.bgp and self.announcer is None:
+            self.announcer = bgp_mod.Announcer(self)
+        elif self.config.bgp is None and self.announcer is not None:
+            announcer, self.announcer = self.announcer, None
+            announcer.withdrawn_all = True
+            await announcer.reconcile("bgp section removed")
+            return
+        if self.announcer is not None:
+            await self.announcer.reconcile("config")
 
     # --- health ---------------------------------------------------------------
     def _on_health_change(self, key, old, new, result) -> None:
         if old.is_up == new.is_up or not self.ready:
             return
-        vip_name = key[0]
-        asyncio.ensure_future(self._replan(vip_name))
+        asyncio.ensure_future(self._replan_and_announce(key[0]))
+
+    async def _replan_and_announce(self, vip_name: str) -> None:
+        # the table first: the announcer decides on what the maps hold
+        await self._replan(vip_name)
+        if self.announcer is not None:
+            await self.announcer.reconcile("health")
+
+    def plan_is_current(self, vip) -> bool:
+        """Whether the VIP's applied plan is what health and neighbours make now."""
+        applied = self._plans.get(vip.name)
+        return applied is not None and vip_plan(vip, self._health_up, self.resolutions)[0] == applied
 
     def _on_health_result(self, key, result) -> None:
         self.metrics.check_duration.labels(key[0]).observe(result.duration_s)
@@ -296,6 +331,7 @@ class Daemon:
             return self._reload_failed("failure", f"apply failed: {err}")
         self.last_results = results
         self._log_results("reload", results)
+        await self._follow_bgp_section()
         self.reload_state.update(last_result="success", last_error=None, last_success_time=time.time(),
                                  refused=None)
         self.metrics.reloads.labels("success").inc()
@@ -348,7 +384,8 @@ class Daemon:
                          "counters": counters, "backends": backends})
         return {"ready": self.ready, "config": self.config_path, "attached": self.attached,
                 "uptime_s": round(time.time() - self.started, 1), "reload": self.reload_state,
-                "global": self.datapath.global_counters() if self.datapath else {}, "vips": vips}
+                "global": self.datapath.global_counters() if self.datapath else {}, "vips": vips,
+                "bgp": self.announcer.status() if self.announcer else None}
 
     def explain(self, client: str, vip_spec: str) -> dict:
         from lbd.explain import explain
@@ -363,7 +400,8 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         await self.start()
         runners = await serve(self)
-        tasks = [asyncio.ensure_future(self._refresh_neighbours())]
+        tasks = [asyncio.ensure_future(self._refresh_neighbours()),
+                 asyncio.ensure_future(self._announce())]
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         if watchdog_usec:
             tasks.append(asyncio.ensure_future(self._watchdog(watchdog_usec / 2e6)))
@@ -375,6 +413,15 @@ class Daemon:
         await self.health.stop()
         for runner in runners:
             await runner.cleanup()
+
+    async def _announce(self) -> None:
+        """The BGP loop, for as long as the config has a bgp section."""
+        while not self._stop.is_set():
+            if self.announcer is not None:
+                await self.announcer.run(self._stop, lambda: self.announcer is None)
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), bgp_mod.RECONCILE_EVERY_S)
 
     async def _watchdog(self, every_s: float) -> None:
         while True:

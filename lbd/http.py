@@ -5,8 +5,9 @@ Public listener (config http.listen, 127.0.0.1:9100 by default), read-only:
   attached and config applied), /status (JSON).
 Control socket (config control.socket, a unix socket, mode 0660, owned by
 root and the optional control.group): everything above plus the calls that
-change state or reveal flows: POST /reload, GET /explain, POST /diff,
-POST /teardown. Nothing that changes state is reachable over TCP.
+change state or reveal flows: POST /reload, GET and POST /explain, POST
+/diff, POST /drain and /undrain (BGP), POST /teardown. Nothing that changes
+state is reachable over TCP.
 """
 from __future__ import annotations
 
@@ -59,6 +60,23 @@ def _control_routes(daemon: "Daemon") -> list:
         except (KeyError, ValueError) as err:
             return _json({"error": f"explain needs client=ADDR:PORT and vip=ADDR:PORT/PROTO: {err}"}, 400)
 
+    async def explain_many(request):
+        """Many flows in one call ({"flows": [[client, vip], ...]}): a fleet check
+        compares a thousand flows' backends across hosts."""
+        try:
+            flows = (await request.json())["flows"]
+            return _json([daemon.explain(client, vip) for client, vip in flows])
+        except (KeyError, ValueError, TypeError) as err:
+            return _json({"error": f"explain needs flows: [[CLIENT_ADDR:PORT, VIP_ADDR:PORT/PROTO], ...]: "
+                                   f"{err}"}, 400)
+
+    def drain(drained: bool):
+        async def handler(_request):
+            if daemon.announcer is None:
+                return _json({"error": "no bgp section in the config: nothing is announced to drain"}, 409)
+            return _json(await daemon.announcer.set_drained(drained))
+        return handler
+
     async def diff(request):
         body = await request.json()
         try:
@@ -68,12 +86,15 @@ def _control_routes(daemon: "Daemon") -> list:
 
     async def teardown(_request):
         from lbd.daemon import teardown as do_teardown
+        if daemon.announcer is not None:
+            daemon.announcer.withdrawn_all = True   # its loop must not announce again meanwhile
         done = await asyncio.get_running_loop().run_in_executor(None, do_teardown, daemon.config)
         daemon.request_stop()
         return _json({"done": done})
 
-    return [web.post("/reload", reload), web.get("/explain", explain), web.post("/diff", diff),
-            web.post("/teardown", teardown)]
+    return [web.post("/reload", reload), web.get("/explain", explain), web.post("/explain", explain_many),
+            web.post("/diff", diff), web.post("/teardown", teardown), web.post("/drain", drain(True)),
+            web.post("/undrain", drain(False))]
 
 
 async def serve(daemon: "Daemon") -> list[web.AppRunner]:

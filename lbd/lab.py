@@ -12,7 +12,14 @@ removed by the next one that starts with the same base.
                                                                    fd00:20::11-13
 The router forwards between the client net, the LAN (198.18.0.0/24,
 fd00:0:0:1::/64) and the remote net (198.18.20.0/24, fd00:20::/64), and
-routes the VIP ranges (198.18.100.0/24, fd00:100::/64) to the lbd host. The
+routes the VIP ranges (198.18.100.0/24, fd00:100::/64) to the lbd host.
+
+A fleet lab (`Lab(lbd_hosts=2, bgp=True)`) has a second lbd host, lbd2 on
+198.18.0.3 / fd00:0:0:1::3, and no static VIP route: the router runs BIRD
+(AS 65000) with a session to each host (AS 65001, addresses v4 and v6),
+installs what they announce as ECMP routes and hashes flows over them by
+their 5-tuple (fib_multipath_hash_policy=1). Each host runs lbd and its own
+BIRD (`start_bird`) with the config lbd renders. The
 bridges live in a `switch` namespace. Every backend runs nginx on port 80
 (body: its name; /healthz: 200; /whoami: name and client address) and
 lbd.udp_echo on 5300, and was prepared by `lbd-backend prepare`.
@@ -79,6 +86,7 @@ NETS_V6 = {"lan": ipaddress.ip_network("fd00:0:0:1::/64"),
 _MAC_NET = {"lan": 0x00, "clients": 0x10, "remote": 0x20}
 DEFAULT_VIPS_V4 = ("198.18.100.1", "198.18.100.2", "198.18.100.3")
 DEFAULT_VIPS_V6 = ("fd00:100::1", "fd00:100::2", "fd00:100::3")
+ROUTER_AS, HOST_AS = 65000, 65001   # fleet labs: the router and every lbd host
 # interfaces of the router, by net
 ROUTER_IFACES = {"clients": "cli0", "lan": "lan0", "remote": "rem0"}
 BRIDGES = {"clients": "brcli", "lan": "brlan", "remote": "brrem"}
@@ -257,10 +265,15 @@ class Lab:
     def __init__(self, vips_v4=DEFAULT_VIPS_V4, vips_v6=DEFAULT_VIPS_V6, *,
                  dsr_backends: int = 3, ipip_backends: int = 3, clients: int = 1,
                  addresses_per_client: int = 59, servers: bool = True, mtu: int = 1500,
-                 base: str = BASE_PREFIX):
+                 base: str = BASE_PREFIX, lbd_hosts: int = 1, bgp: bool = False):
         """VIPs go on every backend's loopback; `servers=False` starts no nginx
         or UDP echo; `mtu` is that of every lab link; `base` starts every
-        namespace name (labs of other bases are never touched)."""
+        namespace name (labs of other bases are never touched); `lbd_hosts`
+        (1 or 2) lbd hosts on the LAN; `bgp`: the router learns the VIPs over
+        BGP (BIRD) instead of a static route."""
+        if lbd_hosts not in (1, 2):
+            raise ValueError(f"lbd_hosts must be 1 or 2, got {lbd_hosts}")
+        self._n_lbd, self.bgp = lbd_hosts, bgp
         self.vips_v4 = [ipaddress.IPv4Address(v) for v in vips_v4]
         self.vips_v6 = [ipaddress.IPv6Address(v) for v in vips_v6]
         for vip in (*self.vips_v4, *self.vips_v6):
@@ -300,8 +313,10 @@ class Lab:
 
     def _plan(self) -> None:
         p = self.prefix
-        self.lbd = Node("lbd", p + "lbd", "eth0", (v4_host("lan", 2),), (v6_host("lan", 2),),
-                        mac_of("lan", 2), "lan")
+        self.lbd_hosts = [Node(name, p + name, "eth0", (v4_host("lan", host),), (v6_host("lan", host),),
+                               mac_of("lan", host), "lan")
+                          for name, host in (("lbd", 2), ("lbd2", 3))[:self._n_lbd]]
+        self.lbd = self.lbd_hosts[0]
         self.router = Node("router", p + "router", ROUTER_IFACES["lan"], (v4_host("lan", 1),),
                            (v6_host("lan", 1),), mac_of("lan", 1), "lan")
         self.router_addresses = {net: (v4_host(net, 1), v6_host(net, 1)) for net in NETS_V4
@@ -323,7 +338,7 @@ class Lab:
                                      tuple(v6_host("clients", h) for h in hosts),
                                      mac_of("clients", hosts[0]), "clients"))
         self.client = self.clients[0]
-        self.nodes = {n.name: n for n in (self.lbd, self.router, *self.backends.values(),
+        self.nodes = {n.name: n for n in (*self.lbd_hosts, self.router, *self.backends.values(),
                                           *self.clients)}
         self.switch_ns = p + "switch"
 
@@ -414,11 +429,13 @@ class Lab:
         """GET a URL from a client namespace, optionally from one of its addresses."""
         return self.http_get_many(target, [source], client=client, timeout=timeout)[0]
 
-    def http_get_many(self, target: str, sources, *, client=None, timeout: float = 5.0
-                      ) -> list[HttpReply]:
-        """One GET per source address, in one process (fast for 50+ sources)."""
-        requests = [{"kind": "http", "url": target,
-                     "source": None if s is None else str(s)} for s in sources]
+    def http_get_many(self, target: str, sources, *, client=None, timeout: float = 5.0,
+                      ports=None) -> list[HttpReply]:
+        """One GET per source address, in one process (fast for 50+ sources);
+        `ports`: a source port for each (default: any)."""
+        ports = ports or [0] * len(sources)
+        requests = [{"kind": "http", "url": target, "port": port,
+                     "source": None if s is None else str(s)} for s, port in zip(sources, ports)]
         return [HttpReply(**r) for r in self._probe(client, requests, timeout)]
 
     def udp_echo(self, address, payload: str = "ping", *, port: int = UDP_PORT, source=None,
@@ -592,6 +609,74 @@ http {{
         ipr = self._ipr_for(self.ns(ns))
         return xdp_mode(ipr, _index(ipr, ifname))
 
+    # --- BGP (fleet labs) ------------------------------------------------------------
+    def start_bird(self, ns: str | Node, config_path: str, socket_path: str,
+                   timeout: float = 10.0) -> subprocess.Popen:
+        """Start BIRD in a namespace (as lbd-bird.service would on a host) and
+        wait for its control socket."""
+        proc = self.spawn(ns, ["bird", "-f", "-c", config_path, "-s", socket_path])
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(socket_path):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log_text = open(proc.log_path).read() if proc.log_path else ""
+                raise RuntimeError(f"bird in {self.ns(ns)} did not start: {log_text.strip()}")
+            time.sleep(_WAIT_STEP)
+        return proc
+
+    def birdc(self, socket_path: str, *command: str) -> str:
+        return subprocess.run(["birdc", "-s", socket_path, *command], capture_output=True,
+                              text=True, timeout=10, check=False).stdout
+
+    def _router_bird_conf(self) -> str:
+        sessions = []
+        for host in self.lbd_hosts:
+            for version, address in ((4, host.v4), (6, host.v6)):
+                sessions.append(f"""protocol bgp {host.name}_v{version} {{
+    local as {ROUTER_AS};
+    neighbor {address} as {HOST_AS};
+    hold time 3; keepalive time 1; connect retry time 1; error wait time 1, 5;
+    ipv{version} {{ import all; export none; }};
+}}""")
+        kernels = "\n".join(f"""protocol kernel {{
+    ipv{v} {{ import none; export where source = RTS_BGP; }};
+    merge paths yes;   # equal routes from several hosts: one ECMP route
+}}""" for v in (4, 6))
+        return (f"router id {self.router.v4};\nlog stderr all;\nprotocol device {{}}\n"
+                f"{kernels}\n" + "\n".join(sessions) + "\n")
+
+    def start_router_bgp(self) -> None:
+        root = os.path.join(self.tmpdir, "router-bird")
+        os.makedirs(root, exist_ok=True)
+        conf = os.path.join(root, "bird.conf")
+        with open(conf, "w") as f:
+            f.write(self._router_bird_conf())
+        self.router_bird_socket = os.path.join(root, "bird.ctl")
+        self.start_bird(self.router, conf, self.router_bird_socket)
+
+    def router_nexthops(self, prefix: str) -> set[str]:
+        """Gateways of the router's route to prefix (two for an ECMP route; none if absent)."""
+        out = self.run(self.router, ["ip", "-j", "route", "show", "exact", prefix],
+                       check=True).stdout if ":" not in prefix else \
+            self.run(self.router, ["ip", "-j", "-6", "route", "show", "exact", prefix],
+                     check=True).stdout
+        gateways = set()
+        for route in json.loads(out or "[]"):
+            if route.get("gateway"):
+                gateways.add(route["gateway"])
+            gateways.update(hop["gateway"] for hop in route.get("nexthops", []) if "gateway" in hop)
+        return gateways
+
+    def kill_host(self, host: str | Node) -> None:
+        """A host dies: every process in it ends and its links are gone."""
+        ns = self.ns(host)
+        remove_netns(ns)
+        if ns in self._namespaces:
+            self._namespaces.remove(ns)
+        ipr = self._ipr.pop(ns, None)
+        if ipr is not None:
+            with contextlib.suppress(Exception):
+                ipr.close()
+
     # --- build ----------------------------------------------------------------
     def __enter__(self) -> Lab:
         return self.start()
@@ -652,7 +737,7 @@ http {{
         if "error" in compiled or "program" not in compiled:
             raise RuntimeError(f"compiling lbd_pass failed: {compiled.get('error', 'timeout')}")
         _bpf, function = compiled["program"]
-        for node in (self.lbd, *self.ipip_backends):
+        for node in (*self.lbd_hosts, *self.ipip_backends):
             mode = self.attach_xdp(self.switch_ns, _port_name(node), function.fd)
             if mode != "native":
                 raise RuntimeError(f"lbd_pass on {_port_name(node)} runs in {mode} mode, "
@@ -662,6 +747,8 @@ http {{
         for backend in self.ipip_backends:
             self.xdp_modes[f"{backend.name}/{backend.ifname}"] = \
                 self.read_xdp_mode(backend, backend.ifname)
+        if self.bgp:
+            self.start_router_bgp()
         if self._with_servers:
             for backend in self.backends.values():
                 self.start_server(backend, wait=False)
@@ -681,7 +768,10 @@ http {{
                   "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0"]
         extra = {self.switch_ns: ["net.ipv6.conf.all.disable_ipv6=1",
                                   "net.ipv6.conf.default.disable_ipv6=1"],
-                 self.router.ns: ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]}
+                 self.router.ns: ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
+                                  # ECMP by 5-tuple, as routers in front of a fleet hash
+                                  "net.ipv4.fib_multipath_hash_policy=1",
+                                  "net.ipv6.fib_multipath_hash_policy=1"]}
         self._parallel({ns: ["sysctl", "-q", "-w", *common, *extra.get(ns, [])]
                         for ns in self._namespaces})
 
@@ -732,8 +822,9 @@ http {{
             index = _index(r, iface)
             _add_addr(r, index, v4_host(net, 1), NETS_V4[net].prefixlen)
             _add_addr(r, index, v6_host(net, 1), NETS_V6[net].prefixlen)
-        r.route("add", dst=str(NETS_V4["vips"]), gateway=str(self.lbd.v4))
-        r.route("add", dst=str(NETS_V6["vips"]), gateway=str(self.lbd.v6))
+        if not self.bgp:
+            r.route("add", dst=str(NETS_V4["vips"]), gateway=str(self.lbd.v4))
+            r.route("add", dst=str(NETS_V6["vips"]), gateway=str(self.lbd.v6))
 
         for node in self.nodes.values():
             if node is self.router:
@@ -752,11 +843,12 @@ http {{
         # XDP cannot start neighbour resolution, and bpf_fib_lookup() answers
         # "no neighbour" until the kernel has resolved the next hop: give the
         # lbd host its router's MAC up front, as a busy host would have it.
-        lbd = self._ipr_for(self.lbd.ns)
-        lbd_eth = _index(lbd, self.lbd.ifname)
-        for address, family in ((self.router.v4, 2), (self.router.v6, 10)):
-            lbd.neigh("add", dst=str(address), lladdr=self.router.mac, ifindex=lbd_eth,
-                      state=0x80, family=family)   # NUD_PERMANENT
+        for host in self.lbd_hosts:
+            ipr = self._ipr_for(host.ns)
+            eth = _index(ipr, host.ifname)
+            for address, family in ((self.router.v4, 2), (self.router.v6, 10)):
+                ipr.neigh("add", dst=str(address), lladdr=self.router.mac, ifindex=eth,
+                          state=0x80, family=family)   # NUD_PERMANENT
 
     def _veth(self, ns: str, ifname: str, mac: str, port: str, port_mac: str,
               bridge: str) -> None:
@@ -882,13 +974,13 @@ def _probe_one(request: dict, timeout: float) -> dict:
     import socket
     from urllib.parse import urlsplit
 
-    source = request.get("source")
+    source, port = request.get("source"), request.get("port", 0)
     reply = {"source": source, "status": None, "body": "", "error": ""}
     try:
         if request["kind"] == "http":
             parts = urlsplit(request["url"])
             conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout,
-                                              source_address=(source, 0) if source else None)
+                                              source_address=(source, port) if source else None)
             try:
                 conn.request("GET", parts.path or "/", headers={"Connection": "close"})
                 response = conn.getresponse()

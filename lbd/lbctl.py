@@ -4,7 +4,9 @@
   lbctl reload                        re-read the config (like SIGHUP), print what moved
   lbctl check FILE... [--diff]        validate; with --diff, what a reload would move
   lbctl explain CLIENT:PORT VIP:PORT/PROTO   which backend this flow gets, and why
-  lbctl teardown                      detach and unpin everything, stop lbd
+  lbctl explain --batch FILE          the same for many flows (lines "CLIENT VIP"; - = stdin), JSON
+  lbctl drain / undrain               withdraw every VIP from BGP (keeps forwarding), or announce again
+  lbctl teardown                      withdraw from BGP, detach and unpin everything, stop lbd
 
 The socket (control.socket in the config, /run/lbd/lbd.sock by default) is
 mode 0660: root, or the configured control.group.
@@ -78,7 +80,25 @@ def format_status(status: dict, stats: bool) -> str:
             if b.get("note"):
                 row += f"  ({b['note']})"
             lines.append(row)
+    lines += _format_bgp(status.get("bgp"))
     return "\n".join(lines)
+
+
+def _format_bgp(bgp: dict | None) -> list[str]:
+    if bgp is None:
+        return []
+    state = "DRAINED" if bgp["drained"] else "in service"
+    speaker = "BIRD up" if bgp["speaker_up"] else "BIRD NOT REACHABLE"
+    lines = ["", f"BGP: {state} ({bgp['maintenance_file']}), {speaker}"
+                 + (", config NOT TAKEN YET" if bgp["pending"] else "")]
+    if bgp.get("last_error"):
+        lines.append(f"  last error: {bgp['last_error']}")
+    for peer in bgp["peers"]:
+        lines.append(f"  peer {peer['name']:28} {peer['state']:6} {peer['info']}")
+    for vip in bgp["vips"]:
+        lines.append(f"  {'announced' if vip['announce'] else 'WITHDRAWN':9} {vip['address']:28} "
+                     f"{vip['vip']}: {vip['reason']}")
+    return lines
 
 
 def check_command(argv: list[str], socket_path: str | None = None) -> int:
@@ -114,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate config files")
     check.add_argument("rest", nargs=argparse.REMAINDER)
     explain = sub.add_parser("explain", help="which backend a flow gets, and why")
-    explain.add_argument("client", help="CLIENT_ADDR:PORT ([v6]:port)")
-    explain.add_argument("vip", help="VIP_ADDR:PORT/PROTO")
+    explain.add_argument("client", nargs="?", help="CLIENT_ADDR:PORT ([v6]:port)")
+    explain.add_argument("vip", nargs="?", help="VIP_ADDR:PORT/PROTO")
+    explain.add_argument("--batch", metavar="FILE", help='lines "CLIENT_ADDR:PORT VIP_ADDR:PORT/PROTO"; - = stdin')
+    sub.add_parser("drain", help="withdraw every VIP from BGP; forwarding goes on")
+    sub.add_parser("undrain", help="announce the VIPs again (where the rules allow)")
     sub.add_parser("teardown", help="detach, unpin, stop lbd")
     args = parser.parse_args(argv)
 
@@ -133,11 +156,26 @@ def main(argv: list[str] | None = None) -> int:
         for vip in body["vips"]:
             print(f"{vip['name']}: {vip['action']}, moved {vip['moved_share'] * 100:.2f}% of flows")
         return 0
+    if args.command == "explain" and args.batch:
+        with (sys.stdin if args.batch == "-" else open(args.batch, encoding="utf-8")) as f:
+            flows = [line.split() for line in f if line.strip()]
+        code, body = call(args.socket, "POST", "/explain", {"flows": flows})
+        print(json.dumps(body))
+        return 0 if code == 200 else 1
     if args.command == "explain":
+        if not (args.client and args.vip):
+            parser.error("explain needs CLIENT:PORT VIP:PORT/PROTO, or --batch FILE")
         query = urllib.parse.urlencode({"client": args.client, "vip": args.vip})
         code, body = call(args.socket, "GET", f"/explain?{query}")
         print(json.dumps(body, indent=2))
         return 0 if code == 200 else 1
+    if args.command in ("drain", "undrain"):
+        code, body = call(args.socket, "POST", f"/{args.command}")
+        if code != 200:
+            print(f"lbctl {args.command}: {body.get('error')}", file=sys.stderr)
+            return 1
+        print("\n".join(_format_bgp(body)[1:]))
+        return 0
     if args.command == "teardown":
         code, body = call(args.socket, "POST", "/teardown")
         print("\n".join(body.get("done", [])))

@@ -94,6 +94,39 @@ class DatapathCollector:
         yield attached
 
 
+class BgpCollector:
+    """What this host announces and why not, read from the announcer at scrape time."""
+
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
+
+    def collect(self):
+        announcer = self.daemon.announcer
+        if announcer is None:
+            return
+        announced = GaugeMetricFamily("lbd_bgp_vip_announced", "1 if this host announces the VIP",
+                                      labels=["vip"])
+        healthy = GaugeMetricFamily("lbd_bgp_vip_healthy_backends",
+                                    "Healthy backends the announcement rule counted", labels=["vip"])
+        for decision in announcer.decisions:
+            announced.add_metric([decision.vip], 1 if decision.announce else 0)
+            healthy.add_metric([decision.vip], decision.healthy)
+        peers = GaugeMetricFamily("lbd_bgp_peer_established", "1 if the BGP session is established",
+                                  labels=["peer"])
+        for peer in announcer.peers:
+            peers.add_metric([peer.name], 1 if peer.established else 0)
+        yield announced
+        yield healthy
+        yield peers
+        for name, text, value in (
+                ("lbd_bgp_drained", "1 if the host is drained (maintenance file)", announcer.drained),
+                ("lbd_bgp_speaker_up", "1 if BIRD answers on its control socket", announcer.speaker_up),
+                ("lbd_bgp_config_pending", "1 if BIRD has not taken lbd's latest config", announcer.pending)):
+            family = GaugeMetricFamily(name, text)
+            family.add_metric([], 1 if value else 0)
+            yield family
+
+
 class Metrics:
     """The registry and the daemon's own instruments."""
 
@@ -112,4 +145,8 @@ class Metrics:
                                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
         self.checks = Counter("lbd_health_checks", "Health checks by result", ["vip", "backend", "result"],
                               registry=self.registry)
+        self.bgp_configure_failures = Counter("lbd_bgp_configure_failures",
+                                              "birdc configure calls that BIRD did not take",
+                                              registry=self.registry)
         self.registry.register(DatapathCollector(daemon))
+        self.registry.register(BgpCollector(daemon))

@@ -54,12 +54,18 @@ vips:
 
 
 class LbdUnderTest:
-    def __init__(self, lab: Lab):
-        self.lab = lab
-        self.socket = os.path.join(lab.tmpdir, "lbd.sock")
-        self.config_path = os.path.join(lab.tmpdir, "lbd.yaml")
+    """lbd on one lab host ("lbd" by default; "lbd2" in a fleet lab), with
+    its files in `directory` (default: the lab's tmpdir) and its pins under
+    bpffs_dir/<host>."""
+
+    def __init__(self, lab: Lab, host: str = "lbd", config: str | None = None,
+                 directory: str | None = None):
+        self.lab, self.host = lab, host
+        self.dir = directory or lab.tmpdir
+        self.socket = os.path.join(self.dir, "lbd.sock")
+        self.config_path = os.path.join(self.dir, "lbd.yaml")
         self.proc: subprocess.Popen | None = None
-        self.write_config(lab_config(lab, self.socket))
+        self.write_config(config or lab_config(lab, self.socket))
 
     def write_config(self, text: str) -> None:
         Path(self.config_path).write_text(text)
@@ -67,7 +73,7 @@ class LbdUnderTest:
     def start(self, timeout: float = 60) -> None:
         if os.path.exists(self.socket):
             os.unlink(self.socket)
-        self.proc = self.lab.spawn("lbd", [sys.executable, "-m", "lbd.cli", "--config", self.config_path],
+        self.proc = self.lab.spawn(self.host, [sys.executable, "-m", "lbd.cli", "--config", self.config_path],
                                    host_mounts=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -128,7 +134,7 @@ class LbdUnderTest:
 
     def conntrack_keys(self) -> set[str]:
         """Keys of the pinned connection table, read with bpftool (not lbd)."""
-        pin_dirs = [d for d in Path(self.lab.bpffs_dir, "lbd").iterdir() if d.name.startswith("layout")]
+        pin_dirs = [d for d in Path(self.lab.bpffs_dir, self.host).iterdir() if d.name.startswith("layout")]
         result = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", str(pin_dirs[0] / "conntrack")],
                                 capture_output=True, text=True, check=True)
         return {json.dumps(entry["key"]) for entry in json.loads(result.stdout)}
@@ -137,7 +143,9 @@ class LbdUnderTest:
         proc = self.lab.spawn(self.lab.client, [sys.executable, STREAMER, vip, "80", str(duration),
                                                 *map(str, sources)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-        assert proc.stdout.readline().strip() == "started"
+        line = proc.stdout.readline().strip()
+        assert line.startswith("started"), line
+        proc.ports = json.loads(line.removeprefix("started").strip() or "{}")  # source -> local port
         return proc
 
     @staticmethod

@@ -1,7 +1,7 @@
 """Long-lived HTTP streams through a VIP, one per source address, run inside
 a client namespace. Reads for `duration` seconds (bounded), then prints one
-JSON line per stream: source, backend (the body's first line), bytes read,
-and the error that ended it early, if any. A stream that breaks (reset,
+JSON line per stream: source, port (its local port), backend (the body's
+first line), bytes read, and the error that ended it early, if any. A stream that breaks (reset,
 closed) before the duration is over is what the tests look for."""
 import json
 import socket
@@ -10,14 +10,19 @@ import threading
 import time
 
 
-def stream(url_host: str, port: int, source: str, duration: float, out: dict) -> None:
+def stream(url_host: str, port: int, source: str, duration: float, out: dict,
+           connected: threading.Event) -> None:
     family = socket.AF_INET6 if ":" in url_host else socket.AF_INET
-    out.update(source=source, backend=None, bytes=0, error=None)
+    out.update(source=source, port=None, backend=None, bytes=0, error=None)
     try:
         with socket.socket(family, socket.SOCK_STREAM) as s:
             s.settimeout(5)
             s.bind((source, 0))
-            s.connect((url_host, port))
+            try:
+                s.connect((url_host, port))
+                out["port"] = s.getsockname()[1]
+            finally:
+                connected.set()
             host = f"[{url_host}]" if family == socket.AF_INET6 else url_host
             s.sendall(f"GET /stream HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
             buf = b""
@@ -42,11 +47,15 @@ def main() -> None:
     host, port, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     sources = sys.argv[4:]
     results = [{} for _ in sources]
-    threads = [threading.Thread(target=stream, args=(host, port, src, duration, res))
-               for src, res in zip(sources, results)]
+    connected = [threading.Event() for _ in sources]
+    threads = [threading.Thread(target=stream, args=(host, port, src, duration, res, done))
+               for src, res, done in zip(sources, results, connected)]
     for t in threads:
         t.start()
-    print("started", flush=True)
+    for done in connected:
+        done.wait(6)
+    # each stream's local port, so a test can name its flow (lbctl explain)
+    print("started " + json.dumps({r["source"]: r.get("port") for r in results}), flush=True)
     for t in threads:
         t.join(duration + 10)
     for res in results:

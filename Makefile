@@ -71,19 +71,20 @@ install-lbd:
 	test ! -f README.md || install -m 0644 README.md $(PREFIX)/README.md
 	install -d -m 0755 $(BINDIR) $(SYSTEMD_DIR) $(ETCDIR)/default $(ETCDIR)/lbd
 	for tool in lbd lbctl lbd-backend; do ln -sfn $(PREFIX)/venv/bin/$$tool $(BINDIR)/$$tool; done
-	sed -e 's|/opt/lbd|$(PREFIX)|g' -e 's|/etc/default/lbd|$(ETCDIR)/default/lbd|g' \
-	    -e 's|/etc/lbd/|$(ETCDIR)/lbd/|g' systemd/lbd.service > $(SYSTEMD_DIR)/lbd.service.tmp
-	chmod 0644 $(SYSTEMD_DIR)/lbd.service.tmp
-	mv $(SYSTEMD_DIR)/lbd.service.tmp $(SYSTEMD_DIR)/lbd.service
+	for unit in lbd.service lbd-bird.service; do \
+	    sed -e 's|/opt/lbd|$(PREFIX)|g' -e 's|/etc/default/lbd|$(ETCDIR)/default/lbd|g' \
+	        -e 's|/etc/lbd/|$(ETCDIR)/lbd/|g' systemd/$$unit > $(SYSTEMD_DIR)/$$unit.tmp && \
+	    chmod 0644 $(SYSTEMD_DIR)/$$unit.tmp && mv $(SYSTEMD_DIR)/$$unit.tmp $(SYSTEMD_DIR)/$$unit; \
+	done
 	test -e $(ETCDIR)/default/lbd || sed -e 's|/etc/lbd/|$(ETCDIR)/lbd/|g' systemd/lbd.env > $(ETCDIR)/default/lbd
 	test -e $(ETCDIR)/lbd/lbd.yaml || install -m 0644 configs/lbd.yaml $(ETCDIR)/lbd/lbd.yaml
 
 # Stop forwarding and remove what `make install` put in place, except the
 # config ($(ETCDIR)/lbd, $(ETCDIR)/default/lbd) and the Debian packages.
 uninstall:
-	if [ -d /run/systemd/system ]; then systemctl disable --now lbd || true; fi
+	if [ -d /run/systemd/system ]; then systemctl disable --now lbd lbd-bird || true; fi
 	if [ -x $(PREFIX)/venv/bin/lbd ] && [ -e $(ETCDIR)/lbd/lbd.yaml ]; then \
 	    $(PREFIX)/venv/bin/lbd --teardown --config $(ETCDIR)/lbd/lbd.yaml || true; fi
-	rm -f $(SYSTEMD_DIR)/lbd.service $(BINDIR)/lbd $(BINDIR)/lbctl $(BINDIR)/lbd-backend
+	rm -f $(SYSTEMD_DIR)/lbd.service $(SYSTEMD_DIR)/lbd-bird.service $(BINDIR)/lbd $(BINDIR)/lbctl $(BINDIR)/lbd-backend
 	rm -rf $(PREFIX)
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

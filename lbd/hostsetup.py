@@ -25,6 +25,7 @@ RUNTIME_PACKAGES = [
     "gcc",
     "linux-headers-amd64" if platform.machine() == "x86_64" else "linux-headers-arm64",
     "iproute2",
+    "bird2",              # the BGP speaker lbd drives for fleets (lbd-bird.service; lbd/bird.py)
 ]
 LAB_PACKAGES = [
     "ethtool",            # tx checksum offload off on veths (TESTBED.md)

@@ -91,6 +91,13 @@ def test_make_install_puts_everything_in_place(installed):
                   check=False)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), \
         result.stdout + result.stderr
+    # the BGP speaker's unit: our paths, and bird from the runtime packages
+    bird_unit = (units / "lbd-bird.service").read_text()
+    assert f"ExecStartPre={lbd} bird-config --config ${{LBD_CONFIG}} --if-missing" in bird_unit
+    result = _run("systemd-analyze", "verify", "--man=no", "--generators=no",
+                  str(units / "lbd-bird.service"), check=False)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), \
+        result.stdout + result.stderr
 
 
 def test_make_install_again_upgrades_lbd_and_keeps_the_operators_files(installed):

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "lbd.service"
+BIRD_UNIT = ROOT / "systemd" / "lbd-bird.service"
 ENV_FILE = ROOT / "systemd" / "lbd.env"
 DROP_IN_EXAMPLE = ROOT / "systemd" / "lbd.service.d" / "local.conf.example"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -52,6 +53,8 @@ METRICS = {
     "lbd_config_last_reload_successful",
     "lbd_health_check_duration_seconds", "lbd_health_checks_total",
     "lbd_xdp_attached",
+    "lbd_bgp_vip_announced", "lbd_bgp_vip_healthy_backends", "lbd_bgp_peer_established",
+    "lbd_bgp_drained", "lbd_bgp_speaker_up", "lbd_bgp_config_pending", "lbd_bgp_configure_failures_total",
 }
 HISTOGRAMS = {"lbd_health_check_duration_seconds"}
 
@@ -75,7 +78,8 @@ def _unit_settings(text: str) -> dict[str, list[str]]:
     return settings
 
 
-def _verify_root(tmp_path: Path, unit_text: str, drop_in: str | None = None) -> Path:
+def _verify_root(tmp_path: Path, unit_text: str, drop_in: str | None = None,
+                 name: str = "lbd.service") -> Path:
     """A file-system root where the unit's ExecStart= and ExecReload= binaries
     exist (verify checks that they do) and systemd's own units are present
     (verify loads the unit's dependencies, e.g. sysinit.target)."""
@@ -85,12 +89,13 @@ def _verify_root(tmp_path: Path, unit_text: str, drop_in: str | None = None) -> 
     shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
     unit_dir = root / "etc/systemd/system"
     unit_dir.mkdir(parents=True)
-    (unit_dir / "lbd.service").write_text(unit_text)
+    (unit_dir / name).write_text(unit_text)
     if drop_in is not None:
         (unit_dir / "lbd.service.d").mkdir()
         (unit_dir / "lbd.service.d" / "local.conf").write_text(drop_in)
-    for command in _unit_settings(unit_text).get("ExecStart", []) + \
-            _unit_settings(unit_text).get("ExecReload", []):
+    settings = _unit_settings(unit_text)
+    for command in settings.get("ExecStartPre", []) + settings.get("ExecStart", []) + \
+            settings.get("ExecReload", []):
         binary = root / command.lstrip("-+!@:").split()[0].lstrip("/")
         binary.parent.mkdir(parents=True, exist_ok=True)
         binary.write_text("#!/bin/sh\n")
@@ -98,10 +103,10 @@ def _verify_root(tmp_path: Path, unit_text: str, drop_in: str | None = None) -> 
     return root
 
 
-def _verify(root: Path) -> subprocess.CompletedProcess:
+def _verify(root: Path, name: str = "lbd.service") -> subprocess.CompletedProcess:
     return subprocess.run(
         [_systemd_analyze(), "verify", "--man=no", "--generators=no", f"--root={root}",
-         "/etc/systemd/system/lbd.service"],
+         f"/etc/systemd/system/{name}"],
         capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -132,11 +137,31 @@ def test_example_drop_in_verifies_with_every_line_enabled(tmp_path):
         result.stdout + result.stderr
 
 
-def test_unit_security_exposure_is_ok():
+def test_bird_unit_passes_systemd_analyze_verify(tmp_path):
+    result = _verify(_verify_root(tmp_path, BIRD_UNIT.read_text(), name=BIRD_UNIT.name), BIRD_UNIT.name)
+    assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), \
+        result.stdout + result.stderr
+
+
+def test_bird_unit_shares_lbds_bgp_directory_and_defaults():
+    """lbd-bird.service runs BIRD on the files lbd's defaults name, in a
+    runtime directory both units keep while either runs."""
+    from lbd.config import Bgp
+    bird_unit, lbd_unit = _unit_settings(BIRD_UNIT.read_text()), _unit_settings(UNIT.read_text())
+    defaults = Bgp(local_as=1, router_id="192.0.2.1", peers=())
+    assert f"-c {defaults.bird_config} -s {defaults.bird_socket}" in bird_unit["ExecStart"][0]
+    assert "lbd-bgp" in bird_unit["RuntimeDirectory"][0].split()
+    assert "lbd-bgp" in lbd_unit["RuntimeDirectory"][0].split()
+    assert bird_unit["RuntimeDirectoryPreserve"] == ["yes"] == lbd_unit["RuntimeDirectoryPreserve"]
+    assert Path(defaults.maintenance_file).parent == Path("/var/lib") / lbd_unit["StateDirectory"][0]
+
+
+@pytest.mark.parametrize("unit", [UNIT, BIRD_UNIT], ids=lambda u: u.name)
+def test_unit_security_exposure_is_ok(unit):
     result = subprocess.run(
-        [_systemd_analyze(), "security", "--offline=yes", "--no-pager", str(UNIT)],
+        [_systemd_analyze(), "security", "--offline=yes", "--no-pager", str(unit)],
         capture_output=True, text=True, timeout=60, check=False)
-    match = re.search(r"Overall exposure level for lbd\.service: (\d+\.\d+)", result.stdout)
+    match = re.search(rf"Overall exposure level for {re.escape(unit.name)}: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
     score = float(match.group(1))
     print(f"systemd-analyze security --offline=yes: {score}")
@@ -179,7 +204,7 @@ def test_unit_paths_agree_with_install_and_default_config():
     config = load_config(ROOT / "configs" / "lbd.yaml")
     writable = " ".join(unit["ReadWritePaths"]).split()
     assert any(config.bpffs == p or config.bpffs.startswith(p + "/") for p in writable), writable
-    assert Path(config.control_socket).parent == Path("/run") / unit["RuntimeDirectory"][0]
+    assert Path(config.control_socket).parent == Path("/run") / unit["RuntimeDirectory"][0].split()[0]
 
 
 # --- Dockerfile ----------------------------------------------------------------

@@ -32,7 +32,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from lbd import bird, bpfsys
 from lbd.config import Config, Vip
@@ -166,8 +166,9 @@ class Announcer:
             attached = await loop.run_in_executor(None, self.attached)
             async with self.daemon.apply_lock:   # no table write half done while deciding
                 decisions = self._decide(attached)
-            wanted = set() if self.withdrawn_all else {
-                vip.address for vip, d in zip(self.daemon.config.vips, decisions) if d.announce}
+            if self.withdrawn_all:
+                decisions = [replace(d, announce=False, reason="teardown") for d in decisions]
+            wanted = {vip.address for vip, d in zip(self.daemon.config.vips, decisions) if d.announce}
             for before, after in zip(self._by_vip(self.decisions), decisions):
                 if before is not None and before.announce != after.announce:
                     log.info("bgp_%s vip=%s address=%s reason=%r why=%s",

@@ -20,6 +20,7 @@ import pytest
 
 from lbd.lab import ROUTER_AS, Lab
 from tests.netns.lbdrun import HEALTH, LbdUnderTest
+from tests.netns.test_traffic import check_metrics_serve_the_dashboard
 
 pytestmark = pytest.mark.netns
 
@@ -131,6 +132,7 @@ def test_router_learns_each_vip_from_both_hosts_as_one_ecmp_route(fleet):
         assert "BGP: in service" in status and "announced" in status, status
         assert host.lbd.metric("lbd_bgp_vip_announced", vip="web4") == 1
         assert host.lbd.metric("lbd_bgp_peer_established") == 1
+        check_metrics_serve_the_dashboard(host.lbd.metrics())
 
 
 def test_a_thousand_flows_get_the_same_backend_from_either_host(fleet):

@@ -563,4 +563,4 @@ def test_config_is_a_plain_frozen_dataclass():
     assert dataclasses.is_dataclass(Config)
     assert {f.name for f in dataclasses.fields(Config)} == {
         "interfaces", "http_listen", "control_socket", "control_group", "bpffs", "limits",
-        "ipip_source_v4", "ipip_source_v6", "vips"}
+        "ipip_source_v4", "ipip_source_v6", "vips", "bgp"}

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.machine import machine_info
+from bench.machine import loadavg, machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOALS = {"cold_apply_1000x100_s": 5.0, "health_to_map_ms": 50.0}
@@ -222,13 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, one run: checks it runs")
     parser.add_argument("--out", default=str(RESULTS / "control.json"))
     args = parser.parse_args(argv)
+    load_start = loadavg()
     if args.quick:
         result = measure(SIZES_QUICK, runs=1, health_runs=3)
     else:
         result = measure(SIZES_FULL, runs=3, health_runs=15)
     result["breakdown"] = breakdown(20 if args.quick else 100, 10)
     result["quick"] = args.quick
-    result["machine"] = machine_info(xdp_mode=result["cold_start"]["xdp_mode"])
+    result["machine"] = machine_info(xdp_mode=result["cold_start"]["xdp_mode"],
+                                     load_start=load_start)
     result["method"] = ("lbd.programmer.Programmer on a loaded lbd.datapath.Datapath, "
                         "median of runs; the daemon calls this layer")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

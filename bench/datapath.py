@@ -25,16 +25,30 @@ Arms (all on the same topology, one after the other in every run):
   lbd_ipip    lbd, IPv4-in-IPv4 to backends found by bpf_fib_lookup
   nftables    no XDP on lb; nftables DNAT with `jhash ... mod 2 map`, conntrack
   userspace   nginx `stream` UDP proxy (2 workers) if its module is installed,
-              else a 2-process Python UDP proxy (the report says which)
+              else a 2-process Python UDP proxy (the report says which); UDP
+              only: a proxy terminates TCP, and ACK segments of connections
+              it never accepted reach no socket, so --tcp has no such arm
 
-hop_ns = 1e9/pps(arm) - 1e9/pps(direct). Writes bench/results/datapath.json:
-  {"arms": {"<arm>": {"pps": F, "hop_ns": F, ...}}, "goals": {...}, "machine": {...}}
+hop_ns = 1e9/pps(arm) - 1e9/pps(direct).
+
+After the measured runs, a profile pass sends traffic once more through each
+XDP arm with the kernel's BPF run-time statistics on (BPF_ENABLE_STATS; off
+during the measured runs, since it adds two clock reads to every program
+run) and records the balancer program's own time per packet on this
+traffic, from /proc/self/fdinfo (run_time_ns / run_cnt), and its size.
+This machine has no hardware performance counters, so `bpftool prog
+profile` (cycles, instructions) cannot run here.
+
+Writes bench/results/datapath.json (datapath_tcp.json from bench.run --tcp):
+  {"arms": {"<arm>": {"pps": F, "hop_ns": F, ...}}, "goals": {...},
+   "program_profile": {"<arm>": {"ns_per_packet": F, ...}}, "machine": {...}}
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import ctypes
+import functools
 import ipaddress
 import json
 import os
@@ -46,13 +60,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.machine import machine_info
+from bench.machine import loadavg, machine_info
 from bench.netline import NamespaceLine, nsx, sh
 
 RESULTS = Path(__file__).resolve().parent / "results"
 XDP_FLAGS_DRV_MODE = 1 << 2
 NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"
 ARMS = ["direct", "xdp_floor", "lbd_dsr", "lbd_ipip", "nftables", "userspace"]
+USERSPACE_TCP = ("not run with --tcp: a user-space proxy terminates TCP, and ACK segments of "
+                 "connections it never accepted reach no socket")
 # goals on the hop (issue 5): lbd within 1.1x the floor's hop; nftables' hop
 # at least 1.4x lbd's; the user-space proxy's at least 6.5x lbd's
 GOALS = {"lbd_vs_floor_max": 1.1, "nftables_vs_lbd_min": 1.4, "userspace_vs_lbd_min": 6.5}
@@ -210,6 +226,29 @@ def lbd_plans(line: Line, tcp: bool):
     return plans
 
 
+@functools.cache
+def _libbpf():
+    lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+    lib.bpf_enable_stats.argtypes = [ctypes.c_int]
+    return lib
+
+
+def _run_stats(prog_fd: int) -> dict:
+    """run_time_ns, run_cnt (and size fields) of a loaded program, from fdinfo."""
+    stats = {}
+    with open(f"/proc/self/fdinfo/{prog_fd}", encoding="ascii") as info:
+        for line in info:
+            key, _, value = line.partition(":")
+            if value.strip().isdigit():
+                stats[key.strip()] = int(value)
+    bpftool = subprocess.run(["bpftool", "prog", "show", "id", str(stats.get("prog_id", 0)), "--json"],
+                             capture_output=True, text=True, check=False)
+    if bpftool.returncode == 0:
+        shown = json.loads(bpftool.stdout)
+        stats.update(jited_bytes=shown.get("bytes_jited"), xlated_bytes=shown.get("bytes_xlated"))
+    return stats
+
+
 class Bench:
     def __init__(self, line: Line, tcp: bool, window: float, warmup: float):
         from lbd.datapath import load_helper
@@ -224,6 +263,35 @@ class Bench:
         self.dp = None
         self.floor = None
         self.proxy_kind = "nginx stream" if os.path.exists(NGINX_STREAM) else "python udp proxy"
+
+    def profile(self, arms: list[str], window: float) -> dict:
+        """Each XDP arm's program: its own ns per packet on this traffic."""
+        out = {}
+        stats_fd = _libbpf().bpf_enable_stats(0)  # BPF_STATS_RUN_TIME, on while the fd is open
+        if stats_fd < 0:
+            return {"error": f"BPF_ENABLE_STATS failed: {os.strerror(ctypes.get_errno())}"}
+        try:
+            for arm in arms:
+                fd = {"xdp_floor": lambda: self.floor_fn.fd,
+                      "lbd_dsr": lambda: self._lbd().prog_fd,
+                      "lbd_ipip": lambda: self._lbd().prog_fd}[arm]()
+                before = _run_stats(fd)
+                saved, self.window = self.window, window
+                try:
+                    pps = self.arm(arm)
+                finally:
+                    self.window = saved
+                after = _run_stats(fd)
+                runs = after["run_cnt"] - before["run_cnt"]
+                out[arm] = {"ns_per_packet": round((after["run_time_ns"] - before["run_time_ns"])
+                                                   / runs, 1) if runs else None,
+                            "packets": runs, "pps_while_profiled": round(pps, 1),
+                            "jited_bytes": after.get("jited_bytes"),
+                            "xlated_bytes": after.get("xlated_bytes"),
+                            "verified_insns": after.get("verified_insns")}
+        finally:
+            os.close(stats_fd)
+        return out
 
     def count(self) -> int:
         return sum(self.arrivals[ctypes.c_int(0)])
@@ -320,7 +388,7 @@ class Bench:
 
     def arm_userspace(self) -> float:
         if self.tcp:
-            return float("nan")   # the UDP proxy has no TCP counterpart here
+            return float("nan")   # see USERSPACE_TCP: no like-for-like arm
         lb = self.line.names["lb"]
         sh(["ip", "-n", lb, "addr", "add", f"{VIP_DSR}/32", "dev", "lo"])
         procs = []
@@ -378,6 +446,8 @@ def measure(runs: int, window: float, warmup: float, tcp: bool, arms: list[str])
                     pps = bench.arm(arm)
                     per_arm[arm].append(pps)
                     print(f"run {r + 1}/{runs} {arm:10} {pps:12,.0f} pps", flush=True)
+            profiled = [a for a in ("xdp_floor", "lbd_dsr", "lbd_ipip") if a in arms]
+            program_profile = bench.profile(profiled, max(window, 1.0)) if profiled else {}
             lbd_counters = bench.dp.global_counters() if bench.dp else {}
             modes, proxy_kind = dict(bench.modes), bench.proxy_kind
         finally:
@@ -391,6 +461,9 @@ def measure(runs: int, window: float, warmup: float, tcp: bool, arms: list[str])
                     "lbd_config": "40 VIPs (20 dsr, 20 ipip) x 5 backends = 200 backends",
                     "lbd_actions": lbd_counters.get("actions", {}),
                     "lbd_drops": {k: v for k, v in lbd_counters.get("drops", {}).items() if v}}
+    result["program_profile"] = program_profile
+    if tcp and "userspace" in arms:
+        result["arms_not_run"] = {"userspace": USERSPACE_TCP}
     direct = statistics.median(per_arm["direct"]) if per_arm.get("direct") else None
     for arm, values in per_arm.items():
         good = [v for v in values if v == v]
@@ -440,13 +513,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--out", default=str(RESULTS / "datapath.json"))
     args = parser.parse_args(argv)
+    load_start = loadavg()
     arms = args.arms.split(",")
     if "direct" not in arms:
         arms.insert(0, "direct")
     runs, window, warmup = (1, 0.5, 0.5) if args.quick else (3, 5.0, 1.5)
     result = measure(runs, window, warmup, args.tcp, arms)
     result["quick"] = args.quick
-    result["machine"] = machine_info(xdp_mode="native")
+    result["machine"] = machine_info(xdp_mode="native", load_start=load_start)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for arm, v in result["arms"].items():

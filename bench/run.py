@@ -1,9 +1,10 @@
 """`python -m bench.run [--quick]`: every benchmark, then the report (what `make bench` runs).
 
-Order: per-packet cost (bench.xdp_cost), data-plane throughput
-(bench.datapath), control-plane scale (bench.control), the shared-memory
-comparison (bench.sharedmem), then bench.report writes bench/REPORT.md and
-the plots. One benchmark failing does not stop the others; the run exits
+Order: per-packet cost (bench.xdp_cost), data-plane throughput with UDP
+(bench.datapath) and with TCP segments of established flows (bench.datapath
+--tcp, written as datapath_tcp.json), control-plane scale (bench.control),
+the shared-memory comparison (bench.sharedmem), then bench.report writes
+bench/REPORT.md and the plots. One benchmark failing does not stop the others; the run exits
 non-zero if any failed. Each runs as its own process, so one benchmark's
 loaded programs and memory never colour the next one's numbers.
 """
@@ -16,7 +17,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = ["xdp_cost", "datapath", "control", "sharedmem"]
+# result name -> (module, extra arguments)
+BENCHMARKS = {"xdp_cost": ("xdp_cost", []), "datapath": ("datapath", []),
+              "datapath_tcp": ("datapath", ["--tcp"]), "control": ("control", []),
+              "sharedmem": ("sharedmem", [])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     failed = []
     for name in args.only.split(","):
-        cmd = [sys.executable, "-m", f"bench.{name}", "--out", str(results / f"{name}.json")]
+        if name not in BENCHMARKS:
+            parser.error(f"--only: unknown benchmark {name!r}, expected some of {', '.join(BENCHMARKS)}")
+        module, extra = BENCHMARKS[name]
+        cmd = [sys.executable, "-m", f"bench.{module}", *extra, "--out", str(results / f"{name}.json")]
         if args.quick:
             cmd.append("--quick")
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)

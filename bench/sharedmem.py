@@ -47,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.machine import machine_info
+from bench.machine import loadavg, machine_info
 from bench.netline import NamespaceLine, nsx, sh
 
 REPO = Path(__file__).resolve().parent.parent
@@ -437,12 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs: checks it runs")
     parser.add_argument("--out", default=str(RESULTS / "sharedmem.json"))
     args = parser.parse_args(argv)
+    load_start = loadavg()
     if args.quick:
         result = measure(runs=1, duration=3.0, warmup=0.5, clients=32, conns=2)
     else:
         result = measure(runs=3, duration=12.0, warmup=2.0, clients=64, conns=4)
     result["quick"] = args.quick
-    result["machine"] = machine_info(xdp_mode="native")
+    result["machine"] = machine_info(xdp_mode="native", load_start=load_start)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -20,23 +20,43 @@ HERE = Path(__file__).resolve().parent
 LIMIT_EXACT = (0.8, 1.2)
 
 
-# Where the per-packet time goes, measured by removing one step at a time in
-# the same session (variants of xdp/balancer.c; perf with the software clock).
+# Where the per-packet time goes, measured by removing or changing one step at a
+# time (variants of xdp/balancer.c loaded side by side in one process, calls
+# interleaved; perf with the software clock: this VM has no hardware counters).
+SRSO = ("On this CPU every return from a kernel function goes through the SRSO safe-RET "
+        "mitigation (`spec_rstack_overflow: Safe RET, no microcode`), so each helper call or "
+        "map operation that is not inlined costs tens of ns.")
 XDP_COST_WHY = {
-    "dsr_new": "About 600 ns is the kernel's LRU insert into the connection table (bpf_lru_pop_free, "
-               "htab_lru_map_update_elem, the LRU and bucket locks with interrupts off; the common LRU "
-               "and a smaller table cost the same) and about 390 ns the Maglev slot read (a cold cache "
-               "line and TLB miss in a 256 KiB table). Skipping the insert for SYNs, as some balancers "
-               "do, would break flow stickiness when the backend set changes.",
-    "ipip_new": "As dsr_new (connection-table insert, cold Maglev slot), plus growing the packet for the "
-                "outer header.",
-    "dsr_established": "The program itself is about 100 ns (124 ns in repeat mode against a 21 ns floor): "
-                       "the VIP lookup (20-byte key) and the connection-table lookup (40-byte key). Split "
-                       "v4/v6 tables would save an estimated 15 ns and change the pinned layout.",
-    "ipip_established": "About 100 ns over dsr: growing the packet, moving the L2 header, writing the "
-                        "outer header and reading the clock for the next-hop cache (the checksum costs "
-                        "nothing measurable).",
+    "dsr_new": "The connection-table insert and cold memory. Without the insert a new flow cost "
+               "~450-500 ns less; a plain preallocated hash instead of the LRU cost the same (it "
+               "is the hash-table insert, not the LRU bookkeeping); the common LRU already saves "
+               "~400 ns over per-CPU LRU lists; a 64K-entry table instead of 1M saved ~160 ns (a "
+               "16 MiB bucket array is cold on every call; the size is a capacity choice, "
+               "limits.conntrack_size). The rest is cold lines and TLB misses per call: the bucket, "
+               "the free element, the Maglev slot in a 512 KiB table. perf puts the kernel's share "
+               "in lookup_nulls_elem_raw (the bucket walk) and bpf_lru_pop_free. Skipping the "
+               "insert for SYNs, as some balancers do, would break flow stickiness when the "
+               "backend set changes.",
+    "ipip_new": "As dsr_new (connection-table insert, cold memory), plus the outer header "
+                "(bpf_xdp_adjust_head, a helper call).",
+    "dsr_established": "One hash lookup (the connection table; the VIP's id and flags come from "
+                       "the backend entry) and per-CPU counters. " + SRSO,
+    "ipip_established": "Over dsr: growing the packet (bpf_xdp_adjust_head, a helper call) and "
+                        "writing the outer header; the next-hop cache's expiry reads jiffies "
+                        "(inlined), not a clock helper. " + SRSO,
+    "nonvip": "Parsing to the ports and one prefilter bit; no hash lookup.",
 }
+DATAPATH_NAMES = {"datapath": "datapath", "datapath_tcp": "datapath (tcp)"}
+# Why lbd's program costs more per packet on the datapath benchmark's traffic
+# than in the single-flow test run: measured with the profile pass (BPF
+# run-time statistics), 1 s windows, the same session, two pairs of runs.
+DATAPATH_PROGRAM_WHY = (
+    "Where lbd's extra time goes on this traffic: 2,048 flows round-robin, so every packet's "
+    "connection-table lookup hits another bucket of the table's 16 MiB bucket array (1M "
+    "entries; cache and TLB misses, dear in a VM) where the single-flow test run stays warm. "
+    "With limits.conntrack_size 65,536 the same pass measured lbd_dsr at 203 and 429 ns against "
+    "341 and 538 ns with the default 1M (the floor 76-93 ns): the table's size is a capacity "
+    "choice, kept at 1M.")
 
 
 def load(results: Path, name: str) -> dict | None:
@@ -72,8 +92,10 @@ def plots(results: Path, data: dict) -> list[tuple[str, str]]:
         return []
     made = []
 
-    dp = data.get("datapath")
-    if dp and dp.get("arms"):
+    for key in DATAPATH_NAMES:
+        dp = data.get(key)
+        if not dp or not dp.get("arms"):
+            continue
         arms = list(dp["arms"])
         pps = [dp["arms"][a]["pps"] / 1e3 for a in arms]
         err = [[(dp["arms"][a]["pps"] - dp["arms"][a]["spread_pps"][0]) / 1e3 for a in arms],
@@ -89,9 +111,10 @@ def plots(results: Path, data: dict) -> list[tuple[str, str]]:
         ax2.set_title("Balancer hop: 1e9/pps(arm) − 1e9/pps(direct)")
         ax2.tick_params(axis="x", rotation=30)
         fig.tight_layout()
-        fig.savefig(results / "datapath.png", dpi=90)
+        fig.savefig(results / f"{key}.png", dpi=90)
         plt.close(fig)
-        made.append(("Data-plane throughput", "datapath.png"))
+        made.append(("Data-plane throughput" + (", TCP segments" if key == "datapath_tcp" else ""),
+                     f"{key}.png"))
 
     sm = data.get("sharedmem")
     if sm and sm.get("arms"):
@@ -153,17 +176,20 @@ def plots(results: Path, data: dict) -> list[tuple[str, str]]:
 # --- the summary table ----------------------------------------------------------
 def summary_rows(data: dict) -> list[list[str]]:
     rows = []
-    dp = data.get("datapath")
-    if dp:
+    for key, label in DATAPATH_NAMES.items():
+        dp = data.get(key)
+        if not dp:
+            rows.append([label, "–", "no results", "–", "missing"])
+            continue
         for arm, v in dp["arms"].items():
-            rows.append(["datapath", arm, f"{fmt(v['pps'], 0)} pps, hop {fmt(v.get('hop_ns'))} ns",
+            rows.append([label, arm, f"{fmt(v['pps'], 0)} pps, hop {fmt(v.get('hop_ns'))} ns",
                          "–", "measured"])
+        for arm, why in dp.get("arms_not_run", {}).items():
+            rows.append([label, arm, why, "–", "n/a"])
         for name, g in dp.get("goals", {}).items():
             extra = f" (lbd − floor: {fmt(g['excess_ns'])} ns)" if "excess_ns" in g else ""
-            rows.append(["datapath", name.replace("_", " "), f"{fmt(g['value'], 2)}x{extra}",
+            rows.append([label, name.replace("_", " "), f"{fmt(g['value'], 2)}x{extra}",
                          f"{g['goal']}x", verdict(g["met"])])
-    else:
-        rows.append(["datapath", "–", "no results", "–", "missing"])
     sm = data.get("sharedmem")
     if sm:
         shm = sm["arms"].get("shared_memory", {})
@@ -205,8 +231,10 @@ def summary_rows(data: dict) -> list[list[str]]:
     xc = data.get("xdp_cost")
     if xc:
         for case, v in xc["cases"].items():
+            over = (f"; +{fmt(v['over_floor_ns'], 0)} ns over floor, peer +{v['peer_over_floor_ns']}"
+                    if "over_floor_ns" in v else "")
             rows.append(["xdp_cost", case, f"{fmt(v['ns'])} ns = {fmt(v['ratio_to_floor'], 2)}x floor "
-                         f"(peer {v['peer_ns']} ns)", f"<= {v['goal_ratio']}x floor",
+                         f"(peer {v['peer_ns']} ns{over})", f"<= {v['goal_ratio']}x floor",
                          verdict(v["goal_met"])])
     else:
         rows.append(["xdp_cost", "–", "no results", "–", "missing"])
@@ -219,32 +247,73 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+def program_line(dp: dict) -> str:
+    """The balancer programs' own time per packet on the benchmark's traffic."""
+    prof = {a: v for a, v in dp.get("program_profile", {}).items()
+            if isinstance(v, dict) and v.get("ns_per_packet")}
+    if not prof:
+        return ""
+    return ("BPF run-time statistics on this traffic (a separate pass after the measured runs) "
+            "put each program's own time per packet at " +
+            ", ".join(f"{a} {fmt(v['ns_per_packet'], 0)} ns" for a, v in prof.items()) + ".")
+
+
+def datapath_misses(dp: dict, label: str, explain_program: bool = True) -> list[str]:
+    out = []
+    missed = [(n, g) for n, g in dp.get("goals", {}).items() if g["met"] is not True]
+    for name, g in missed:
+        if g["met"] is False:
+            out.append(f"- {label} `{name}`: {fmt(g['value'], 2)}x against {g['goal']}x"
+                       + (f" (lbd's hop {fmt(g['excess_ns'], 0)} ns over the floor's)."
+                          if "excess_ns" in g else "."))
+        else:
+            out.append(f"- {label} `{name}`: {g.get('note', 'not measurable')}; lbd's hop exceeds "
+                       f"the floor's by {fmt(g.get('excess_ns'))} ns per packet.")
+    d = dp["arms"].get("direct", {})
+    swing = None
+    if d.get("spread_pps") and d["spread_pps"][0] > 0:
+        swing = 1e9 / d["spread_pps"][0] - 1e9 / d["spread_pps"][1]
+    if missed:
+        why = program_line(dp)
+        prof = dp.get("program_profile", {})
+        floor_ns = (prof.get("xdp_floor") or {}).get("ns_per_packet")
+        lbd_ns = [(prof.get(a) or {}).get("ns_per_packet") for a in ("lbd_dsr", "lbd_ipip")]
+        if floor_ns and all(lbd_ns):
+            extra = [n - floor_ns for n in lbd_ns]
+            why += (f" So lbd's program costs {fmt(min(extra), 0)}–{fmt(max(extra), 0)} ns per "
+                    "packet more than the floor's.")
+            excess = [g.get("excess_ns") for _, g in missed if g.get("excess_ns") is not None]
+            if excess and max(excess) > max(extra):
+                why += (" Hop differences larger than that are not the program's work but the "
+                        "run (veth, scheduling, other work on the machine).")
+            else:
+                why += " That accounts for the hop difference."
+            why += " " + (DATAPATH_PROGRAM_WHY if explain_program else
+                          "Where that time goes: as for the UDP run above.")
+        if swing:
+            why += (f" Between runs the direct arm alone swung {fmt(swing, 0)} ns per packet "
+                    "(a shared 2-core VM).")
+        if why:
+            out.append(f"- {label}, why: {why.strip()}")
+    if dp.get("userspace_proxy", "").startswith("python") and "userspace" in dp["arms"]:
+        out.append(f"- {label} `userspace`: nginx's stream module (Debian `libnginx-mod-stream`) "
+                   "is not installed, so the user-space arm is a 2-process Python UDP proxy: "
+                   "slower than nginx stream would be, which flatters lbd's ratio.")
+    for arm, reason in dp.get("arms_not_run", {}).items():
+        out.append(f"- {label} `{arm}`: {reason}, so its goal is not evaluated for TCP.")
+    return out
+
+
 def misses(data: dict) -> list[str]:
     """Plain words for every missed goal: by how much, and where the time goes."""
     out = []
-    dp = data.get("datapath")
-    if dp:
-        for name, g in dp.get("goals", {}).items():
-            if g["met"] is False:
-                out.append(f"- datapath `{name}`: {fmt(g['value'], 2)}x against {g['goal']}x.")
-            elif g["met"] is None:
-                out.append(f"- datapath `{name}`: {g.get('note', 'not measurable')}; lbd's hop exceeds "
-                           f"the floor's by {fmt(g.get('excess_ns'))} ns per packet.")
-        d = dp["arms"].get("direct", {})
-        if d.get("spread_pps") and d["spread_pps"][0] > 0:
-            swing = 1e9 / d["spread_pps"][0] - 1e9 / d["spread_pps"][1]
-            hops = [v.get("hop_ns") for a, v in dp["arms"].items()
-                    if a in ("xdp_floor", "lbd_dsr", "lbd_ipip") and v.get("hop_ns") is not None]
-            if hops and swing > max(hops) - min(hops):
-                out.append(f"- datapath: the direct arm alone swung {fmt(swing, 0)} ns per packet "
-                           "between runs (a shared 2-core VM), more than the differences between "
-                           "the floor's and lbd's hops, so the lbd-vs-floor verdicts are within "
-                           "noise in either direction; the nftables and user-space gaps are larger "
-                           "than the noise.")
-        if dp.get("userspace_proxy", "").startswith("python"):
-            out.append("- datapath `userspace`: nginx's stream module (Debian `libnginx-mod-stream`) "
-                       "is not installed, so the user-space arm is a 2-process Python UDP proxy: "
-                       "slower than nginx stream would be, which flatters lbd's ratio.")
+    explained = False
+    for key, label in DATAPATH_NAMES.items():
+        dp = data.get(key)
+        if dp:
+            lines = datapath_misses(dp, label, explain_program=not explained)
+            explained = explained or any(", why:" in line for line in lines)
+            out += lines
     ctl = data.get("control")
     if ctl:
         s = ctl["cold_apply_s"].get("1000x100")
@@ -271,9 +340,20 @@ def misses(data: dict) -> list[str]:
     if xc:
         for case, v in xc["cases"].items():
             if not v["goal_met"]:
+                warm = xc.get("diagnostics", {}).get("dsr_new_warm_insert")
+                extra = ""
+                if warm and case == "dsr_new":
+                    extra = (f" The same program placing a new flow with warm memory (one SYN "
+                             f"again and again, its entry deleted before each call) took "
+                             f"{fmt(warm['ns'])} ns, +{fmt(warm['over_floor_ns'], 0)} over the "
+                             f"floor against the peer's +{v.get('peer_over_floor_ns')}: how the "
+                             "peer's SYN figure was taken is not recorded, and repeating one SYN "
+                             "would measure that case.")
+                over = (f", +{fmt(v['over_floor_ns'], 0)} ns over the floor against the peer's "
+                        f"+{v['peer_over_floor_ns']}" if "over_floor_ns" in v else "")
                 out.append(f"- xdp_cost `{case}`: {fmt(v['ratio_to_floor'], 2)}x the floor against "
-                           f"{v['goal_ratio']}x ({fmt(v['ns'])} ns; peer {v['peer_ns']} ns). "
-                           + XDP_COST_WHY.get(case, ""))
+                           f"{v['goal_ratio']}x ({fmt(v['ns'])} ns; peer {v['peer_ns']} ns{over}). "
+                           + XDP_COST_WHY.get(case, "") + extra)
     sm = data.get("sharedmem")
     if sm:
         for arm, v in sm["arms"].items():
@@ -281,6 +361,20 @@ def misses(data: dict) -> list[str]:
                 out.append(f"- sharedmem `{arm}`: limit ratio {fmt(v['limit_ratio'], 2)} outside "
                            f"{LIMIT_EXACT}.")
         lbd, shm = sm["arms"].get("lbd_client_affinity"), sm["arms"].get("shared_memory")
+        load = sm.get("machine", {})
+        load_note = (f" The load average rose from {load['loadavg_start'][0]} to "
+                     f"{load['loadavg_end'][0]} during this benchmark (other work on the machine)."
+                     if load.get("loadavg_start") and load.get("loadavg_end") else "")
+        if lbd and shm and lbd["cpu_us_per_req"] > shm["cpu_us_per_req"]:
+            a, b = lbd.get("cpu_us_per_req_spread", [None, None]), shm.get("cpu_us_per_req_spread",
+                                                                           [None, None])
+            overlap = a[0] is not None and b[0] is not None and a[0] <= b[1] and b[0] <= a[1]
+            out.append(f"- sharedmem: lbd_client_affinity used "
+                       f"{fmt(lbd['cpu_us_per_req'] / shm['cpu_us_per_req'], 2)}x shared_memory's "
+                       f"nginx CPU per request (medians {fmt(lbd['cpu_us_per_req'], 0)} vs "
+                       f"{fmt(shm['cpu_us_per_req'], 0)} µs; runs {spread(a, 0)} vs {spread(b, 0)} µs)"
+                       + (": the runs overlap, so the difference is within run-to-run noise."
+                          if overlap else ".") + load_note)
         if lbd and shm and lbd["rps"] < shm["rps"]:
             out.append(f"- sharedmem: lbd_client_affinity served {fmt(lbd['rps'] / shm['rps'], 2)}x "
                        "shared_memory's requests/s. The Python client (not wrk) is the "
@@ -303,7 +397,8 @@ def noise_line(dp: dict) -> str:
 
 
 def render(results: Path, out: Path) -> str:
-    data = {n: load(results, n) for n in ("datapath", "sharedmem", "control", "xdp_cost")}
+    data = {n: load(results, n) for n in ("datapath", "datapath_tcp", "sharedmem", "control",
+                                          "xdp_cost")}
     made = plots(results, data)
     machine = next((d["machine"] for d in data.values() if d and "machine" in d), {})
     rel = os.path.relpath(results, out.parent)
@@ -313,6 +408,13 @@ def render(results: Path, out: Path) -> str:
                  f"{machine.get('kernel')}, Python {machine.get('python')}. XDP mode per benchmark: "
                  + ", ".join(f"{n} {d['machine']['xdp_mode']}" for n, d in data.items()
                              if d and "machine" in d) + ".")
+    loads = [f"{n} {d['machine']['loadavg_start'][0]} → {d['machine']['loadavg_end'][0]}"
+             for n, d in data.items()
+             if d and d.get("machine", {}).get("loadavg_start") and d["machine"].get("loadavg_end")]
+    lines.append("\nThe machine is shared: other work (other engineers' builds and test runs) "
+                 "ran while these benchmarks ran, so figures move between runs and the spreads "
+                 "below say by how much. Load average (1 min) at each benchmark's start → end: "
+                 + (", ".join(loads) if loads else "not recorded") + ".")
     if quick:
         lines.append(f"\n**Quick-mode results** (not for decisions): {', '.join(quick)}.")
     lines += ["", "Every figure is the median of several runs; spreads (min–max) are in the "
@@ -326,22 +428,39 @@ def render(results: Path, out: Path) -> str:
     for title, name in made:
         lines += [f"### {title}", "", f"![{title}]({rel}/{name})", ""]
 
-    dp = data.get("datapath")
-    if dp:
-        lines += ["## Data-plane throughput (`datapath.json`)", "",
+    for key in DATAPATH_NAMES:
+        dp = data.get(key)
+        if not dp:
+            continue
+        title = ("Data-plane throughput, TCP segments of established flows"
+                 if key == "datapath_tcp" else "Data-plane throughput")
+        not_run = "".join(f"The `{a}` arm was {why}.\n" for a, why in dp.get("arms_not_run", {}).items())
+        prof = dp.get("program_profile", {})
+        prof_rows = [[a, fmt(v.get("ns_per_packet"), 0), fmt(v.get("packets"), 0),
+                      fmt(v.get("jited_bytes")), fmt(v.get("verified_insns"))]
+                     for a, v in prof.items() if isinstance(v, dict) and "ns_per_packet" in v]
+        lines += [f"## {title} (`{key}.json`)", "",
                   f"Topology: {dp['topology']}. Generator: {dp['generator']}, {dp['flows']} flows, "
                   f"{dp['protocol']} {dp['frame_bytes']}-byte frames; {dp['runs']} runs of "
                   f"{dp['window_s']} s after {dp['warmup_s']} s warm-up. lbd config: "
-                  f"{dp['lbd_config']}. User-space arm: {dp['userspace_proxy']}. XDP modes: "
+                  f"{dp['lbd_config']}. User-space arm: "
+                  f"{'none' if 'userspace' in dp.get('arms_not_run', {}) else dp['userspace_proxy']}. XDP modes: "
                   + ", ".join(f"{k} {v}" for k, v in dp.get("xdp_modes", {}).items()) + ".", "",
                   table(["arm", "pps (median)", "spread", "hop ns", "vs direct"],
                         [[a, fmt(v["pps"], 0), spread(v["spread_pps"], 0), fmt(v.get("hop_ns")),
                           fmt(v.get("ratio_to_direct"), 3)] for a, v in dp["arms"].items()]), "",
-                  noise_line(dp),
+                  noise_line(dp) + not_run,
                   "On veth nearly all of a packet's cost is the kernel's own (the generator, "
                   "the veth transmit and the receiver share one core), so hop differences of "
                   "a few hundred ns are within run-to-run spread; read the hops with the "
                   "spreads. The machine was shared with other work during the run.", ""]
+        if prof_rows:
+            lines += ["The XDP programs' own cost on this traffic (BPF run-time statistics, "
+                      "`run_time_ns / run_cnt` from the program's fdinfo, in a separate pass "
+                      "after the measured runs; this VM has no hardware counters, so `bpftool "
+                      "prog profile` cannot run):", "",
+                      table(["program (arm)", "ns per packet", "packets", "JIT bytes",
+                             "verified insns"], prof_rows), ""]
     sm = data.get("sharedmem")
     if sm:
         lines += ["## Shared memory vs local state (`sharedmem.json`)", "",
@@ -380,17 +499,33 @@ def render(results: Path, out: Path) -> str:
     xc = data.get("xdp_cost")
     if xc:
         lines += ["## Per-packet cost (`xdp_cost.json`)", "", xc["method"] + f"; floor (XDP_PASS) "
-                  f"{xc['floor_ns']} ns.", "",
-                  table(["case", "ns", "spread", "x floor", "goal", "peer ns"],
+                  f"{xc['floor_ns']} ns (spread {spread(xc.get('floor_spread_ns'))}); "
+                  f"{xc['runs']} runs of {xc['calls_per_run']:,} calls per case.", "",
+                  table(["case", "ns", "spread", "x floor", "goal", "over floor ns",
+                         "peer ns", "peer over its floor ns"],
                         [[c, fmt(v["ns"]), spread(v["spread_ns"]), fmt(v["ratio_to_floor"], 2),
-                          f"<= {v['goal_ratio']}x", str(v["peer_ns"])] for c, v in xc["cases"].items()]),
+                          f"<= {v['goal_ratio']}x", fmt(v.get("over_floor_ns")), str(v["peer_ns"]),
+                          str(v.get("peer_over_floor_ns", "–"))] for c, v in xc["cases"].items()]),
                   ""]
+        if xc.get("new_flows_verified"):
+            lines += ["Every new-flow packet was a flow the connection table had never held "
+                      "(checked against the program's miss counter), so each insert takes a cold "
+                      "element. The kernel times only the program run; the floor is that timer's "
+                      "own cost, which read "
+                      f"{xc.get('peer_floor_ns')} ns when the peer's figures were taken "
+                      "(TESTBED.md) and more on this busier machine, so `over floor` is the "
+                      "like-for-like comparison with the peer.", ""]
+        for name, v in xc.get("diagnostics", {}).items():
+            lines += [f"Diagnostic `{name}` (no goal): {v['what']}: {fmt(v['ns'])} ns "
+                      f"(+{fmt(v['over_floor_ns'], 0)} over the floor, spread "
+                      f"{spread(v['spread_ns'])}).", ""]
     lines += ["## How to reproduce", "",
               "As root on a Debian 12 host (TESTBED.md): `make bench` (host packages, the venv, "
               "then `python -m bench.run`), or one benchmark at a time:", "", "```",
               ".venv/bin/python -m bench.run            # everything, then this report",
               ".venv/bin/python -m bench.run --quick    # quick modes (what the tests run)",
               ".venv/bin/python -m bench.datapath [--tcp] [--arms direct,lbd_dsr]",
+              ".venv/bin/python -m bench.run --only datapath_tcp   # --tcp into datapath_tcp.json",
               ".venv/bin/python -m bench.control", ".venv/bin/python -m bench.sharedmem",
               ".venv/bin/python -m bench.xdp_cost", ".venv/bin/python -m bench.report",
               "```", "",

@@ -136,6 +136,10 @@ class Programmer:
         # the prefilter as written (word index -> bits, nonzero words only);
         # read back so bits left by an earlier daemon are cleared when unused
         self._prefilter = {i: bits for i, bits in enumerate(datapath.read_prefilter()) if bits}
+        # the VIP keys and flags the address entries and prefilter were last
+        # written for: when they are unchanged (a health change), neither is
+        # recomputed, which at 1,000 VIPs is most of a health change's cost
+        self._vip_shape: frozenset | None = None
 
     # --- adoption of a running datapath ----------------------------------------
     def adopt(self) -> int:
@@ -204,6 +208,7 @@ class Programmer:
             return self._apply(plans)
         except Exception as err:
             log.error("apply_failed error=%s action=restoring_previous", err)
+            self._vip_shape = None  # what the failed apply wrote is unknown: rewrite all
             try:
                 self._apply(previous)
             except Exception as restore_err:  # the kernel refusing twice: say so loudly
@@ -252,11 +257,15 @@ class Programmer:
                              if key not in self._applied or self._applied[key].table is not applied.table})
         # 3. VIP entries and the address entries derived from them, behind
         # prefilter bits for every wanted address (old ones stay set for now)
-        wanted_bits = _prefilter_words(plan.address for plan in wanted.values())
-        self._write_prefilter({i: bits | self._prefilter.get(i, 0) for i, bits in wanted_bits.items()})
+        shape = frozenset((key, plan.flags) for key, plan in wanted.items())
+        same_vips = shape == self._vip_shape
+        if not same_vips:
+            wanted_bits = _prefilter_words(plan.address for plan in wanted.values())
+            self._write_prefilter({i: bits | self._prefilter.get(i, 0) for i, bits in wanted_bits.items()})
         for key, applied in staged.items():
             self.dp.set_vip(key[0], key[1], key[2], applied.vip_id, applied.plan.flags)
-        self._write_addrs(wanted, staged)
+        if not same_vips:
+            self._write_addrs(wanted, staged)
 
         # 4. removals: VIPs gone entirely, then backends gone from kept VIPs
         for key in [k for k in self._applied if k not in wanted]:
@@ -283,7 +292,9 @@ class Programmer:
                 results.append(VipResult(wanted[key].name, "unchanged", 0.0,
                                          self._applied[key].fingerprint))
         # 5. now that removed VIPs are gone: exactly the wanted addresses' bits
-        self._write_prefilter(wanted_bits, exact=True)
+        if not same_vips:
+            self._write_prefilter(wanted_bits, exact=True)
+            self._vip_shape = shape
         return results
 
     def _write_prefilter(self, words: dict[int, int], exact: bool = False) -> None:

@@ -224,7 +224,12 @@ class Programmer:
         staged: dict[VipKey, _Applied] = {}
         for key, plan in wanted.items():
             old = self._applied.get(key)
-            if old and old.plan == plan:
+            if old and old.plan is not plan and old.plan == plan:
+                # keep the caller's equal object, so that its next apply (a
+                # health change reuses the other VIPs' plan objects) finds it
+                # by identity instead of comparing every backend again
+                old.plan = plan
+            if old and old.plan is plan:
                 continue
             vip_id = self._vip_ids.get(key) or self._free_vip_ids.pop()
             self._vip_ids[key] = vip_id

@@ -257,6 +257,18 @@ static __always_inline int lbd_handle_fragment(struct xdp_md *ctx, struct lbd_gl
 	return lbd_forward(ctx, gs, pkt, backend_id, be, addr->frag_vip_flags, hash);
 }
 
+/* A packet to a VIP, in its per-CPU counters (returned for the flow counters). */
+static __always_inline struct lbd_vip_stats *lbd_count_vip(__u32 vip_id, __u32 frame_len)
+{
+	struct lbd_vip_stats *vs = vip_stats.lookup(&vip_id);
+
+	if (vs) {
+		vs->packets++;
+		vs->bytes += frame_len;
+	}
+	return vs;
+}
+
 int lbd_balancer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -265,8 +277,8 @@ int lbd_balancer(struct xdp_md *ctx)
 	struct lbd_global_stats *gs;
 	struct lbd_addr_info *addr;
 	struct lbd_vip_info *vip;
-	struct lbd_vip_stats *vs;
 	struct lbd_flow_entry *entry, placed;
+	struct lbd_vip_stats *vs;
 	struct lbd_backend *be;
 	__u32 zero = 0, backend_id, vip_id, vip_flags, hash;
 	int parsed, moved = 0;
@@ -300,11 +312,7 @@ int lbd_balancer(struct xdp_md *ctx)
 		if (be && lbd_backend_usable(be, entry->generation)) {
 			vip_id = be->vip_id;
 			vip_flags = be->vip_flags;
-			vs = vip_stats.lookup(&vip_id);
-			if (vs) {
-				vs->packets++;
-				vs->bytes += pkt.frame_len;
-			}
+			lbd_count_vip(vip_id, pkt.frame_len);
 			gs->ct_hits++;
 			/* only the ipip IPv6 flow label needs the hash of an established flow */
 			hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
@@ -319,11 +327,7 @@ int lbd_balancer(struct xdp_md *ctx)
 		return lbd_verdict(gs, XDP_PASS);
 	vip_id = vip->vip_id;
 	vip_flags = vip->flags;
-	vs = vip_stats.lookup(&vip_id);
-	if (vs) {
-		vs->packets++;
-		vs->bytes += pkt.frame_len;
-	}
+	vs = lbd_count_vip(vip_id, pkt.frame_len);
 	if (!moved)
 		gs->ct_misses++;
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable
@@ -115,6 +116,21 @@ def write(path: str, text: str) -> bool:
         os.unlink(tmp)
         raise
     return True
+
+
+def parse_check(bgp: Bgp, announced: Iterable[IPAddress] = (), bird_binary: str = "bird") -> str | None:
+    """BIRD's own parser on the config lbd would render announcing
+    `announced`: None if it accepts, else its message; "" when BIRD is not
+    installed here."""
+    if shutil.which(bird_binary) is None:
+        return ""
+    with tempfile.TemporaryDirectory(prefix="lbd-check-") as tmp:
+        path = os.path.join(tmp, "bird.conf")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(render(bgp, announced))
+        done = subprocess.run([bird_binary, "-p", "-c", path], capture_output=True, text=True,
+                              timeout=30, check=False)
+    return None if done.returncode == 0 else (done.stderr or done.stdout).strip()
 
 
 @dataclass(frozen=True)

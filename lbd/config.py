@@ -700,8 +700,27 @@ def check_main(paths: list[str]) -> int:
             print(err, file=sys.stderr)
             status = 1
         else:
-            print(f"{path}: OK ({len(config.vips)} VIPs, {config.backend_count} backends)")
+            bgp_note = _bird_accepts(path, config)
+            if bgp_note is None:
+                status = 1
+                continue
+            print(f"{path}: OK ({len(config.vips)} VIPs, {config.backend_count} backends{bgp_note})")
     return status
+
+
+def _bird_accepts(path: str, config: Config) -> str | None:
+    """With a bgp section, BIRD's own parser checks the config lbd renders
+    from it: "" or a note for the OK line, None (and the message) if BIRD refuses."""
+    if config.bgp is None:
+        return ""
+    from lbd.bird import parse_check  # lbd.bird imports this module
+    problem = parse_check(config.bgp, [vip.address for vip in config.vips if vip.announce])
+    if problem == "":
+        return "; bird not installed, BGP section not checked by BIRD"
+    if problem:
+        print(f"{path}: bgp: BIRD refuses the config lbd renders from it: {problem}", file=sys.stderr)
+        return None
+    return f"; BGP: {len(config.bgp.peers)} peers, BIRD accepts the config"
 
 
 if __name__ == "__main__":

@@ -103,6 +103,8 @@ class Announcer:
 
     def __init__(self, daemon):
         self.daemon = daemon
+        # the bgp section in force; kept when a reload removes it, to withdraw with
+        self.bgp = daemon.config.bgp
         previous = bird.announced_in(self.bgp.bird_config)
         self.announced: set = previous or set()   # what the file says now
         self.decisions: list[Decision] = []
@@ -115,10 +117,6 @@ class Announcer:
         if previous is not None:
             log.info("bgp_adopted file=%s announced=%s", self.bgp.bird_config,
                      ",".join(sorted(map(str, previous))) or "-")
-
-    @property
-    def bgp(self):
-        return self.daemon.config.bgp
 
     @property
     def birdc(self) -> bird.Birdc:
@@ -163,11 +161,15 @@ class Announcer:
     async def reconcile(self, why: str = "tick") -> None:
         loop = asyncio.get_running_loop()
         async with self._lock:
-            attached = await loop.run_in_executor(None, self.attached)
-            async with self.daemon.apply_lock:   # no table write half done while deciding
-                decisions = self._decide(attached)
-            if self.withdrawn_all:
-                decisions = [replace(d, announce=False, reason="teardown") for d in decisions]
+            if self.daemon.config.bgp is not None:
+                self.bgp = self.daemon.config.bgp   # a reload may have changed it
+            if self.withdrawn_all:   # teardown, or the bgp section is gone
+                decisions = [replace(d, announce=False, reason="withdrawn for good (teardown or no "
+                                                              "bgp section)") for d in self.decisions]
+            else:
+                attached = await loop.run_in_executor(None, self.attached)
+                async with self.daemon.apply_lock:   # no table write half done while deciding
+                    decisions = self._decide(attached)
             wanted = {vip.address for vip, d in zip(self.daemon.config.vips, decisions) if d.announce}
             for before, after in zip(self._by_vip(self.decisions), decisions):
                 if before is not None and before.announce != after.announce:

@@ -209,3 +209,30 @@ def test_shuffled_configs_build_byte_identical_tables():
     reference = tables(config(None))
     for seed in range(3):
         assert tables(config(random.Random(seed))) == reference
+
+
+def test_a_reload_that_removes_the_bgp_section_withdraws_everything(tmp_path):
+    """The announcer keeps the bgp settings it had and writes BIRD a config
+    announcing nothing (BIRD is not running here: the change waits, pending)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from lbd.metrics import Metrics
+
+    text = BASE.replace("  local_as: 65001", f"  local_as: 65001\n  bird_config: {tmp_path}/bird.conf\n"
+                                            f"  bird_socket: {tmp_path}/bird.ctl")
+    config = parse_config(text, "fleet.yaml")
+    path = f"{tmp_path}/bird.conf"
+    announced = {ipaddress.ip_address("198.51.100.1")}
+    bird.write(path, bird.render(config.bgp, announced))   # what an earlier lbd announced
+    daemon = SimpleNamespace(config=config, config_path="fleet.yaml", announcer=None)
+    daemon.metrics = Metrics(daemon)
+    announcer = bgp.Announcer(daemon)
+    assert announcer.announced == announced and not announcer.pending
+
+    daemon.config = parse_config(text.split("bgp:")[0], "fleet.yaml")   # the reload
+    announcer.withdrawn_all = True
+    asyncio.run(announcer.reconcile("bgp section removed"))
+    assert bird.announced_in(path) == set()
+    assert announcer.pending and "not reachable" in announcer.last_error
+    assert not announcer.speaker_up

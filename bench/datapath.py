@@ -61,10 +61,9 @@ import time
 from pathlib import Path
 
 from bench.machine import loadavg, machine_info
-from bench.netline import NamespaceLine, nsx, sh
+from bench.netline import NamespaceLine, nsx, sh, stop_groups
 
 RESULTS = Path(__file__).resolve().parent / "results"
-XDP_FLAGS_DRV_MODE = 1 << 2
 NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"
 ARMS = ["direct", "xdp_floor", "lbd_dsr", "lbd_ipip", "nftables", "userspace"]
 USERSPACE_TCP = ("not run with --tcp: a user-space proxy terminates TCP, and ACK segments of "
@@ -166,30 +165,7 @@ class Line(NamespaceLine):
             sh(["ip", "-n", n[node], "route", "add", "default", "via",
                 "198.18.2.1" if node == "be1" else "198.18.3.1"])
         sh(["ip", "-n", n["gen"], "route", "add", "198.18.100.0/23", "via", "198.18.1.2"])
-        from pyroute2 import IPRoute
-
-        with IPRoute(netns=n["lb"]) as ipr:
-            for dev in ("in0", "out1", "out2"):
-                self.ifindex[dev] = ipr.link_lookup(ifname=dev)[0]
-
-    def attach(self, node: str, dev: str, fd: int) -> str:
-        from pyroute2 import IPRoute
-
-        from lbd.lab import xdp_mode
-
-        with IPRoute(netns=self.names[node]) as ipr:
-            index = ipr.link_lookup(ifname=dev)[0]
-            ipr.link("set", index=index, xdp={"attrs": [("IFLA_XDP_FD", fd),
-                                                       ("IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE)]})
-            return xdp_mode(ipr, index) or "none"
-
-    def detach(self, node: str, dev: str) -> None:
-        from pyroute2 import IPRoute
-
-        with IPRoute(netns=self.names[node]) as ipr:
-            index = ipr.link_lookup(ifname=dev)[0]
-            ipr.link("set", index=index, xdp={"attrs": [("IFLA_XDP_FD", -1),
-                                                       ("IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE)]})
+        self._lookup_ifindexes("lb", ("in0", "out1", "out2"))
 
 
 def trafgen_config(path: str, dst_mac: str, src_mac: str, vip: str, tcp: bool) -> None:
@@ -312,13 +288,7 @@ class Bench:
             time.sleep(self.window)
             c1, t1 = self.count(), time.perf_counter()
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_groups([proc], signal.SIGINT, timeout=10)
         return (c1 - c0) / (t1 - t0)
 
     # --- arms -------------------------------------------------------------------
@@ -341,7 +311,7 @@ class Bench:
         try:
             return self.blast("eth0", MAC["in0"], MAC["gen"], VIP_DSR)
         finally:
-            self.line.detach("lb", "in0")
+            self.line.attach("lb", "in0", -1)
 
     def _lbd(self):
         if self.dp is None:
@@ -359,7 +329,7 @@ class Bench:
         try:
             return self.blast("eth0", MAC["in0"], MAC["gen"], vip)
         finally:
-            self.line.detach("lb", "in0")
+            self.line.attach("lb", "in0", -1)
 
     def arm_lbd_dsr(self) -> float:
         return self._lbd_arm(VIP_DSR, "lbd_dsr")
@@ -416,14 +386,7 @@ stream {{
             time.sleep(1.0)
             return self.blast("eth0", MAC["in0"], MAC["gen"], VIP_DSR)
         finally:
-            for proc in procs:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_groups(procs)
             sh(["ip", "-n", lb, "addr", "del", f"{VIP_DSR}/32", "dev", "lo"], check=False)
 
     def close(self) -> None:

@@ -3,6 +3,9 @@ created together and removed together, also when building fails. Shared by
 bench/datapath.py and bench/sharedmem.py; each adds its own links."""
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 
 BASE = "lbdb"
@@ -16,6 +19,20 @@ def sh(argv, check=True, **kw) -> subprocess.CompletedProcess:
 
 def nsx(ns: str, *argv: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
+
+
+def stop_groups(procs, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
+    """Signal each process group, then SIGKILL those still there after timeout."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+    for proc in procs:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 class NamespaceLine:
@@ -63,3 +80,23 @@ class NamespaceLine:
 
     def _build(self) -> None:
         raise NotImplementedError
+
+    def _lookup_ifindexes(self, node: str, devs) -> None:
+        from pyroute2 import IPRoute
+
+        with IPRoute(netns=self.names[node]) as ipr:
+            for dev in devs:
+                self.ifindex[dev] = ipr.link_lookup(ifname=dev)[0]
+
+    def attach(self, node: str, dev: str, fd: int) -> str:
+        """Attach a program (its fd) in native mode, or detach with fd -1;
+        returns the mode the kernel reports ("none" once detached)."""
+        from pyroute2 import IPRoute
+
+        from lbd.lab import XDP_FLAGS_DRV_MODE, xdp_mode
+
+        with IPRoute(netns=self.names[node]) as ipr:
+            index = ipr.link_lookup(ifname=dev)[0]
+            ipr.link("set", index=index, xdp={"attrs": [("IFLA_XDP_FD", fd),
+                                                       ("IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE)]})
+            return xdp_mode(ipr, index) or "none"

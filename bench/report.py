@@ -83,6 +83,16 @@ def spread(values, digits=1) -> str:
 
 
 # --- plots ----------------------------------------------------------------------
+def _save(fig, path: Path, title: str) -> tuple[str, str]:
+    """Write a figure as PNG and close it; (title, file name) for the report."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return title, path.name
+
+
 def plots(results: Path, data: dict) -> list[tuple[str, str]]:
     try:
         import matplotlib
@@ -110,11 +120,8 @@ def plots(results: Path, data: dict) -> list[tuple[str, str]]:
         ax2.set_ylabel("hop cost, ns/packet")
         ax2.set_title("Balancer hop: 1e9/pps(arm) − 1e9/pps(direct)")
         ax2.tick_params(axis="x", rotation=30)
-        fig.tight_layout()
-        fig.savefig(results / f"{key}.png", dpi=90)
-        plt.close(fig)
-        made.append(("Data-plane throughput" + (", TCP segments" if key == "datapath_tcp" else ""),
-                     f"{key}.png"))
+        made.append(_save(fig, results / f"{key}.png", "Data-plane throughput"
+                          + (", TCP segments" if key == "datapath_tcp" else "")))
 
     sm = data.get("sharedmem")
     if sm and sm.get("arms"):
@@ -131,10 +138,7 @@ def plots(results: Path, data: dict) -> list[tuple[str, str]]:
             ax.tick_params(axis="x", rotation=20)
             if key == "limit_ratio":
                 ax.axhline(1.0, color="black", linestyle="--", linewidth=1)
-        fig.tight_layout()
-        fig.savefig(results / "sharedmem.png", dpi=90)
-        plt.close(fig)
-        made.append(("Shared memory vs local state", "sharedmem.png"))
+        made.append(_save(fig, results / "sharedmem.png", "Shared memory vs local state"))
 
     ctl = data.get("control")
     if ctl and ctl.get("cold_apply_s"):
@@ -149,10 +153,7 @@ def plots(results: Path, data: dict) -> list[tuple[str, str]]:
         ax.set_xlabel("VIPs x backends per VIP")
         ax.set_title("Control plane: apply time")
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(results / "control.png", dpi=90)
-        plt.close(fig)
-        made.append(("Control-plane apply time", "control.png"))
+        made.append(_save(fig, results / "control.png", "Control-plane apply time"))
 
     xc = data.get("xdp_cost")
     if xc and xc.get("cases"):
@@ -166,10 +167,7 @@ def plots(results: Path, data: dict) -> list[tuple[str, str]]:
         ax.set_title("Per-packet cost")
         ax.tick_params(axis="x", rotation=20)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(results / "xdp_cost.png", dpi=90)
-        plt.close(fig)
-        made.append(("Per-packet cost", "xdp_cost.png"))
+        made.append(_save(fig, results / "xdp_cost.png", "Per-packet cost"))
     return made
 
 

@@ -39,7 +39,6 @@ import ipaddress
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,12 +47,11 @@ import time
 from pathlib import Path
 
 from bench.machine import loadavg, machine_info
-from bench.netline import NamespaceLine, nsx, sh
+from bench.netline import NamespaceLine, nsx, sh, stop_groups
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 ARMS = ["shared_memory", "local_kernel_hash", "lbd_client_affinity"]
-XDP_FLAGS_DRV_MODE = 1 << 2
 RATE = 5          # r/s per client address
 VIP = "198.18.100.1"
 MAC = {"cli": "02:00:c6:12:10:01", "in0": "02:00:c6:12:10:02",
@@ -103,22 +101,7 @@ class Net(NamespaceLine):
             "dev", "out2", "nud", "permanent"])
         # the kernel-forwarded arms: the VIP lives behind be1
         sh(["ip", "-n", n["lb"], "route", "add", f"{VIP}/32", "via", "198.18.2.2"])
-        from pyroute2 import IPRoute
-
-        with IPRoute(netns=n["lb"]) as ipr:
-            for dev in ("in0", "out1", "out2"):
-                self.ifindex[dev] = ipr.link_lookup(ifname=dev)[0]
-
-    def xdp(self, node: str, dev: str, fd: int) -> str:
-        from pyroute2 import IPRoute
-
-        from lbd.lab import xdp_mode
-
-        with IPRoute(netns=self.names[node]) as ipr:
-            index = ipr.link_lookup(ifname=dev)[0]
-            ipr.link("set", index=index, xdp={"attrs": [("IFLA_XDP_FD", fd),
-                                                       ("IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE)]})
-            return xdp_mode(ipr, index) or "none"
+        self._lookup_ifindexes("lb", ("in0", "out1", "out2"))
 
 
 def nginx_conf(tmp: str, workers: int) -> str:
@@ -284,7 +267,7 @@ class Arms:
 
         self.net, self.tmpdir = net, tmpdir
         self.pass_bpf, pass_fn = load_helper("lbd_pass")
-        self.modes = {f"be{i}/eth0": net.xdp(f"be{i}", "eth0", pass_fn.fd) for i in (1, 2)}
+        self.modes = {f"be{i}/eth0": net.attach(f"be{i}", "eth0", pass_fn.fd) for i in (1, 2)}
         self.dp = None
         self.cores = os.cpu_count() or 1
 
@@ -317,28 +300,16 @@ class Arms:
             Programmer(self.dp).apply([VipPlan(ipaddress.ip_address(VIP), 80, 6,
                                                client_affinity=True, backends=members,
                                                name="bench")])
-        self.modes["lb/in0 lbd"] = self.net.xdp("lb", "in0", self.dp.prog_fd)
+        self.modes["lb/in0 lbd"] = self.net.attach("lb", "in0", self.dp.prog_fd)
 
     def lbd_off(self) -> None:
-        self.net.xdp("lb", "in0", -1)
+        self.net.attach("lb", "in0", -1)
 
     def close(self) -> None:
         for bpf in (self.pass_bpf, self.dp.bpf if self.dp else None):
             if bpf is not None:
                 with contextlib.suppress(Exception):
                     bpf.cleanup()
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    for p in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
 
 
 def one_arm(arms: Arms, arm: str, duration: float, warmup: float, procs: int, conns: int) -> dict:
@@ -356,7 +327,7 @@ def one_arm(arms: Arms, arm: str, duration: float, warmup: float, procs: int, co
     finally:
         if arm == "lbd_client_affinity":
             arms.lbd_off()
-        stop(servers)
+        stop_groups(servers)
     window = duration - warmup
     per_addr = data["per_addr"]
     ok = sum(v[0] for v in per_addr.values())

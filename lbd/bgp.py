@@ -54,10 +54,10 @@ class Decision:
 
 
 def decide(config: Config, *, attached: bool, drained: bool,
-           health_state: Callable[[str, str], HealthState | None],
+           health_state: Callable[[Vip, str], HealthState | None],
            resolved: Callable[[str], bool], table_current: Callable[[Vip], bool],
            announced: set) -> list[Decision]:
-    """One Decision per VIP. health_state(vip name, backend address) is None
+    """One Decision per VIP. health_state(vip, backend address) is None
     for a VIP without checks; table_current(vip) says whether the VIP's table
     in the maps reflects the current health state; `announced` holds the
     addresses announced now."""
@@ -69,7 +69,7 @@ def decide(config: Config, *, attached: bool, drained: bool,
             address = str(backend.address)
             if backend.effective_weight == 0 or not resolved(address):
                 continue
-            state = health_state(vip.name, address)
+            state = health_state(vip, address)
             if state is None or state in _HEALTHY:
                 healthy += 1
             elif state is HealthState.INIT:
@@ -141,22 +141,18 @@ class Announcer:
     def _decide(self, attached: bool) -> list[Decision]:
         daemon = self.daemon
 
-        def health_state(vip_name: str, address: str):
-            vip = next(v for v in daemon.config.vips if v.name == vip_name)
+        def health_state(vip: Vip, address: str):
             if vip.health is None or daemon.health is None:
                 return None
-            return daemon.health.state((vip_name, address))
+            return daemon.health.state((vip.name, address))
 
         def resolved(address: str) -> bool:
             found = daemon.resolutions.get(address)
             return found is None or found.ok
 
-        def table_current(vip: Vip) -> bool:
-            return daemon.plan_is_current(vip)
-
         return decide(daemon.config, attached=attached, drained=self.drained,
-                      health_state=health_state, resolved=resolved, table_current=table_current,
-                      announced=self.announced)
+                      health_state=health_state, resolved=resolved,
+                      table_current=daemon.plan_is_current, announced=self.announced)
 
     async def reconcile(self, why: str = "tick") -> None:
         loop = asyncio.get_running_loop()
@@ -209,18 +205,6 @@ class Announcer:
             return
         self.speaker_up = True
         self.peers = [p for p in protocols if p.proto == "BGP"]
-
-    async def run(self, stop: asyncio.Event, retired: Callable[[], bool]) -> None:
-        """Reconcile every second until stop is set or the announcer is retired."""
-        while not stop.is_set() and not retired():
-            try:
-                await self.reconcile()
-            except Exception:  # keep announcing what holds; the log says what broke
-                log.exception("bgp_reconcile_failed")
-            try:
-                await asyncio.wait_for(stop.wait(), RECONCILE_EVERY_S)
-            except asyncio.TimeoutError:
-                pass
 
     async def set_drained(self, drained: bool) -> dict:
         path = self.bgp.maintenance_file

@@ -415,13 +415,17 @@ class Daemon:
             await runner.cleanup()
 
     async def _announce(self) -> None:
-        """The BGP loop, for as long as the config has a bgp section."""
+        """Every second, with a bgp section: the announcement rules again (the
+        maintenance file, the attachment and BIRD are polled; health changes
+        reconcile at once, from _replan_and_announce)."""
         while not self._stop.is_set():
             if self.announcer is not None:
-                await self.announcer.run(self._stop, lambda: self.announcer is None)
-            else:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), bgp_mod.RECONCILE_EVERY_S)
+                try:
+                    await self.announcer.reconcile()
+                except Exception:  # keep announcing what holds; the log says what broke
+                    log.exception("bgp_reconcile_failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), bgp_mod.RECONCILE_EVERY_S)
 
     async def _watchdog(self, every_s: float) -> None:
         while True:

@@ -655,10 +655,9 @@ http {{
 
     def router_nexthops(self, prefix: str) -> set[str]:
         """Gateways of the router's route to prefix (two for an ECMP route; none if absent)."""
-        out = self.run(self.router, ["ip", "-j", "route", "show", "exact", prefix],
-                       check=True).stdout if ":" not in prefix else \
-            self.run(self.router, ["ip", "-j", "-6", "route", "show", "exact", prefix],
-                     check=True).stdout
+        family = ["-6"] if ":" in prefix else []
+        out = self.run(self.router, ["ip", "-j", *family, "route", "show", "exact", prefix],
+                       check=True).stdout
         gateways = set()
         for route in json.loads(out or "[]"):
             if route.get("gateway"):

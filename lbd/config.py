@@ -653,11 +653,7 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
         finally:
             loader.dispose()
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = mark.line + 1 if mark else text.count("\n", 0, getattr(err, "position", 0)) + 1
-        what = ": ".join(filter(None, [getattr(err, "context", None), getattr(err, "problem", None)]))
-        raise ConfigError([Problem(filename, line, "", None,
-                                   f"not valid YAML: {what or str(err).splitlines()[0]}")]) from None
+        raise ConfigError([_yaml_problem(err, text, filename)]) from None
     if checker.raw is None:  # no document at all, or only comments or `---`
         raise ConfigError([Problem(filename, 1, "", None, "the file is empty; it needs at least `interfaces:`")])
     config = checker.check()
@@ -665,6 +661,46 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
         raise ConfigError(sorted(checker.problems, key=lambda p: p.line or 0))
     assert config is not None
     return config
+
+
+# Contexts in which PyYAML's context_mark is where something was opened and
+# never closed: the mistake is there, while problem_mark is wherever the
+# parser gave up (the next line, or the end of the file).
+_UNCLOSED = {"while parsing a flow mapping": "'{'", "while parsing a flow sequence": "'['",
+             "while scanning a quoted scalar": "quote"}
+
+
+def _yaml_problem(err: yaml.YAMLError, text: str, filename: str) -> Problem:
+    """A YAML syntax error as a Problem on the line where the mistake is."""
+    context, problem = getattr(err, "context", None), getattr(err, "problem", None)
+    context_mark, problem_mark = getattr(err, "context_mark", None), getattr(err, "problem_mark", None)
+    if context in _UNCLOSED and context_mark is not None:
+        line = context_mark.line + 1
+        found = f" on line {problem_mark.line + 1}" if problem_mark and problem_mark.line + 1 != line else ""
+        what = f"the {_UNCLOSED[context]} opened on this line is not closed ({problem}{found})"
+    else:
+        # block structure, tabs, stray colons: the parser stops on the bad line itself
+        mark = problem_mark or context_mark
+        line = mark.line + 1 if mark else text.count("\n", 0, getattr(err, "position", 0)) + 1
+        what = ": ".join(filter(None, [context, problem])) or str(err).splitlines()[0]
+    return Problem(filename, line, "", None, f"not valid YAML: {what}")
+
+
+def read_raw(path: str | Path) -> Any:
+    """The file's YAML as plain data without validating it, or None if it
+    cannot be read or parsed: for tools that need one setting (the control
+    socket, the bpffs path) even from a file the daemon would refuse."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+
+
+def raw_setting(raw: Any, *keys: str) -> Any:
+    """raw[keys[0]][keys[1]]..., or None where a level is missing or not a mapping."""
+    for key in keys:
+        raw = raw.get(key) if isinstance(raw, dict) else None
+    return raw
 
 
 def load_config(path: str | Path) -> Config:

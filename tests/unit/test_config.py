@@ -375,16 +375,47 @@ def test_http_listen_unparseable(tmp_path, listen):
     one_problem(tmp_path, text, len(text.splitlines()), "http.listen", "must be IP:port", f"got {listen}")
 
 
-@pytest.mark.parametrize("text, line, words", [
-    ("interfaces: [{name: eth0}\nvips: []\n", 2, "expected ',' or ']'"),
-    ("interfaces:\n  - name: eth0\n mode: x\n", 3, "not valid YAML"),
-    ("interfaces: [{name: eth0}]\nvips:\n  - address: 1.2.3.4\n\tport: 80\n", 4, "not valid YAML"),
-])
-def test_yaml_syntax_error(tmp_path, text, line, words):
+# Each file has one mistake on the line marked "# <-": the error names that
+# line (not the line where the parser happened to give up).
+SYNTAX_ERRORS = {
+    "unclosed {": ("interfaces: [{name: eth0}]\n"
+                   "vips:\n"
+                   "  - {name: a, address: 198.18.0.10, port: 80, protocol: tcp  # <-\n"
+                   "  - {name: b, address: 198.18.0.11, port: 80, protocol: tcp}\n"
+                   "bpffs: /sys/fs/bpf/lbd\n", "'{' opened on this line is not closed"),
+    "unclosed { at the end": ("interfaces: [{name: eth0}]\n"
+                              "http: {listen: 127.0.0.1:9100  # <-\n", "'{' opened on this line"),
+    "unclosed [": ("interfaces: [{name: eth0}  # <-\n"
+                   "vips: []\n", "'[' opened on this line is not closed"),
+    "unclosed quote": ("interfaces: [{name: eth0}]\n"
+                       "bpffs: '/sys/fs/bpf/lbd  # <-\n"
+                       "vips: []\n", "quote opened on this line"),
+    "bad indentation": ("interfaces:\n"
+                        "  - name: eth0\n"
+                        " mode: native  # <-\n"
+                        "vips: []\n", "expected <block end>"),
+    "bad indentation in a VIP": ("interfaces: [{name: eth0}]\n"
+                                 "vips:\n"
+                                 "  - name: a\n"
+                                 "    address: 198.18.0.10\n"
+                                 "   port: 80  # <-\n", "expected <block end>"),
+    "a tab": ("interfaces: [{name: eth0}]\n"
+              "vips:\n"
+              "  - address: 198.18.0.10\n"
+              "\tport: 80  # <-\n", "'\\t' that cannot start any token"),
+    "a stray colon": ("interfaces: [{name: eth0}]\n"
+                      "bpffs: /sys/fs: bpf  # <-\n", "mapping values are not allowed here"),
+}
+
+
+@pytest.mark.parametrize("name", SYNTAX_ERRORS)
+def test_yaml_syntax_error_names_the_line_of_the_mistake(tmp_path, name):
+    text, words = SYNTAX_ERRORS[name]
+    line = next(i for i, row in enumerate(text.splitlines(), 1) if row.endswith("# <-"))
     found = problems(tmp_path, text)
-    assert len(found) == 1
-    assert found[0].startswith(f"{tmp_path / 'bad.yaml'}:{line}: not valid YAML")
-    assert words in found[0]
+    assert len(found) == 1, found
+    assert found[0].startswith(f"{tmp_path / 'bad.yaml'}:{line}: not valid YAML: "), found[0]
+    assert words in found[0], found[0]
 
 
 @pytest.mark.parametrize("text", ["", "\n\n", "# nothing but a comment\n", "---\n"])

@@ -8,19 +8,58 @@
   lbctl drain / undrain               withdraw every VIP from BGP (keeps forwarding), or announce again
   lbctl teardown                      withdraw from BGP, detach and unpin everything, stop lbd
 
-The socket (control.socket in the config, /run/lbd/lbd.sock by default) is
-mode 0660: root, or the configured control.group.
+Options go before or after the command. The socket is --socket PATH, else
+control.socket of --config FILE (default /etc/lbd/lbd.yaml; when that file
+does not exist, /run/lbd/lbd.sock). It is mode 0660: root, or the
+configured control.group.
 """
 from __future__ import annotations
 
 import argparse
 import http.client
 import json
+import os
 import socket
 import sys
 import urllib.parse
 
 DEFAULT_SOCKET = "/run/lbd/lbd.sock"
+DEFAULT_CONFIG = "/etc/lbd/lbd.yaml"
+
+
+def _socket_options() -> argparse.ArgumentParser:
+    """--socket and --config, for the main parser and every command's: an
+    operator types them before or after the command. SUPPRESS leaves them
+    unset when not given, so one given after the command is not overwritten
+    by the main parser's default."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--socket", default=argparse.SUPPRESS,
+                         help=f"control socket (default: control.socket of --config, else {DEFAULT_SOCKET})")
+    options.add_argument("--config", default=argparse.SUPPRESS,
+                         help=f"take the socket from this config's control.socket (default {DEFAULT_CONFIG})")
+    return options
+
+
+def socket_path(args: argparse.Namespace, default_config: str = DEFAULT_CONFIG) -> str:
+    """--socket; else control.socket of --config; else of the default config
+    if it exists; else the built-in default (which is also control.socket's)."""
+    if getattr(args, "socket", None):
+        return args.socket
+    path = getattr(args, "config", None)
+    if path is None:
+        if not os.path.exists(default_config):
+            return DEFAULT_SOCKET
+        path = default_config
+    # Only this one setting is needed: read it from the YAML without
+    # validating the rest, so lbctl still reaches the daemon while the file
+    # holds an edit the daemon would refuse.
+    from lbd.config import raw_setting, read_raw
+    raw = read_raw(path)
+    if raw is None:
+        raise SystemExit(f"lbctl: cannot read {path} for control.socket (not readable or not YAML); "
+                         "give --socket PATH")
+    value = raw_setting(raw, "control", "socket")
+    return value if isinstance(value, str) and value.startswith("/") else DEFAULT_SOCKET
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -44,7 +83,8 @@ def call(socket_path: str, method: str, path: str, body: dict | None = None) -> 
         return response.status, json.loads(response.read() or b"{}")
     except (FileNotFoundError, ConnectionRefusedError) as err:
         raise SystemExit(f"lbctl: cannot reach lbd at {socket_path} ({err}); is lbd running? "
-                         "(--socket, or control.socket in the config)")
+                         f"(--socket PATH, or --config FILE for its control.socket; default "
+                         f"{DEFAULT_CONFIG})")
     except PermissionError:
         raise SystemExit(f"lbctl: permission denied on {socket_path}: run as root or as a member of "
                          "control.group")
@@ -101,20 +141,27 @@ def _format_bgp(bgp: dict | None) -> list[str]:
     return lines
 
 
-def check_command(argv: list[str], socket_path: str | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lbd check", description="validate config files")
+def _check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+")
     parser.add_argument("--diff", action="store_true", help="show what a reload would move (asks lbd)")
-    parser.add_argument("--socket", default=socket_path or DEFAULT_SOCKET)
-    args = parser.parse_args(argv)
+
+
+def check_command(argv: list[str]) -> int:
+    """`lbd check`: parse its arguments (--socket/--config before or after the files)."""
+    parser = argparse.ArgumentParser(prog="lbd check", description="validate config files",
+                                     parents=[_socket_options()])
+    _check_arguments(parser)
+    return run_check(parser.parse_args(argv))
+
+
+def run_check(args: argparse.Namespace) -> int:
     from lbd.config import check_main
     result = check_main(args.files)
     if result != 0 or not args.diff:
         return result
-    import os
-    status, body = call(args.socket, "POST", "/diff", {"path": os.path.abspath(args.files[0])})
+    status, body = call(socket_path(args), "POST", "/diff", {"path": os.path.abspath(args.files[0])})
     if status != 200:
-        print(body.get("error"), file=sys.stderr)
+        print(f"lbd check --diff: {body.get('error', body)}", file=sys.stderr)
         return 1
     if body["refused"]:
         print(f"a reload would be REFUSED: boot-only settings changed: {', '.join(body['refused'])}")
@@ -123,27 +170,33 @@ def check_command(argv: list[str], socket_path: str | None = None) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lbctl", description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", default=DEFAULT_SOCKET, help=f"control socket (default {DEFAULT_SOCKET})")
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    options = _socket_options()
+    parser = argparse.ArgumentParser(prog="lbctl", description=__doc__.splitlines()[0], parents=[options])
     sub = parser.add_subparsers(dest="command", required=True)
-    status = sub.add_parser("status", help="VIPs and backends")
+    status = sub.add_parser("status", help="VIPs and backends", parents=[options])
     status.add_argument("--stats", action="store_true")
     status.add_argument("--json", action="store_true")
-    sub.add_parser("reload", help="re-read the config")
-    check = sub.add_parser("check", help="validate config files")
-    check.add_argument("rest", nargs=argparse.REMAINDER)
-    explain = sub.add_parser("explain", help="which backend a flow gets, and why")
+    sub.add_parser("reload", help="re-read the config", parents=[options])
+    _check_arguments(sub.add_parser("check", help="validate config files", parents=[options]))
+    explain = sub.add_parser("explain", help="which backend a flow gets, and why", parents=[options])
     explain.add_argument("client", nargs="?", help="CLIENT_ADDR:PORT ([v6]:port)")
     explain.add_argument("vip", nargs="?", help="VIP_ADDR:PORT/PROTO")
     explain.add_argument("--batch", metavar="FILE", help='lines "CLIENT_ADDR:PORT VIP_ADDR:PORT/PROTO"; - = stdin')
-    sub.add_parser("drain", help="withdraw every VIP from BGP; forwarding goes on")
-    sub.add_parser("undrain", help="announce the VIPs again (where the rules allow)")
-    sub.add_parser("teardown", help="detach, unpin, stop lbd")
+    sub.add_parser("drain", help="withdraw every VIP from BGP; forwarding goes on", parents=[options])
+    sub.add_parser("undrain", help="announce the VIPs again (where the rules allow)", parents=[options])
+    sub.add_parser("teardown", help="detach, unpin, stop lbd", parents=[options])
     args = parser.parse_args(argv)
+    if args.command == "explain" and not args.batch and not (args.client and args.vip):
+        parser.error("explain needs CLIENT:PORT VIP:PORT/PROTO, or --batch FILE")
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.command == "check":
-        return check_command(args.rest, args.socket)
+        return run_check(args)
+    args.socket = socket_path(args)
     if args.command == "status":
         code, body = call(args.socket, "GET", "/status")
         print(json.dumps(body, indent=2) if args.json else format_status(body, args.stats))
@@ -163,8 +216,6 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(body))
         return 0 if code == 200 else 1
     if args.command == "explain":
-        if not (args.client and args.vip):
-            parser.error("explain needs CLIENT:PORT VIP:PORT/PROTO, or --batch FILE")
         query = urllib.parse.urlencode({"client": args.client, "vip": args.vip})
         code, body = call(args.socket, "GET", f"/explain?{query}")
         print(json.dumps(body, indent=2))

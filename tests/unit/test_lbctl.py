@@ -1,0 +1,130 @@
+"""lbctl's options: --socket and --config before or after the command, and the
+socket taken from the config's control.socket (README: Operations)."""
+from __future__ import annotations
+
+import http.server
+import json
+import socketserver
+import threading
+
+import pytest
+
+from lbd import lbctl
+
+pytestmark = pytest.mark.unit
+
+
+def resolved(argv, default_config="/nonexistent/lbd.yaml") -> str:
+    return lbctl.socket_path(lbctl.parse_args(argv), default_config=default_config)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--socket", "/run/x.sock", "status"],
+    ["status", "--socket", "/run/x.sock"],
+    ["status", "--stats", "--socket", "/run/x.sock", "--json"],
+    ["reload", "--socket", "/run/x.sock"],
+    ["teardown", "--socket=/run/x.sock"],
+    ["drain", "--socket", "/run/x.sock"],
+    ["explain", "198.51.100.7:40000", "203.0.113.10:443/tcp", "--socket", "/run/x.sock"],
+    ["check", "a.yaml", "--diff", "--socket", "/run/x.sock"],
+    ["check", "--socket", "/run/x.sock", "--diff", "a.yaml"],
+])
+def test_socket_before_or_after_the_command(argv):
+    assert resolved(argv) == "/run/x.sock"
+
+
+def test_socket_after_the_command_wins_over_the_one_before():
+    assert resolved(["--socket", "/run/a.sock", "status", "--socket", "/run/b.sock"]) == "/run/b.sock"
+
+
+def test_status_options_still_parse():
+    args = lbctl.parse_args(["status", "--stats", "--json"])
+    assert args.command == "status" and args.stats and args.json
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_socket_from_the_config_named_by_config(tmp_path, where):
+    config = tmp_path / "lbd.yaml"
+    config.write_text("interfaces: [{name: eth0}]\ncontrol: {socket: /run/lbd-test/ctl.sock}\n")
+    argv = ["--config", str(config), "status"] if where == "before" else ["status", "--config", str(config)]
+    assert resolved(argv) == "/run/lbd-test/ctl.sock"
+
+
+def test_socket_from_the_default_config_when_it_exists(tmp_path):
+    config = tmp_path / "lbd.yaml"
+    config.write_text("interfaces: [{name: eth0}]\ncontrol:\n  socket: /run/other/lbd.sock\n")
+    assert resolved(["status"], default_config=str(config)) == "/run/other/lbd.sock"
+
+
+def test_builtin_socket_without_a_default_config(tmp_path):
+    assert resolved(["status"], default_config=str(tmp_path / "absent.yaml")) == "/run/lbd/lbd.sock"
+
+
+def test_builtin_socket_when_the_config_has_no_control_section(tmp_path):
+    config = tmp_path / "lbd.yaml"
+    config.write_text("interfaces: [{name: eth0}]\n")
+    assert resolved(["--config", str(config), "status"]) == "/run/lbd/lbd.sock"
+
+
+def test_socket_read_from_a_config_the_daemon_would_refuse(tmp_path):
+    # a half-done edit elsewhere in the file must not cut the operator off the daemon
+    config = tmp_path / "lbd.yaml"
+    config.write_text("interfaces: [{name: eth0, mode: turbo}]\ncontrol: {socket: /run/x/lbd.sock}\n"
+                      "vips: [{address: nonsense}]\n")
+    assert resolved(["status", "--config", str(config)]) == "/run/x/lbd.sock"
+
+
+def test_explicit_config_that_cannot_be_read_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match="cannot read .*absent.yaml"):
+        resolved(["status", "--config", str(tmp_path / "absent.yaml")])
+
+
+def test_explain_without_a_flow_is_a_usage_error():
+    with pytest.raises(SystemExit):
+        lbctl.parse_args(["explain", "--socket", "/run/x.sock"])
+
+
+class _StatusHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        body = json.dumps({"ready": True, "attached": {"eth0": "native"}, "reload": {}, "vips": [],
+                           "bgp": None, "path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self):
+        request, _ = super().get_request()
+        return request, ("local", 0)  # BaseHTTPRequestHandler wants a (host, port)
+
+
+@pytest.fixture
+def control_socket(tmp_path):
+    """A unix socket answering GET /status the way lbd's control socket does."""
+    path = str(tmp_path / "ctl.sock")
+    server = _UnixHTTPServer(path, _StatusHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield path
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("how", ["socket after", "socket before", "config"])
+def test_lbctl_status_reaches_the_socket(tmp_path, control_socket, capsys, how):
+    config = tmp_path / "lbd.yaml"
+    config.write_text(f"interfaces: [{{name: eth0}}]\ncontrol: {{socket: {control_socket}}}\n")
+    argv = {"socket after": ["status", "--json", "--socket", control_socket],
+            "socket before": ["--socket", control_socket, "status", "--json"],
+            "config": ["status", "--json", "--config", str(config)]}[how]
+    assert lbctl.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["path"] == "/status"

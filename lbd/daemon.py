@@ -31,11 +31,11 @@ from lbd import bgp as bgp_mod
 from lbd import hostsetup, layout
 from lbd.config import Config, ConfigError
 from lbd.datapath import Datapath, Limits, detach_xdp
-from lbd.health import CheckSpec, HealthChecker
+from lbd.health import CheckSpec, HealthChecker, HealthState, format_key
 from lbd.metrics import Metrics
 from lbd.neighbours import NeighbourResolver
 from lbd.plan import VipStatus, plans_for, vip_plan
-from lbd.programmer import ApplyError, Programmer, VipResult
+from lbd.programmer import ACTIVE, DOWN, ApplyError, Programmer, VipResult
 
 log = logging.getLogger("lbd")
 NEIGHBOUR_REFRESH_S = 30.0
@@ -50,7 +50,7 @@ def pin_dir_for(bpffs: str, limits: Limits) -> str:
     a daemon only ever adopts maps shaped exactly as its program expects."""
     return os.path.join(bpffs, f"layout{layout.constant('LBD_LAYOUT_VERSION')}-vips{limits.max_vips}"
                                f"-backends{limits.max_backends}-ring{limits.ring_size}"
-                               f"-ct{limits.conntrack_size}")
+                               f"-ct{limits.conntrack_size}-ctudp{limits.conntrack_udp_size}")
 
 
 def datapath_limits(config: Config) -> Limits:
@@ -94,6 +94,7 @@ class Daemon:
         self.resolutions: dict = {}
         self.vip_status: dict[str, VipStatus] = {}
         self._plans: dict = {}  # VIP name -> the VipPlan last applied
+        self._pinned_health: dict = {}  # (VIP name, address) -> UP/DOWN read from adopted maps
         self.attached: dict[str, str] = {}
         self.last_results: list[VipResult] = []
         self.reload_state = {"last_result": None, "last_error": None, "last_success_time": None,
@@ -136,9 +137,40 @@ class Daemon:
             found = self.programmer.adopt()
             log.info("datapath_adopted pin_dir=%s vips=%d conntrack_entries=%d", pin_dir, found,
                      len(self.datapath.conntrack_snapshot()))
+            self._pinned_health = self._read_pinned_health()
         else:
             log.info("datapath_created pin_dir=%s", pin_dir)
         self._stale_pins = stale
+
+    def _read_pinned_health(self) -> dict:
+        """The last verdict of every health-checked backend, from the adopted
+        backend entries: ACTIVE -> UP, DOWN -> DOWN (draining says nothing
+        about health: such a backend starts unchecked). Without this a
+        restart trusted every backend until its first checks, and one that
+        was down went back into the table for a few seconds (#11).
+
+        DOWN may also have been an unresolved MAC rather than a failing
+        check; starting it DOWN then costs `rise` passing checks, never a
+        connection sent to a dead backend."""
+        restored = {}
+        for vip in self.config.vips:
+            if vip.health is None:
+                continue
+            for backend in vip.backends:
+                backend_id = self.programmer.backend_id((vip.address, vip.port, vip.proto_number),
+                                                        backend.address)
+                if not backend_id:
+                    continue  # new in this config: not checked yet
+                state = {ACTIVE: HealthState.UP, DOWN: HealthState.DOWN}.get(
+                    self.datapath.backend(backend_id).state)
+                if state is not None:
+                    restored[(vip.name, str(backend.address))] = state
+        for key, state in restored.items():
+            log.info("health_restored target=%s state=%s source=pinned_maps need=%s", format_key(key),
+                     state.value, "rise_passing_checks" if state is HealthState.DOWN else "fall_failures")
+        log.info("health_restored_summary up=%d down=%d", sum(s is HealthState.UP for s in restored.values()),
+                 sum(s is HealthState.DOWN for s in restored.values()))
+        return restored
 
     def _ipip_forwarding(self) -> None:
         """bpf_fib_lookup() refuses to route when IP forwarding is off on the
@@ -156,11 +188,14 @@ class Daemon:
                 except OSError as err:
                     log.warning("forwarding_not_set interface=%s error=%s", interface.name, err)
 
-    async def _resolve(self) -> None:
-        dsr = {b.address for v in self.config.vips if v.mode == "dsr" for b in v.backends}
-        ipip = {b.address for v in self.config.vips if v.mode == "ipip" for b in v.backends}
+    async def _resolutions(self, config: Config) -> dict:
+        dsr = {b.address for v in config.vips if v.mode == "dsr" for b in v.backends}
+        ipip = {b.address for v in config.vips if v.mode == "ipip" for b in v.backends}
         loop = asyncio.get_running_loop()
-        resolutions = await loop.run_in_executor(None, self.resolver.resolve_all, dsr, ipip)
+        return await loop.run_in_executor(None, self.resolver.resolve_all, dsr, ipip)
+
+    async def _resolve(self) -> None:
+        resolutions = await self._resolutions(self.config)
         for address, resolved in resolutions.items():
             previous = self.resolutions.get(address)
             if not resolved.ok and (previous is None or previous.ok):
@@ -183,7 +218,7 @@ class Daemon:
     def _health_up(self, vip, backend) -> bool:
         if vip.health is None or self.health is None:
             return True
-        return self.health.is_up((vip.name, str(backend.address)))
+        return self.health.is_up((vip.name, str(backend.address)))  # not checked yet: up
 
     async def _apply(self, config: Config, only_vip: str | None = None) -> list[VipResult]:
         """Plan and write. With only_vip (a health change), only that VIP is
@@ -226,7 +261,9 @@ class Daemon:
         self._ipip_forwarding()
         await self._resolve()
         self.health = HealthChecker(self._on_health_change, self._on_health_result)
-        self.health.set_targets(self._health_targets(self.config))
+        # the first apply already uses the last verdicts, so a restart puts
+        # no backend that was down back into the table
+        self.health.set_targets(self._health_targets(self.config), initial=self._pinned_health)
         results = await self._apply(self.config)
         self._log_results("initial", results)
         # pyroute2 runs an asyncio loop of its own: keep it off ours
@@ -352,9 +389,20 @@ class Daemon:
                      r.action, r.moved_share, r.fingerprint)
 
     async def diff(self, path: str) -> dict:
-        """What applying `path` would move, per VIP (for `lbd check --diff`)."""
+        """What applying `path` would move, per VIP (for `lbd check --diff`).
+
+        Planned from what a reload would plan from: the health states
+        set_targets would leave (a backend the checker does not track yet
+        starts unchecked, INIT, which is up: it enters the table) and the new
+        file's backends resolved, as _reload resolves them."""
         new = config_mod.load_config(path)
-        plans, _ = plans_for(new, self._health_up, self.resolutions)
+        states = self.health.states_after(self._health_targets(new))
+        resolutions = await self._resolutions(new)
+
+        def health_up(vip, backend) -> bool:
+            return vip.health is None or states[(vip.name, str(backend.address))].is_up
+
+        plans, _ = plans_for(new, health_up, resolutions)
         return {"refused": config_mod.boot_only_changes(self.config, new),
                 "vips": [r.__dict__ for r in self.programmer.preview(plans)]}
 

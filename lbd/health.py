@@ -24,11 +24,14 @@ State rules (rise and fall are consecutive counts, both >= 1):
     RISING  --failure-->         DOWN     RISING  --rise successes--> UP
 
 INIT, UP and FALLING count as up for traffic; RISING and DOWN do not. INIT
-counts as up on purpose: after a start or reload, before any check has
-answered, lbd must not blackhole a VIP whose backends are fine, so a backend
-is trusted until `fall` consecutive failures prove otherwise. Flapping keeps
-the last verdict: alternating results hold UP/FALLING up, DOWN/RISING down,
-and INIT in INIT (still up).
+counts as up on purpose: a backend lbd has never checked (a new one, or one
+whose check changed), before any check has answered, must not blackhole a
+VIP whose backends are fine, so it is trusted until `fall` consecutive
+failures prove otherwise. A restart is different: lbd knows each backend's
+last verdict from the pinned maps, and a target can start from it (UP or
+DOWN, see `HealthChecker.set_targets`), so a backend that was down stays
+out until `rise` checks pass. Flapping keeps the last verdict: alternating
+results hold UP/FALLING up, DOWN/RISING down, and INIT in INIT (still up).
 """
 from __future__ import annotations
 
@@ -89,14 +92,16 @@ class Transition:
 class HealthTracker:
     """Turns consecutive check results into a HealthState (see module doc)."""
 
-    def __init__(self, rise: int, fall: int) -> None:
+    def __init__(self, rise: int, fall: int, initial: HealthState = HealthState.INIT) -> None:
+        if initial not in (HealthState.INIT, HealthState.UP, HealthState.DOWN):
+            raise ValueError(f"initial: must be INIT, UP or DOWN, got {initial!r}")
         if rise < 1:
             raise ValueError(f"rise: must be >= 1, got {rise!r}")
         if fall < 1:
             raise ValueError(f"fall: must be >= 1, got {fall!r}")
         self.rise = rise
         self.fall = fall
-        self.state = HealthState.INIT
+        self.state = initial  # UP or DOWN: a verdict carried over a restart
         self.successes = 0  # consecutive, reset by a failure
         self.failures = 0  # consecutive, reset by a success
 
@@ -388,20 +393,24 @@ class HealthChecker:
         # waits for them too, so none outlives the checker.
         self._retiring: set[asyncio.Task[None]] = set()
 
-    def set_targets(self, targets: Mapping[TargetKey, CheckSpec]) -> None:
+    def set_targets(self, targets: Mapping[TargetKey, CheckSpec],
+                    initial: Mapping[TargetKey, HealthState] | None = None) -> None:
         """Make `targets` the set being checked (start, config reload).
 
-        New keys start at INIT; removed keys stop. A key whose spec is equal
-        keeps its state and its running task, so a reload never turns a DOWN
-        backend back into a trusted INIT one. When only interval_s/timeout_s
-        changed, the state is kept too (the same thing is being checked) and
-        the task restarts with the new timing. Any other change (type,
-        address, port, path, expect_status, rise, fall) is a different check
-        whose past results prove nothing, so the target restarts at INIT.
+        New keys start at INIT, or at `initial[key]` (UP or DOWN: the last
+        verdict, which the daemon reads back from the pinned maps at start);
+        removed keys stop. A key whose spec is equal keeps its state and its
+        running task, so a reload never turns a DOWN backend back into a
+        trusted INIT one. When only interval_s/timeout_s changed, the state is
+        kept too (the same thing is being checked) and the task restarts with
+        the new timing. Any other change (type, address, port, path,
+        expect_status, rise, fall) is a different check whose past results
+        prove nothing, so the target restarts at INIT.
         Must be called from the loop's thread with the loop running.
         """
         if self._stopped:
             raise RuntimeError("HealthChecker is stopped")
+        initial = initial or {}
         for key in self._targets.keys() - targets.keys():
             self._cancel(self._targets.pop(key))
         for key, spec in targets.items():
@@ -415,18 +424,31 @@ class HealthChecker:
             else:
                 if current is not None:
                     self._cancel(current)
-                target = _Target(key, spec, HealthTracker(spec.rise, spec.fall))
+                start = initial.get(key, HealthState.INIT) if current is None else HealthState.INIT
+                target = _Target(key, spec, HealthTracker(spec.rise, spec.fall, start))
                 self._targets[key] = target
             target.task = asyncio.get_running_loop().create_task(
                 self._run(target), name=f"health:{format_key(key)}"
             )
 
+    def states_after(self, targets: Mapping[TargetKey, CheckSpec]) -> dict[TargetKey, HealthState]:
+        """The state each target would have right after set_targets(targets),
+        changing nothing: what a reload would start from (`lbd check --diff`)."""
+        states = {}
+        for key, spec in targets.items():
+            current = self._targets.get(key)
+            keeps = current is not None and current.spec.same_check(spec)
+            states[key] = current.tracker.state if keeps else HealthState.INIT
+        return states
+
     def state(self, key: TargetKey) -> HealthState:
-        """The target's state; KeyError if it is not a target."""
-        return self._targets[key].tracker.state
+        """The target's state; INIT (not checked yet) for a key that is not a
+        target, which is how set_targets would start it."""
+        target = self._targets.get(key)
+        return target.tracker.state if target is not None else HealthState.INIT
 
     def is_up(self, key: TargetKey) -> bool:
-        return self._targets[key].tracker.is_up
+        return self.state(key).is_up
 
     def keys(self) -> list[TargetKey]:
         return list(self._targets)

@@ -8,25 +8,50 @@ root and the optional control.group): everything above plus the calls that
 change state or reveal flows: POST /reload, GET and POST /explain, POST
 /diff, POST /drain and /undrain (BGP), POST /teardown. Nothing that changes
 state is reachable over TCP.
+
+Every error is a JSON object {"error": "..."} whose message says what failed;
+an unexpected exception is logged with its traceback and named with its type,
+never answered as its bare text (a KeyError's text is just the key).
 """
 from __future__ import annotations
 
 import asyncio
 import grp
 import json
+import logging
 import os
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from lbd.config import ConfigError
+
 if TYPE_CHECKING:
     from lbd.daemon import Daemon
+
+
+log = logging.getLogger("lbd.http")
 
 
 def _json(data, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(data, indent=2, default=str) + "\n", status=status,
                         content_type="application/json")
+
+
+@web.middleware
+async def _json_errors(request: web.Request, handler):
+    """Whatever goes wrong in a handler, the caller gets JSON that says what."""
+    try:
+        return await handler(request)
+    except web.HTTPException as err:
+        if err.status < 400:
+            raise
+        return _json({"error": f"{request.method} {request.path}: {err.reason}"}, err.status)
+    except Exception as err:
+        log.exception("request_failed method=%s path=%s", request.method, request.path)
+        return _json({"error": f"{request.method} {request.path} failed inside lbd: "
+                               f"{type(err).__name__}: {err} (lbd's log has the traceback)"}, 500)
 
 
 def _read_routes(daemon: "Daemon") -> list:
@@ -78,10 +103,13 @@ def _control_routes(daemon: "Daemon") -> list:
         return handler
 
     async def diff(request):
-        body = await request.json()
         try:
-            return _json(await daemon.diff(body["path"]))
-        except Exception as err:  # ConfigError and friends: the operator reads the message
+            path = (await request.json())["path"]
+        except (ValueError, KeyError, TypeError):
+            return _json({"error": 'diff needs a JSON body {"path": "/absolute/path/of/the/file.yaml"}'}, 400)
+        try:
+            return _json(await daemon.diff(path))
+        except ConfigError as err:  # file, line, field and value: the operator reads the message
             return _json({"error": str(err)}, 400)
 
     async def teardown(_request):
@@ -97,11 +125,20 @@ def _control_routes(daemon: "Daemon") -> list:
             web.post("/undrain", drain(False))]
 
 
+def public_app(daemon: "Daemon") -> web.Application:
+    app = web.Application(middlewares=[_json_errors])
+    app.add_routes(_read_routes(daemon))
+    return app
+
+
+def control_app(daemon: "Daemon") -> web.Application:
+    app = web.Application(middlewares=[_json_errors])
+    app.add_routes(_read_routes(daemon) + _control_routes(daemon))
+    return app
+
+
 async def serve(daemon: "Daemon") -> list[web.AppRunner]:
-    public = web.Application()
-    public.add_routes(_read_routes(daemon))
-    control = web.Application()
-    control.add_routes(_read_routes(daemon) + _control_routes(daemon))
+    public, control = public_app(daemon), control_app(daemon)
     runners = []
 
     runner = web.AppRunner(public, access_log=None)

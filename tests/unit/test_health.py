@@ -601,3 +601,107 @@ def test_first_checks_are_spread_over_the_interval():
     # Uniform jitter: a quarter of 40 targets in each quarter of the interval,
     # give or take; all at once would put them all in the first quarter.
     assert sum(1 for o in offsets if o < interval_s / 4) < 25
+
+
+# --- the last verdict carried over a restart ------------------------------------
+
+
+@pytest.mark.parametrize("initial, results, expected", [
+    # pinned down: stays out until `rise` checks pass (rise 2, fall 3)
+    (S.DOWN, "", ""),
+    (S.DOWN, "S", "RISING"),
+    (S.DOWN, "SS", "RISING UP"),
+    (S.DOWN, "SFSS", "RISING DOWN RISING UP"),
+    # pinned up: stays in until `fall` checks fail
+    (S.UP, "FF", "FALLING FALLING"),
+    (S.UP, "FFF", "FALLING FALLING DOWN"),
+    (S.UP, "S", "UP"),
+])
+def test_tracker_starts_from_a_known_verdict(initial, results, expected):
+    tracker = HealthTracker(2, 3, initial)
+    assert tracker.state is initial and tracker.is_up == (initial is S.UP)
+    states = []
+    for r in results:
+        tracker.record(r == "S")
+        states.append(tracker.state.value)
+    assert " ".join(states) == expected
+
+
+@pytest.mark.parametrize("initial", [S.RISING, S.FALLING])
+def test_tracker_starts_only_from_a_verdict(initial):
+    with pytest.raises(ValueError, match="initial: must be INIT, UP or DOWN"):
+        HealthTracker(2, 3, initial)
+
+
+def test_unknown_target_is_not_checked_yet():
+    # lbd check --diff asks about backends a reload would add: they are INIT
+    # (trusted until proven down), never a KeyError
+    async def main():
+        checker = HealthChecker(lambda *a: None)
+        try:
+            return checker.state(("web", "198.18.7.26")), checker.is_up(("web", "198.18.7.26"))
+        finally:
+            await checker.stop()
+
+    assert run(main()) == (S.INIT, True)
+
+
+def test_set_targets_starts_new_targets_from_initial_and_keeps_known_ones():
+    async def main():
+        server = await HttpServer().start()
+        refused = refusing_port()
+        dead = refused.getsockname()[1]
+        rec = Recorder()
+        checker = HealthChecker(rec.on_change, rec.on_result)
+        slow = dict(interval_s=5.0, timeout_s=0.2)  # no check answers during the test's first part
+        try:
+            checker.set_targets({"was-down": fast_spec(server.port, **slow),
+                                 "was-up": fast_spec(dead, **slow),
+                                 "new": fast_spec(server.port, **slow)},
+                                initial={"was-down": S.DOWN, "was-up": S.UP})
+            started = {k: checker.state(k) for k in checker.keys()}
+            # a reload later: initial applies to new targets only
+            checker.set_targets({"was-down": fast_spec(server.port, **slow),
+                                 "was-up": fast_spec(dead, **slow),
+                                 "new": fast_spec(server.port, **slow)},
+                                initial={"was-down": S.UP, "was-up": S.DOWN, "new": S.DOWN})
+            reloaded = {k: checker.state(k) for k in checker.keys()}
+            # then real checks: DOWN needs rise passes, UP needs fall failures
+            checker.set_targets({"was-down": fast_spec(server.port), "was-up": fast_spec(dead)})
+            await rec.wait_for(lambda: checker.state("was-down") is S.UP and checker.state("was-up") is S.DOWN,
+                               3.0)
+            return started, reloaded, rec
+        finally:
+            await checker.stop()
+            await server.stop()
+            refused.close()
+
+    started, reloaded, rec = run(main())
+    assert started == {"was-down": S.DOWN, "was-up": S.UP, "new": S.INIT}
+    assert reloaded == started
+    assert rec.transitions("was-down") == [("DOWN", "RISING"), ("RISING", "UP")]
+    assert rec.transitions("was-up") == [("UP", "FALLING"), ("FALLING", "DOWN")]
+
+
+def test_states_after_predicts_set_targets():
+    async def main():
+        refused = refusing_port()
+        dead = refused.getsockname()[1]
+        rec = Recorder()
+        checker = HealthChecker(rec.on_change, rec.on_result)
+        try:
+            checker.set_targets({k: fast_spec(dead) for k in ("kept", "retimed", "repathed", "removed")})
+            await rec.wait_for(lambda: all(checker.state(k) is S.DOWN for k in checker.keys()), 3.0)
+            reload = {"kept": fast_spec(dead), "retimed": fast_spec(dead, interval_s=0.07),
+                      "repathed": fast_spec(dead, "http", path="/other"), "added": fast_spec(dead)}
+            predicted = checker.states_after(reload)
+            unchanged = {k: checker.state(k) for k in checker.keys()}
+            checker.set_targets(reload)
+            return predicted, unchanged, {k: checker.state(k) for k in checker.keys()}
+        finally:
+            await checker.stop()
+            refused.close()
+
+    predicted, unchanged, actual = run(main())
+    assert predicted == actual == {"kept": S.DOWN, "retimed": S.DOWN, "repathed": S.INIT, "added": S.INIT}
+    assert set(unchanged) == {"kept", "retimed", "repathed", "removed"}, "states_after changes nothing"

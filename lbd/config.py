@@ -39,6 +39,7 @@ BOOT_ONLY = (
     "limits.max_backends",
     "limits.ring_size",
     "limits.conntrack_size",
+    "limits.conntrack_udp_size",
 )
 
 
@@ -217,6 +218,7 @@ class Limits(_Model):
     max_backends: Annotated[int, _int_in(2, 1 << 24)] = constant("LBD_MAX_BACKENDS")
     ring_size: Annotated[int, PlainValidator(_ring_size)] = constant("LBD_RING_SIZE")
     conntrack_size: Annotated[int, _int_in(1024, 1 << 30)] = constant("LBD_CT_SIZE")
+    conntrack_udp_size: Annotated[int, _int_in(1024, 1 << 30)] = constant("LBD_CT_UDP_SIZE")
 
 
 class HealthCheck(_Model):

@@ -31,6 +31,7 @@ _ATTACHED_MODE = {1: "native", 2: "generic", 3: "offload", "xdp": "native",
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 C = layout.constant
+TCP = 6  # IPPROTO_TCP: its flows have their own connection table
 
 
 def addr_words(address: IPAddress) -> tuple[int, int, int, int]:
@@ -80,10 +81,12 @@ class Limits:
     max_backends: int = C("LBD_MAX_BACKENDS")
     ring_size: int = C("LBD_RING_SIZE")
     conntrack_size: int = C("LBD_CT_SIZE")
+    conntrack_udp_size: int = C("LBD_CT_UDP_SIZE")
 
     def cflags(self) -> list[str]:
         return [f"-DLBD_MAX_VIPS={self.max_vips}", f"-DLBD_MAX_BACKENDS={self.max_backends}",
-                f"-DLBD_RING_SIZE={self.ring_size}", f"-DLBD_CT_SIZE={self.conntrack_size}"]
+                f"-DLBD_RING_SIZE={self.ring_size}", f"-DLBD_CT_SIZE={self.conntrack_size}",
+                f"-DLBD_CT_UDP_SIZE={self.conntrack_udp_size}"]
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,7 @@ class Datapath:
         self.backends = self.bpf[b"backends"]
         self.rings = self.bpf[b"rings"]
         self.conntrack = self.bpf[b"conntrack"]
+        self.conntrack_udp = self.bpf[b"conntrack_udp"]
         self.settings = self.bpf[b"settings"]
         self.nexthops = self.bpf[b"nexthops"]
         self.vip_stats = self.bpf[b"vip_stats"]
@@ -299,14 +303,32 @@ class Datapath:
         key.family = family_of(src)
         return key
 
+    def flow_table(self, proto: int):
+        """The connection table of a protocol: TCP and UDP have one each."""
+        return self.conntrack if proto == TCP else self.conntrack_udp
+
     def lookup_flow(self, src, dst, sport, dport, proto) -> tuple[int, int] | None:
         """(backend id, generation) the connection table holds for a flow."""
-        entry = self.conntrack.get(self.flow_key(src, dst, sport, dport, proto))
+        entry = self.flow_table(proto).get(self.flow_key(src, dst, sport, dport, proto))
         return None if entry is None else (entry.backend_id, entry.generation)
 
+    def forget_flow(self, src, dst, sport, dport, proto) -> bool:
+        """Remove a flow's entry, as the LRU does when it evicts it."""
+        try:
+            del self.flow_table(proto)[self.flow_key(src, dst, sport, dport, proto)]
+        except KeyError:
+            return False
+        return True
+
+    def clear_flows(self) -> None:
+        self.conntrack.clear()
+        self.conntrack_udp.clear()
+
     def conntrack_snapshot(self) -> dict[bytes, tuple[int, int]]:
-        """Every connection-table entry, keyed by the raw key bytes."""
-        return {bytes(k): (v.backend_id, v.generation) for k, v in self.conntrack.items()}
+        """Every entry of both connection tables, keyed by the raw key bytes
+        (the key holds the protocol, so TCP and UDP keys never collide)."""
+        return {bytes(k): (v.backend_id, v.generation)
+                for table in (self.conntrack, self.conntrack_udp) for k, v in table.items()}
 
     # --- counters -------------------------------------------------------------
     @staticmethod

@@ -84,6 +84,42 @@ static __always_inline int lbd_backend_usable(const struct lbd_backend *be, __u3
 	       (be->state == LBD_BACKEND_ACTIVE || be->state == LBD_BACKEND_DRAINING);
 }
 
+/* TCP and UDP entries live in tables of their own (maps.h says why). */
+static __always_inline struct lbd_flow_entry *lbd_flow_lookup(struct lbd_flow_key *flow)
+{
+	if (flow->proto == IPPROTO_TCP)
+		return conntrack.lookup(flow);
+	return conntrack_udp.lookup(flow);
+}
+
+static __always_inline void lbd_flow_insert(struct lbd_global_stats *gs,
+					    struct lbd_flow_key *flow,
+					    struct lbd_flow_entry *entry)
+{
+	if (flow->proto == IPPROTO_TCP) {
+		conntrack.update(flow, entry);
+		gs->ct_inserts_tcp++;
+	} else {
+		conntrack_udp.update(flow, entry);
+		gs->ct_inserts_udp++;
+	}
+}
+
+/* The VIP's table's backend for `hash`, if it takes new flows (else NULL). */
+static __always_inline struct lbd_backend *lbd_table_backend(__u32 vip_id, __u32 hash,
+							      __u32 *backend_id)
+{
+	struct lbd_backend *be;
+
+	*backend_id = lbd_ring_pick(vip_id, hash);
+	if (*backend_id == LBD_NO_BACKEND)
+		return NULL;
+	be = backends.lookup(backend_id);
+	if (!be || be->state != LBD_BACKEND_ACTIVE)
+		return NULL;
+	return be;
+}
+
 /* Send the (unchanged) packet to the backend's MAC: L2 direct server return. */
 static __always_inline int lbd_forward_dsr(struct xdp_md *ctx, const struct lbd_backend *be)
 {
@@ -97,12 +133,41 @@ static __always_inline int lbd_forward_dsr(struct xdp_md *ctx, const struct lbd_
 	__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
 	if (be->ifindex == 0 || be->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
+	/* A redirect that fails does so after the program returns (in the
+	 * driver), where only the kernel sees it: `ip -s link` xdp counters,
+	 * the xdp:xdp_redirect_err tracepoint. */
 	return bpf_redirect(be->ifindex, 0);
+}
+
+/* RFC 1122 3.2.2 and RFC 4443 2.4(e): no ICMP error about an ICMP error, a
+ * non-first fragment, a frame to a link-layer multicast or broadcast
+ * address, or a packet whose source is not one host. */
+static __always_inline int lbd_may_answer_with_icmp(struct xdp_md *ctx, const struct lbd_packet *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	const __u8 *src = (const __u8 *)pkt->flow.src;
+
+	if (pkt->no_icmp_error)
+		return 0;
+	if ((void *)(eth + 1) > data_end || (eth->h_dest[0] & 1))
+		return 0;
+	if (pkt->flow.family == LBD_FAMILY_V4)
+		/* 0/8 "this network", 127/8 loopback, 224/4 multicast, 240/4 and broadcast */
+		return src[0] != 0 && src[0] != 127 && src[0] < 224;
+	if (src[0] == 0xff) /* multicast */
+		return 0;
+	/* :: and ::1 */
+	return pkt->flow.src[0] || pkt->flow.src[1] || pkt->flow.src[2] ||
+	       (pkt->flow.src[3] && pkt->flow.src[3] != bpf_htonl(1));
 }
 
 static __always_inline int lbd_too_big(struct xdp_md *ctx, struct lbd_global_stats *gs,
 				       const struct lbd_packet *pkt, __u32 mtu)
 {
+	if (!lbd_may_answer_with_icmp(ctx, pkt))
+		return lbd_drop(gs, LBD_DROP_TOO_BIG);
 	gs->icmp_too_big_sent++;
 	return lbd_verdict(gs, lbd_reply_too_big(ctx, pkt, mtu - lbd_outer_len(pkt)));
 }
@@ -203,16 +268,32 @@ static __always_inline struct lbd_addr_info *lbd_addr_lookup(const struct lbd_fl
 	return addrs.lookup(&key);
 }
 
+/* A packet to a VIP address, any protocol: for packets whose L4 header
+ * cannot be trusted, so their protocol cannot pick the VIP. */
+static __always_inline int lbd_is_vip_address(const struct lbd_flow_key *flow)
+{
+	struct lbd_addr_key key = {};
+
+	__builtin_memcpy(key.addr, flow->dst, sizeof(key.addr));
+	key.family = flow->family;
+	key.proto = IPPROTO_TCP;
+	if (addrs.lookup(&key))
+		return 1;
+	key.proto = IPPROTO_UDP;
+	return addrs.lookup(&key) != NULL;
+}
+
 /* An ICMP too-big error about a VIP flow goes to the backend of that flow,
- * found the way the flow's own packets find it (without placing a new flow). */
+ * found the way the flow's own non-SYN packets find it (its entry while its
+ * backend is usable, else the table), without making an entry. */
 static __always_inline int lbd_handle_icmp(struct xdp_md *ctx, struct lbd_global_stats *gs,
-					   const struct lbd_packet *pkt)
+					   struct lbd_packet *pkt)
 {
 	struct lbd_flow_key flow = {};
 	struct lbd_addr_info *addr;
 	struct lbd_vip_info *vip;
 	struct lbd_flow_entry *entry;
-	struct lbd_backend *be;
+	struct lbd_backend *be = NULL;
 	__u32 backend_id, hash;
 
 	if (lbd_icmp_inner_flow(pkt, (void *)(long)ctx->data_end, &flow))
@@ -228,12 +309,19 @@ static __always_inline int lbd_handle_icmp(struct xdp_md *ctx, struct lbd_global
 	if (!vip)
 		return lbd_verdict(gs, XDP_PASS);
 	hash = lbd_hash_for(&flow, vip->flags);
-	entry = conntrack.lookup(&flow);
-	backend_id = entry ? entry->backend_id : lbd_ring_pick(vip->vip_id, hash);
-	be = backends.lookup(&backend_id);
-	if (!be || backend_id == LBD_NO_BACKEND || be->state == LBD_BACKEND_EMPTY)
+	entry = lbd_flow_lookup(&flow);
+	if (entry) {
+		backend_id = entry->backend_id;
+		be = backends.lookup(&backend_id);
+		if (be && !lbd_backend_usable(be, entry->generation))
+			be = NULL;
+	}
+	if (!be)
+		be = lbd_table_backend(vip->vip_id, hash, &backend_id);
+	if (!be)
 		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
 	gs->icmp_to_backend++;
+	pkt->no_icmp_error = 1; /* never an ICMP error about an ICMP error */
 	return lbd_forward(ctx, gs, pkt, backend_id, be, vip->flags, hash);
 }
 
@@ -249,9 +337,8 @@ static __always_inline int lbd_handle_fragment(struct xdp_md *ctx, struct lbd_gl
 	if (!(addr->flags & LBD_ADDR_FRAG_VIP))
 		return lbd_drop(gs, LBD_DROP_FRAGMENT);
 	hash = lbd_client_hash(&pkt->flow);
-	backend_id = lbd_ring_pick(addr->frag_vip_id, hash);
-	be = backends.lookup(&backend_id);
-	if (!be || backend_id == LBD_NO_BACKEND || be->state != LBD_BACKEND_ACTIVE)
+	be = lbd_table_backend(addr->frag_vip_id, hash, &backend_id);
+	if (!be)
 		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
 	gs->fragments_forwarded++;
 	return lbd_forward(ctx, gs, pkt, backend_id, be, addr->frag_vip_flags, hash);
@@ -281,35 +368,51 @@ int lbd_balancer(struct xdp_md *ctx)
 	struct lbd_vip_stats *vs;
 	struct lbd_backend *be;
 	__u32 zero = 0, backend_id, vip_id, vip_flags, hash;
-	int parsed, moved = 0;
+	int parsed, moved = 0, syn, stateless;
 
 	gs = global_stats.lookup(&zero);
 	if (!gs)
 		return XDP_PASS;
 	parsed = lbd_parse(&pkt, data, data_end);
-	if (parsed == LBD_NOT_IP || !lbd_maybe_vip(pkt.flow.dst))
+	if (parsed == LBD_NOT_IP || parsed == LBD_PARSED_OTHER || !lbd_maybe_vip(pkt.flow.dst))
 		return lbd_verdict(gs, XDP_PASS);
 	if (parsed == LBD_PARSED_ICMP)
 		return lbd_handle_icmp(ctx, gs, &pkt);
-	if (parsed != LBD_PARSED_L4) {
-		/* no ports to look a VIP up by: is the address a VIP address? */
+	if (parsed == LBD_PARSED_FRAGMENT) {
 		addr = lbd_addr_lookup(&pkt.flow);
 		if (!addr)
 			return lbd_verdict(gs, XDP_PASS);
-		if (parsed == LBD_PARSED_FRAGMENT)
-			return lbd_handle_fragment(ctx, gs, &pkt, addr);
-		return lbd_drop(gs, LBD_DROP_MALFORMED);
+		return lbd_handle_fragment(ctx, gs, &pkt, addr);
 	}
+	if (parsed != LBD_PARSED_L4) {
+		/* no trustworthy ports or protocol: is the address a VIP address? */
+		if (!lbd_is_vip_address(&pkt.flow))
+			return lbd_verdict(gs, XDP_PASS);
+		return lbd_drop(gs, parsed == LBD_PARSED_EXT_CHAIN ? LBD_DROP_IPV6_EXT_CHAIN :
+				    LBD_DROP_MALFORMED);
+	}
+
+	/* A SYN opens a connection; an RST ends one: neither proves a flow real,
+	 * so neither makes an entry (a SYN flood leaves no state). The flow's
+	 * entry is made by its first other packet (the handshake's ACK), which
+	 * the unchanged table sends where its SYN went. */
+	syn = pkt.flow.proto == IPPROTO_TCP &&
+	      (pkt.tcp_flags & (LBD_TCP_SYN | LBD_TCP_ACK)) == LBD_TCP_SYN;
+	stateless = syn || (pkt.flow.proto == IPPROTO_TCP && (pkt.tcp_flags & LBD_TCP_RST));
 
 	/* An established flow: its backend entry carries the VIP's id and flags,
 	 * so the VIP lookup is skipped. A removed VIP's backends are emptied by
 	 * the same apply that removes it, and a backend id reused for another
 	 * VIP has a new generation, so a stale entry never leads elsewhere. */
-	entry = conntrack.lookup(&pkt.flow);
+	entry = lbd_flow_lookup(&pkt.flow);
 	if (entry) {
 		backend_id = entry->backend_id;
 		be = backends.lookup(&backend_id);
-		if (be && lbd_backend_usable(be, entry->generation)) {
+		/* a SYN follows only a backend that takes new flows: a retransmitted
+		 * SYN stays with its connection, a new one never joins a drained
+		 * backend through an old connection's entry */
+		if (be && lbd_backend_usable(be, entry->generation) &&
+		    (!syn || be->state == LBD_BACKEND_ACTIVE)) {
 			vip_id = be->vip_id;
 			vip_flags = be->vip_flags;
 			lbd_count_vip(vip_id, pkt.frame_len);
@@ -319,31 +422,41 @@ int lbd_balancer(struct xdp_md *ctx)
 			       lbd_hash_for(&pkt.flow, vip_flags) : 0;
 			return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash);
 		}
-		moved = 1; /* its backend was removed or failed: place it again */
+		if (syn) {
+			/* a new connection on an old 4-tuple: its ACK must meet the
+			 * SYN's backend, not the old entry's */
+			conntrack.delete(&pkt.flow);
+			gs->ct_removed_by_syn++;
+		} else {
+			moved = 1; /* its backend was removed or failed: place it again */
+		}
 	}
 
 	vip = lbd_vip_lookup(&pkt.flow, LBD_ADDR_ANY_VIP);
 	if (!vip)
 		return lbd_verdict(gs, XDP_PASS);
+	if (!entry)
+		gs->ct_misses++;
 	vip_id = vip->vip_id;
 	vip_flags = vip->flags;
 	vs = lbd_count_vip(vip_id, pkt.frame_len);
-	if (!moved)
-		gs->ct_misses++;
 
 	hash = lbd_hash_for(&pkt.flow, vip_flags);
-	backend_id = lbd_ring_pick(vip_id, hash);
-	be = backends.lookup(&backend_id);
-	if (!be || backend_id == LBD_NO_BACKEND || be->state != LBD_BACKEND_ACTIVE)
+	be = lbd_table_backend(vip_id, hash, &backend_id);
+	if (!be)
 		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
-	placed.backend_id = backend_id;
-	placed.generation = be->generation;
-	conntrack.update(&pkt.flow, &placed);
-	if (vs) {
-		if (moved)
-			vs->rescheduled++;
-		else
-			vs->new_flows++;
+	if (stateless) {
+		gs->stateless_forwards++;
+	} else {
+		placed.backend_id = backend_id;
+		placed.generation = be->generation;
+		lbd_flow_insert(gs, &pkt.flow, &placed);
+		if (vs) {
+			if (moved)
+				vs->rescheduled++;
+			else
+				vs->new_flows++;
+		}
 	}
 	return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash);
 }

@@ -30,6 +30,7 @@ static __always_inline int lbd_icmp_inner_flow(const struct lbd_packet *pkt, voi
 					       struct lbd_flow_key *flow)
 {
 	__u8 *icmp = pkt->l4;
+	__u32 quoted = pkt->l3_len - pkt->l4_off - LBD_ICMP_HDR_LEN; /* parse.h: >= 0 */
 	__u16 *ports;
 
 	if ((void *)(icmp + LBD_ICMP_HDR_LEN) > data_end)
@@ -41,6 +42,9 @@ static __always_inline int lbd_icmp_inner_flow(const struct lbd_packet *pkt, voi
 		    icmp[1] != LBD_ICMP_FRAG_NEEDED_CODE)
 			return -1;
 		if ((void *)(inner + 1) > data_end || inner->ihl < 5)
+			return -1;
+		/* the quoted header and ports lie inside the ICMP packet */
+		if (inner->ihl * 4 + 4 > quoted)
 			return -1;
 		ports = (void *)inner + inner->ihl * 4;
 		if ((void *)(ports + 2) > data_end)
@@ -54,7 +58,7 @@ static __always_inline int lbd_icmp_inner_flow(const struct lbd_packet *pkt, voi
 
 		if (pkt->flow.proto != IPPROTO_ICMPV6 || icmp[0] != LBD_ICMPV6_PKT_TOOBIG)
 			return -1;
-		if ((void *)(inner + 1) > data_end)
+		if ((void *)(inner + 1) > data_end || sizeof(*inner) + 4 > quoted)
 			return -1;
 		ports = (void *)(inner + 1);
 		if ((void *)(ports + 2) > data_end)
@@ -96,7 +100,7 @@ static __always_inline int lbd_reply_too_big(struct xdp_md *ctx, const struct lb
 	__u8 *icmp;
 	__u64 sum;
 
-	if (pkt->l3 + quote > data_end)
+	if (pkt->l3_len < quote || pkt->l3 + quote > data_end)
 		return XDP_DROP;
 	if ((void *)(eth + 1) > data_end)
 		return XDP_DROP;

@@ -15,7 +15,7 @@
 
 /* Bumped whenever a pinned map's key, value or meaning changes: a daemon that
  * finds pinned maps of another version replaces them (and says so). */
-#define LBD_LAYOUT_VERSION 2
+#define LBD_LAYOUT_VERSION 3
 
 #ifndef LBD_MAX_VIPS
 #define LBD_MAX_VIPS 1024          /* VIP ids are 1..LBD_MAX_VIPS-1 */
@@ -27,7 +27,10 @@
 #define LBD_RING_SIZE 65537        /* Maglev table size per VIP: a prime */
 #endif
 #ifndef LBD_CT_SIZE
-#define LBD_CT_SIZE 1048576        /* connection-table entries (all CPUs) */
+#define LBD_CT_SIZE 1048576        /* TCP connection-table entries (all CPUs) */
+#endif
+#ifndef LBD_CT_UDP_SIZE
+#define LBD_CT_UDP_SIZE 262144     /* UDP flows have a table of their own */
 #endif
 #ifndef LBD_NEXTHOP_TTL_NS
 #define LBD_NEXTHOP_TTL_NS 1000000000 /* ipip: how long a cached next hop is used */
@@ -36,6 +39,12 @@
 #define LBD_KERNEL_HZ 100 /* the running kernel's HZ (the loader passes it); the lowest, 100, makes cached next hops expire early, never late */
 #endif
 #define LBD_MAX_ADDRS (2 * LBD_MAX_VIPS)
+
+/* IPv6 extension headers parsed before the upper-layer header: RFC 8200's
+ * recommended order (hop-by-hop, destination options, routing, fragment,
+ * destination options) plus one. A longer chain to a VIP address is dropped
+ * (LBD_DROP_IPV6_EXT_CHAIN). Not overridable: it is a promise of the README. */
+#define LBD_IPV6_MAX_EXT_HDRS 6
 
 /* Prefilter: a bitmap of VIP addresses (xdp/prefilter.h), 1 << LBD_PREFILTER_LOG2
  * bits in LBD_PREFILTER_WORDS 64-bit words. An address's bit is the top
@@ -53,7 +62,7 @@
 /* Id 0 means "none" in the Maglev table and in connection-table entries. */
 #define LBD_NO_BACKEND 0
 
-/* vip_key.kind */
+/* vip_key.family, addr_key.family, flow_key.family, backend.family */
 enum lbd_family {
 	LBD_FAMILY_V4 = 4,
 	LBD_FAMILY_V6 = 6,
@@ -89,7 +98,8 @@ enum lbd_drop_reason {
 	LBD_DROP_NO_NEIGHBOUR,    /* ipip: next hop's MAC not resolved yet */
 	LBD_DROP_FORWARDING_OFF,  /* ipip: IP forwarding disabled on the interface */
 	LBD_DROP_ENCAP_FAILED,    /* ipip: no headroom for the outer header */
-	LBD_DROP_REDIRECT_FAILED, /* backend's interface refused the packet */
+	LBD_DROP_IPV6_EXT_CHAIN,  /* IPv6 chain longer than LBD_IPV6_MAX_EXT_HDRS */
+	LBD_DROP_TOO_BIG,         /* ipip: too big, and RFC 1122/4443 forbid an ICMP error about it */
 	LBD_DROP__MAX,
 };
 
@@ -173,7 +183,7 @@ struct lbd_flow_key {
 	__u16 pad;     /* always 0 (hashed) */
 };
 
-/* Connection-table value. */
+/* Connection-table value (conntrack for TCP, conntrack_udp for UDP). */
 struct lbd_flow_entry {
 	__u32 backend_id;
 	__u32 generation; /* backend's generation when the flow was placed */
@@ -191,7 +201,7 @@ struct lbd_settings {
 struct lbd_vip_stats {
 	__u64 packets;
 	__u64 bytes;
-	__u64 new_flows;   /* connection-table misses that placed a flow */
+	__u64 new_flows;   /* connection-table entries made for flows the table placed */
 	__u64 rescheduled; /* flows moved off a removed or failed backend */
 };
 
@@ -205,8 +215,12 @@ struct lbd_backend_stats {
 struct lbd_global_stats {
 	__u64 actions[LBD_ACT__MAX];  /* enum lbd_action_slot */
 	__u64 drops[LBD_DROP__MAX];   /* enum lbd_drop_reason */
-	__u64 ct_hits;
-	__u64 ct_misses;
+	__u64 ct_hits;                /* packets forwarded by their connection-table entry */
+	__u64 ct_misses;              /* packets to a VIP port whose flow had no entry */
+	__u64 ct_inserts_tcp;         /* entries made (TCP: at a flow's first non-SYN packet) */
+	__u64 ct_inserts_udp;
+	__u64 stateless_forwards;     /* SYNs and RSTs placed by the table, no entry made */
+	__u64 ct_removed_by_syn;      /* a SYN's entry whose backend takes no new flows */
 	__u64 icmp_too_big_sent;      /* ipip: we told a client to lower its MTU */
 	__u64 icmp_to_backend;        /* ICMP errors about a VIP flow forwarded */
 	__u64 fragments_forwarded;    /* client-affinity VIP fragments */

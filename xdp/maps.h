@@ -44,6 +44,10 @@ LBD_MAP("array_of_maps$ring_template", int, int, rings, LBD_MAX_VIPS, 0);
  * loaded), established flows unchanged. The insert still dominates a new
  * flow's cost (cold element memory, the bucket lock with interrupts off). */
 LBD_MAP("lru_hash", struct lbd_flow_key, struct lbd_flow_entry, conntrack, LBD_CT_SIZE, 0);
+/* UDP flows' entries, apart: UDP has no handshake to prove a flow real, so
+ * every first datagram makes an entry, and a UDP flood must evict only UDP
+ * entries, never a TCP connection's. */
+LBD_MAP("lru_hash", struct lbd_flow_key, struct lbd_flow_entry, conntrack_udp, LBD_CT_UDP_SIZE, 0);
 /* ipip: backend id -> cached FIB answer (encap.h), per CPU so no entry is
  * shared between CPUs. Not pinned: a new program starts with an empty cache.
  * 32 bytes x LBD_MAX_BACKENDS per CPU (4 MiB at the default). */

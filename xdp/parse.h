@@ -1,6 +1,12 @@
-/* parse.h: Ethernet (one optional 802.1Q tag), IPv4 (with options), IPv6
- * (with a few extension headers) and the TCP/UDP ports. Every read is
- * preceded by an explicit check against data_end; nothing here writes. */
+/* parse.h: Ethernet (up to two VLAN tags), IPv4 (with options), IPv6 (with
+ * a bounded extension-header chain), the TCP/UDP ports and TCP's flags.
+ *
+ * Two bounds hold for every read: the frame (data_end, which the verifier
+ * needs) and the IP packet as its own header declares it (IPv4 total length,
+ * IPv6 40 + payload length). Bytes after the IP packet (Ethernet padding)
+ * are never read, so a length field that ends before the L4 header makes the
+ * packet malformed instead of having its ports read from the padding.
+ * Nothing here writes. */
 #ifndef LBD_PARSE_H
 #define LBD_PARSE_H
 
@@ -12,50 +18,69 @@
 #ifndef IP_OFFSET
 #define IP_OFFSET 0x1fff
 #endif
-#define LBD_IPV6_MAX_EXT_HDRS 4
+#define LBD_ETH_P_8021AD 0x88A8
+#define LBD_TCP_FIN 0x01
+#define LBD_TCP_SYN 0x02
+#define LBD_TCP_RST 0x04
+#define LBD_TCP_ACK 0x10
 
 /* How far parsing got. Only LBD_PARSED_L4 and LBD_PARSED_FRAGMENT are
  * forwardable; the others tell the caller whether a VIP address was involved. */
 enum lbd_parse_result {
 	LBD_NOT_IP = 0,       /* not IPv4/IPv6, or IP header cut short: pass */
-	LBD_PARSED_L3_BAD,    /* addresses read, but the header is inconsistent */
-	LBD_PARSED_L4_SHORT,  /* addresses read, L4 header cut short */
+	LBD_PARSED_L3_BAD,    /* addresses read, but the IP header is inconsistent */
+	LBD_PARSED_L4_SHORT,  /* an extension or the TCP/UDP header ends past the IP packet */
+	LBD_PARSED_EXT_CHAIN, /* IPv6 chain longer than LBD_IPV6_MAX_EXT_HDRS */
 	LBD_PARSED_FRAGMENT,  /* a fragment: no ports */
-	LBD_PARSED_L4,        /* full 5-tuple */
-	LBD_PARSED_ICMP,      /* ICMP/ICMPv6 header readable at l4 */
+	LBD_PARSED_L4,        /* TCP or UDP: full 5-tuple */
+	LBD_PARSED_ICMP,      /* ICMP/ICMPv6 header inside the IP packet at l4 */
+	LBD_PARSED_OTHER,     /* a well-formed packet of another protocol: no VIP takes it */
 };
 
 struct lbd_packet {
 	struct lbd_flow_key flow; /* addresses, ports, proto, family */
 	void *l3;                 /* IP header */
 	void *l4;                 /* first byte after the IP (and ext) headers */
-	__u32 l2_len;             /* 14, or 18 with an 802.1Q tag */
+	__u32 l2_len;             /* 14, 18 or 22: Ethernet and 0-2 VLAN tags */
 	__u32 l3_len;             /* IP length from the header (v6: 40 + payload) */
+	__u32 l4_off;             /* l4 - l3: bytes of IP (and ext) headers */
 	__u32 frame_len;          /* bytes in the frame as received */
 	__u8 tos;                 /* v4 TOS / v6 traffic class */
 	__u8 ipv4_df;             /* v4 don't-fragment bit */
+	__u8 tcp_flags;           /* TCP: byte 13 of the header (LBD_TCP_*) */
+	__u8 no_icmp_error;       /* RFC 1122 3.2.2: never answer this with an ICMP error */
 };
 
+/* The L4 header at pkt->l4_off: TCP or UDP must fit inside the IP packet. */
 static __always_inline int lbd_parse_ports(struct lbd_packet *pkt, void *data_end)
 {
-	__u16 *ports = pkt->l4;
+	__u8 *l4 = pkt->l4;
+	__u32 need;
 
-	if (pkt->flow.proto == IPPROTO_ICMP || pkt->flow.proto == IPPROTO_ICMPV6) {
-		if (pkt->l4 + sizeof(struct icmphdr) > data_end)
-			return LBD_PARSED_L4_SHORT;
+	if (pkt->flow.proto == IPPROTO_TCP)
+		need = 20; /* the fixed TCP header: ports and flags are read */
+	else if (pkt->flow.proto == IPPROTO_UDP)
+		need = 8;
+	else if (pkt->flow.proto == IPPROTO_ICMP || pkt->flow.proto == IPPROTO_ICMPV6) {
+		/* an ICMP header cut short is no error we handle: the host's business */
+		if (pkt->l4_off + 8 > pkt->l3_len || (void *)(l4 + 8) > data_end)
+			return LBD_PARSED_OTHER;
 		return LBD_PARSED_ICMP;
-	}
-	if (pkt->flow.proto == IPPROTO_TCP) {
-		if (pkt->l4 + sizeof(struct tcphdr) > data_end)
+	} else
+		return LBD_PARSED_OTHER;
+	if (pkt->l4_off + need > pkt->l3_len)
+		return LBD_PARSED_L4_SHORT;
+	/* the IP packet lies inside the frame (checked), but the verifier wants
+	 * each read checked against data_end itself */
+	if (need == 20) {
+		if ((void *)(l4 + 20) > data_end)
 			return LBD_PARSED_L4_SHORT;
-	} else if (pkt->flow.proto == IPPROTO_UDP) {
-		if (pkt->l4 + sizeof(struct udphdr) > data_end)
-			return LBD_PARSED_L4_SHORT;
-	} else {
-		return LBD_PARSED_L4; /* other protocols never match a VIP key */
+		pkt->tcp_flags = l4[13];
+	} else if ((void *)(l4 + 8) > data_end) {
+		return LBD_PARSED_L4_SHORT;
 	}
-	pkt->flow.sport = ports[0];
-	pkt->flow.dport = ports[1];
+	pkt->flow.sport = *(__u16 *)l4;
+	pkt->flow.dport = *(__u16 *)(l4 + 2);
 	return LBD_PARSED_L4;
 }
 
@@ -77,16 +102,19 @@ static __always_inline int lbd_parse_ipv4(struct lbd_packet *pkt, void *data_end
 	if (ip->version != 4 || ihl_bytes < sizeof(*ip) || pkt->l3_len < ihl_bytes ||
 	    pkt->l3 + pkt->l3_len > data_end)
 		return LBD_PARSED_L3_BAD;
+	pkt->l4_off = ihl_bytes;
 	pkt->l4 = pkt->l3 + ihl_bytes;
-	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+		pkt->no_icmp_error = !!(ip->frag_off & bpf_htons(IP_OFFSET));
 		return LBD_PARSED_FRAGMENT;
+	}
 	return lbd_parse_ports(pkt, data_end);
 }
 
 static __always_inline int lbd_parse_ipv6(struct lbd_packet *pkt, void *data_end)
 {
 	struct ipv6hdr *ip6 = pkt->l3;
-	void *cursor;
+	__u32 off = sizeof(*ip6);
 	__u8 next;
 
 	if ((void *)(ip6 + 1) > data_end)
@@ -100,47 +128,54 @@ static __always_inline int lbd_parse_ipv6(struct lbd_packet *pkt, void *data_end
 	pkt->flow.proto = next;
 	if (ip6->version != 6 || pkt->l3 + pkt->l3_len > data_end)
 		return LBD_PARSED_L3_BAD;
-	cursor = ip6 + 1;
 
-	/* Skip the extension headers a VIP packet may carry; stop at a fragment
-	 * header. A chain longer than the bound is treated as malformed. */
+	/* Up to LBD_IPV6_MAX_EXT_HDRS extension headers, then one more pass that
+	 * can only reach the upper-layer header: a chain of exactly the bound is
+	 * parsed, a longer one is LBD_PARSED_EXT_CHAIN. A fragment header with an
+	 * offset or the M flag ends the walk (no ports in a fragment). */
 #pragma unroll
-	for (int i = 0; i < LBD_IPV6_MAX_EXT_HDRS; i++) {
-		if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS) {
-			__u8 *ext = cursor;
+	for (int i = 0; i <= LBD_IPV6_MAX_EXT_HDRS; i++) {
+		__u8 *ext = pkt->l3 + (off & 0xffff);
 
-			if ((void *)(ext + 2) > data_end)
+		if (next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS ||
+		    next == IPPROTO_FRAGMENT) {
+			if (i == LBD_IPV6_MAX_EXT_HDRS)
+				return LBD_PARSED_EXT_CHAIN;
+			/* every one of these is at least 8 bytes */
+			if (off + 8 > pkt->l3_len || (void *)(ext + 8) > data_end)
 				return LBD_PARSED_L4_SHORT;
+			if (next == IPPROTO_FRAGMENT) {
+				__u16 frag_off = (ext[2] << 8) | ext[3];
+
+				pkt->flow.proto = ext[0];
+				pkt->l4_off = off + 8;
+				pkt->l4 = ext + 8;
+				/* offset 0 and no M flag: an atomic fragment, a whole packet */
+				if (frag_off & 0xfff9) {
+					pkt->no_icmp_error = (frag_off & 0xfff8) != 0;
+					return LBD_PARSED_FRAGMENT;
+				}
+				next = ext[0];
+				off += 8;
+				continue;
+			}
 			next = ext[0];
-			cursor += (ext[1] + 1) * 8;
-			continue;
-		}
-		if (next == IPPROTO_FRAGMENT) {
-			struct lbd_frag_hdr { __u8 nexthdr; __u8 reserved; __be16 frag_off; __be32 id; } *fh = cursor;
-
-			if ((void *)(fh + 1) > data_end)
-				return LBD_PARSED_L4_SHORT;
-			pkt->flow.proto = fh->nexthdr;
-			pkt->l4 = fh + 1;
-			/* offset 0 and no more fragments: an atomic fragment, whole packet */
-			if (fh->frag_off & bpf_htons(0xfff9))
-				return LBD_PARSED_FRAGMENT;
-			next = fh->nexthdr;
-			cursor = fh + 1;
+			off += (ext[1] + 1) * 8;
 			continue;
 		}
 		pkt->flow.proto = next;
-		pkt->l4 = cursor;
+		pkt->l4_off = off;
+		pkt->l4 = ext;
 		return lbd_parse_ports(pkt, data_end);
 	}
-	pkt->flow.proto = next;
-	return LBD_PARSED_L3_BAD;
+	return LBD_PARSED_EXT_CHAIN; /* not reached: the last pass returns */
 }
 
 /* Parse from the Ethernet header down to the ports. */
 static __always_inline int lbd_parse(struct lbd_packet *pkt, void *data, void *data_end)
 {
 	struct ethhdr *eth = data;
+	struct lbd_vlan_hdr { __be16 tci; __be16 proto; } *vlan;
 	__u16 proto;
 
 	pkt->frame_len = data_end - data;
@@ -148,13 +183,20 @@ static __always_inline int lbd_parse(struct lbd_packet *pkt, void *data, void *d
 		return LBD_NOT_IP;
 	proto = eth->h_proto;
 	pkt->l2_len = sizeof(*eth);
-	if (proto == bpf_htons(ETH_P_8021Q)) {
-		struct lbd_vlan_hdr { __be16 tci; __be16 proto; } *vlan = data + sizeof(*eth);
-
+	/* an outer tag (802.1ad service tag or 802.1Q), then at most one 802.1Q */
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(LBD_ETH_P_8021AD)) {
+		vlan = data + sizeof(*eth);
 		if ((void *)(vlan + 1) > data_end)
 			return LBD_NOT_IP;
 		proto = vlan->proto;
 		pkt->l2_len += sizeof(*vlan);
+		if (proto == bpf_htons(ETH_P_8021Q)) {
+			vlan = data + sizeof(*eth) + sizeof(*vlan);
+			if ((void *)(vlan + 1) > data_end)
+				return LBD_NOT_IP;
+			proto = vlan->proto;
+			pkt->l2_len += sizeof(*vlan);
+		}
 	}
 	pkt->l3 = data + pkt->l2_len;
 	if (proto == bpf_htons(ETH_P_IP))

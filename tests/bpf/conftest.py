@@ -56,7 +56,7 @@ class Harness:
 
     def reset(self):
         self.programmer.apply([])
-        self.dp.conntrack.clear()
+        self.dp.clear_flows()
 
 
 @pytest.fixture

@@ -71,11 +71,12 @@ def standard_vips() -> list[VipPlan]:
 
 
 def client_packet(dst: str, dport: int, proto: int = TCP_P, *, src=None, sport=40000,
-                  payload=b"hello", vlan=None, ip_options=None, tos=0, df=False):
-    """A client->VIP frame as it reaches the balancer."""
+                  payload=b"hello", vlan=None, ip_options=None, tos=0, df=False, flags="S"):
+    """A client->VIP frame as it reaches the balancer (TCP: a SYN unless
+    `flags` says otherwise; "A" is a packet of an established flow)."""
     version = ip(dst).version
     src = src or (CLIENT_V4 if version == 4 else CLIENT_V6)
-    l4 = TCP(sport=sport, dport=dport, flags="S") if proto == TCP_P else UDP(sport=sport, dport=dport)
+    l4 = TCP(sport=sport, dport=dport, flags=flags) if proto == TCP_P else UDP(sport=sport, dport=dport)
     if version == 4:
         kw = {"options": ip_options} if ip_options else {}
         l3 = IP(src=src, dst=dst, tos=tos, flags="DF" if df else 0, **kw)

@@ -33,7 +33,7 @@ def vip_with(members):
 def flows(count, seed=1):
     rng = random.Random(seed)
     return [sc.client_packet(VIP, 80, src=f"198.18.{rng.randrange(10, 60)}.{rng.randrange(1, 255)}",
-                             sport=rng.randrange(1024, 65535)) for _ in range(count)]
+                             sport=rng.randrange(1024, 65535), flags="A") for _ in range(count)]
 
 
 def test_flows_keep_their_backend_when_backends_are_added(lb):

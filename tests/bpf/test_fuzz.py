@@ -35,39 +35,53 @@ V4_VIPS = {(sc.ip(sc.DSR_V4).packed, 6): {80}, (sc.ip(sc.DSR_V4).packed, 17): {5
 V6_VIP_ADDRS = {(sc.ip(sc.DSR_V6).packed, 6)}
 
 
+V4_VIP_ADDRS = {addr for addr, _ in V4_VIPS}
+
+
 def oracle_v4(frame: bytes):
     """'pass' (not VIP traffic), 'drop' (malformed or fragment to a VIP),
-    'forward', or None when the frame is not IPv4."""
+    'forward', or None when the frame is not IPv4. The README's rules: up to
+    two VLAN tags; a packet to a VIP address whose IP header is inconsistent,
+    or whose TCP/UDP header ends past the IP packet (its total length, not
+    the frame), is malformed, whatever its protocol."""
     if len(frame) < 14:
         return "pass"
     ethertype = struct.unpack_from("!H", frame, 12)[0]
     l3 = 14
-    if ethertype == 0x8100:
+    if ethertype in (0x8100, 0x88A8):
         if len(frame) < 18:
             return "pass"
         ethertype = struct.unpack_from("!H", frame, 16)[0]
         l3 = 18
+        if ethertype == 0x8100:
+            if len(frame) < 22:
+                return "pass"
+            ethertype = struct.unpack_from("!H", frame, 20)[0]
+            l3 = 22
     if ethertype != 0x0800:
         return None
     if len(frame) < l3 + 20:
         return "pass"
     ver_ihl, _, total, _, frag, _, proto = struct.unpack_from("!BBHHHBB", frame, l3)
     dst = frame[l3 + 16:l3 + 20]
-    if proto == 1:
-        return "icmp"
-    ports = V4_VIPS.get((dst, proto))
-    if ports is None:
+    if dst not in V4_VIP_ADDRS:
         return "pass"
     ihl = (ver_ihl & 0xF) * 4
     if ver_ihl >> 4 != 4 or ihl < 20 or total < ihl or l3 + total > len(frame):
         return "drop"
+    if proto == 1:
+        return "icmp"
+    ports = V4_VIPS.get((dst, proto))
     if frag & 0x3FFF:
-        return "drop"  # fragments to a flow-hashed VIP
-    l4 = l3 + ihl
+        return "drop" if ports is not None else "pass"  # fragments to a flow-hashed VIP
+    if proto not in (6, 17):
+        return "pass"
     need = 20 if proto == 6 else 8
-    if l4 + need > len(frame):
+    if ihl + need > total:
         return "drop"
-    dport = struct.unpack_from("!H", frame, l4 + 2)[0]
+    if ports is None:
+        return "pass"
+    dport = struct.unpack_from("!H", frame, l3 + ihl + 2)[0]
     if dport in ports or 0 in ports:
         return "forward"
     return "pass"

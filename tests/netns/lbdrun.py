@@ -13,6 +13,7 @@ from pathlib import Path
 from lbd.lab import Lab
 
 STREAMER = str(Path(__file__).with_name("streamer.py"))
+CONNECTOR = str(Path(__file__).with_name("connector.py"))
 HEALTH = "{type: http, path: /healthz, interval: 500ms, timeout: 300ms, rise: 2, fall: 2}"
 
 
@@ -152,3 +153,38 @@ class LbdUnderTest:
     def stream_results(proc: subprocess.Popen, timeout: float) -> list[dict]:
         out, _ = proc.communicate(timeout=timeout)
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+class Connections:
+    """New TCP connections through a VIP from the lab's client, paced, until
+    stop() (or max_count / max_s, so the loop is bounded without the test)."""
+
+    def __init__(self, lab: Lab, vip: str, sources, per_s: float = 100, max_count: int = 3000,
+                 max_s: float = 60, port: int = 80):
+        self.proc = lab.spawn(lab.client, [sys.executable, CONNECTOR, vip, str(port), str(per_s),
+                                           str(max_count), str(max_s), *map(str, sources)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+        line = self.proc.stdout.readline().strip()
+        assert line == "started", line
+
+    def stop(self, timeout: float = 30) -> list[dict]:
+        """Stop and return one dict per connection: t, source, backend, error."""
+        out, _ = self.proc.communicate("stop\n", timeout=timeout)
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def wait_for(condition, timeout: float, every: float = 0.1, what: str = "condition"):
+    """Poll until condition() is truthy (returned), at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout}s")

@@ -28,8 +28,9 @@ class DatapathCollector:
         vip_metrics = {
             "packets": CounterMetricFamily("lbd_vip_packets", "Packets to the VIP seen by XDP", labels=["vip"]),
             "bytes": CounterMetricFamily("lbd_vip_bytes", "Bytes to the VIP seen by XDP", labels=["vip"]),
-            "new_flows": CounterMetricFamily("lbd_vip_new_flows", "Flows placed by the Maglev table",
-                                             labels=["vip"]),
+            "new_flows": CounterMetricFamily("lbd_vip_new_flows",
+                                             "Connection-table entries made for flows the Maglev table "
+                                             "placed (TCP: at the handshake's ACK)", labels=["vip"]),
             "rescheduled": CounterMetricFamily("lbd_vip_rescheduled_flows",
                                                "Flows moved off a removed or failed backend", labels=["vip"]),
         }
@@ -47,6 +48,14 @@ class DatapathCollector:
                                       labels=["vip"])
         table = GaugeMetricFamily("lbd_vip_table_info", "Fingerprint of the VIP's Maglev table",
                                   labels=["vip", "fingerprint"])
+        be_flows = GaugeMetricFamily("lbd_backend_flows",
+                                     "Connection-table entries of the backend at the last sample",
+                                     labels=["vip", "backend"])
+        usage = getattr(d, "table_usage", None) or {}
+        flows_of = {}
+        for table_usage in usage.values():
+            for backend_id, count in table_usage.by_backend.items():
+                flows_of[backend_id] = flows_of.get(backend_id, 0) + count
         for key, applied in programmer.applied().items():
             name = applied.plan.name
             counters = dp.vip_counters(applied.vip_id)
@@ -61,6 +70,8 @@ class DatapathCollector:
                 be_bytes.add_metric(label, stats["bytes"])
                 be_up.add_metric(label, 1 if backend.in_table else 0)
                 be_weight.add_metric(label, backend.weight)
+                if usage:
+                    be_flows.add_metric(label, flows_of.get(backend_id, 0))
                 in_table += backend.in_table
             vip_up.add_metric([name], in_table)
             status = d.vip_status.get(name)
@@ -68,6 +79,9 @@ class DatapathCollector:
             table.add_metric([name, applied.fingerprint], 1)
         yield from vip_metrics.values()
         yield from (be_packets, be_bytes, be_up, be_weight, vip_up, fail_open, table)
+        if usage:
+            yield be_flows
+            yield from _table_usage_metrics(usage)
 
         totals = dp.global_counters()
         drops = CounterMetricFamily("lbd_drops", "Packets to a VIP dropped, by reason", labels=["reason"])
@@ -83,15 +97,40 @@ class DatapathCollector:
                 ("lbd_conntrack_misses", "ct_misses", "Packets whose flow was not in the connection table"),
                 ("lbd_icmp_too_big_sent", "icmp_too_big_sent", "ICMP too-big sent to clients (ipip MTU)"),
                 ("lbd_icmp_to_backend", "icmp_to_backend", "ICMP errors about a VIP flow sent to its backend"),
-                ("lbd_fragments_forwarded", "fragments_forwarded", "Fragments forwarded (client affinity)")):
+                ("lbd_fragments_forwarded", "fragments_forwarded", "Fragments forwarded (client affinity)"),
+                ("lbd_stateless_forwards", "stateless_forwards",
+                 "TCP SYNs and RSTs placed by the Maglev table without making an entry"),
+                ("lbd_conntrack_removed_by_syn", "ct_removed_by_syn",
+                 "Entries a SYN removed: their backend takes no new flows (a new connection on an "
+                 "old 4-tuple)")):
             family = CounterMetricFamily(name, text)
             family.add_metric([], totals[field])
             yield family
+        made = CounterMetricFamily("lbd_conntrack_entries_made", "Connection-table entries made",
+                                   labels=["table"])
+        made.add_metric(["tcp"], totals["ct_inserts_tcp"])
+        made.add_metric(["udp"], totals["ct_inserts_udp"])
+        yield made
         attached = GaugeMetricFamily("lbd_xdp_attached", "1 if the program is attached",
                                      labels=["interface", "mode"])
         for ifname, mode in d.attached.items():
             attached.add_metric([ifname, mode], 1)
         yield attached
+
+
+def _table_usage_metrics(usage):
+    """The connection tables' fill, from the daemon's last sample (lbd.flowtable)."""
+    entries = GaugeMetricFamily("lbd_conntrack_entries", "Connection-table entries in use at the last sample",
+                                labels=["table"])
+    capacity = GaugeMetricFamily("lbd_conntrack_capacity", "Connection-table size (limits.*)",
+                                 labels=["table"])
+    walk = GaugeMetricFamily("lbd_conntrack_sample_seconds", "How long the last sample's walk took",
+                             labels=["table"])
+    for name, table_usage in usage.items():
+        entries.add_metric([name], table_usage.entries)
+        capacity.add_metric([name], table_usage.capacity)
+        walk.add_metric([name], table_usage.walk_seconds)
+    return entries, capacity, walk
 
 
 class BgpCollector:

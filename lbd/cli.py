@@ -3,7 +3,10 @@
   lbd --config /etc/lbd/lbd.yaml     run (under systemd: Type=notify)
   lbd check FILE...                  validate, touch nothing
   lbd check --diff FILE              what a reload of FILE would move, per VIP
-  lbd --teardown [--config FILE]     withdraw from BGP, detach from the interfaces, unpin everything
+  lbd --teardown [--config FILE] [--bpffs PATH]
+                                     withdraw from BGP, detach lbd's program wherever it is
+                                     attached, unpin everything (works with a broken or
+                                     missing config: it needs only the pins)
   lbd bird-config [--config FILE] [--if-missing]
                                      write BIRD's config announcing nothing (lbd-bird.service
                                      runs it before BIRD starts, so a boot announces nothing
@@ -21,6 +24,7 @@ import uvloop
 from lbd import __version__
 
 DEFAULT_CONFIG = "/etc/lbd/lbd.yaml"
+DEFAULT_BPFFS = "/sys/fs/bpf/lbd"  # the config's default bpffs
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -80,6 +84,35 @@ def bird_config(argv: list[str]) -> int:
     return 0
 
 
+def teardown_command(config_path: str, bpffs: str | None) -> int:
+    """`lbd --teardown`: from the pins under --bpffs, else the config's bpffs
+    (read from the YAML even if the file is otherwise invalid), else the
+    default; with a readable bgp section, withdraw first."""
+    from lbd.config import Bgp, ConfigError, load_config, raw_setting, read_raw
+    from lbd.daemon import teardown
+
+    bgp = None
+    try:
+        config = load_config(config_path)
+        found, bgp = config.bpffs, config.bgp
+    except ConfigError as err:
+        raw = read_raw(config_path)
+        found = raw_setting(raw, "bpffs")
+        found = found if isinstance(found, str) and found.startswith("/") else None
+        if raw_setting(raw, "bgp") is not None:
+            try:
+                bgp = Bgp.model_validate(raw_setting(raw, "bgp"))
+            except ValueError:
+                print(f"lbd --teardown: the bgp section of {config_path} is not valid: nothing withdrawn "
+                      "from BGP", file=sys.stderr)
+        first = str(err).splitlines()[0]
+        print(f"lbd --teardown: {config_path} is not a valid config ({first}); "
+              f"going by the pins under {bpffs or found or DEFAULT_BPFFS}", file=sys.stderr)
+    for line in teardown(bpffs or found or DEFAULT_BPFFS, bgp):
+        print(line)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "check":
@@ -90,17 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="lbd", description="XDP layer-4 load balancer daemon")
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})")
     parser.add_argument("--teardown", action="store_true",
-                        help="detach the program from the configured interfaces and unpin everything")
+                        help="withdraw from BGP, detach lbd's program wherever it is attached, unpin everything")
+    parser.add_argument("--bpffs", metavar="PATH",
+                        help=f"with --teardown: the pins' directory (default: the config's bpffs, "
+                             f"else {DEFAULT_BPFFS})")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--version", action="version", version=f"lbd {__version__}")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     if args.teardown:
-        from lbd.config import load_config
-        from lbd.daemon import teardown
-        for line in teardown(load_config(args.config)):
-            print(line)
-        return 0
+        return teardown_command(args.config, args.bpffs)
     return run(args.config)
 
 

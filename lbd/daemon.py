@@ -23,12 +23,13 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import time
 from pathlib import Path
 
 from lbd import config as config_mod
 from lbd import bgp as bgp_mod
-from lbd import hostsetup, layout
+from lbd import bpfsys, hostsetup, layout
 from lbd.config import Config, ConfigError
 from lbd.datapath import Datapath, Limits, detach_xdp
 from lbd.health import CheckSpec, HealthChecker, HealthState, format_key
@@ -57,20 +58,54 @@ def datapath_limits(config: Config) -> Limits:
     return Limits(**config.limits.model_dump())
 
 
-def teardown(config: Config) -> list[str]:
+def teardown(bpffs: str, bgp: "config_mod.Bgp | None" = None) -> list[str]:
     """Withdraw the VIPs from BGP (routers move the flows first), then detach
-    from every configured interface and remove every pin."""
-    done = [bgp_mod.withdraw_everything(config)] if config.bgp else []
-    for interface in config.interfaces:
+    lbd's program from every interface it is attached to and remove the pins.
+
+    Needs nothing but the pins: the interfaces are those (in this network
+    namespace) whose XDP program is one pinned under bpffs, so a config
+    that is broken, missing or lists other interfaces does not matter.
+    Returns what it did, one line per step."""
+    from types import SimpleNamespace
+    done = [bgp_mod.withdraw_everything(SimpleNamespace(bgp=bgp))] if bgp else []  # reads only .bgp
+    ours = _pinned_programs(bpffs)
+    if not ours:
+        done.append(f"no lbd program pinned under {bpffs}")
+    for index, name in socket.if_nameindex():
         try:
-            detach_xdp(interface.name)
-            done.append(f"detached {interface.name}")
-        except Exception as err:  # interface gone: nothing attached there
-            done.append(f"{interface.name}: {err}")
-    if os.path.isdir(config.bpffs):
-        shutil.rmtree(config.bpffs)
-        done.append(f"unpinned {config.bpffs}")
+            attached = bpfsys.xdp_program_id(index)
+        except OSError:  # gone meanwhile
+            continue
+        if attached and attached in ours:
+            try:
+                detach_xdp(name)
+                done.append(f"detached {name} (program id {attached})")
+            except Exception as err:  # say which one stayed, go on with the others
+                done.append(f"{name}: detaching program id {attached} failed: {err}")
+    layouts = glob.glob(os.path.join(bpffs, "layout*"))
+    for pin_dir in layouts:
+        shutil.rmtree(pin_dir, ignore_errors=True)
+    # the directory itself too, unless it is bpffs's mount point (bpffs: /sys/fs/bpf)
+    if os.path.isdir(bpffs) and not os.path.ismount(bpffs):
+        shutil.rmtree(bpffs, ignore_errors=True)
+    if layouts:
+        done.append(f"unpinned {bpffs} ({', '.join(os.path.basename(d) for d in layouts)})")
     return done
+
+
+def _pinned_programs(bpffs: str) -> set[int]:
+    """Kernel ids of the programs pinned by lbd under bpffs (every layout)."""
+    ids = set()
+    for pin in glob.glob(os.path.join(bpffs, "layout*", "prog")):
+        try:
+            fd = bpfsys.pinned_fd(pin)
+        except OSError:
+            continue
+        try:
+            ids.add(bpfsys.program_id(fd))
+        finally:
+            os.close(fd)
+    return ids
 
 
 def _notify(message: str) -> None:

@@ -116,7 +116,8 @@ def _control_routes(daemon: "Daemon") -> list:
         from lbd.daemon import teardown as do_teardown
         if daemon.announcer is not None:
             daemon.announcer.withdrawn_all = True   # its loop must not announce again meanwhile
-        done = await asyncio.get_running_loop().run_in_executor(None, do_teardown, daemon.config)
+        done = await asyncio.get_running_loop().run_in_executor(None, do_teardown, daemon.config.bpffs,
+                                                                 daemon.config.bgp)
         daemon.request_stop()
         return _json({"done": done})
 

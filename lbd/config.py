@@ -479,7 +479,8 @@ class _Checker:
         if kind == "missing":
             self.add(loc, "is required")
         elif kind == "extra_forbidden":
-            self.add(loc, "unknown key; allowed here: " + ", ".join(_allowed_keys(loc)))
+            # the value too: every problem names file, line, field and value
+            self.add(loc, f"unknown key (allowed here: {', '.join(_allowed_keys(loc))})", error["input"])
         elif kind in ("model_type", "model_attributes_type", "dict_type"):
             self.add(loc, "must be a mapping of keys to values", error["input"])
         elif kind in ("tuple_type", "list_type"):
@@ -494,7 +495,7 @@ class _Checker:
             return None
         for key in raw:
             if key not in _SECTIONS:
-                self.add((key,), "unknown key; allowed here: " + ", ".join(_SECTIONS))
+                self.add((key,), f"unknown key (allowed here: {', '.join(_SECTIONS)})", raw[key])
         got: dict[str, Any] = {}
         for name, kind in _SECTIONS.items():
             value = raw.get(name)

@@ -186,6 +186,9 @@ def test_unknown_key(tmp_path, where, old, new, path):
                "health": "type, port, path, expect_status, interval, timeout, rise, fall",
                "interface": "name, mode"}[where]
     assert allowed in message
+    shown = {"top": "got []", "vip": 'got "client"', "backend": "got 50", "health": 'got "/healthz"',
+             "interface": "got true"}[where]
+    assert message.endswith(shown), message
 
 
 @pytest.mark.parametrize("old, new, path, value", [

@@ -89,3 +89,17 @@ def test_teardown_leaves_a_program_that_is_not_lbds(lab):
         assert attached_program(lab) is not None, "someone else's program stays"
     finally:
         lab.detach_xdp("lbd", "eth0")
+
+
+def test_lbctl_teardown_of_a_running_daemon(lab):
+    daemon = LbdUnderTest(lab)
+    daemon.start()
+    try:
+        out = daemon.lbctl("teardown").stdout
+        assert "detached eth0" in out and f"unpinned {lab.bpffs_dir}/lbd" in out, out
+        assert attached_program(lab) is None
+        assert not os.path.exists(os.path.join(lab.bpffs_dir, "lbd"))
+        assert daemon.proc.wait(30) == 0, "lbd stops after a teardown"
+    finally:
+        daemon.stop()
+        teardown(lab, "--config", daemon.config_path)

@@ -116,6 +116,10 @@ class Datapath:
         self.limits = limits
         self.pin_dir = pin_dir
         cflags = [f"-I{layout.XDP_DIR}", "-Wno-unused-function", *limits.cflags()]
+        # Experiments and the tests' control runs only (e.g. the flood test's
+        # -DLBD_SYN_MAKES_ENTRY=1, the behaviour before SYNs left no state);
+        # no production setting needs it.
+        cflags += os.environ.get("LBD_EXTRA_CFLAGS", "").split()
         if kernel_hz():
             cflags.append(f"-DLBD_KERNEL_HZ={kernel_hz()}")
         if pin_dir:

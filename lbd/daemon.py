@@ -29,7 +29,7 @@ from pathlib import Path
 
 from lbd import config as config_mod
 from lbd import bgp as bgp_mod
-from lbd import bpfsys, hostsetup, layout
+from lbd import bpfsys, flowtable, hostsetup, layout
 from lbd.config import Config, ConfigError
 from lbd.datapath import Datapath, Limits, detach_xdp
 from lbd.health import CheckSpec, HealthChecker, HealthState, format_key
@@ -131,6 +131,7 @@ class Daemon:
         self._plans: dict = {}  # VIP name -> the VipPlan last applied
         self._pinned_health: dict = {}  # (VIP name, address) -> UP/DOWN read from adopted maps
         self.attached: dict[str, str] = {}
+        self.table_usage: dict = {}  # "tcp"/"udp" -> flowtable.TableUsage, from the last sample
         self.last_results: list[VipResult] = []
         self.reload_state = {"last_result": None, "last_error": None, "last_success_time": None,
                              "refused": None}
@@ -370,6 +371,20 @@ class Daemon:
                 if before != self.resolutions:
                     await self._replan()
 
+    async def _sample_tables(self) -> None:
+        """How full the connection tables are, and each backend's flows:
+        walked in a worker thread (a full table takes a fraction of a
+        second), so neither the datapath nor the event loop waits for it."""
+        while not self._stop.is_set():
+            try:
+                self.table_usage = await asyncio.to_thread(flowtable.sample, self.datapath)
+            except OSError as err:  # the maps are there while we run; say so if not
+                log.warning("conntrack_sample_failed error=%s", err)
+            try:
+                await asyncio.wait_for(self._stop.wait(), flowtable.SAMPLE_EVERY_S)
+            except asyncio.TimeoutError:
+                pass
+
     # --- reload ---------------------------------------------------------------
     async def reload(self) -> dict:
         _notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
@@ -460,6 +475,7 @@ class Daemon:
                     "state": {1: "active", 2: "draining", 3: "down"}.get(plan.state, "?"),
                     "in_table": plan.in_table, "health": str(h.get("state", "none")),
                     "note": status.notes.get(str(backend.address), ""),
+                    "flows": self._flows_of(backend_id),
                     **self.datapath.backend_counters(backend_id)})
             vips.append({"name": vip.name, "address": str(vip.address), "port": vip.port,
                          "protocol": vip.protocol, "mode": vip.mode, "affinity": vip.affinity,
@@ -468,7 +484,16 @@ class Daemon:
         return {"ready": self.ready, "config": self.config_path, "attached": self.attached,
                 "uptime_s": round(time.time() - self.started, 1), "reload": self.reload_state,
                 "global": self.datapath.global_counters() if self.datapath else {}, "vips": vips,
+                "conntrack": {name: {"entries": u.entries, "capacity": u.capacity,
+                                     "used": round(u.used, 4), "walk_seconds": round(u.walk_seconds, 3)}
+                              for name, u in self.table_usage.items()},
                 "bgp": self.announcer.status() if self.announcer else None}
+
+    def _flows_of(self, backend_id: int) -> int | None:
+        """The backend's connection-table entries at the last sample (None before one)."""
+        if not self.table_usage:
+            return None
+        return sum(u.by_backend.get(backend_id, 0) for u in self.table_usage.values())
 
     def explain(self, client: str, vip_spec: str) -> dict:
         from lbd.explain import explain
@@ -484,7 +509,8 @@ class Daemon:
         await self.start()
         runners = await serve(self)
         tasks = [asyncio.ensure_future(self._refresh_neighbours()),
-                 asyncio.ensure_future(self._announce())]
+                 asyncio.ensure_future(self._announce()),
+                 asyncio.ensure_future(self._sample_tables())]
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         if watchdog_usec:
             tasks.append(asyncio.ensure_future(self._watchdog(watchdog_usec / 2e6)))

@@ -98,10 +98,14 @@ def format_status(status: dict, stats: bool) -> str:
     reload = status["reload"]
     if reload.get("last_error"):
         lines.append(f"last reload: {reload['last_result']}: {reload['last_error']}")
+    for name, table in sorted(status.get("conntrack", {}).items()):
+        warn = "  NEAR FULL" if table["used"] >= 0.9 else ""
+        lines.append(f"connection table {name}: {table['entries']} of {table['capacity']} entries "
+                     f"({table['used']:.0%}){warn}")
     header = "Prot VIP                          Mode Affinity Fingerprint"
     lines.append(header)
-    backend_header = ("  -> Backend                      Weight State      Health    Packets     Bytes"
-                      if stats else "  -> Backend                      Weight State      Health")
+    backend_header = ("  -> Backend                      Weight State      Health     Flows   Packets     Bytes"
+                      if stats else "  -> Backend                      Weight State      Health     Flows")
     lines.append(backend_header)
     for vip in status["vips"]:
         endpoint = f"{vip['address']}:{vip['port']}" if ":" not in vip["address"] else \
@@ -112,9 +116,10 @@ def format_status(status: dict, stats: bool) -> str:
         if stats:
             c = vip.get("counters", {})
             lines.append(f"     packets {c.get('packets', 0)}  bytes {c.get('bytes', 0)}  "
-                         f"new flows {c.get('new_flows', 0)}  rescheduled {c.get('rescheduled', 0)}")
+                         f"entries made {c.get('new_flows', 0)}  rescheduled {c.get('rescheduled', 0)}")
         for b in vip["backends"]:
-            row = f"  -> {b['address']:28} {b['weight']:6} {b['state']:10} {b['health']:9}"
+            flows = "-" if b.get("flows") is None else b["flows"]  # "-": not sampled yet
+            row = f"  -> {b['address']:28} {b['weight']:6} {b['state']:10} {b['health']:9} {flows:>6}"
             if stats:
                 row += f" {b.get('packets', 0):9} {b.get('bytes', 0):9}"
             if b.get("note"):

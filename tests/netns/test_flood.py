@@ -90,6 +90,8 @@ def run_scenario(lab, monkeypatch, syn_makes_entry: bool) -> dict:
         return {"sent": sent, "surviving": len(surviving), "idle": idle, "connections": connections,
                 "stateless": daemon.metric("lbd_stateless_forwards_total"),
                 "made": daemon.metric("lbd_conntrack_entries_made_total", table="tcp"),
+                "capacity": daemon.metric("lbd_conntrack_capacity", table="tcp"),
+                "status": daemon.lbctl("status").stdout,
                 "log": daemon.log()}
     finally:
         if legit:
@@ -116,6 +118,9 @@ def test_a_syn_flood_then_a_reload_breaks_no_connection(lab, monkeypatch):
     assert len(result["connections"]) >= 100
     assert len(ok) >= 0.99 * len(result["connections"]), \
         [c for c in result["connections"] if c["error"]][:5]
+    # what an operator sees of the table's pressure
+    assert result["made"] >= 30 and result["capacity"] == TABLE
+    assert f"connection table tcp:" in result["status"] and f"of {TABLE} entries" in result["status"]
 
 
 def test_control_with_syns_making_entries_the_same_flood_breaks_connections(lab, monkeypatch):

@@ -14,19 +14,25 @@
 
 #include "lbd_shared.h"
 
-/* Move the L2 header (14 or 18 bytes) forward over the outer header, then drop
- * the bytes in front of it. */
+/* Move the L2 header (14, 18 or 22 bytes: 0-2 VLAN tags) forward over the
+ * outer header, then drop the bytes in front of it. Two tags and an IPv4
+ * outer header (20 bytes) overlap: they go through a stack copy. */
 static __always_inline int lbd_strip(struct xdp_md *ctx, __u32 l2_len, __u32 outer_len)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	__u8 l2[sizeof(struct ethhdr) + 8];
 
-	if (data + outer_len + sizeof(struct ethhdr) + 4 > data_end)
+	if (data + outer_len + sizeof(l2) > data_end)
 		return XDP_PASS;
-	if (l2_len == sizeof(struct ethhdr))
+	if (l2_len == sizeof(struct ethhdr)) {
 		__builtin_memcpy(data + outer_len, data, sizeof(struct ethhdr));
-	else
+	} else if (l2_len == sizeof(struct ethhdr) + 4) {
 		__builtin_memcpy(data + outer_len, data, sizeof(struct ethhdr) + 4);
+	} else {
+		__builtin_memcpy(l2, data, sizeof(l2));
+		__builtin_memcpy(data + outer_len, l2, sizeof(l2));
+	}
 	if (bpf_xdp_adjust_head(ctx, (int)outer_len))
 		return XDP_DROP; /* cannot happen: the bytes were checked above */
 	return XDP_PASS;
@@ -43,13 +49,21 @@ int lbd_decap(struct xdp_md *ctx)
 	if ((void *)(eth + 1) > data_end)
 		return XDP_PASS;
 	proto = eth->h_proto;
-	if (proto == bpf_htons(ETH_P_8021Q)) {
+	/* as the balancer parses it: an outer 802.1ad or 802.1Q tag, then at most one 802.1Q */
+	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(0x88A8)) {
 		__be16 *inner_proto = data + sizeof(*eth) + 2;
 
 		if ((void *)(inner_proto + 1) > data_end)
 			return XDP_PASS;
 		proto = *inner_proto;
 		l2_len += 4;
+		if (proto == bpf_htons(ETH_P_8021Q)) {
+			inner_proto = data + sizeof(*eth) + 6;
+			if ((void *)(inner_proto + 1) > data_end)
+				return XDP_PASS;
+			proto = *inner_proto;
+			l2_len += 4;
+		}
 	}
 	if (proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *outer = data + l2_len;

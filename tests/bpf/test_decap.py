@@ -52,3 +52,22 @@ def test_decap_leaves_everything_else_alone(decap, frame):
     raw = bytes(frame)
     result = bpfsys.test_run(decap, raw)
     assert result.action == XDP_PASS and result.packet == raw
+
+
+@pytest.mark.parametrize("address", [sc.IPIP_V4, sc.IPIP_V6])
+def test_decap_restores_a_frame_with_two_vlan_tags(lb, decap, address):
+    """802.1ad + 802.1Q: the balancer keeps both tags, the backend strips
+    only the outer IP header (with an IPv4 one, the 22-byte L2 header and
+    the 20 bytes it moves over overlap)."""
+    from scapy.layers.inet import TCP
+    from scapy.layers.l2 import Dot1AD, Dot1Q
+    lb.apply(sc.standard_vips())
+    l3 = IP(src=sc.CLIENT_V4, dst=address) if ":" not in address else IPv6(src=sc.CLIENT_V6, dst=address)
+    original = Ether(src=sc.CLIENT_MAC, dst=sc.LBD_MAC) / Dot1AD(vlan=100) / Dot1Q(vlan=7) / l3 / \
+        TCP(sport=40500, dport=80, flags="S") / b"two tags"
+    encapsulated = lb.run(bytes(original))
+    assert encapsulated.action == XDP_TX
+    result = bpfsys.test_run(decap, encapsulated.packet)
+    assert result.action == XDP_PASS
+    assert result.packet[22:] == bytes(original)[22:]
+    assert result.packet[12:22] == bytes(original)[12:22], "both tags kept"

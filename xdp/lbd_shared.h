@@ -120,7 +120,7 @@ struct lbd_vip_key {
 	__u8 family;   /* enum lbd_family */
 };
 
-/* vips map value. */
+/* vips map value. 8 bytes. */
 struct lbd_vip_info {
 	__u32 vip_id; /* index into rings, vip_stats */
 	__u32 flags;  /* enum lbd_vip_flags */
@@ -183,13 +183,13 @@ struct lbd_flow_key {
 	__u16 pad;     /* always 0 (hashed) */
 };
 
-/* Connection-table value (conntrack for TCP, conntrack_udp for UDP). */
+/* Connection-table value (conntrack for TCP, conntrack_udp for UDP). 8 bytes. */
 struct lbd_flow_entry {
 	__u32 backend_id;
 	__u32 generation; /* backend's generation when the flow was placed */
 };
 
-/* Program-wide settings, one entry written by the daemon. */
+/* Program-wide settings, one entry written by the daemon. 28 bytes. */
 struct lbd_settings {
 	__u32 ipip_src_v4;    /* ipip outer source, network order */
 	__u32 ipip_src_v6[4]; /* ipip outer source, network order */
@@ -197,7 +197,7 @@ struct lbd_settings {
 	__u32 pad;
 };
 
-/* Per-CPU, per VIP; summed by the daemon at scrape time. */
+/* Per-CPU, per VIP; summed by the daemon at scrape time. 32 bytes. */
 struct lbd_vip_stats {
 	__u64 packets;
 	__u64 bytes;
@@ -205,13 +205,13 @@ struct lbd_vip_stats {
 	__u64 rescheduled; /* flows moved off a removed or failed backend */
 };
 
-/* Per-CPU, per backend id. */
+/* Per-CPU, per backend id. 16 bytes. */
 struct lbd_backend_stats {
 	__u64 packets;
 	__u64 bytes;
 };
 
-/* Per-CPU, one entry: what the program did to every packet it saw. */
+/* Per-CPU, one entry: what the program did to every packet it saw. 176 bytes. */
 struct lbd_global_stats {
 	__u64 actions[LBD_ACT__MAX];  /* enum lbd_action_slot */
 	__u64 drops[LBD_DROP__MAX];   /* enum lbd_drop_reason */
@@ -225,5 +225,23 @@ struct lbd_global_stats {
 	__u64 icmp_to_backend;        /* ICMP errors about a VIP flow forwarded */
 	__u64 fragments_forwarded;    /* client-affinity VIP fragments */
 };
+
+/* The sizes the comments above state, held by the compiler. A pinned map is
+ * adopted across a restart or upgrade only by a daemon of the same
+ * LBD_LAYOUT_VERSION, so a change to any size here must bump it; the unit
+ * tier (tests/unit/test_layout.py) records the sizes of each version and
+ * fails when they change without a new version. */
+_Static_assert(sizeof(struct lbd_vip_key) == 20, "vip key: 20 bytes");
+_Static_assert(sizeof(struct lbd_vip_info) == 8, "vip info: 8 bytes");
+_Static_assert(sizeof(struct lbd_addr_key) == 20, "addr key: 20 bytes");
+_Static_assert(sizeof(struct lbd_addr_info) == 16, "addr info: 16 bytes");
+_Static_assert(sizeof(struct lbd_backend) == 48, "backend: 48 bytes");
+_Static_assert(sizeof(struct lbd_nexthop) == 32, "next hop: 32 bytes");
+_Static_assert(sizeof(struct lbd_flow_key) == 40, "flow key: 40 bytes");
+_Static_assert(sizeof(struct lbd_flow_entry) == 8, "flow entry: 8 bytes");
+_Static_assert(sizeof(struct lbd_settings) == 28, "settings: 28 bytes");
+_Static_assert(sizeof(struct lbd_vip_stats) == 32, "vip stats: 32 bytes");
+_Static_assert(sizeof(struct lbd_backend_stats) == 16, "backend stats: 16 bytes");
+_Static_assert(sizeof(struct lbd_global_stats) == 176, "global stats: 176 bytes");
 
 #endif /* LBD_SHARED_H */

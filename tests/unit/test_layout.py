@@ -1,0 +1,54 @@
+"""The shared header polices itself: every struct's size is held by a
+_Static_assert, and a size that changes without a new LBD_LAYOUT_VERSION
+fails here. The version decides whether a restarted or upgraded daemon
+adopts the pinned maps (their directory is named after it), so a layout
+change that kept the version would have a new program read old maps."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from lbd import layout
+
+pytestmark = pytest.mark.unit
+
+# The sizes of each released layout. A change to a struct: bump
+# LBD_LAYOUT_VERSION in xdp/lbd_shared.h and add its sizes here.
+RELEASED_LAYOUTS = {
+    3: {"lbd_vip_key": 20, "lbd_vip_info": 8, "lbd_addr_key": 20, "lbd_addr_info": 16,
+        "lbd_backend": 48, "lbd_nexthop": 32, "lbd_flow_key": 40, "lbd_flow_entry": 8,
+        "lbd_settings": 28, "lbd_vip_stats": 32, "lbd_backend_stats": 16, "lbd_global_stats": 176},
+}
+_ASSERT = re.compile(r"_Static_assert\(sizeof\(struct (\w+)\) == (\d+),")
+_STRUCT = re.compile(r"^struct (\w+) \{", re.M)
+
+
+def header_sizes() -> dict[str, int]:
+    return {name: int(size) for name, size in _ASSERT.findall(layout.SHARED_HEADER.read_text())}
+
+
+def test_every_shared_struct_has_its_size_asserted():
+    structs = set(_STRUCT.findall(layout.SHARED_HEADER.read_text()))
+    assert structs and structs == set(header_sizes())
+
+
+def test_sizes_change_only_with_a_new_layout_version():
+    version = layout.constant("LBD_LAYOUT_VERSION")
+    assert version in RELEASED_LAYOUTS, (
+        f"LBD_LAYOUT_VERSION {version} has no recorded sizes: add them to RELEASED_LAYOUTS")
+    assert header_sizes() == RELEASED_LAYOUTS[version], (
+        "a shared struct changed size: bump LBD_LAYOUT_VERSION (pinned maps of the old layout "
+        "must not be adopted) and record the new sizes")
+
+
+def test_size_comments_agree_with_the_asserts():
+    """The comment above each struct says its size; the compiler holds the
+    assert; the two must not drift apart."""
+    text = layout.SHARED_HEADER.read_text()
+    for name, size in header_sizes().items():
+        block = text[:text.index(f"struct {name} {{")]
+        comment = block[block.rindex("/*"):]
+        stated = re.search(r"(\d+) bytes", comment)
+        if stated:
+            assert int(stated.group(1)) == size, f"struct {name}: comment says {stated.group(1)}, assert {size}"

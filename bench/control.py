@@ -79,7 +79,8 @@ def rss_mb() -> tuple[float, float]:
 def cold_start(runs: int) -> dict:
     """Compile + load + first apply + attach, each run a fresh Datapath."""
     from lbd import fibns
-    from lbd.datapath import Datapath, detach_xdp
+    from lbd import xdplink
+    from lbd.datapath import Datapath
     from lbd.programmer import Programmer
 
     totals, parts = [], []
@@ -92,7 +93,7 @@ def cold_start(runs: int) -> dict:
             t2 = time.perf_counter()
             mode = dp.attach(fibns.IFNAME, "auto")
             t3 = time.perf_counter()
-            detach_xdp(fibns.IFNAME)
+            xdplink.detach(fibns.IFNAME)
             dp.bpf.cleanup()
             totals.append(t3 - t0)
             parts.append({"compile_load_s": t1 - t0, "apply_s": t2 - t1, "attach_s": t3 - t2})

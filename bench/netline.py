@@ -91,12 +91,9 @@ class NamespaceLine:
     def attach(self, node: str, dev: str, fd: int) -> str:
         """Attach a program (its fd) in native mode, or detach with fd -1;
         returns the mode the kernel reports ("none" once detached)."""
-        from pyroute2 import IPRoute
+        from lbd import xdplink
 
-        from lbd.lab import XDP_FLAGS_DRV_MODE, xdp_mode
-
-        with IPRoute(netns=self.names[node]) as ipr:
-            index = ipr.link_lookup(ifname=dev)[0]
-            ipr.link("set", index=index, xdp={"attrs": [("IFLA_XDP_FD", fd),
-                                                       ("IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE)]})
-            return xdp_mode(ipr, index) or "none"
+        if fd < 0:
+            xdplink.detach(dev, netns=self.names[node])
+            return xdplink.mode(dev, netns=self.names[node]) or "none"
+        return xdplink.attach(fd, dev, "native", netns=self.names[node])

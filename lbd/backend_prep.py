@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import fcntl
 import hashlib
 import ipaddress
@@ -42,15 +40,12 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from lbd import bpfsys, mounts, xdplink
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 LBD_ADDR_PROTO = 76        # IFA_PROTO of addresses we add ('L'); the kernel's own are 0..3
 DECAP_FUNCTION = "lbd_decap"
-XDP_FLAGS = {"native": 1 << 2, "generic": 1 << 1}   # XDP_FLAGS_DRV_MODE, _SKB_MODE
-# IFLA_XDP_ATTACHED, which pyroute2 decodes to names (older versions: numbers)
-_XDP_ATTACHED = {1: "native", 2: "generic", 3: "offload", 4: "multi",
-                 "xdp": "native", "xdpgeneric": "generic", "xdpoffload": "offload",
-                 "xdpmulti": "multi"}
 IFA_F_NODAD = 0x02
 
 
@@ -122,50 +117,11 @@ class XdpState:
     name: str
 
 
-def _libbpf():
-    lib = ctypes.CDLL(ctypes.util.find_library("bpf") or "libbpf.so.1", use_errno=True)
-    lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
-    lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p,
-                                           ctypes.POINTER(ctypes.c_uint32)]
-    return lib
-
-
-def program_name(prog_id: int) -> str:
-    """A loaded program's name (bcc names it after its function, cut to 15 bytes)."""
-    lib = _libbpf()
-    fd = lib.bpf_prog_get_fd_by_id(prog_id)
-    if fd < 0:
-        return ""
-    try:
-        # struct bpf_prog_info: name[16] sits at byte 64; the kernel accepts a
-        # longer zeroed buffer and fills what it knows.
-        info = ctypes.create_string_buffer(256)
-        size = ctypes.c_uint32(len(info))
-        if lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)) != 0:
-            return ""
-        return info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
-    finally:
-        os.close(fd)
-
-
 def xdp_state(ifname: str) -> XdpState | None:
-    with _ipr() as ipr:
-        link = ipr.get_links(_link_index(ipr, ifname))[0]
-    xdp = link.get_attr("IFLA_XDP")
-    if xdp is None:
+    found = xdplink.state(ifname)
+    if found is None:
         return None
-    attached = xdp.get_attr("IFLA_XDP_ATTACHED")
-    prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") or xdp.get_attr("IFLA_XDP_DRV_PROG_ID") \
-        or xdp.get_attr("IFLA_XDP_SKB_PROG_ID")
-    if not attached or not prog_id:
-        return None
-    return XdpState(prog_id, _XDP_ATTACHED.get(attached, str(attached)), program_name(prog_id))
-
-
-def _set_xdp(ifname: str, fd: int, mode: str) -> None:
-    with _ipr() as ipr:
-        ipr.link("set", index=_link_index(ipr, ifname),
-                 xdp={"attrs": [("IFLA_XDP_FD", fd), ("IFLA_XDP_FLAGS", XDP_FLAGS[mode])]})
+    return XdpState(found.prog_id, found.mode, bpfsys.program_name(found.prog_id))
 
 
 def decap_source_hash() -> str:
@@ -178,24 +134,9 @@ def decap_source_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-def _on_bpffs(path: str) -> bool:
-    """Whether path lies on a bpf filesystem (by the longest mount point above it)."""
-    path = os.path.realpath(path)
-    best, fstype = "", ""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            mount_point = fields[4].replace("\\040", " ")
-            kind = fields[fields.index("-") + 1]
-            if (path == mount_point or path.startswith(mount_point.rstrip("/") + "/")) \
-                    and len(mount_point) >= len(best):
-                best, fstype = mount_point, kind
-    return fstype == "bpf"
-
-
 def require_bpffs(pin_dir: str) -> None:
     existing = pin_dir if os.path.isdir(pin_dir) else os.path.dirname(os.path.abspath(pin_dir))
-    if not _on_bpffs(existing):
+    if not mounts.on_bpffs(existing):
         raise PrepError(f"--pin-dir {pin_dir} is not on a bpf filesystem: mount one "
                         f"(`mount -t bpf bpf /sys/fs/bpf`) or leave --pin-dir out")
 
@@ -223,8 +164,6 @@ def decap_program(pin_dir: str | None):
         yield function.fd, "compiled"
         return
     require_bpffs(pin_dir)
-    from lbd import bpfsys
-
     os.makedirs(pin_dir, exist_ok=True)
     pin = os.path.join(pin_dir, f"{DECAP_FUNCTION}-{decap_source_hash()}")
     with _locked(pin_dir):
@@ -246,26 +185,11 @@ def attach_decap(ifname: str, mode: str, pin_dir: str | None = None) -> str:
     The attachment is made over netlink, so it outlives this process.
     """
     with decap_program(pin_dir) as (fd, origin):
-        _attach_fd(ifname, fd, mode)
-    state = xdp_state(ifname)
-    return f"{state.mode if state else 'unknown'}, {origin}"
-
-
-def _attach_fd(ifname: str, fd: int, mode: str) -> None:
-    tries = ["native", "generic"] if mode == "auto" else [mode]
-    for attempt in tries:
         try:
-            _set_xdp(ifname, fd, attempt)
-            return
-        except Exception as err:  # pyroute2 raises NetlinkError with the kernel's errno
-            if attempt == tries[-1]:
-                raise PrepError(f"attaching {DECAP_FUNCTION} to {ifname} in {attempt} mode "
-                                f"failed: {err}") from err
-            print(f"decap: native attach on {ifname} failed ({err}), trying generic", flush=True)
-
-
-def detach_xdp(ifname: str, state: XdpState) -> None:
-    _set_xdp(ifname, -1, "generic" if state.mode == "generic" else "native")
+            used = xdplink.attach(fd, ifname, mode)
+        except xdplink.XdpError as err:
+            raise PrepError(f"attaching {DECAP_FUNCTION}: {err}") from err
+    return f"{used}, {origin}"
 
 
 # --- VIPs on loopback ---------------------------------------------------------
@@ -435,7 +359,7 @@ def undo(vips: list[IPAddress] | None = None, pin_dir: str | None = None) -> lis
     for ifname in names:
         state = xdp_state(ifname)
         if state and state.name == DECAP_FUNCTION:
-            detach_xdp(ifname, state)
+            xdplink.detach(ifname)
             done.append(f"detached {DECAP_FUNCTION} from {ifname}")
     if pin_dir and os.path.isdir(pin_dir):
         for name in os.listdir(pin_dir):

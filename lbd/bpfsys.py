@@ -253,10 +253,40 @@ def xdp_program_id(ifindex: int) -> int:
     return prog_id.value
 
 
-def program_id(prog_fd: int) -> int:
-    """The kernel's id of a loaded program (struct bpf_prog_info: type, then id)."""
-    info = (ctypes.c_uint32 * 64)()
+class _ProgInfo(ctypes.Structure):
+    """The head of struct bpf_prog_info (linux/bpf.h), up to the name; the
+    kernel fills what fits in the size we pass and leaves the rest."""
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
+                ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+                ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+                ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
+                ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64),
+                ("name", ctypes.c_char * 16)]
+
+
+_libbpf.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+
+
+def _prog_info(prog_fd: int) -> _ProgInfo:
+    info = _ProgInfo()
     size = ctypes.c_uint32(ctypes.sizeof(info))
-    _check(_libbpf.bpf_obj_get_info_by_fd(prog_fd, info, ctypes.byref(size)),
+    _check(_libbpf.bpf_obj_get_info_by_fd(prog_fd, ctypes.byref(info), ctypes.byref(size)),
            "bpf_obj_get_info_by_fd")
-    return info[1]
+    return info
+
+
+def program_id(prog_fd: int) -> int:
+    """The kernel's id of a loaded program."""
+    return _prog_info(prog_fd).id
+
+
+def program_name(prog_id: int) -> str:
+    """A loaded program's name (bcc names it after its function, cut to 15
+    bytes); "" if the id is gone."""
+    fd = _libbpf.bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        return ""
+    try:
+        return _prog_info(fd).name.decode(errors="replace")
+    finally:
+        os.close(fd)

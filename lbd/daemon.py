@@ -29,9 +29,9 @@ from pathlib import Path
 
 from lbd import config as config_mod
 from lbd import bgp as bgp_mod
-from lbd import bpfsys, flowtable, hostsetup, layout
+from lbd import bpfsys, flowtable, hostsetup, layout, mounts, xdplink
 from lbd.config import Config, ConfigError
-from lbd.datapath import Datapath, Limits, detach_xdp
+from lbd.datapath import Datapath, Limits
 from lbd.health import CheckSpec, HealthChecker, HealthState, format_key
 from lbd.metrics import Metrics
 from lbd.neighbours import NeighbourResolver
@@ -78,7 +78,7 @@ def teardown(bpffs: str, bgp: "config_mod.Bgp | None" = None) -> list[str]:
             continue
         if attached and attached in ours:
             try:
-                detach_xdp(name)
+                xdplink.detach(name)
                 done.append(f"detached {name} (program id {attached})")
             except Exception as err:  # say which one stayed, go on with the others
                 done.append(f"{name}: detaching program id {attached} failed: {err}")
@@ -146,7 +146,7 @@ class Daemon:
     # --- start ----------------------------------------------------------------
     def preflight(self) -> None:
         problems = [p for p in hostsetup.problems() if "bpffs" not in p]
-        if not _on_bpffs(self.config.bpffs):
+        if not mounts.on_bpffs(self.config.bpffs):
             problems.append(f"{self.config.bpffs} (config bpffs) is not on a mounted bpffs: "
                             f"mount -t bpf bpf /sys/fs/bpf")
         for interface in self.config.interfaces:
@@ -552,9 +552,3 @@ def _interface_exists(name: str) -> bool:
         return True
     except OSError:
         return False
-
-
-def _on_bpffs(path: str) -> bool:
-    with open("/proc/mounts", encoding="ascii") as mounts:
-        points = [line.split()[1] for line in mounts if line.split()[2] == "bpf"]
-    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in points)

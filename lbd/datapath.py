@@ -19,15 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lbd import bpfsys, layout
+from lbd import bpfsys, layout, xdplink
 
 log = logging.getLogger("lbd.datapath")
-
-XDP_FLAGS_SKB_MODE = 1 << 1
-XDP_FLAGS_DRV_MODE = 1 << 2
-# IFLA_XDP_ATTACHED: numbers from the kernel, names from pyroute2 >= 0.9
-_ATTACHED_MODE = {1: "native", 2: "generic", 3: "offload", "xdp": "native",
-                  "xdpgeneric": "generic", "xdpoffload": "offload", "xdpdrv": "native"}
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 C = layout.constant
@@ -366,58 +360,10 @@ class Datapath:
 
     # --- attach ---------------------------------------------------------------
     def attach(self, ifname: str, mode: str = "native") -> str:
-        return attach_xdp(self.function, ifname, mode)
+        return xdplink.attach(self.prog_fd, ifname, mode)
 
     def test_run(self, packet: bytes, ingress_ifindex: int = 0) -> bpfsys.TestRun:
         return bpfsys.test_run(self.prog_fd, packet, ingress_ifindex)
-
-
-def attached_mode(ifname: str) -> str | None:
-    """How an XDP program is attached to an interface now, per the kernel."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        links = ipr.link("get", ifname=ifname)
-        xdp = links[0].get_attr("IFLA_XDP") if links else None
-        attached = xdp.get_attr("IFLA_XDP_ATTACHED") if xdp else None
-    return _ATTACHED_MODE.get(attached) if attached else None
-
-
-def attach_xdp(function, ifname: str, mode: str = "native") -> str:
-    """Attach (or atomically replace) an XDP program; returns the mode used.
-
-    native: driver mode or fail. generic: skb mode. auto: native, else generic
-    with a warning. The mode actually attached is read back from the kernel.
-    """
-    from bcc import BPF
-
-    if mode not in ("native", "generic", "auto"):
-        raise ValueError(f"xdp mode must be native, generic or auto, got {mode!r}")
-    if mode in ("native", "auto"):
-        try:
-            BPF.attach_xdp(ifname.encode(), function, XDP_FLAGS_DRV_MODE)
-        except Exception as err:  # bcc raises plain Exception
-            if mode == "native":
-                raise RuntimeError(f"native XDP attach to {ifname} failed: {err}. "
-                                   f"Use mode: generic (slower) or auto") from err
-            log.warning("xdp_native_failed interface=%s error=%s fallback=generic", ifname, err)
-            BPF.attach_xdp(ifname.encode(), function, XDP_FLAGS_SKB_MODE)
-    else:
-        BPF.attach_xdp(ifname.encode(), function, XDP_FLAGS_SKB_MODE)
-    actual = attached_mode(ifname) or "unknown"
-    log.info("xdp_attached interface=%s mode=%s requested=%s", ifname, actual, mode)
-    return actual
-
-
-def detach_xdp(ifname: str) -> None:
-    """Remove whatever XDP program is attached, in whichever mode."""
-    from bcc import BPF
-
-    mode = attached_mode(ifname)
-    if mode is None:
-        return
-    flags = XDP_FLAGS_SKB_MODE if mode == "generic" else XDP_FLAGS_DRV_MODE
-    BPF.remove_xdp(ifname.encode(), flags)
 
 
 def load_helper(function_name: str, source: str = "pass.c"):

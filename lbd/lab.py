@@ -64,6 +64,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from lbd import xdplink
+
 log = logging.getLogger("lbd.lab")
 
 IPv4 = ipaddress.IPv4Address
@@ -91,7 +93,6 @@ ROUTER_AS, HOST_AS = 65000, 65001   # fleet labs: the router and every lbd host
 ROUTER_IFACES = {"clients": "cli0", "lan": "lan0", "remote": "rem0"}
 BRIDGES = {"clients": "brcli", "lan": "brlan", "remote": "brrem"}
 IFA_F_NODAD = 0x02
-XDP_FLAGS_DRV_MODE = 1 << 2
 _WAIT_STEP = 0.05
 
 
@@ -577,17 +578,10 @@ http {{
 
     # --- XDP --------------------------------------------------------------------
     def attach_xdp(self, ns: str | Node, ifname: str, fd: int) -> str:
-        """Attach a loaded XDP program (its fd) in native mode to a link in a namespace.
-
-        The netlink socket is opened inside the namespace (pyroute2 does that
-        in a short-lived child), so the program fd of this process is passed
-        as is: one load serves every namespace. Returns the mode read back.
-        """
-        ipr = self._ipr_for(self.ns(ns))
-        index = _index(ipr, ifname)
-        ipr.link("set", index=index, xdp={"attrs": [("IFLA_XDP_FD", fd),
-                                                   ("IFLA_XDP_FLAGS", XDP_FLAGS_DRV_MODE)]})
-        mode = xdp_mode(ipr, index)
+        """Attach a loaded XDP program (its fd) in native mode to a link in a
+        namespace (lbd.xdplink: one load serves every namespace). Returns the
+        mode read back."""
+        mode = xdplink.attach(fd, ifname, "native", ipr=self._ipr_for(self.ns(ns)))
         short = self.ns(ns).removeprefix(self.prefix)
         self.xdp_modes[f"{short}/{ifname}"] = mode
         log.info("lab_xdp namespace=%s interface=%s mode=%s", short, ifname, mode)
@@ -595,19 +589,11 @@ http {{
 
     def detach_xdp(self, ns: str | Node, ifname: str) -> None:
         """Remove the XDP program of a link in a namespace, whichever mode it runs in."""
-        ipr = self._ipr_for(self.ns(ns))
-        index = _index(ipr, ifname)
-        mode = xdp_mode(ipr, index)
-        if mode is None:
-            return
-        flags = 1 << 1 if mode == "generic" else XDP_FLAGS_DRV_MODE
-        ipr.link("set", index=index, xdp={"attrs": [("IFLA_XDP_FD", -1),
-                                                   ("IFLA_XDP_FLAGS", flags)]})
+        xdplink.detach(ifname, ipr=self._ipr_for(self.ns(ns)))
         self.xdp_modes.pop(f"{self.ns(ns).removeprefix(self.prefix)}/{ifname}", None)
 
     def read_xdp_mode(self, ns: str | Node, ifname: str) -> str | None:
-        ipr = self._ipr_for(self.ns(ns))
-        return xdp_mode(ipr, _index(ipr, ifname))
+        return xdplink.mode(ifname, ipr=self._ipr_for(self.ns(ns)))
 
     # --- BGP (fleet labs) ------------------------------------------------------------
     def start_bird(self, ns: str | Node, config_path: str, socket_path: str,
@@ -707,11 +693,11 @@ http {{
     def _build(self) -> None:
         from pyroute2 import netns
 
-        from lbd.backend_prep import _on_bpffs
+        from lbd.mounts import on_bpffs
 
         remove_stale(self.base)
         self.tmpdir = tempfile.mkdtemp(prefix=self.prefix)
-        if _on_bpffs(BPFFS):
+        if on_bpffs(BPFFS):
             self.bpffs_dir = os.path.join(BPFFS, self.prefix.rstrip("-"))
             os.makedirs(self.bpffs_dir)
         # compiling lbd_pass (~2 s) overlaps the namespace work; bcc releases the GIL
@@ -942,16 +928,6 @@ def _index(ipr, ifname: str) -> int:
 def _add_addr(ipr, index: int, address, prefixlen: int) -> None:
     ipr.addr("add", index=index, address=str(address), prefixlen=prefixlen,
              flags=IFA_F_NODAD if address.version == 6 else 0)
-
-
-def xdp_mode(ipr, index: int) -> str | None:
-    """How an XDP program is attached to a link, per the kernel (None: not at all)."""
-    xdp = ipr.get_links(index)[0].get_attr("IFLA_XDP")
-    attached = xdp.get_attr("IFLA_XDP_ATTACHED") if xdp else None
-    # pyroute2 0.9 decodes IFLA_XDP_ATTACHED to names, older versions to numbers
-    return {1: "native", 2: "generic", 3: "offload", 4: "multi", "xdp": "native",
-            "xdpgeneric": "generic", "xdpoffload": "offload",
-            "xdpmulti": "multi"}.get(attached) if attached else None
 
 
 def _listening(pid: int, table: str, port: int, state: str) -> bool:

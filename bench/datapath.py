@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import functools
 import ipaddress
 import json
 import os
@@ -62,6 +61,7 @@ from pathlib import Path
 
 from bench.machine import loadavg, machine_info
 from bench.netline import NamespaceLine, nsx, sh, stop_groups
+from lbd import bpfsys
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -202,13 +202,6 @@ def lbd_plans(line: Line, tcp: bool):
     return plans
 
 
-@functools.cache
-def _libbpf():
-    lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-    lib.bpf_enable_stats.argtypes = [ctypes.c_int]
-    return lib
-
-
 def _run_stats(prog_fd: int) -> dict:
     """run_time_ns, run_cnt (and size fields) of a loaded program, from fdinfo."""
     stats = {}
@@ -243,9 +236,10 @@ class Bench:
     def profile(self, arms: list[str], window: float) -> dict:
         """Each XDP arm's program: its own ns per packet on this traffic."""
         out = {}
-        stats_fd = _libbpf().bpf_enable_stats(0)  # BPF_STATS_RUN_TIME, on while the fd is open
-        if stats_fd < 0:
-            return {"error": f"BPF_ENABLE_STATS failed: {os.strerror(ctypes.get_errno())}"}
+        try:
+            stats_fd = bpfsys.enable_run_time_stats()  # on while the fd is open
+        except OSError as err:
+            return {"error": str(err)}
         try:
             for arm in arms:
                 fd = {"xdp_floor": lambda: self.floor_fn.fd,

@@ -290,3 +290,13 @@ def program_name(prog_id: int) -> str:
         return _prog_info(fd).name.decode(errors="replace")
     finally:
         os.close(fd)
+
+
+_libbpf.bpf_enable_stats.argtypes = [ctypes.c_int]
+BPF_STATS_RUN_TIME = 0
+
+
+def enable_run_time_stats() -> int:
+    """Turn on the kernel's per-program run time and count (shown in a
+    program fd's fdinfo) for as long as the returned fd stays open."""
+    return _check(_libbpf.bpf_enable_stats(BPF_STATS_RUN_TIME), "BPF_ENABLE_STATS")

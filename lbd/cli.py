@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import uvloop
 
-from lbd import __version__
+from lbd import __version__, bird
+from lbd.config import Config, ConfigError, load_config
+from lbd.control_client import DEFAULT_CONFIG, call, socket_options, socket_path
 
-DEFAULT_CONFIG = "/etc/lbd/lbd.yaml"
 DEFAULT_BPFFS = "/sys/fs/bpf/lbd"  # the config's default bpffs
 
 
@@ -34,8 +36,7 @@ def setup_logging(level: str = "INFO") -> None:
 
 
 def run(config_path: str) -> int:
-    from lbd.config import ConfigError, load_config
-    from lbd.daemon import Daemon, StartupError
+    from lbd.daemon import Daemon, StartupError  # the daemon's imports (bcc) only when running it
 
     try:
         config = load_config(config_path)
@@ -57,11 +58,6 @@ def run(config_path: str) -> int:
 
 
 def bird_config(argv: list[str]) -> int:
-    import os
-
-    from lbd import bird
-    from lbd.config import ConfigError, load_config
-
     parser = argparse.ArgumentParser(prog="lbd bird-config")
     parser.add_argument("--config", default=DEFAULT_CONFIG)
     parser.add_argument("--if-missing", action="store_true",
@@ -88,8 +84,8 @@ def teardown_command(config_path: str, bpffs: str | None) -> int:
     """`lbd --teardown`: from the pins under --bpffs, else the config's bpffs
     (read from the YAML even if the file is otherwise invalid), else the
     default; with a readable bgp section, withdraw first."""
-    from lbd.config import Bgp, ConfigError, load_config, raw_setting, read_raw
-    from lbd.daemon import teardown
+    from lbd.config import Bgp, raw_setting, read_raw
+    from lbd.teardown import teardown
 
     bgp = None
     try:
@@ -113,10 +109,75 @@ def teardown_command(config_path: str, bpffs: str | None) -> int:
     return 0
 
 
+# --- lbd check -------------------------------------------------------------------
+def check_files(paths: list[str]) -> int:
+    """`lbd check FILE...`: 0 if every file is valid, else 1 (problems on stderr)."""
+    if not paths:
+        print("usage: lbd check FILE...", file=sys.stderr)
+        return 1
+    status = 0
+    for path in paths:
+        try:
+            config = load_config(path)
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            status = 1
+        else:
+            bgp_note = _bird_accepts(path, config)
+            if bgp_note is None:
+                status = 1
+                continue
+            print(f"{path}: OK ({len(config.vips)} VIPs, {config.backend_count} backends{bgp_note})")
+    return status
+
+
+def _bird_accepts(path: str, config: Config) -> str | None:
+    """With a bgp section, BIRD's own parser checks the config lbd renders
+    from it: "" or a note for the OK line, None (and the message) if BIRD refuses."""
+    if config.bgp is None:
+        return ""
+    problem = bird.parse_check(config.bgp, [vip.address for vip in config.vips if vip.announce])
+    if problem == "":
+        return "; bird not installed, BGP section not checked by BIRD"
+    if problem:
+        print(f"{path}: bgp: BIRD refuses the config lbd renders from it: {problem}", file=sys.stderr)
+        return None
+    return f"; BGP: {len(config.bgp.peers)} peers, BIRD accepts the config"
+
+
+def check_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+")
+    parser.add_argument("--diff", action="store_true", help="show what a reload would move (asks lbd)")
+
+
+def check_command(argv: list[str]) -> int:
+    """`lbd check`: parse its arguments (--socket/--config before or after the files)."""
+    parser = argparse.ArgumentParser(prog="lbd check", description="validate config files",
+                                     parents=[socket_options()])
+    check_arguments(parser)
+    return run_check(parser.parse_args(argv))
+
+
+def run_check(args: argparse.Namespace) -> int:
+    """Validate the files; with --diff, ask the running daemon what a reload
+    of the first one would move (also `lbctl check`)."""
+    result = check_files(args.files)
+    if result != 0 or not args.diff:
+        return result
+    status, body = call(socket_path(args), "POST", "/diff", {"path": os.path.abspath(args.files[0])})
+    if status != 200:
+        print(f"lbd check --diff: {body.get('error', body)}", file=sys.stderr)
+        return 1
+    if body["refused"]:
+        print(f"a reload would be REFUSED: boot-only settings changed: {', '.join(body['refused'])}")
+    for vip in body["vips"]:
+        print(f"{vip['name']}: {vip['action']}, {vip['moved_share'] * 100:.2f}% of flows would move")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "check":
-        from lbd.lbctl import check_command
         return check_command(argv[1:])
     if argv and argv[0] == "bird-config":
         return bird_config(argv[1:])

@@ -7,15 +7,14 @@ of them are reported at once:
 
 pydantic checks each field; the loader then checks what spans fields (address
 families, duplicates, limits) and maps every problem back to its YAML line
-through the composed node tree. `lbd check FILE...` (or `python -m
-lbd.config FILE...`) runs the same code without touching a running daemon.
+through the composed node tree. `lbd check FILE...` (lbd.cli) runs the same
+code without touching a running daemon.
 """
 from __future__ import annotations
 
 import functools
 import json
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -724,43 +723,3 @@ def boot_only_changes(old: Config, new: Config) -> list[str]:
             value = getattr(value, part)
         return value
     return [name for name in BOOT_ONLY if get(old, name) != get(new, name)]
-
-
-def check_main(paths: list[str]) -> int:
-    """`lbd check FILE...`: 0 if every file is valid, else 1 (problems on stderr)."""
-    if not paths:
-        print("usage: lbd check FILE...", file=sys.stderr)
-        return 1
-    status = 0
-    for path in paths:
-        try:
-            config = load_config(path)
-        except ConfigError as err:
-            print(err, file=sys.stderr)
-            status = 1
-        else:
-            bgp_note = _bird_accepts(path, config)
-            if bgp_note is None:
-                status = 1
-                continue
-            print(f"{path}: OK ({len(config.vips)} VIPs, {config.backend_count} backends{bgp_note})")
-    return status
-
-
-def _bird_accepts(path: str, config: Config) -> str | None:
-    """With a bgp section, BIRD's own parser checks the config lbd renders
-    from it: "" or a note for the OK line, None (and the message) if BIRD refuses."""
-    if config.bgp is None:
-        return ""
-    from lbd.bird import parse_check  # lbd.bird imports this module
-    problem = parse_check(config.bgp, [vip.address for vip in config.vips if vip.announce])
-    if problem == "":
-        return "; bird not installed, BGP section not checked by BIRD"
-    if problem:
-        print(f"{path}: bgp: BIRD refuses the config lbd renders from it: {problem}", file=sys.stderr)
-        return None
-    return f"; BGP: {len(config.bgp.peers)} peers, BIRD accepts the config"
-
-
-if __name__ == "__main__":
-    sys.exit(check_main(sys.argv[1:]))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lbd.config import load_config
 from lbd.lab import Lab, url
-from lbd.lbctl import _UnixConnection, call
+from lbd.control_client import UnixConnection, call
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
 if not CONFIG.exists():
@@ -97,7 +97,7 @@ def _wait_ready(socket_path: str, daemon, timeout: float = 60) -> bool:
 
 
 def _metrics(socket_path: str) -> str:
-    connection = _UnixConnection(socket_path)
+    connection = UnixConnection(socket_path)
     connection.request("GET", "/metrics")
     body = connection.getresponse().read().decode()
     connection.close()

@@ -26,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lbd.config import ConfigError
+from lbd.teardown import teardown as teardown_pins
 
 if TYPE_CHECKING:
     from lbd.daemon import Daemon
@@ -113,10 +114,9 @@ def _control_routes(daemon: "Daemon") -> list:
             return _json({"error": str(err)}, 400)
 
     async def teardown(_request):
-        from lbd.daemon import teardown as do_teardown
         if daemon.announcer is not None:
             daemon.announcer.withdrawn_all = True   # its loop must not announce again meanwhile
-        done = await asyncio.get_running_loop().run_in_executor(None, do_teardown, daemon.config.bpffs,
+        done = await asyncio.get_running_loop().run_in_executor(None, teardown_pins, daemon.config.bpffs,
                                                                  daemon.config.bgp)
         daemon.request_stop()
         return _json({"done": done})

@@ -16,81 +16,12 @@ configured control.group.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import os
-import socket
 import sys
 import urllib.parse
 
-DEFAULT_SOCKET = "/run/lbd/lbd.sock"
-DEFAULT_CONFIG = "/etc/lbd/lbd.yaml"
-
-
-def _socket_options() -> argparse.ArgumentParser:
-    """--socket and --config, for the main parser and every command's: an
-    operator types them before or after the command. SUPPRESS leaves them
-    unset when not given, so one given after the command is not overwritten
-    by the main parser's default."""
-    options = argparse.ArgumentParser(add_help=False)
-    options.add_argument("--socket", default=argparse.SUPPRESS,
-                         help=f"control socket (default: control.socket of --config, else {DEFAULT_SOCKET})")
-    options.add_argument("--config", default=argparse.SUPPRESS,
-                         help=f"take the socket from this config's control.socket (default {DEFAULT_CONFIG})")
-    return options
-
-
-def socket_path(args: argparse.Namespace, default_config: str = DEFAULT_CONFIG) -> str:
-    """--socket; else control.socket of --config; else of the default config
-    if it exists; else the built-in default (which is also control.socket's)."""
-    if getattr(args, "socket", None):
-        return args.socket
-    path = getattr(args, "config", None)
-    if path is None:
-        if not os.path.exists(default_config):
-            return DEFAULT_SOCKET
-        path = default_config
-    # Only this one setting is needed: read it from the YAML without
-    # validating the rest, so lbctl still reaches the daemon while the file
-    # holds an edit the daemon would refuse.
-    from lbd.config import raw_setting, read_raw
-    raw = read_raw(path)
-    if raw is None:
-        raise SystemExit(f"lbctl: cannot read {path} for control.socket (not readable or not YAML); "
-                         "give --socket PATH")
-    value = raw_setting(raw, "control", "socket")
-    return value if isinstance(value, str) and value.startswith("/") else DEFAULT_SOCKET
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 30.0):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
-
-
-def call(socket_path: str, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-    connection = _UnixConnection(socket_path)
-    try:
-        payload = json.dumps(body).encode() if body is not None else None
-        connection.request(method, path, body=payload,
-                           headers={"Content-Type": "application/json"} if payload else {})
-        response = connection.getresponse()
-        return response.status, json.loads(response.read() or b"{}")
-    except (FileNotFoundError, ConnectionRefusedError) as err:
-        raise SystemExit(f"lbctl: cannot reach lbd at {socket_path} ({err}); is lbd running? "
-                         f"(--socket PATH, or --config FILE for its control.socket; default "
-                         f"{DEFAULT_CONFIG})")
-    except PermissionError:
-        raise SystemExit(f"lbctl: permission denied on {socket_path}: run as root or as a member of "
-                         "control.group")
-    finally:
-        connection.close()
-
+from lbd.cli import check_arguments, run_check
+from lbd.control_client import call, socket_options, socket_path
 
 def format_status(status: dict, stats: bool) -> str:
     lines = [f"lbd {'ready' if status['ready'] else 'NOT READY'}  attached: "
@@ -146,44 +77,15 @@ def _format_bgp(bgp: dict | None) -> list[str]:
     return lines
 
 
-def _check_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+")
-    parser.add_argument("--diff", action="store_true", help="show what a reload would move (asks lbd)")
-
-
-def check_command(argv: list[str]) -> int:
-    """`lbd check`: parse its arguments (--socket/--config before or after the files)."""
-    parser = argparse.ArgumentParser(prog="lbd check", description="validate config files",
-                                     parents=[_socket_options()])
-    _check_arguments(parser)
-    return run_check(parser.parse_args(argv))
-
-
-def run_check(args: argparse.Namespace) -> int:
-    from lbd.config import check_main
-    result = check_main(args.files)
-    if result != 0 or not args.diff:
-        return result
-    status, body = call(socket_path(args), "POST", "/diff", {"path": os.path.abspath(args.files[0])})
-    if status != 200:
-        print(f"lbd check --diff: {body.get('error', body)}", file=sys.stderr)
-        return 1
-    if body["refused"]:
-        print(f"a reload would be REFUSED: boot-only settings changed: {', '.join(body['refused'])}")
-    for vip in body["vips"]:
-        print(f"{vip['name']}: {vip['action']}, {vip['moved_share'] * 100:.2f}% of flows would move")
-    return 0
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    options = _socket_options()
+    options = socket_options()
     parser = argparse.ArgumentParser(prog="lbctl", description=__doc__.splitlines()[0], parents=[options])
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="VIPs and backends", parents=[options])
     status.add_argument("--stats", action="store_true")
     status.add_argument("--json", action="store_true")
     sub.add_parser("reload", help="re-read the config", parents=[options])
-    _check_arguments(sub.add_parser("check", help="validate config files", parents=[options]))
+    check_arguments(sub.add_parser("check", help="validate config files", parents=[options]))
     explain = sub.add_parser("explain", help="which backend a flow gets, and why", parents=[options])
     explain.add_argument("client", nargs="?", help="CLIENT_ADDR:PORT ([v6]:port)")
     explain.add_argument("vip", nargs="?", help="VIP_ADDR:PORT/PROTO")

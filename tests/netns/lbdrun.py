@@ -100,7 +100,7 @@ class LbdUnderTest:
         return result
 
     def status(self) -> dict:
-        from lbd.lbctl import call
+        from lbd.control_client import call
         code, body = call(self.socket, "GET", "/status")
         assert code == 200, body
         return body
@@ -109,8 +109,8 @@ class LbdUnderTest:
         return next(v for v in self.status()["vips"] if v["name"] == name)
 
     def metrics(self) -> str:
-        from lbd.lbctl import _UnixConnection
-        connection = _UnixConnection(self.socket)
+        from lbd.control_client import UnixConnection
+        connection = UnixConnection(self.socket)
         connection.request("GET", "/metrics")
         body = connection.getresponse().read().decode()
         connection.close()

@@ -111,7 +111,7 @@ def test_rendered_config_is_valid_bird_and_round_trips(tmp_path):
 
 
 def test_lbd_check_has_bird_parse_what_lbd_renders(tmp_path, capsys):
-    from lbd.config import check_main
+    from lbd.cli import check_files as check_main
     path = tmp_path / "fleet.yaml"
     path.write_text(BASE)
     assert check_main([str(path)]) == 0

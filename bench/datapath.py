@@ -13,7 +13,7 @@ trafgen (netsniff-ng) in `gen`, pinned to core 0, sends 64-byte UDP frames
 (xdp/pass.c) on their interface; the count over a fixed window after a
 warm-up gives delivered pps. Every veth has TX checksum offload off and an
 XDP program on the receiving peer, so native XDP redirect delivers
-(TESTBED.md).
+(docs/background.md).
 
 Arms (all on the same topology, one after the other in every run):
   direct      gen -> be1 over d0: no balancer hop

@@ -1,4 +1,4 @@
-"""The shared-memory comparison (DESIGN.md): nginx limit_req per client, three ways.
+"""The shared-memory comparison (docs/background.md): nginx limit_req per client, three ways.
 
 Real nginx (Debian nginx-light), `limit_req` keyed by `$binary_remote_addr`,
 one worker per core, the same clients and request mix in every arm, in one run:

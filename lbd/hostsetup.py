@@ -28,7 +28,7 @@ RUNTIME_PACKAGES = [
     "bird2",              # the BGP speaker lbd drives for fleets (lbd-bird.service; lbd/bird.py)
 ]
 LAB_PACKAGES = [
-    "ethtool",            # tx checksum offload off on veths (TESTBED.md)
+    "ethtool",            # tx checksum offload off on veths (docs/background.md)
     "nginx-light",        # real HTTP backends in the lab
     "libnginx-mod-stream",  # nginx stream: the user-space proxy arm of bench/datapath.py
     "nftables",
@@ -36,7 +36,7 @@ LAB_PACKAGES = [
     "iputils-ping",
     "tcpdump",
     "bpftool",
-    "prometheus",         # promtool check metrics
+    "prometheus",         # promtool (check metrics, check/test rules) and the server of tests/netns/test_prometheus.py
 ]
 BPFFS = "/sys/fs/bpf"
 
@@ -80,7 +80,7 @@ def headers_present() -> bool:
 def link_headers() -> None:
     """Point /lib/modules/$(uname -r) at installed headers of another version.
 
-    These hosts run a kernel with no matching header package (TESTBED.md).
+    These hosts run a kernel with no matching header package (docs/background.md).
     XDP programs only use stable UAPI structs, so Debian's headers serve; bcc
     needs both the arch tree (build) and the common tree (source).
     """

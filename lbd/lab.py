@@ -24,7 +24,7 @@ bridges live in a `switch` namespace. Every backend runs nginx on port 80
 (body: its name; /healthz: 200; /whoami: name and client address) and
 lbd.udp_echo on 5300, and was prepared by `lbd-backend prepare`.
 
-Native XDP on veth (TESTBED.md): the lab attaches the lbd_pass helper to the
+Native XDP on veth (docs/background.md): the lab attaches the lbd_pass helper to the
 bridge-side peer of lbd's eth0 and of each ipip backend's eth0, and turns TX
 checksum offload off on every veth, so a native XDP_TX from lbd and the
 native decap program on r1..r3 deliver. `Lab.xdp_modes` says which mode
@@ -761,7 +761,7 @@ http {{
                         for ns in self._namespaces})
 
     def _checksum_offload_off(self) -> None:
-        # TESTBED.md: TCP from a veth with TX checksum offload leaves with a
+        # docs/background.md: TCP from a veth with TX checksum offload leaves with a
         # partial checksum that native XDP drops; off on every veth, both ends.
         per_ns: dict[str, list[str]] = {self.switch_ns: []}
         for node in self.nodes.values():

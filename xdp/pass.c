@@ -1,6 +1,6 @@
 /* pass.c: helper programs with no logic of their own.
  *  - lbd_pass: XDP_PASS. A native XDP_TX/redirect into a veth only delivers
- *    when the peer veth runs an XDP program too (TESTBED.md): the lab puts this
+ *    when the peer veth runs an XDP program too (docs/background.md): the lab puts this
  *    one there. It is also the floor of the per-packet cost benchmark.
  *  - lbd_mac_swap_tx: swaps the MACs and bounces the packet (XDP_TX), the
  *    cheapest balancer hop this machine allows (bench's xdp_floor).

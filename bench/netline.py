@@ -3,9 +3,7 @@ created together and removed together, also when building fails. Shared by
 bench/datapath.py and bench/sharedmem.py; each adds its own links."""
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 
 BASE = "lbdb"
@@ -21,28 +19,12 @@ def nsx(ns: str, *argv: str) -> list[str]:
     return ["ip", "netns", "exec", ns, *argv]
 
 
-def stop_groups(procs, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
-    """Signal each process group, then SIGKILL those still there after timeout."""
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-    for proc in procs:
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 class NamespaceLine:
     """Subclasses set ROLES and SYSCTLS and add links in _build()."""
     ROLES: tuple[str, ...] = ()
     SYSCTLS: tuple[str, ...] = ()
 
     def __init__(self, index: int):
-        import os
-
         from lbd.lab import remove_stale
 
         remove_stale(BASE)  # what killed runs left behind

@@ -47,7 +47,8 @@ import time
 from pathlib import Path
 
 from bench.machine import loadavg, machine_info
-from bench.netline import NamespaceLine, nsx, sh, stop_groups
+from bench.netline import NamespaceLine, nsx, sh
+from lbd.lab import stop_groups
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -40,13 +40,14 @@ import socket
 import sys
 from dataclasses import dataclass
 
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
 from lbd import bpfsys, mounts, xdplink
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 LBD_ADDR_PROTO = 76        # IFA_PROTO of addresses we add ('L'); the kernel's own are 0..3
 DECAP_FUNCTION = "lbd_decap"
-IFA_F_NODAD = 0x02
 
 
 class PrepError(RuntimeError):

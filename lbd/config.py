@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -26,11 +27,15 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, 
 from pydantic_core import PydanticCustomError
 
 from lbd.layout import constant
+from lbd.maglev import is_prime
 
 IPAddress = IPv4Address | IPv6Address
 
 # Settings that size maps or pick what the program is attached to: changing
 # one needs the program reloaded, so the daemon refuses it on a config reload.
+# The `protocol:` values and their IP protocol numbers (what the program's keys hold).
+PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+
 BOOT_ONLY = (
     "interfaces",
     "bpffs",
@@ -152,14 +157,10 @@ def _listen(value: Any) -> tuple[str, int]:
     raise _fail('must be IP:port such as "127.0.0.1:9100", or "[::1]:9100" for IPv6 (quoted)')
 
 
-def _is_prime(n: int) -> bool:
-    return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
-
-
 def _ring_size(value: Any) -> int:
     # Maglev fills a VIP's table by stepping through it with a per-backend
     # stride; only a prime size makes every stride visit every slot.
-    if isinstance(value, int) and not isinstance(value, bool) and 101 <= value <= 1 << 24 and _is_prime(value):
+    if isinstance(value, int) and not isinstance(value, bool) and 101 <= value <= 1 << 24 and is_prime(value):
         return value
     raise _fail(f"must be a prime number 101..{1 << 24} such as 65537 (Maglev needs a prime table size)")
 
@@ -262,7 +263,7 @@ class Vip(_Model):
 
     @property
     def proto_number(self) -> int:
-        return {"tcp": 6, "udp": 17}[self.protocol]
+        return PROTOCOLS[self.protocol]
 
     def default_name(self) -> str:
         host = f"[{self.address}]" if self.address.version == 6 else str(self.address)

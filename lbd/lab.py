@@ -64,6 +64,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
 from lbd import xdplink
 
 log = logging.getLogger("lbd.lab")
@@ -92,7 +94,6 @@ ROUTER_AS, HOST_AS = 65000, 65001   # fleet labs: the router and every lbd host
 # interfaces of the router, by net
 ROUTER_IFACES = {"clients": "cli0", "lan": "lan0", "remote": "rem0"}
 BRIDGES = {"clients": "brcli", "lan": "brlan", "remote": "brrem"}
-IFA_F_NODAD = 0x02
 _WAIT_STEP = 0.05
 
 
@@ -179,6 +180,25 @@ def netns_pids(ns: str) -> list[int]:
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
     return pids
+
+
+def stop_groups(procs, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
+    """Signal every process group (each spawned with start_new_session), wait
+    up to `timeout` in all for them to end, then SIGKILL each group, which
+    also ends children left behind in it."""
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.0, deadline - time.monotonic()))
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(1)
 
 
 def _kill_pids(pids: list[int], timeout: float = 3.0) -> None:
@@ -399,17 +419,7 @@ class Lab:
 
     def stop(self, proc: subprocess.Popen, timeout: float = 5.0) -> int | None:
         """SIGTERM a spawned process group, SIGKILL it after timeout; returns its code."""
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)   # children left in the group
+        stop_groups([proc], timeout=timeout)
         return proc.returncode
 
     # --- clients -----------------------------------------------------------------
@@ -876,19 +886,7 @@ http {{
             self._closed = True
             procs = list(self._procs)
         atexit.unregister(self.close)
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                if proc.poll() is None:
-                    os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 3
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.0, deadline - time.monotonic()))
-        for proc in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(1)
+        stop_groups(procs, timeout=3)
         for ipr in self._ipr.values():
             with contextlib.suppress(Exception):
                 ipr.close()

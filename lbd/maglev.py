@@ -54,7 +54,7 @@ class Backend(NamedTuple):
     backend_id: int  # 1..2**32-1, the value stored in the table
 
 
-def _is_prime(n: int) -> bool:
+def is_prime(n: int) -> bool:
     if n < 2:
         return False
     i = 2
@@ -67,7 +67,7 @@ def _is_prime(n: int) -> bool:
 
 def _prepare(backends: Iterable[Sequence], size: int) -> list[tuple[bytes, int, int]]:
     """Validated (key, weight, id) tuples that take slots, in table order."""
-    if not isinstance(size, int) or not _is_prime(size) or size >= 2**31:
+    if not isinstance(size, int) or not is_prime(size) or size >= 2**31:
         # A composite size would leave some permutations short of a full
         # cycle (and the walk for a free slot endless).
         raise ValueError(f"ring size must be a prime below 2**31, not {size!r}")

@@ -407,44 +407,6 @@ class Daemon:
                 "vips": [r.__dict__ for r in self.programmer.preview(plans)]}
 
     # --- status and explain -----------------------------------------------------
-    def status(self) -> dict:
-        health = self.health.snapshot() if self.health else {}
-        vips = []
-        applied = self.programmer.applied() if self.programmer else {}
-        for vip in self.config.vips:
-            key = (vip.address, vip.port, vip.proto_number)
-            entry = applied.get(key)
-            status = self.vip_status.get(vip.name, VipStatus())
-            counters = self.datapath.vip_counters(entry.vip_id) if entry else {}
-            backends = []
-            for backend, plan in zip(vip.backends, entry.plan.backends if entry else ()):
-                h = health.get((vip.name, str(backend.address)), {})
-                backend_id = entry.backend_ids[backend.address]
-                backends.append({
-                    "address": str(backend.address), "weight": backend.weight, "drain": backend.drain,
-                    "state": {1: "active", 2: "draining", 3: "down"}.get(plan.state, "?"),
-                    "in_table": plan.in_table, "health": str(h.get("state", "none")),
-                    "note": status.notes.get(str(backend.address), ""),
-                    "flows": self._flows_of(backend_id),
-                    **self.datapath.backend_counters(backend_id)})
-            vips.append({"name": vip.name, "address": str(vip.address), "port": vip.port,
-                         "protocol": vip.protocol, "mode": vip.mode, "affinity": vip.affinity,
-                         "fingerprint": entry.fingerprint if entry else "", "fail_open": status.fail_open,
-                         "counters": counters, "backends": backends})
-        return {"ready": self.ready, "config": self.config_path, "attached": self.attached,
-                "uptime_s": round(time.time() - self.started, 1), "reload": self.reload_state,
-                "global": self.datapath.global_counters() if self.datapath else {}, "vips": vips,
-                "conntrack": {name: {"entries": u.entries, "capacity": u.capacity,
-                                     "used": round(u.used, 4), "walk_seconds": round(u.walk_seconds, 3)}
-                              for name, u in self.table_usage.items()},
-                "bgp": self.announcer.status() if self.announcer else None}
-
-    def _flows_of(self, backend_id: int) -> int | None:
-        """The backend's connection-table entries at the last sample (None before one)."""
-        if not self.table_usage:
-            return None
-        return sum(u.by_backend.get(backend_id, 0) for u in self.table_usage.values())
-
     def explain(self, client: str, vip_spec: str) -> dict:
         from lbd.explain import explain
         return explain(self, client, vip_spec)

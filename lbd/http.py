@@ -26,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lbd.config import ConfigError
+from lbd.status import status_view
 from lbd.teardown import teardown as teardown_pins
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def _read_routes(daemon: "Daemon") -> list:
         return web.Response(text="not ready\n", status=503)
 
     async def status(_request):
-        return _json(daemon.status())
+        return _json(status_view(daemon))
 
     return [web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz),
             web.get("/status", status)]

@@ -1,0 +1,54 @@
+"""The status view: what `/status` and `lbctl status` show, assembled from
+the daemon's config, the maps' counters, health and the last table sample."""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from lbd import layout
+from lbd.plan import VipStatus
+
+if TYPE_CHECKING:
+    from lbd.daemon import Daemon
+
+STATE_NAMES = layout.enum_names("LBD_BACKEND_")  # the header's names: active, draining, down, empty
+
+
+def status_view(daemon: "Daemon") -> dict:
+    d = daemon
+    health = d.health.snapshot() if d.health else {}
+    applied = d.programmer.applied() if d.programmer else {}
+    vips = []
+    for vip in d.config.vips:
+        entry = applied.get((vip.address, vip.port, vip.proto_number))
+        status = d.vip_status.get(vip.name, VipStatus())
+        backends = []
+        for backend, plan in zip(vip.backends, entry.plan.backends if entry else ()):
+            h = health.get((vip.name, str(backend.address)), {})
+            backend_id = entry.backend_ids[backend.address]
+            backends.append({
+                "address": str(backend.address), "weight": backend.weight, "drain": backend.drain,
+                "state": STATE_NAMES.get(plan.state, "?"),
+                "in_table": plan.in_table, "health": str(h.get("state", "none")),
+                "note": status.notes.get(str(backend.address), ""),
+                "flows": flows_of(d, backend_id),
+                **d.datapath.backend_counters(backend_id)})
+        vips.append({"name": vip.name, "address": str(vip.address), "port": vip.port,
+                     "protocol": vip.protocol, "mode": vip.mode, "affinity": vip.affinity,
+                     "fingerprint": entry.fingerprint if entry else "", "fail_open": status.fail_open,
+                     "counters": d.datapath.vip_counters(entry.vip_id) if entry else {},
+                     "backends": backends})
+    return {"ready": d.ready, "config": d.config_path, "attached": d.attached,
+            "uptime_s": round(time.time() - d.started, 1), "reload": d.reload_state,
+            "global": d.datapath.global_counters() if d.datapath else {}, "vips": vips,
+            "conntrack": {name: {"entries": u.entries, "capacity": u.capacity,
+                                 "used": round(u.used, 4), "walk_seconds": round(u.walk_seconds, 3)}
+                          for name, u in d.table_usage.items()},
+            "bgp": d.announcer.status() if d.announcer else None}
+
+
+def flows_of(daemon: "Daemon", backend_id: int) -> int | None:
+    """The backend's connection-table entries at the last sample (None before one)."""
+    if not daemon.table_usage:
+        return None
+    return sum(u.by_backend.get(backend_id, 0) for u in daemon.table_usage.values())

@@ -35,7 +35,7 @@ test-netns: venv
 
 # Build the namespace lab, run lbd on configs/demo.yaml, send real HTTP through it.
 demo: venv
-	$(PY) -m lbd.demo
+	$(PY) -m lbd.testing.demo
 
 bench: venv
 	$(PY) -m bench.run

@@ -78,7 +78,7 @@ def rss_mb() -> tuple[float, float]:
 
 def cold_start(runs: int) -> dict:
     """Compile + load + first apply + attach, each run a fresh Datapath."""
-    from lbd import fibns
+    from lbd.testing import fibns
     from lbd import xdplink
     from lbd.datapath import Datapath
     from lbd.programmer import Programmer

@@ -62,7 +62,7 @@ from pathlib import Path
 from bench.machine import loadavg, machine_info
 from bench.netline import NamespaceLine, nsx, sh
 from lbd import bpfsys
-from lbd.lab import stop_groups
+from lbd.testing.netns import stop_groups
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"

@@ -25,7 +25,7 @@ class NamespaceLine:
     SYSCTLS: tuple[str, ...] = ()
 
     def __init__(self, index: int):
-        from lbd.lab import remove_stale
+        from lbd.testing.netns import remove_stale
 
         remove_stale(BASE)  # what killed runs left behind
         self.prefix = f"{BASE}{os.getpid()}-{index}-"
@@ -46,7 +46,7 @@ class NamespaceLine:
         self.close()
 
     def close(self) -> None:
-        from lbd.lab import remove_netns
+        from lbd.testing.netns import remove_netns
 
         for ns in reversed(self.created):
             remove_netns(ns)

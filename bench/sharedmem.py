@@ -48,7 +48,7 @@ from pathlib import Path
 
 from bench.machine import loadavg, machine_info
 from bench.netline import NamespaceLine, nsx, sh
-from lbd.lab import stop_groups
+from lbd.testing.netns import stop_groups
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from lbd import fibns
+from lbd.testing import fibns
 from lbd.datapath import Datapath
 from lbd.programmer import Programmer
-from lbd.fibns import GW_MAC, MAC as LBD_MAC, V4 as IPIP_SRC_V4, V6 as IPIP_SRC_V6  # noqa: F401
+from lbd.testing.fibns import GW_MAC, MAC as LBD_MAC, V4 as IPIP_SRC_V4, V6 as IPIP_SRC_V6  # noqa: F401
 from tests.conftest import require_root
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from lbd.lab import Lab
+from lbd.testing.lab import Lab
 
 STREAMER = str(Path(__file__).with_name("streamer.py"))
 CONNECTOR = str(Path(__file__).with_name("connector.py"))

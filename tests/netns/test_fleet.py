@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from lbd.lab import ROUTER_AS, Lab
+from lbd.testing.lab import Lab
+from lbd.testing.topology import ROUTER_AS
 from tests.netns.lbdrun import HEALTH, LbdUnderTest
 from tests.netns.test_traffic import check_metrics_serve_the_dashboard
 

@@ -120,7 +120,7 @@ def test_a_syn_flood_then_a_reload_breaks_no_connection(lab, monkeypatch):
         [c for c in result["connections"] if c["error"]][:5]
     # what an operator sees of the table's pressure
     assert result["made"] >= 30 and result["capacity"] == TABLE
-    assert f"connection table tcp:" in result["status"] and f"of {TABLE} entries" in result["status"]
+    assert "connection table tcp:" in result["status"] and f"of {TABLE} entries" in result["status"]
 
 
 def test_control_with_syns_making_entries_the_same_flood_breaks_connections(lab, monkeypatch):

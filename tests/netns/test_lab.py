@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from lbd import lab as lablib
-from lbd.lab import Lab
+from lbd.testing import netns as lab_netns
+from lbd.testing.topology import mac_of
+from lbd.testing.lab import Lab
 
 pytestmark = pytest.mark.netns
 
@@ -206,7 +207,7 @@ def test_decap_delivers_ipip_syn_to_vip_and_backend_answers_client(lab):
     client directly from the VIP, and the SYN-ACK crosses the router."""
     r1 = lab.backends["r1"]
     client4, client6 = lab.client.v4s[3], lab.client.v6s[3]
-    args = {"watch": "cli0", "out": "rem0", "src_mac": lablib.mac_of("remote", 1),
+    args = {"watch": "cli0", "out": "rem0", "src_mac": mac_of("remote", 1),
             "dst_mac": r1.mac, "lbd4": str(lab.lbd.v4), "lbd6": str(lab.lbd.v6),
             "backend4": str(r1.v4), "backend6": str(r1.v6),
             "client4": str(client4), "client6": str(client6),
@@ -236,7 +237,7 @@ def test_teardown_leaves_nothing(error):
             # a process the lab did not start, left behind in a namespace
             lab.run("client", ["sh", "-c", "sleep 300 >/dev/null 2>&1 &"], check=True)
             for ns in [lab.switch_ns, *(n.ns for n in lab.nodes.values())]:
-                pids.extend(lablib.netns_pids(ns))
+                pids.extend(lab_netns.netns_pids(ns))
             assert lab.http_get(lab.url(lab.backends["b1"].v4)).body == "b1\n"
             if error:
                 raise error("boom")
@@ -248,14 +249,14 @@ def test_teardown_leaves_nothing(error):
         body()
     assert len(pids) >= 4            # nginx (master, worker), udp echo, sleeps
     assert _leftovers(small.prefix) == []
-    assert [p for p in pids if lablib.process_alive(p)] == []
+    assert [p for p in pids if lab_netns.process_alive(p)] == []
     assert not os.path.exists(small.tmpdir)
     assert small.bpffs_dir is None or not os.path.exists(small.bpffs_dir)
 
 
 def test_start_removes_namespaces_of_dead_runs():
     dead = _dead_pid()
-    stale = f"{lablib.BASE_PREFIX}{dead}-0-client"
+    stale = f"{lab_netns.BASE_PREFIX}{dead}-0-client"
     subprocess.run(["ip", "netns", "add", stale], check=True)
     sleeper = subprocess.Popen(["ip", "netns", "exec", stale, "sleep", "300"])
     try:
@@ -272,7 +273,7 @@ def _dead_pid() -> int:
     for _ in range(100):
         proc = subprocess.Popen(["true"])
         proc.wait()
-        if not lablib.process_alive(proc.pid):
+        if not lab_netns.process_alive(proc.pid):
             return proc.pid
         time.sleep(0.01)
     raise RuntimeError("no dead pid found")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lbd.lab import Lab
+from lbd.testing.lab import Lab
 from tests.netns.lbdrun import HEALTH, LbdUnderTest, backends, wait_for
 
 pytestmark = pytest.mark.netns

@@ -78,7 +78,7 @@ def test_teardown_with_a_missing_file_and_bpffs(lab, killed_lbd):
 
 def test_teardown_leaves_a_program_that_is_not_lbds(lab):
     # teardown detaches only lbd's pinned program, never another XDP program
-    from lbd.lab import pass_program
+    from lbd.testing.lab import pass_program
     _bpf, function = pass_program()
     lab.attach_xdp("lbd", "eth0", function.fd)
     try:

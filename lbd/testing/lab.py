@@ -1,5 +1,11 @@
 """A network-namespace lab with real clients, a router, the lbd host and backends.
 
+The test lab, not the product: lbd.testing is left out of the installed
+package. The lab is split by job: netns (namespaces and processes),
+topology (nets, addresses, nodes), traffic (client probes), servers
+(nginx, UDP echo, lbd-backend), fleet (BIRD); this module builds and tears
+down the whole and runs things in it.
+
 Used by the netns test tier, `make demo` and the benchmarks. Everything lives
 in namespaces named `<base><pid>-<n>-<node>` (e.g. `lbdt4242-0-router`), so
 nothing touches the host's network, and a lab left behind by a killed run is
@@ -22,7 +28,7 @@ their 5-tuple (fib_multipath_hash_policy=1). Each host runs lbd and its own
 BIRD (`start_bird`) with the config lbd renders. The
 bridges live in a `switch` namespace. Every backend runs nginx on port 80
 (body: its name; /healthz: 200; /whoami: name and client address) and
-lbd.udp_echo on 5300, and was prepared by `lbd-backend prepare`.
+lbd.testing.udp_echo on 5300, and was prepared by `lbd-backend prepare`.
 
 Native XDP on veth (docs/background.md): the lab attaches the lbd_pass helper to the
 bridge-side peer of lbd's eth0 and of each ipip backend's eth0, and turns TX
@@ -41,8 +47,8 @@ MACs are fixed: 02:00:c6:12:<net>:<host> (net 00 LAN, 10 clients, 20 remote).
         lab.udp_echo(vip, "hi")                         # "b2 hi" or None
         lab.stop_server("b2"); lab.start_server("b2")   # "http", "udp" or both
 
-`python -m lbd.lab up` builds one and keeps it until Ctrl-C; `python -m
-lbd.lab clean` removes what dead runs left.
+`python -m lbd.testing.lab up` builds one and keeps it until Ctrl-C; `python -m
+lbd.testing.lab clean` removes what dead runs left.
 """
 from __future__ import annotations
 
@@ -51,10 +57,8 @@ import atexit
 import contextlib
 import functools
 import ipaddress
-import json
 import logging
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -62,202 +66,17 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
-
-from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from lbd import xdplink
+from lbd.testing.fleet import Fleet
+from lbd.testing.netns import BASE_PREFIX, BPFFS, NETNS_DIR, remove_netns, remove_stale, stop_groups
+from lbd.testing.servers import Servers, _Server
+from lbd.testing.topology import (BRIDGES, DEFAULT_VIPS_V4, DEFAULT_VIPS_V6, NETS_V4, NETS_V6,
+                                  ROUTER_IFACES, Node, _add_addr, _bridge_mac, _index, _port_name,
+                                  mac_of, v4_host, v6_host)
+from lbd.testing.traffic import Traffic
 
-log = logging.getLogger("lbd.lab")
-
-IPv4 = ipaddress.IPv4Address
-IPv6 = ipaddress.IPv6Address
-
-BASE_PREFIX = "lbdt"
-NETNS_DIR = "/run/netns"
-BPFFS = "/sys/fs/bpf"
-HTTP_PORT = 80
-UDP_PORT = 5300
-NETS_V4 = {"lan": ipaddress.ip_network("198.18.0.0/24"),
-           "clients": ipaddress.ip_network("198.18.10.0/24"),
-           "remote": ipaddress.ip_network("198.18.20.0/24"),
-           "vips": ipaddress.ip_network("198.18.100.0/24")}
-NETS_V6 = {"lan": ipaddress.ip_network("fd00:0:0:1::/64"),
-           "clients": ipaddress.ip_network("fd00:10::/64"),
-           "remote": ipaddress.ip_network("fd00:20::/64"),
-           "vips": ipaddress.ip_network("fd00:100::/64")}
-# third byte of each net's MACs, so a MAC tells its net: 02:00:c6:12:<net>:<host>
-_MAC_NET = {"lan": 0x00, "clients": 0x10, "remote": 0x20}
-DEFAULT_VIPS_V4 = ("198.18.100.1", "198.18.100.2", "198.18.100.3")
-DEFAULT_VIPS_V6 = ("fd00:100::1", "fd00:100::2", "fd00:100::3")
-ROUTER_AS, HOST_AS = 65000, 65001   # fleet labs: the router and every lbd host
-# interfaces of the router, by net
-ROUTER_IFACES = {"clients": "cli0", "lan": "lan0", "remote": "rem0"}
-BRIDGES = {"clients": "brcli", "lan": "brlan", "remote": "brrem"}
-_WAIT_STEP = 0.05
-
-
-def v4_host(net: str, host: int) -> IPv4:
-    return NETS_V4[net].network_address + host
-
-
-def v6_host(net: str, host: int) -> IPv6:
-    """The IPv6 twin of v4_host: host 11 becomes ::11 (the digits read as hex)."""
-    return NETS_V6[net].network_address + int(str(host), 16)
-
-
-def mac_of(net: str, host: int, bridge_side: bool = False) -> str:
-    return f"02:{int(bridge_side):02x}:c6:12:{_MAC_NET[net]:02x}:{host:02x}"
-
-
-@dataclass(frozen=True)
-class Node:
-    """One host of the lab, as seen on its network."""
-    name: str                     # short name: "lbd", "router", "b1", "r2", "client"
-    ns: str                       # full namespace name
-    ifname: str                   # its interface on that network
-    v4s: tuple[IPv4, ...]         # first one is the host's main address
-    v6s: tuple[IPv6, ...]
-    mac: str
-    net: str                      # "lan", "remote" or "clients"
-    mode: str = ""                # backends: "dsr" (on the LAN) or "ipip" (remote)
-
-    @property
-    def v4(self) -> IPv4:
-        return self.v4s[0]
-
-    @property
-    def v6(self) -> IPv6:
-        return self.v6s[0]
-
-
-@dataclass
-class HttpReply:
-    """One HTTP GET made from a client namespace."""
-    source: str | None
-    status: int | None = None
-    body: str = ""
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 200
-
-
-@dataclass
-class _Server:
-    argv: list[str]
-    proc: subprocess.Popen | None = None
-
-
-def url(address, path: str = "/", port: int = HTTP_PORT) -> str:
-    """http://ADDR[:PORT]/path with IPv6 addresses bracketed."""
-    address = ipaddress.ip_address(str(address))
-    host = f"[{address}]" if address.version == 6 else str(address)
-    return f"http://{host}{'' if port == 80 else f':{port}'}{path}"
-
-
-# --- namespaces and processes, also used for the cleanup of dead runs --------------
-def _netns_inode(ns: str) -> int | None:
-    try:
-        return os.stat(os.path.join(NETNS_DIR, ns)).st_ino
-    except FileNotFoundError:
-        return None
-
-
-def netns_pids(ns: str) -> list[int]:
-    """Processes whose network namespace is ns (what `ip netns pids` prints)."""
-    inode = _netns_inode(ns)
-    pids = []
-    if inode is None:
-        return pids
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{entry}/ns/net").st_ino == inode:
-                pids.append(int(entry))
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    return pids
-
-
-def stop_groups(procs, sig: int = signal.SIGTERM, timeout: float = 5.0) -> None:
-    """Signal every process group (each spawned with start_new_session), wait
-    up to `timeout` in all for them to end, then SIGKILL each group, which
-    also ends children left behind in it."""
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(max(0.0, deadline - time.monotonic()))
-    for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(1)
-
-
-def _kill_pids(pids: list[int], timeout: float = 3.0) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if process_alive(p)]
-        time.sleep(_WAIT_STEP)
-
-
-def process_alive(pid: int) -> bool:
-    """Whether pid is a running process (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def remove_netns(ns: str) -> None:
-    """Kill every process in ns, then remove it (its links go with it)."""
-    from pyroute2 import netns
-
-    _kill_pids(netns_pids(ns))
-    with contextlib.suppress(FileNotFoundError):
-        netns.remove(ns)
-
-
-def lab_namespaces(base: str = BASE_PREFIX) -> dict[str, int]:
-    """Namespaces of labs with this base prefix, with the pid of the run that made them."""
-    pattern = re.compile(rf"^{re.escape(base)}(\d+)-\d+-")
-    found = {}
-    with contextlib.suppress(FileNotFoundError):
-        for name in os.listdir(NETNS_DIR):
-            match = pattern.match(name)
-            if match:
-                found[name] = int(match.group(1))
-    return found
-
-
-def remove_stale(base: str = BASE_PREFIX, everything: bool = False) -> list[str]:
-    """Remove namespaces and bpffs dirs of earlier runs whose process is gone (or all)."""
-    removed = []
-    for name, pid in lab_namespaces(base).items():
-        if everything or not process_alive(pid):
-            remove_netns(name)
-            removed.append(name)
-    pattern = re.compile(rf"^{re.escape(base)}(\d+)-\d+$")
-    with contextlib.suppress(FileNotFoundError):
-        for name in os.listdir(BPFFS):
-            match = pattern.match(name)
-            if match and (everything or not process_alive(int(match.group(1)))):
-                shutil.rmtree(os.path.join(BPFFS, name), ignore_errors=True)
-                removed.append(os.path.join(BPFFS, name))
-    if removed:
-        log.info("lab_stale_removed count=%d first=%s", len(removed), removed[0])
-    return removed
+log = logging.getLogger("lbd.testing")
 
 
 @functools.cache
@@ -271,7 +90,7 @@ def pass_program():
 _sequence = iter(range(1 << 30))
 
 
-class Lab:
+class Lab(Traffic, Servers, Fleet):
     """The namespace lab. Build with `with Lab(...) as lab:` or `Lab(...).start()`.
 
     Attributes once started: `lbd`, `router` (its LAN side), `backends` (name
@@ -422,170 +241,6 @@ class Lab:
         stop_groups([proc], timeout=timeout)
         return proc.returncode
 
-    # --- clients -----------------------------------------------------------------
-    url = staticmethod(url)
-
-    def _probe(self, client: str | Node | None, requests: list[dict],
-               timeout: float) -> list[dict]:
-        client = self.node(client or self.client)
-        result = self.run(client, [sys.executable, "-m", "lbd.lab", "probe", json.dumps(requests),
-                                   "--timeout", str(timeout)],
-                          timeout=30 + timeout * len(requests))
-        if result.returncode != 0:
-            raise RuntimeError(f"probe in {client.ns} failed: {result.stderr.strip()}")
-        return json.loads(result.stdout)
-
-    def http_get(self, target: str, *, source=None, client=None, timeout: float = 5.0
-                 ) -> HttpReply:
-        """GET a URL from a client namespace, optionally from one of its addresses."""
-        return self.http_get_many(target, [source], client=client, timeout=timeout)[0]
-
-    def http_get_many(self, target: str, sources, *, client=None, timeout: float = 5.0,
-                      ports=None) -> list[HttpReply]:
-        """One GET per source address, in one process (fast for 50+ sources);
-        `ports`: a source port for each (default: any)."""
-        ports = ports or [0] * len(sources)
-        requests = [{"kind": "http", "url": target, "port": port,
-                     "source": None if s is None else str(s)} for s, port in zip(sources, ports)]
-        return [HttpReply(**r) for r in self._probe(client, requests, timeout)]
-
-    def udp_echo(self, address, payload: str = "ping", *, port: int = UDP_PORT, source=None,
-                 client=None, timeout: float = 3.0) -> str | None:
-        """Send one datagram from a client; the answer's text, or None on timeout."""
-        request = {"kind": "udp", "address": str(address), "port": port, "payload": payload,
-                   "source": None if source is None else str(source)}
-        reply = self._probe(client, [request], timeout)[0]
-        return reply["body"] if reply["error"] == "" else None
-
-    # --- backend servers ---------------------------------------------------------
-    def _nginx_conf(self, backend: Node) -> str:
-        root = os.path.join(self.tmpdir, backend.name)
-        os.makedirs(root, exist_ok=True)
-        conf = os.path.join(root, "nginx.conf")
-        temp = "".join(f"    {kind}_temp_path {root}/{kind};\n"
-                       for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        with open(os.path.join(root, "stream.txt"), "w") as f:
-            f.write(f"{backend.name}\n" + ("." * 63 + "\n") * 32768)
-        with open(conf, "w") as f:
-            f.write(f"""# lab backend {backend.name}
-user root;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    default_type text/plain;
-{temp}    server {{
-        # wildcards, so the VIPs on lo are served too
-        listen {HTTP_PORT};
-        listen [::]:{HTTP_PORT} ipv6only=on;
-        location = /healthz {{ return 200 "ok\\n"; }}
-        location = /whoami {{ return 200 "{backend.name} $remote_addr\\n"; }}
-        # a long-lived stream (about a minute): name first, then paced filler
-        location = /stream {{ alias {root}/stream.txt; limit_rate 32k; }}
-        location / {{ return 200 "{backend.name}\\n"; }}
-    }}
-}}
-""")
-        return conf
-
-    def _server_argv(self, backend: Node, service: str) -> list[str]:
-        if service == "http":
-            conf = self._nginx_conf(backend)
-            root = os.path.dirname(conf)
-            return ["nginx", "-p", root, "-c", conf, "-e", f"{root}/error.log",
-                    "-g", "daemon off;"]
-        return [sys.executable, "-m", "lbd.udp_echo", "--port", str(UDP_PORT),
-                "--name", backend.name]
-
-    def start_server(self, backend: str | Node, service: str = "all",
-                     wait: bool = True) -> None:
-        """Start the backend's nginx ("http"), UDP echo ("udp") or both ("all")."""
-        backend = self.node(backend)
-        services = ("http", "udp") if service == "all" else (service,)
-        for svc in services:
-            server = self._servers.setdefault((backend.name, svc),
-                                              _Server(self._server_argv(backend, svc)))
-            if server.proc is None or server.proc.poll() is not None:
-                server.proc = self.spawn(backend, server.argv)
-        if wait:
-            for svc in services:
-                self._wait_listening(backend, svc)
-
-    def stop_server(self, backend: str | Node, service: str = "all") -> None:
-        """Stop the backend's server(s), as a failing backend would."""
-        backend = self.node(backend)
-        for svc in ("http", "udp") if service == "all" else (service,):
-            server = self._servers.get((backend.name, svc))
-            if server and server.proc is not None:
-                self.stop(server.proc)
-                server.proc = None
-
-    def server_running(self, backend: str | Node, service: str) -> bool:
-        server = self._servers.get((self.node(backend).name, service))
-        return bool(server and server.proc and server.proc.poll() is None)
-
-    def _wait_listening(self, backend: Node, service: str, timeout: float = 10.0) -> None:
-        server = self._servers[(backend.name, service)]
-        proto, state = ("tcp", "0A") if service == "http" else ("udp", "07")
-        port = HTTP_PORT if service == "http" else UDP_PORT
-        deadline = time.monotonic() + timeout
-        while True:
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"{service} server of {backend.name} exited with "
-                                   f"{server.proc.returncode}; see {server.proc.log_path}")
-            # /proc/<pid>/net shows the sockets of that process's network namespace
-            if all(_listening(server.proc.pid, f"{proto}{v}", port, state) for v in ("", "6")):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{service} server of {backend.name} not listening on "
-                                   f"{port} after {timeout}s; see {server.proc.log_path}")
-            time.sleep(_WAIT_STEP)
-
-    # --- lbd-backend ---------------------------------------------------------------
-    def backend_command(self, backend: str | Node, command: str, *args: str,
-                        vips=None) -> list[str]:
-        """argv of `lbd-backend <command>` for a backend, with the lab's VIPs.
-
-        prepare shares one decap program among the ipip backends through a pin
-        in the lab's bpffs_dir (compiled once, not once per backend), so run
-        it with host_mounts=True, as prepare_backend() does.
-        """
-        backend = self.node(backend)
-        argv = [sys.executable, "-m", "lbd.backend_prep", command]
-        if command in ("prepare", "check"):
-            argv += ["--mode", backend.mode, "--interface", backend.ifname]
-            for vip in vips or (*self.vips_v4, *self.vips_v6):
-                argv += ["--vip", str(vip)]
-        if command == "prepare" and self.bpffs_dir:
-            argv += ["--pin-dir", os.path.join(self.bpffs_dir, "decap")]
-        return argv + list(args)
-
-    def prepare_backend(self, backend: str | Node, *args: str,
-                        vips=None) -> subprocess.CompletedProcess:
-        """Run `lbd-backend prepare` in the backend's namespace; raises if it fails."""
-        result = self.run(backend, self.backend_command(backend, "prepare", *args, vips=vips),
-                          host_mounts=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"lbd-backend prepare on {self.node(backend).name} failed: "
-                               f"{result.stderr.strip() or result.stdout.strip()}")
-        return result
-
-    def check_backend(self, backend: str | Node, *args: str,
-                      vips=None) -> subprocess.CompletedProcess:
-        """Run `lbd-backend check` in the backend's namespace (exit 1 = a problem)."""
-        return self.run(backend, self.backend_command(backend, "check", *args, vips=vips))
-
-    def add_vips(self, vips_v4=(), vips_v6=()) -> None:
-        """Add VIPs to the lab and prepare every backend for them."""
-        self.vips_v4 += [ipaddress.IPv4Address(v) for v in vips_v4 if v not in self.vips_v4]
-        self.vips_v6 += [ipaddress.IPv6Address(v) for v in vips_v6 if v not in self.vips_v6]
-        self._prepare_all()
-
-    def _prepare_all(self) -> None:
-        self._finish_prepares(self._start_prepares())
-
     # --- XDP --------------------------------------------------------------------
     def attach_xdp(self, ns: str | Node, ifname: str, fd: int) -> str:
         """Attach a loaded XDP program (its fd) in native mode to a link in a
@@ -604,73 +259,6 @@ http {{
 
     def read_xdp_mode(self, ns: str | Node, ifname: str) -> str | None:
         return xdplink.mode(ifname, ipr=self._ipr_for(self.ns(ns)))
-
-    # --- BGP (fleet labs) ------------------------------------------------------------
-    def start_bird(self, ns: str | Node, config_path: str, socket_path: str,
-                   timeout: float = 10.0) -> subprocess.Popen:
-        """Start BIRD in a namespace (as lbd-bird.service would on a host) and
-        wait for its control socket."""
-        proc = self.spawn(ns, ["bird", "-f", "-c", config_path, "-s", socket_path])
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(socket_path):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log_text = open(proc.log_path).read() if proc.log_path else ""
-                raise RuntimeError(f"bird in {self.ns(ns)} did not start: {log_text.strip()}")
-            time.sleep(_WAIT_STEP)
-        return proc
-
-    def birdc(self, socket_path: str, *command: str) -> str:
-        return subprocess.run(["birdc", "-s", socket_path, *command], capture_output=True,
-                              text=True, timeout=10, check=False).stdout
-
-    def _router_bird_conf(self) -> str:
-        sessions = []
-        for host in self.lbd_hosts:
-            for version, address in ((4, host.v4), (6, host.v6)):
-                sessions.append(f"""protocol bgp {host.name}_v{version} {{
-    local as {ROUTER_AS};
-    neighbor {address} as {HOST_AS};
-    hold time 3; keepalive time 1; connect retry time 1; error wait time 1, 5;
-    ipv{version} {{ import all; export none; }};
-}}""")
-        kernels = "\n".join(f"""protocol kernel {{
-    ipv{v} {{ import none; export where source = RTS_BGP; }};
-    merge paths yes;   # equal routes from several hosts: one ECMP route
-}}""" for v in (4, 6))
-        return (f"router id {self.router.v4};\nlog stderr all;\nprotocol device {{}}\n"
-                f"{kernels}\n" + "\n".join(sessions) + "\n")
-
-    def start_router_bgp(self) -> None:
-        root = os.path.join(self.tmpdir, "router-bird")
-        os.makedirs(root, exist_ok=True)
-        conf = os.path.join(root, "bird.conf")
-        with open(conf, "w") as f:
-            f.write(self._router_bird_conf())
-        self.router_bird_socket = os.path.join(root, "bird.ctl")
-        self.start_bird(self.router, conf, self.router_bird_socket)
-
-    def router_nexthops(self, prefix: str) -> set[str]:
-        """Gateways of the router's route to prefix (two for an ECMP route; none if absent)."""
-        family = ["-6"] if ":" in prefix else []
-        out = self.run(self.router, ["ip", "-j", *family, "route", "show", "exact", prefix],
-                       check=True).stdout
-        gateways = set()
-        for route in json.loads(out or "[]"):
-            if route.get("gateway"):
-                gateways.add(route["gateway"])
-            gateways.update(hop["gateway"] for hop in route.get("nexthops", []) if "gateway" in hop)
-        return gateways
-
-    def kill_host(self, host: str | Node) -> None:
-        """A host dies: every process in it ends and its links are gone."""
-        ns = self.ns(host)
-        remove_netns(ns)
-        if ns in self._namespaces:
-            self._namespaces.remove(ns)
-        ipr = self._ipr.pop(ns, None)
-        if ipr is not None:
-            with contextlib.suppress(Exception):
-                ipr.close()
 
     # --- build ----------------------------------------------------------------
     def __enter__(self) -> Lab:
@@ -857,26 +445,6 @@ http {{
         sw = self._ipr_for(self.switch_ns)
         sw.link("set", index=_index(sw, port), master=_index(sw, bridge), state="up")
 
-    def _start_prepares(self) -> dict[str, subprocess.Popen]:
-        return {b.name: subprocess.Popen(self._argv(b, self.backend_command(b, "prepare"), True),
-                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         text=True)
-                for b in self.backends.values()}
-
-    def _finish_prepares(self, procs: dict[str, subprocess.Popen]) -> None:
-        failed = []
-        for name, proc in procs.items():
-            try:
-                out, _ = proc.communicate(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, _ = proc.communicate()
-            log.debug("lab_prepare backend=%s output=%s", name, out.strip().replace("\n", "; "))
-            if proc.returncode != 0:
-                failed.append(f"{name}: {out.strip()}")
-        if failed:
-            raise RuntimeError("lbd-backend prepare failed: " + " | ".join(failed))
-
     # --- teardown ---------------------------------------------------------------
     def close(self) -> None:
         """Stop every process, remove every namespace (and so every link). Idempotent."""
@@ -908,90 +476,16 @@ def _compile_into(out: dict) -> None:
         out["error"] = err
 
 
-def _port_name(node: Node) -> str:
-    return f"p-{node.name}"
-
-
-def _bridge_mac(node: Node) -> str:
-    return node.mac.replace("02:00:", "02:01:", 1)
-
-
-def _index(ipr, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise RuntimeError(f"no interface {ifname}")
-    return found[0]
-
-
-def _add_addr(ipr, index: int, address, prefixlen: int) -> None:
-    ipr.addr("add", index=index, address=str(address), prefixlen=prefixlen,
-             flags=IFA_F_NODAD if address.version == 6 else 0)
-
-
-def _listening(pid: int, table: str, port: int, state: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/net/{table}") as f:
-            rows = f.read().splitlines()[1:]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    for row in rows:
-        fields = row.split()
-        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == state:
-            return True
-    return False
-
-
-# --- the probe, run by the lab inside a client namespace ----------------------
-def _probe_one(request: dict, timeout: float) -> dict:
-    import http.client
-    import socket
-    from urllib.parse import urlsplit
-
-    source, port = request.get("source"), request.get("port", 0)
-    reply = {"source": source, "status": None, "body": "", "error": ""}
-    try:
-        if request["kind"] == "http":
-            parts = urlsplit(request["url"])
-            conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout,
-                                              source_address=(source, port) if source else None)
-            try:
-                conn.request("GET", parts.path or "/", headers={"Connection": "close"})
-                response = conn.getresponse()
-                reply["status"] = response.status
-                reply["body"] = response.read().decode(errors="replace")
-            finally:
-                conn.close()
-        else:
-            address = ipaddress.ip_address(request["address"])
-            family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-            with socket.socket(family, socket.SOCK_DGRAM) as sock:
-                sock.settimeout(timeout)
-                if source:
-                    sock.bind((source, 0))
-                sock.sendto(request["payload"].encode(), (str(address), request["port"]))
-                data, _ = sock.recvfrom(65535)
-                reply["body"] = data.decode(errors="replace")
-    except (OSError, http.client.HTTPException) as err:
-        reply["error"] = f"{type(err).__name__}: {err}"
-    return reply
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lbd.lab", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lbd.testing.lab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build a lab, print it, keep it until Ctrl-C")
     up.add_argument("--vip", action="append", default=[], help="VIP (repeatable)")
     clean = sub.add_parser("clean", help="remove lab namespaces of dead runs")
     clean.add_argument("--base", default=BASE_PREFIX)
     clean.add_argument("--all", action="store_true", help="also those of live runs")
-    probe = sub.add_parser("probe", help=argparse.SUPPRESS)
-    probe.add_argument("requests")
-    probe.add_argument("--timeout", type=float, default=5.0)
     args = parser.parse_args(argv)
 
-    if args.command == "probe":
-        print(json.dumps([_probe_one(r, args.timeout) for r in json.loads(args.requests)]))
-        return 0
     if args.command == "clean":
         for name in remove_stale(args.base, everything=args.all):
             print(f"removed {name}")

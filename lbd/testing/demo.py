@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 from lbd.config import load_config
-from lbd.lab import Lab, url
 from lbd.control_client import UnixConnection, call
+from lbd.testing.lab import Lab
+from lbd.testing.topology import url
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
-if not CONFIG.exists():
-    CONFIG = Path("/etc/lbd/demo.yaml")
+# the checkout's configs/demo.yaml: the demo runs from a checkout (make demo)
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 REQUESTS = 300
 
 

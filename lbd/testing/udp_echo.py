@@ -1,7 +1,7 @@
 """A tiny UDP echo server for lab backends: answers `<name> <payload>`.
 
-    python -m lbd.udp_echo --port 5300 --name b1            # 0.0.0.0 and ::
-    python -m lbd.udp_echo --bind 198.18.0.11 --port 5300 --name b1
+    python -m lbd.testing.udp_echo --port 5300 --name b1            # 0.0.0.0 and ::
+    python -m lbd.testing.udp_echo --bind 198.18.0.11 --port 5300 --name b1
 
 Behind a direct-server-return balancer the client sent its datagram to a VIP,
 so the answer must come from that VIP, not from whatever address the routing
@@ -62,7 +62,7 @@ def serve_one(sock: socket.socket, name: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lbd.udp_echo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lbd.testing.udp_echo", description=__doc__.split("\n")[0])
     parser.add_argument("--bind", action="append", metavar="ADDR",
                         help="address to listen on (repeatable; default 0.0.0.0 and ::)")
     parser.add_argument("--port", type=int, default=5300)

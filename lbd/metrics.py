@@ -111,11 +111,34 @@ class DatapathCollector:
         made.add_metric(["tcp"], totals["ct_inserts_tcp"])
         made.add_metric(["udp"], totals["ct_inserts_udp"])
         yield made
-        attached = GaugeMetricFamily("lbd_xdp_attached", "1 if the program is attached",
+        attached = GaugeMetricFamily("lbd_xdp_attached",
+                                     "1 if lbd's program is attached to the interface now (per the kernel)",
                                      labels=["interface", "mode"])
+        ours = _our_program_id(dp)
         for ifname, mode in d.attached.items():
-            attached.add_metric([ifname, mode], 1)
+            attached.add_metric([ifname, mode], 1 if ours and _attached_program(ifname) == ours else 0)
         yield attached
+
+
+def _our_program_id(dp) -> int:
+    from lbd import bpfsys
+    try:
+        return bpfsys.program_id(dp.prog_fd)
+    except (OSError, AttributeError):
+        return 0
+
+
+def _attached_program(ifname: str) -> int:
+    """The id of the XDP program on the interface (0: none or no such
+    interface): one that was detached or replaced after lbd attached its own
+    shows as 0 (the lbd_xdp_attached alert in configs/lbd-alerts.yaml)."""
+    import socket
+
+    from lbd import bpfsys
+    try:
+        return bpfsys.xdp_program_id(socket.if_nametoindex(ifname))
+    except OSError:
+        return 0
 
 
 def _table_usage_metrics(usage):
@@ -172,6 +195,8 @@ class Metrics:
     def __init__(self, daemon: "Daemon"):
         self.registry = CollectorRegistry()
         Gauge("lbd_build_info", "lbd version", ["version"], registry=self.registry).labels(__version__).set(1)
+        Gauge("lbd_ready", "1 once the program is attached and the config applied (as /readyz)",
+              registry=self.registry).set_function(lambda: 1 if getattr(daemon, "ready", False) else 0)
         self.reloads = Counter("lbd_reloads", "Config reloads by result", ["result"], registry=self.registry)
         for result in ("success", "failure", "refused"):
             self.reloads.labels(result)

@@ -258,6 +258,8 @@ class Daemon:
         self.reload_state.update(last_result="success", last_success_time=time.time())
         self.metrics.last_success.set(time.time())
         self.metrics.last_ok.set(1)
+        # the first sample before READY, so the first scrape and status have one
+        await self._sample_tables_once()
         self.ready = True
         log.info("ready vips=%d backends=%d interfaces=%s", len(self.config.vips), self.config.backend_count,
                  ",".join(f"{k}:{v}" for k, v in self.attached.items()))
@@ -321,19 +323,21 @@ class Daemon:
                 if before != self.resolutions:
                     await self._replan()
 
-    async def _sample_tables(self) -> None:
+    async def _sample_tables_once(self) -> None:
         """How full the connection tables are, and each backend's flows:
         walked in a worker thread (a full table takes a fraction of a
         second), so neither the datapath nor the event loop waits for it."""
+        try:
+            self.table_usage = await asyncio.to_thread(flowtable.sample, self.datapath)
+        except OSError as err:  # the maps are there while we run; say so if not
+            log.warning("conntrack_sample_failed error=%s", err)
+
+    async def _sample_tables(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.table_usage = await asyncio.to_thread(flowtable.sample, self.datapath)
-            except OSError as err:  # the maps are there while we run; say so if not
-                log.warning("conntrack_sample_failed error=%s", err)
             try:
                 await asyncio.wait_for(self._stop.wait(), flowtable.SAMPLE_EVERY_S)
             except asyncio.TimeoutError:
-                pass
+                await self._sample_tables_once()
 
     # --- reload ---------------------------------------------------------------
     async def reload(self) -> dict:

@@ -1,20 +1,302 @@
-"""`lbctl explain`: which backend a flow gets, and why.
+"""`lbctl explain`: which backend a flow's next packets get, and why.
 
-It follows the program's own steps with the daemon's knowledge: the VIP the
-packet matches, the connection-table entry if the flow is known, otherwise
-the flow hash (or client hash), the Maglev slot and the backend in it, and
-that backend's state and health.
+The answer is the kernel's: `explain_flow` takes the steps the XDP program
+takes (README, "Packet and flow rules"), reading every value from the maps
+the program reads — the prefilter bit, the connection-table entry of the
+flow in its protocol's table, the entry's backend in the `backends` array
+(its state and generation), the VIP entry and the VIP's Maglev table as
+swapped into `rings`. The programmer's applied state is used only to name
+things (the VIP, what the config says of a backend); it never decides. So
+after a backend id is reused, or while the daemon's view and the maps
+differ, explain still says what the program will do.
+
+A flow's next packet is answered twice, since the program treats them
+differently: as a SYN (a new connection on that 4-tuple, or a retransmitted
+one) and as any other packet (for UDP, only the latter). `decide` also
+answers for an RST, which the model test uses.
 """
 from __future__ import annotations
 
+import ctypes
 import ipaddress
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from lbd import flowhash
-from lbd.programmer import PROTO_NUMBERS, STATE_NAMES
+from lbd import flowhash, layout
+from lbd.datapath import addr_words, family_of, port_word, prefilter_bit
+from lbd.programmer import ACTIVE, DRAINING, PROTO_NUMBERS, STATE_NAMES
 
 if TYPE_CHECKING:
     from lbd.daemon import Daemon
+    from lbd.datapath import Datapath
+
+C = layout.constant
+TCP, UDP = 6, 17
+NO_BACKEND = C("LBD_NO_BACKEND")
+
+# The kinds of packet explain answers for.
+SYN = "syn"        # TCP, SYN set and ACK clear
+RST = "rst"        # TCP, RST set
+PACKET = "packet"  # any other TCP segment (the handshake's ACK, data, FIN), any UDP datagram
+
+# What a packet does to the flow's connection-table entry.
+KEPT = "kept"            # the entry stays and is what the packet followed
+MADE = "made"            # no entry before; the packet makes one
+REPLACED = "replaced"    # an entry the packet cannot follow is overwritten with the new backend
+REMOVED = "removed"      # a SYN deletes an entry whose backend takes no new flows
+NONE_MADE = "none made"  # no entry before, none after (SYN, RST)
+LEFT = "left"            # an entry the packet cannot follow stays as it is, none made
+
+
+@dataclass(frozen=True)
+class Flow:
+    src: ipaddress.IPv4Address | ipaddress.IPv6Address
+    dst: ipaddress.IPv4Address | ipaddress.IPv6Address
+    sport: int
+    dport: int
+    proto: int
+
+
+@dataclass(frozen=True)
+class MapBackend:
+    """One slot of the `backends` array as the program reads it."""
+    backend_id: int
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    state: int
+    generation: int
+    vip_id: int
+    vip_flags: int
+
+
+@dataclass(frozen=True)
+class FlowView:
+    """Everything the program reads for one flow, read once."""
+    flow: Flow
+    maybe_vip: bool                       # the prefilter bit of the destination
+    entry: tuple[int, int] | None         # (backend id, generation) in the flow's table
+    entry_backend: MapBackend | None      # backends[entry's id]
+    vip_id: int | None                    # from vips (the port's VIP, else port 0)
+    vip_flags: int
+    hash_value: int | None
+    slot: int | None
+    table_backend: MapBackend | None      # backends[rings[vip_id][slot]]
+
+    @property
+    def entry_usable(self) -> bool:
+        """The entry leads somewhere: same generation, backend active or draining."""
+        be = self.entry_backend
+        return (self.entry is not None and be is not None and be.generation == self.entry[1]
+                and be.state in (ACTIVE, DRAINING))
+
+    @property
+    def entry_takes_new_flows(self) -> bool:
+        return self.entry_usable and self.entry_backend.state == ACTIVE
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the program does with one packet of the flow."""
+    kind: str                  # SYN, RST, PACKET
+    action: str                # forward, drop, pass
+    backend_id: int            # 0 unless forwarded
+    backend: str | None        # address from the backends map, None unless forwarded
+    why: str                   # entry kept, table slot, entry removed, moved; no VIP, no backend,
+                               # not a VIP address
+    entry: str                 # KEPT, MADE, REPLACED, REMOVED, NONE_MADE, LEFT
+
+
+def _map_backend(datapath: "Datapath", backend_id: int) -> MapBackend | None:
+    if not 0 < backend_id < datapath.limits.max_backends:
+        return None
+    leaf = datapath.backend(backend_id)
+    raw = bytes(leaf.addr)
+    address = None
+    if leaf.family == C("LBD_FAMILY_V4"):
+        address = ipaddress.IPv4Address(raw[:4])
+    elif leaf.family == C("LBD_FAMILY_V6"):
+        address = ipaddress.IPv6Address(raw)
+    return MapBackend(backend_id, address, int(leaf.state), int(leaf.generation),
+                      int(leaf.vip_id), int(leaf.vip_flags))
+
+
+def _maybe_vip(datapath: "Datapath", address) -> bool:
+    bit = prefilter_bit(address)
+    word = datapath.prefilter[ctypes.c_uint32(bit // 64)].value
+    return bool((word >> (bit % 64)) & 1)
+
+
+def _vip_entry(datapath: "Datapath", flow: Flow):
+    """The program's VIP lookup: the flow's port, else the address's port 0."""
+    for port in (flow.dport, 0):
+        key = datapath.vips.Key()
+        key.addr[:] = addr_words(flow.dst)
+        key.port = port_word(port)
+        key.proto = flow.proto
+        key.family = family_of(flow.dst)
+        leaf = datapath.vips.get(key)
+        if leaf is not None:
+            return int(leaf.vip_id), int(leaf.flags)
+    return None
+
+
+def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
+    """Read what the program reads for `flow`, from the maps."""
+    maybe_vip = _maybe_vip(datapath, flow.dst)
+    entry_backend = vip_id = hashed = slot = table_backend = None
+    vip_flags = 0
+    # the program reads no entry without the prefilter bit; explain does, to
+    # say that the packet leaves it as it is
+    entry = datapath.lookup_flow(flow.src, flow.dst, flow.sport, flow.dport, flow.proto)
+    if entry is not None:  # lookup_flow reads the flow's own protocol's table
+        entry = (int(entry[0]), int(entry[1]))
+        entry_backend = _map_backend(datapath, entry[0])
+    if maybe_vip:
+        vip = _vip_entry(datapath, flow)
+        if vip is not None:
+            vip_id, vip_flags = vip
+            hashed = (flowhash.client_hash(flow.src) if vip_flags & C("LBD_VIP_CLIENT_AFFINITY")
+                      else flowhash.flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto))
+            slot = flowhash.table_slot(hashed, datapath.limits.ring_size)
+            table_id = datapath.ring_slot(vip_id, slot)
+            table_backend = _map_backend(datapath, table_id) if table_id != NO_BACKEND else None
+    return FlowView(flow, maybe_vip, entry, entry_backend, vip_id, vip_flags, hashed, slot,
+                    table_backend)
+
+
+def decide(view: FlowView, kind: str) -> Decision:
+    """The program's steps for one packet of kind SYN, RST or PACKET (README
+    table "which backend"), on the values in `view`."""
+    if kind != PACKET and view.flow.proto != TCP:
+        raise ValueError(f"{kind} is a TCP packet; {view.flow.proto} flows have only PACKET")
+    entry, be = view.entry, view.entry_backend
+    if not view.maybe_vip:
+        return Decision(kind, "pass", 0, None, "not a VIP address", NONE_MADE if entry is None else LEFT)
+    # 1. the flow's entry, if the packet may follow it: a SYN only to a
+    # backend that takes new flows, anything else while it is active or draining
+    if view.entry_usable and (kind != SYN or view.entry_takes_new_flows):
+        return Decision(kind, "forward", be.backend_id, str(be.address), "entry kept", KEPT)
+    # 2. otherwise the VIP's table. A SYN removes the entry it did not follow
+    # (a new connection on an old 4-tuple: its ACK must meet the SYN's
+    # backend); any other packet overwrites it once placed; an RST makes none.
+    # (the SYN's removal comes before the VIP lookup: it holds even when the
+    # packet then passes or is dropped)
+    if entry is None:
+        unplaced = NONE_MADE
+    else:
+        unplaced = REMOVED if kind == SYN else LEFT
+    if view.vip_id is None:
+        return Decision(kind, "pass", 0, None, "no VIP", unplaced)
+    table = view.table_backend
+    if table is None or table.state != ACTIVE:
+        return Decision(kind, "drop", 0, None, "no backend", unplaced)
+    if entry is None:
+        why, effect = "table slot", MADE if kind == PACKET else NONE_MADE
+    elif kind == SYN:
+        why, effect = "entry removed", REMOVED
+    else:
+        why, effect = "moved", REPLACED if kind == PACKET else LEFT
+    return Decision(kind, "forward", table.backend_id, str(table.address), why, effect)
+
+
+def _names(applied: dict) -> tuple[dict, dict]:
+    """vip id -> applied VIP; backend id -> (applied VIP, its backend plan)."""
+    vips, backends = {}, {}
+    for entry in applied.values():
+        vips[entry.vip_id] = entry
+        plans = {b.address: b for b in entry.plan.backends}
+        for address, backend_id in entry.backend_ids.items():
+            backends[backend_id] = (entry, plans.get(address))
+    return vips, backends
+
+
+_EFFECT_PHRASES = {KEPT: "", MADE: ", making its entry", REPLACED: ", replacing the entry",
+                   REMOVED: ", removing the entry", NONE_MADE: ", no entry made",
+                   LEFT: ", the entry left as it is"}
+
+
+def _sentence(decision: Decision, label: str, slot: int | None) -> str:
+    effect = _EFFECT_PHRASES[decision.entry]
+    if decision.action == "pass":
+        return f"{label} passes to the host untouched ({decision.why}){effect}"
+    if decision.action == "drop":
+        return f"{label} is dropped: table slot {slot} holds no backend that takes new flows{effect}"
+    if decision.why == "entry kept":
+        return f"{label} -> {decision.backend}, by its entry"
+    verb = "moves to" if decision.why == "moved" else "->"
+    new = " (a new connection)" if decision.why == "entry removed" else ""
+    return f"{label} {verb} {decision.backend} by table slot {slot}{new}{effect}"
+
+
+def explain_flow(applied: dict, datapath: "Datapath", flow: Flow,
+                 health: dict | None = None) -> dict:
+    """What the program does with `flow`'s next SYN and next other packet.
+
+    applied: the programmer's applied state (Programmer.applied()), for
+    names only; datapath: the loaded program, whose maps decide."""
+    view = read_flow(datapath, flow)
+    vips_by_id, backends_by_id = _names(applied)
+    health = health or {}
+
+    def describe(be: MapBackend | None, backend_id: int | None = None) -> dict:
+        if be is None:
+            return {"backend": None, "backend_id": backend_id or 0, "state": "none"}
+        owner, plan = backends_by_id.get(be.backend_id, (None, None))
+        config = ("not in config" if plan is None or plan.address != be.address
+                  else STATE_NAMES.get(plan.state, "?"))
+        name = owner.plan.name if owner else None
+        return {"backend": str(be.address) if be.address else None, "backend_id": be.backend_id,
+                "state": STATE_NAMES.get(be.state, str(be.state)), "generation": be.generation,
+                "config": config,
+                "health": str(health.get((name, str(be.address)), {}).get("state", "no check"))}
+
+    result: dict[str, Any] = {
+        "flow": {"client": f"{_host(flow.src)}:{flow.sport}", "vip": f"{_host(flow.dst)}:{flow.dport}",
+                 "protocol": "tcp" if flow.proto == TCP else "udp"},
+        "vip": None, "vip_id": view.vip_id, "mode": None, "hash": None, "hash_value": view.hash_value,
+        "table_slot": view.slot, "table_backend": describe(view.table_backend), "connection_table": None,
+    }
+    if view.vip_id is not None:
+        owner = vips_by_id.get(view.vip_id)
+        result["vip"] = owner.plan.name if owner else f"vip id {view.vip_id}"
+        result["mode"] = "ipip" if view.vip_flags & C("LBD_VIP_MODE_IPIP") else "dsr"
+        result["hash"] = ("client address" if view.vip_flags & C("LBD_VIP_CLIENT_AFFINITY")
+                          else "5-tuple")
+    if view.entry is not None:
+        backend_id, generation = view.entry
+        result["connection_table"] = {
+            **describe(view.entry_backend, backend_id), "entry_generation": generation,
+            "usable": view.entry_usable, "takes_new_flows": view.entry_takes_new_flows}
+        if result["vip"] is None and view.entry_usable:
+            # an established flow is forwarded by its backend's VIP
+            owner = vips_by_id.get(view.entry_backend.vip_id)
+            result["vip"] = owner.plan.name if owner else f"vip id {view.entry_backend.vip_id}"
+    sentences = []
+    result["next_syn"] = None  # UDP has no SYN
+    if flow.proto == TCP:
+        syn = decide(view, SYN)
+        result["next_syn"] = syn.__dict__
+        sentences.append(_sentence(syn, "next SYN", view.slot))
+    packet = decide(view, PACKET)
+    result["next_packet"] = packet.__dict__
+    sentences.append(_sentence(packet, "next packet" if flow.proto == TCP else "next datagram", view.slot))
+    if not view.maybe_vip or (view.vip_id is None and not view.entry_usable):
+        lead = "no VIP matches"
+    elif view.entry is None:
+        lead = "new flow"
+    elif view.entry_usable:
+        lead = f"known flow on {view.entry_backend.address} ({STATE_NAMES[view.entry_backend.state]})"
+    else:
+        gone = view.entry_backend
+        why = ("its backend id was reused" if gone and gone.state != C("LBD_BACKEND_EMPTY")
+               and gone.generation != view.entry[1]
+               else f"its backend is {STATE_NAMES.get(gone.state, '?')}" if gone else "its backend is gone")
+        lead = f"known flow, but {why}"
+    # the sentence first: it is what a reader of `lbctl explain` wants
+    return {"verdict": f"{lead}: " + "; ".join(sentences), **result}
+
+
+def _host(address) -> str:
+    return f"[{address}]" if address.version == 6 else str(address)
 
 
 def parse_flow_end(text: str) -> tuple[ipaddress._BaseAddress, int]:
@@ -22,7 +304,7 @@ def parse_flow_end(text: str) -> tuple[ipaddress._BaseAddress, int]:
     return ipaddress.ip_address(host.strip("[]")), int(port)
 
 
-def explain(daemon: "Daemon", client: str, vip_spec: str) -> dict:
+def parse_flow(client: str, vip_spec: str) -> Flow:
     """client: ADDR:PORT; vip_spec: ADDR:PORT/PROTO (PROTO tcp or udp)."""
     endpoint, _, proto_name = vip_spec.partition("/")
     proto = PROTO_NUMBERS.get(proto_name or "tcp")
@@ -32,42 +314,11 @@ def explain(daemon: "Daemon", client: str, vip_spec: str) -> dict:
     dst, dport = parse_flow_end(endpoint)
     if src.version != dst.version:
         raise ValueError("client and VIP must be the same address family")
-    applied = daemon.programmer.applied()
-    entry = applied.get((dst, dport, proto)) or applied.get((dst, 0, proto))
-    if entry is None:
-        return {"vip": None, "verdict": "pass: no VIP matches; the packet goes to the kernel untouched"}
-    plan = entry.plan
-    ring = daemon.datapath.limits.ring_size
-    hashed = (flowhash.client_hash(src) if plan.client_affinity
-              else flowhash.flow_hash(src, dst, sport, dport, proto))
-    slot = flowhash.table_slot(hashed, ring)
-    table_id = daemon.datapath.ring_slot(entry.vip_id, slot)
-    by_id = {backend_id: address for address, backend_id in entry.backend_ids.items()}
-    known = daemon.datapath.lookup_flow(src, dst, sport, dport, proto)
+    return Flow(src, dst, sport, dport, proto)
+
+
+def explain(daemon: "Daemon", client: str, vip_spec: str) -> dict:
+    """client: ADDR:PORT; vip_spec: ADDR:PORT/PROTO (PROTO tcp or udp)."""
+    flow = parse_flow(client, vip_spec)
     health = daemon.health.snapshot() if daemon.health else {}
-
-    def describe(backend_id: int) -> dict:
-        address = by_id.get(backend_id)
-        backend = next((b for b in plan.backends if b.address == address), None)
-        return {"backend": str(address) if address else None, "backend_id": backend_id,
-                "state": STATE_NAMES.get(backend.state) if backend else "not in config",
-                "health": str(health.get((plan.name, str(address)), {}).get("state", "no check"))}
-
-    result = {
-        "vip": plan.name, "mode": "ipip" if plan.ipip else "dsr",
-        "hash": "client address" if plan.client_affinity else "5-tuple",
-        "hash_value": hashed, "table_slot": slot, "table_backend": describe(table_id),
-        "connection_table": None,
-    }
-    if known:
-        backend_id, generation = known
-        info = describe(backend_id)
-        usable = info["state"] in ("active", "draining")
-        result["connection_table"] = {**info, "generation": generation}
-        result["verdict"] = (f"known flow: stays on {info['backend']} ({info['state']})" if usable else
-                             f"known flow, but {info['backend']} is {info['state']}: its next packet "
-                             f"moves to {result['table_backend']['backend']}")
-    else:
-        result["verdict"] = (f"new flow: slot {slot} of the Maglev table -> "
-                             f"{result['table_backend']['backend']}")
-    return result
+    return explain_flow(daemon.programmer.applied(), daemon.datapath, flow, health)

@@ -4,6 +4,9 @@
 with one table of every arm and goal and whether it was met, then the plots,
 then the details of each benchmark, then how to reproduce. A benchmark whose
 JSON is missing is reported as missing, not skipped silently.
+
+What a benchmark's figures mean, and why a goal is missed, is written in
+bench/notes/<benchmark>.md (so far xdp_cost); this module only renders it.
 """
 from __future__ import annotations
 
@@ -20,32 +23,6 @@ HERE = Path(__file__).resolve().parent
 LIMIT_EXACT = (0.8, 1.2)
 
 
-# Where the per-packet time goes, measured by removing or changing one step at a
-# time (variants of xdp/balancer.c loaded side by side in one process, calls
-# interleaved; perf with the software clock: this VM has no hardware counters).
-SRSO = ("On this CPU every return from a kernel function goes through the SRSO safe-RET "
-        "mitigation (`spec_rstack_overflow: Safe RET, no microcode`), so each helper call or "
-        "map operation that is not inlined costs tens of ns.")
-XDP_COST_WHY = {
-    "dsr_new": "The connection-table insert and cold memory. Without the insert a new flow cost "
-               "~450-500 ns less; a plain preallocated hash instead of the LRU cost the same (it "
-               "is the hash-table insert, not the LRU bookkeeping); the common LRU already saves "
-               "~400 ns over per-CPU LRU lists; a 64K-entry table instead of 1M saved ~160 ns (a "
-               "16 MiB bucket array is cold on every call; the size is a capacity choice, "
-               "limits.conntrack_size). The rest is cold lines and TLB misses per call: the bucket, "
-               "the free element, the Maglev slot in a 512 KiB table. perf puts the kernel's share "
-               "in lookup_nulls_elem_raw (the bucket walk) and bpf_lru_pop_free. Skipping the "
-               "insert for SYNs, as some balancers do, would break flow stickiness when the "
-               "backend set changes.",
-    "ipip_new": "As dsr_new (connection-table insert, cold memory), plus the outer header "
-                "(bpf_xdp_adjust_head, a helper call).",
-    "dsr_established": "One hash lookup (the connection table; the VIP's id and flags come from "
-                       "the backend entry) and per-CPU counters. " + SRSO,
-    "ipip_established": "Over dsr: growing the packet (bpf_xdp_adjust_head, a helper call) and "
-                        "writing the outer header; the next-hop cache's expiry reads jiffies "
-                        "(inlined), not a clock helper. " + SRSO,
-    "nonvip": "Parsing to the ports and one prefilter bit; no hash lookup.",
-}
 DATAPATH_NAMES = {"datapath": "datapath", "datapath_tcp": "datapath (tcp)"}
 # Why lbd's program costs more per packet on the datapath benchmark's traffic
 # than in the single-flow test run: measured with the profile pass (BPF
@@ -157,18 +134,311 @@ def plots(results: Path, data: dict) -> list[tuple[str, str]]:
 
     xc = data.get("xdp_cost")
     if xc and xc.get("cases"):
-        cases = list(xc["cases"])
-        fig, ax = plt.subplots(figsize=(9, 4))
-        ax.bar(["floor", *cases], [xc["floor_ns"], *(xc["cases"][c]["ns"] for c in cases)],
-               color="#4c72b0", label="lbd (median per call)")
-        ax.scatter(cases, [xc["cases"][c]["peer_ns"] for c in cases], color="#c44e52", zorder=3,
-                   label="production peer balancer")
-        ax.set_ylabel("ns per packet (BPF_PROG_TEST_RUN)")
-        ax.set_title("Per-packet cost")
-        ax.tick_params(axis="x", rotation=20)
-        ax.legend()
-        made.append(_save(fig, results / "xdp_cost.png", "Per-packet cost"))
+        made.append(xdp_cost_plot(results, xc, plt))
     return made
+
+
+# --- per-packet cost (xdp_cost.json) -----------------------------------------------
+# The narrative lives in bench/notes/xdp_cost.md: `## why <case>` sections explain a
+# missed goal, the other sections are printed in the benchmark's section. `{{a.b.c}}`
+# in a note is the figure at that path of xdp_cost.json (`{{a.b|2}}`: two decimals).
+NOTES = HERE / "notes"
+XC_KINDS = ("nonvip", "syn", "first_ack", "established", "syn_flood_established")
+REF_KIND = {"nonvip": "nonvip", "syn": "new_flow", "first_ack": "new_flow",
+            "established": "established"}
+
+
+def read_notes(name: str) -> dict[str, str]:
+    path = NOTES / f"{name}.md"
+    if not path.exists():
+        return {}
+    sections, title = {}, None
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            title = line[3:].strip()
+            sections[title] = []
+        elif title is not None:
+            sections[title].append(line)
+    # paragraphs unwrapped: one line each, blank lines between them
+    return {t: "\n\n".join(" ".join(p.split()) for p in "\n".join(lines).strip().split("\n\n"))
+            for t, lines in sections.items()}
+
+
+def fill(text: str, data: dict) -> str:
+    """Put the figures in; a paragraph naming a figure the results lack (a
+    diagnostic that was not run) is left out."""
+    import re
+
+    class Missing(Exception):
+        pass
+
+    def value(match):
+        path, _, digits = match.group(1).partition("|")
+        v = data
+        for part in path.split("."):
+            if not isinstance(v, dict) or part not in v:
+                raise Missing(path)
+            v = v[part]
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            d = int(digits) if digits else (0 if abs(v) >= 10 else 2)
+            return fmt(float(v), d)
+        return str(v)
+
+    kept = []
+    for paragraph in text.split("\n\n"):
+        try:
+            kept.append(re.sub(r"\{\{([^}]+)\}\}", value, paragraph))
+        except Missing:
+            continue
+    return "\n\n".join(kept)
+
+
+def xc_case(xc: dict, mode: str, kind: str) -> dict | None:
+    return xc["cases"].get(kind if kind == "nonvip" else f"{mode}_{kind}")
+
+
+def xc_reference_ratios(xc: dict) -> dict[str, dict[str, list[float]]]:
+    """The side-by-side run's ns as ratios to that run's own floor."""
+    ref = xc.get("reference") or {}
+    floor = ref.get("floor_ns")
+    return {who: {k: [v[0] / floor, v[1] / floor] for k, v in cases.items()}
+            for who, cases in ref.get("ns", {}).items()} if floor else {}
+
+
+def xdp_cost_plot(results: Path, xc: dict, plt) -> tuple[str, str]:
+    """Left: this run's ratios to its own floor, the side-by-side run's ratios as
+    reference lines. Right: one core against both, ns of the same run."""
+    import numpy as np
+
+    cores = xc.get("cores")
+    fig, axes = plt.subplots(1, 2 if cores else 1, figsize=(15 if cores else 9, 6.5),
+                             gridspec_kw={"width_ratios": [3, 2]} if cores else None)
+    ax = axes[0] if cores else axes
+    floor = xc["floor_ns"]
+    colors = {"dsr": "#4c72b0", "ipip": "#55a868"}
+    # bar positions: nonvip one bar (either mode), the others dsr left, ipip right
+    slots = {("nonvip", "dsr"): (0.0, 0.5)}
+    for i, kind in enumerate(XC_KINDS[1:], start=1):
+        slots[(kind, "dsr")] = (i - 0.2, 0.38)
+        slots[(kind, "ipip")] = (i + 0.2, 0.38)
+    for mode in ("dsr", "ipip"):
+        xs, vals, errs = [], [], [[], []]
+        for kind in XC_KINDS:
+            c = xc_case(xc, mode, kind)
+            if (kind, mode) not in slots or not c:
+                continue
+            r = c["ratio_to_floor"]
+            xs.append(slots[(kind, mode)][0])
+            vals.append(r)
+            errs[0].append(max(0.0, r - c["spread_ns"][0] / floor))
+            errs[1].append(max(0.0, c["spread_ns"][1] / floor - r))
+        ax.bar(xs, vals, 0.38, yerr=errs, capsize=3, color=colors[mode],
+               label=f"lbd {mode}, this run: median of runs, bar = min–max of runs"
+                     + (" (nonvip: either mode)" if mode == "dsr" else ""))
+    refs = xc_reference_ratios(xc)
+    labels = {"peer": "production peer (ipip), side-by-side run 2026-12-01: ratio to its 80 ns "
+                      "floor; new flow = a distinct SYN, which it inserts",
+              "lbd_ipip": "lbd ipip in that run (then a SYN inserted)",
+              "lbd_dsr": "lbd dsr in that run (then a SYN inserted)"}
+    done = set()
+    for who, cases in refs.items():
+        for i, kind in enumerate(XC_KINDS):
+            ref = cases.get(REF_KIND.get(kind, ""))
+            if not ref:
+                continue
+            label = labels.get(who, who) if who not in done else None
+            done.add(who)
+            if who == "peer":
+                ax.fill_between([i - 0.45, i + 0.45], ref[0], ref[1], color="#c44e52", alpha=0.3,
+                                label=label, zorder=1)
+                continue
+            mode = who.split("_", 1)[1]
+            x0, w = slots.get((kind, mode), slots.get((kind, "dsr")))
+            ax.hlines([(ref[0] + ref[1]) / 2], x0 - w / 2, x0 + w / 2, colors="black",
+                      linestyles=":" if mode == "dsr" else "-.", linewidth=2, label=label, zorder=4)
+    first_goal = True
+    for i, kind in enumerate(XC_KINDS):
+        c = xc_case(xc, "dsr", kind)
+        if not c or not c.get("goal"):
+            continue
+        bounds = c["goal"].replace("<=", "").replace("x", "").split("–")
+        for bound in bounds:
+            ax.hlines([float(bound)], i - 0.45, i + 0.45, colors="#c44e52", linestyles="--",
+                      linewidth=1.2, label="goal" if first_goal else None, zorder=5)
+            first_goal = False
+    ax.set_xticks(np.arange(len(XC_KINDS)), [k.replace("_", "\n") for k in XC_KINDS])
+    ax.set_ylabel(f"x the XDP_PASS floor of the same run ({floor:g} ns)")
+    ax.set_title("Per-packet cost as a ratio to the floor (BPF_PROG_TEST_RUN, per call)")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.45)    # room for the legend above the bars
+    ax.legend(fontsize=7, loc="upper left")
+    if cores:
+        ax2 = axes[1]
+        kinds = [k for k in ("floor", "established", "first_ack", "first_ack_full_table")
+                 if k in cores["kinds"]]
+        xs = np.arange(len(kinds))
+        one = [cores["kinds"][k]["one_ns"] for k in kinds]
+        both = [cores["kinds"][k]["both_ns"] for k in kinds]
+        ax2.bar(xs - 0.2, one, 0.38, color="#8172b3", label="one core alone (CPU 0 or CPU 1)")
+        ax2.bar(xs + 0.2, both, 0.38, color="#dd8452", label="both cores at once")
+        for i, k in enumerate(kinds):
+            ax2.text(xs[i] + 0.2, both[i], f"x{cores['kinds'][k]['ratio']:.2f}", ha="center",
+                     va="bottom", fontsize=8)
+        ax2.set_xticks(xs, [k.replace("_", "\n") for k in kinds])
+        ax2.set_ylabel("ns per call (median of rounds), same run")
+        ax2.set_title("The same maps from CPU 0 and CPU 1 at once")
+        ax2.set_ylim(0, ax2.get_ylim()[1] * 1.2)
+        ax2.legend(fontsize=8, loc="upper left")
+    return _save(fig, results / "xdp_cost.png", "Per-packet cost")
+
+
+def xdp_cost_rows(xc: dict) -> list[list[str]]:
+    rows = []
+    for case, v in xc["cases"].items():
+        rows.append(["xdp_cost", case, f"{fmt(v['ratio_to_floor'], 2)}x floor ({fmt(v['ns'], 0)} ns, "
+                     f"floor {fmt(xc['floor_ns'], 0)} ns, same run)",
+                     f"{v['goal']} floor" if v.get("goal") else "–",
+                     verdict(v["goal_met"]) if v.get("goal") else "measured"])
+    cores = xc.get("cores")
+    if cores:
+        fa = cores["kinds"]["first_ack"]
+        rows.append(["xdp_cost", "new-flow insert (first_ack), both cores vs one",
+                     f"{fmt(fa['ratio'], 2)}x ({fmt(fa['one_ns'], 0)} → {fmt(fa['both_ns'], 0)} ns "
+                     f"median; mean {fmt(fa['ratio_mean'], 2)}x)", "<= 1.25x",
+                     verdict(cores["goal_met"])])
+    return rows
+
+
+def xdp_cost_misses(xc: dict) -> list[str]:
+    notes = read_notes("xdp_cost")
+    out = []
+    for case, v in xc["cases"].items():
+        if v.get("goal") and not v["goal_met"]:
+            why = fill(notes.get(f"why {case}", ""), xc).replace("\n\n", " ")
+            out.append(f"- xdp_cost `{case}`: {fmt(v['ratio_to_floor'], 2)}x the floor against "
+                       f"{v['goal']} ({fmt(v['ns'], 0)} ns, {fmt(v['over_floor_ns'], 0)} ns over "
+                       f"this run's {fmt(xc['floor_ns'], 0)} ns floor). {why}".rstrip())
+    cores = xc.get("cores")
+    if cores and not cores["goal_met"]:
+        out.append("- xdp_cost both cores: "
+                   + fill(notes.get("why cores", ""), xc).replace("\n\n", " "))
+    return out
+
+
+def xc_program_line(xc: dict) -> str:
+    prog = xc.get("program")
+    if not prog:
+        return ""
+    line = f" lbd's program built from {prog['xdp_from']}"
+    if prog.get("commit"):
+        line += f" (commit {prog['commit'][:10]}"
+        if prog.get("xdp_uncommitted_changes"):
+            line += ", with uncommitted changes in xdp/"
+        line += ")"
+    return line + "."
+
+
+def xdp_cost_section(xc: dict, rel: str) -> list[str]:
+    notes = read_notes("xdp_cost")
+    m = xc.get("machine", {})
+    load = (f" Load average (1 min) {m['loadavg_start'][0]} at the start, {m['loadavg_end'][0]} "
+            "at the end" if m.get("loadavg_start") and m.get("loadavg_end") else "")
+    lines = ["## Per-packet cost (`xdp_cost.json`)", "",
+             f"{xc['method']}. Floor (XDP_PASS, same run) {fmt(xc['floor_ns'])} ns (runs "
+             f"{spread(xc.get('floor_spread_ns'))}); {xc['runs']} runs of {xc['calls_per_run']:,} "
+             f"calls per case.{load}." + xc_program_line(xc), ""]
+    if notes.get("method"):
+        lines += [fill(notes["method"], xc), ""]
+    lines += [table(["case", "x floor", "ns", "runs (min–max)", "over floor ns", "mean ns",
+                     "goal", "result"],
+                    [[c, fmt(v["ratio_to_floor"], 2), fmt(v["ns"], 0), spread(v["spread_ns"], 0),
+                      fmt(v["over_floor_ns"], 0), fmt(v.get("mean_ns"), 0), v.get("goal") or "–",
+                      verdict(v["goal_met"]) if v.get("goal") else "measured"]
+                     for c, v in xc["cases"].items()]), ""]
+    before = xc.get("before")
+    if before:
+        rows = []
+        for name, old in before["ratio_to_floor"].items():
+            now_name = name.replace("_new", "_first_ack")
+            now = xc["cases"].get(now_name, {})
+            rows.append([f"{name} → {now_name}" if now_name != name else name, fmt(old, 2),
+                         fmt(before.get("over_floor_ns", {}).get(name), 0),
+                         fmt(now.get("ratio_to_floor"), 2), fmt(now.get("over_floor_ns"), 0)])
+        lines += [f"Before the SYN rule changed ({before['source']}; a SYN then made the entry, "
+                  "so `*_new` then is the call that inserts, today's `first_ack`). Ratios move "
+                  "with the floor (the same ns over it read as a higher ratio when the floor "
+                  "reads lower), so the ns over each run's own floor are beside them:", "",
+                  table(["case", "x floor before", "over floor ns before", "x floor now",
+                         "over floor ns now"], rows), ""]
+    refs = xc_reference_ratios(xc)
+    if refs:
+        rows = []
+        for kind in ("nonvip", "established", "new_flow"):
+            row = [kind.replace("_", " ")]
+            for who in ("peer", "lbd_ipip", "lbd_dsr"):
+                r = refs.get(who, {}).get(kind)
+                row.append(f"{fmt(r[0], 2)}–{fmt(r[1], 2)}" if r else "–")
+            now = {"nonvip": ["nonvip"], "established": ["ipip_established", "dsr_established"],
+                   "new_flow": ["ipip_syn", "ipip_first_ack", "dsr_syn", "dsr_first_ack"]}[kind]
+            row.append(", ".join(f"{n} {fmt(xc['cases'][n]['ratio_to_floor'], 2)}" for n in now
+                                 if n in xc["cases"]))
+            rows.append(row)
+        lines += ["Reference, not this run: " + xc["reference"]["how"] + ". Its figures as "
+                  f"ratios to that run's own {xc['reference']['floor_ns']} ns floor, beside this "
+                  "run's ratios (nanoseconds from two runs are never put side by side here):", "",
+                  table(["case", "peer", "lbd ipip then", "lbd dsr then", "lbd now (x this run's floor)"],
+                        rows), ""]
+    diag = xc.get("diagnostics", {})
+    if diag:
+        what = xc.get("diagnostics_what", {})
+        lines += ["Diagnostics (no goal), interleaved in the same runs:", "",
+                  table(["diagnostic", "x floor", "ns", "mean ns", "slowest 1/128 ns", "what"],
+                        [[n, fmt(v["ratio_to_floor"], 2), fmt(v["ns"], 0), fmt(v.get("mean_ns"), 0),
+                          fmt(v.get("slowest_1_128_ns"), 0), what.get(n, "")]
+                         for n, v in diag.items()]), ""]
+    bd = xc.get("breakdown", {})
+    if bd:
+        lines += ["Where the time goes, as differences between figures of the same run (ns):", "",
+                  table(["difference", "ns"], [[k.replace("_", " "), fmt(v, 0)] for k, v in bd.items()]),
+                  ""]
+    cores = xc.get("cores")
+    if cores:
+        rows = [[k, fmt(v["one_ns"], 0), fmt(v["both_ns"], 0), fmt(v["ratio"], 3),
+                 f"{fmt(v['one_mean_ns'], 0)} / {fmt(v['both_mean_ns'], 0)}", fmt(v["ratio_mean"], 3),
+                 f"{fmt(v['one_slowest_1_128_ns'], 0)} / {fmt(v['both_slowest_1_128_ns'], 0)}",
+                 fmt(v["overlap"], 2), fmt(v["program_duty"], 2)]
+                for k, v in cores["kinds"].items()]
+        lines += ["### Both cores at once", "", cores["method"], "",
+                  table(["kind", "one core ns", "both ns", "both / one", "mean one / both",
+                         "mean both / one", "slowest 1/128 one / both", "calls overlapped",
+                         "program's share of wall time"], rows), ""]
+        stress = [(k, v) for k, v in cores["kinds"].items() if "one_per_insert_ns" in v]
+        if stress:
+            lines += [f"The `lru_*_x{cores['stress_ops_per_call']}` kinds are bench/bpf/mapcost.c "
+                      f"making {cores['stress_ops_per_call']} inserts per call into a full "
+                      "1M-entry LRU table (no other work), so the two cores insert most of the "
+                      "time: per insert " + "; ".join(
+                          f"{k}: one core {fmt(v['one_per_insert_ns'], 0)} ns, both "
+                          f"{fmt(v['both_per_insert_ns'], 0)} ns (x{fmt(v['ratio_per_insert'], 2)})"
+                          for k, v in stress) + ".", ""]
+        model = xc.get("lru_global_lock")
+        if model:
+            rows = []
+            for state, v in model.items():
+                if not isinstance(v, dict):
+                    continue
+                for n, c in v["cores"].items():
+                    rows.append([state.replace("_", " "), n, fmt(v["lock_ns_per_insert"], 0),
+                                 fmt(c["saturates_at_per_core_per_s"], 0),
+                                 fmt(c["per_insert_ns_all_inserting"], 0)])
+            lines += [fill(model["what"], xc), "",
+                      table(["table", "cores", "global-lock ns per insert",
+                             "inserts/s per core that saturate the lock",
+                             "ns per insert, every core inserting flat out"], rows), ""]
+    for title, text in notes.items():
+        if title.startswith("why ") or title == "method":
+            continue
+        lines += [f"### {title[0].upper()}{title[1:]}", "", fill(text, xc), ""]
+    return lines
 
 
 # --- the summary table ----------------------------------------------------------
@@ -227,15 +497,7 @@ def summary_rows(data: dict) -> list[list[str]]:
     else:
         rows.append(["control", "–", "no results", "–", "missing"])
     xc = data.get("xdp_cost")
-    if xc:
-        for case, v in xc["cases"].items():
-            over = (f"; +{fmt(v['over_floor_ns'], 0)} ns over floor, peer +{v['peer_over_floor_ns']}"
-                    if "over_floor_ns" in v else "")
-            rows.append(["xdp_cost", case, f"{fmt(v['ns'])} ns = {fmt(v['ratio_to_floor'], 2)}x floor "
-                         f"(peer {v['peer_ns']} ns{over})", f"<= {v['goal_ratio']}x floor",
-                         verdict(v["goal_met"])])
-    else:
-        rows.append(["xdp_cost", "–", "no results", "–", "missing"])
+    rows += xdp_cost_rows(xc) if xc else [["xdp_cost", "–", "no results", "–", "missing"]]
     return rows
 
 
@@ -336,22 +598,7 @@ def misses(data: dict) -> list[str]:
                        f"then rebuilds and swaps one table ({steps}).")
     xc = data.get("xdp_cost")
     if xc:
-        for case, v in xc["cases"].items():
-            if not v["goal_met"]:
-                warm = xc.get("diagnostics", {}).get("dsr_new_warm_insert")
-                extra = ""
-                if warm and case == "dsr_new":
-                    extra = (f" The same program placing a new flow with warm memory (one SYN "
-                             f"again and again, its entry deleted before each call) took "
-                             f"{fmt(warm['ns'])} ns, +{fmt(warm['over_floor_ns'], 0)} over the "
-                             f"floor against the peer's +{v.get('peer_over_floor_ns')}: how the "
-                             "peer's SYN figure was taken is not recorded, and repeating one SYN "
-                             "would measure that case.")
-                over = (f", +{fmt(v['over_floor_ns'], 0)} ns over the floor against the peer's "
-                        f"+{v['peer_over_floor_ns']}" if "over_floor_ns" in v else "")
-                out.append(f"- xdp_cost `{case}`: {fmt(v['ratio_to_floor'], 2)}x the floor against "
-                           f"{v['goal_ratio']}x ({fmt(v['ns'])} ns; peer {v['peer_ns']} ns{over}). "
-                           + XDP_COST_WHY.get(case, "") + extra)
+        out += xdp_cost_misses(xc)
     sm = data.get("sharedmem")
     if sm:
         for arm, v in sm["arms"].items():
@@ -496,36 +743,17 @@ def render(results: Path, out: Path) -> str:
                   "finished; no packet is sent).", ""]
     xc = data.get("xdp_cost")
     if xc:
-        lines += ["## Per-packet cost (`xdp_cost.json`)", "", xc["method"] + f"; floor (XDP_PASS) "
-                  f"{xc['floor_ns']} ns (spread {spread(xc.get('floor_spread_ns'))}); "
-                  f"{xc['runs']} runs of {xc['calls_per_run']:,} calls per case.", "",
-                  table(["case", "ns", "spread", "x floor", "goal", "over floor ns",
-                         "peer ns", "peer over its floor ns"],
-                        [[c, fmt(v["ns"]), spread(v["spread_ns"]), fmt(v["ratio_to_floor"], 2),
-                          f"<= {v['goal_ratio']}x", fmt(v.get("over_floor_ns")), str(v["peer_ns"]),
-                          str(v.get("peer_over_floor_ns", "–"))] for c, v in xc["cases"].items()]),
-                  ""]
-        if xc.get("new_flows_verified"):
-            lines += ["Every new-flow packet was a flow the connection table had never held "
-                      "(checked against the program's miss counter), so each insert takes a cold "
-                      "element. The kernel times only the program run; the floor is that timer's "
-                      "own cost, which read "
-                      f"{xc.get('peer_floor_ns')} ns when the peer's figures were taken "
-                      "(TESTBED.md) and more on this busier machine, so `over floor` is the "
-                      "like-for-like comparison with the peer.", ""]
-        for name, v in xc.get("diagnostics", {}).items():
-            lines += [f"Diagnostic `{name}` (no goal): {v['what']}: {fmt(v['ns'])} ns "
-                      f"(+{fmt(v['over_floor_ns'], 0)} over the floor, spread "
-                      f"{spread(v['spread_ns'])}).", ""]
+        lines += xdp_cost_section(xc, rel)
     lines += ["## How to reproduce", "",
-              "As root on a Debian 12 host (TESTBED.md): `make bench` (host packages, the venv, "
+              "As root on a Debian 12 host: `make bench` (host packages, the venv, "
               "then `python -m bench.run`), or one benchmark at a time:", "", "```",
               ".venv/bin/python -m bench.run            # everything, then this report",
               ".venv/bin/python -m bench.run --quick    # quick modes (what the tests run)",
               ".venv/bin/python -m bench.datapath [--tcp] [--arms direct,lbd_dsr]",
               ".venv/bin/python -m bench.run --only datapath_tcp   # --tcp into datapath_tcp.json",
               ".venv/bin/python -m bench.control", ".venv/bin/python -m bench.sharedmem",
-              ".venv/bin/python -m bench.xdp_cost", ".venv/bin/python -m bench.report",
+              ".venv/bin/python -m bench.xdp_cost [--before REV] [--patch bench/notes/X.patch]",
+              ".venv/bin/python -m bench.report",
               "```", "",
               "Every benchmark builds its own network namespaces (`lbdb<pid>-*`, addresses in "
               "198.18.0.0/15) and removes them when it ends, also on failure.", ""]

@@ -4,7 +4,7 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all host venv test test-unit test-bpf test-netns demo bench install clean
+.PHONY: all host venv test test-unit test-bpf test-netns demo bench install clean deb deb-lock
 
 all: venv
 
@@ -41,7 +41,7 @@ bench: venv
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info lbd_*.deb
 
 # Install on an edge host: Debian packages (runtime only), a venv under
 # $(PREFIX) that sees Debian's bcc, lbd itself (not editable), the systemd unit,
@@ -64,7 +64,11 @@ install:
 	      "then systemctl enable --now lbd"
 
 .PHONY: install-lbd uninstall
+# Neither touches a venv the Debian package installed (make deb; apt upgrades and removes that one).
+NOT_THE_PACKAGES = ! dpkg-query -S $(PREFIX)/venv/bin/lbd >/dev/null 2>&1 || { echo "$(PREFIX)/venv belongs" \
+	"to the lbd package: upgrade it with apt install ./lbd_*.deb (make deb), remove it with apt remove lbd" >&2; exit 1; }
 install-lbd:
+	@$(NOT_THE_PACKAGES)
 	test -x $(PREFIX)/venv/bin/python || /usr/bin/python3 -m venv --system-site-packages $(PREFIX)/venv
 	# one retry: a busy index sometimes answers "no versions" once
 	$(PREFIX)/venv/bin/python -m pip install -q . || $(PREFIX)/venv/bin/python -m pip install -q .
@@ -82,9 +86,23 @@ install-lbd:
 # Stop forwarding and remove what `make install` put in place, except the
 # config ($(ETCDIR)/lbd, $(ETCDIR)/default/lbd) and the Debian packages.
 uninstall:
+	@$(NOT_THE_PACKAGES)
 	if [ -d /run/systemd/system ]; then systemctl disable --now lbd lbd-bird || true; fi
 	if [ -x $(PREFIX)/venv/bin/lbd ] && [ -e $(ETCDIR)/lbd/lbd.yaml ]; then \
 	    $(PREFIX)/venv/bin/lbd --teardown --config $(ETCDIR)/lbd/lbd.yaml || true; fi
 	rm -f $(SYSTEMD_DIR)/lbd.service $(SYSTEMD_DIR)/lbd-bird.service $(BINDIR)/lbd $(BINDIR)/lbctl $(BINDIR)/lbd-backend
 	rm -rf $(PREFIX)
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# The Debian package lbd_<version>_<arch>.deb, here (`apt install ./lbd_*.deb`
+# on an edge host; README "Installing on an edge host"): lbd in its own venv
+# under /opt/lbd from the pinned systemd/debian/requirements.lock, the units,
+# the conffiles, maintainer scripts; built with dpkg-deb and checked with
+# lintian (systemd/debian/build.py says how). DEB_OUT: where it goes.
+DEB_OUT ?= .
+deb:
+	/usr/bin/python3 systemd/debian/build.py --out $(DEB_OUT)
+
+# Re-pin the package's Python dependencies (needs PyPI; review the diff).
+deb-lock:
+	/usr/bin/python3 systemd/debian/build.py lock

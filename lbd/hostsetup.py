@@ -38,6 +38,14 @@ LAB_PACKAGES = [
     "bpftool",
     "prometheus",         # promtool (check metrics, check/test rules) and the server of tests/netns/test_prometheus.py
 ]
+# What `make deb` (systemd/debian/build.py) needs besides RUNTIME_PACKAGES,
+# which already build lbd's venv (python3-venv, python3-dev, gcc); dpkg-deb
+# itself is in dpkg (Essential). Installed with the lab for the package's
+# test (tests/netns/test_deb.py), never on an edge host.
+DEB_PACKAGES = [
+    "dpkg-dev",           # dpkg-shlibdeps (the libraries the venv links), dpkg-buildflags
+    "lintian",            # Debian's checker: the package must have no errors
+]
 BPFFS = "/sys/fs/bpf"
 
 
@@ -136,7 +144,7 @@ def main(argv: list[str]) -> int:
         if os.geteuid() != 0:
             raise SystemExit("hostsetup install: run as root (apt-get, /lib/modules, mount)")
         with_lab = "--runtime-only" not in argv
-        install_packages(RUNTIME_PACKAGES + (LAB_PACKAGES if with_lab else []))
+        install_packages(RUNTIME_PACKAGES + (LAB_PACKAGES + DEB_PACKAGES if with_lab else []))
         link_headers()
         mount_bpffs()
         return 0
@@ -146,7 +154,7 @@ def main(argv: list[str]) -> int:
             print(f"missing: {issue}")
         return 1 if issues else 0
     if command == "packages":
-        print(" ".join(RUNTIME_PACKAGES + LAB_PACKAGES))
+        print(" ".join(RUNTIME_PACKAGES + LAB_PACKAGES + DEB_PACKAGES))
         return 0
     raise SystemExit(f"usage: {argv[0]} install [--runtime-only] | check | packages")
 

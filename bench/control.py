@@ -43,7 +43,7 @@ SIZES_QUICK = [(10, 10), (100, 10)]
 
 def plans(vips: int, backends: int, changed_vip: int | None = None):
     """vips VIPs (half dsr, half ipip), each with its own `backends` backends."""
-    from lbd.programmer import BackendPlan, VipPlan
+    from lbd.plan import BackendPlan, VipPlan
 
     out = []
     src_mac = bytes.fromhex("0200c6120002")
@@ -106,7 +106,8 @@ def cold_start(runs: int) -> dict:
 
 def measure(sizes, runs: int, health_runs: int) -> dict:
     from lbd.datapath import Datapath, Limits
-    from lbd.programmer import DOWN, Programmer
+    from lbd.plan import DOWN
+    from lbd.programmer import Programmer
 
     limits = Limits(max_vips=1024, max_backends=131072)
     result: dict = {"limits": dataclasses.asdict(limits), "runs": runs}

@@ -181,7 +181,7 @@ def trafgen_config(path: str, dst_mac: str, src_mac: str, vip: str, tcp: bool) -
 
 def lbd_plans(line: Line, tcp: bool):
     """40 VIPs (20 dsr, 20 ipip) x 5 backends: 200 backends, alternating be1/be2."""
-    from lbd.programmer import BackendPlan, VipPlan
+    from lbd.plan import BackendPlan, VipPlan
 
     ip = ipaddress.ip_address
     proto = 6 if tcp else 17

@@ -289,7 +289,8 @@ class Arms:
 
     def lbd_on(self) -> None:
         from lbd.datapath import Datapath
-        from lbd.programmer import BackendPlan, Programmer, VipPlan
+        from lbd.plan import BackendPlan, VipPlan
+        from lbd.programmer import Programmer
 
         if self.dp is None:
             self.dp = Datapath()

@@ -66,7 +66,8 @@ from scapy.layers.l2 import Ether
 from bench.machine import loadavg, machine_info
 from lbd import bpfsys
 from lbd.datapath import Datapath, Limits, load_helper
-from lbd.programmer import BackendPlan, Programmer, VipPlan
+from lbd.plan import BackendPlan, VipPlan
+from lbd.programmer import Programmer
 from lbd.testing import fibns
 
 REPO = Path(__file__).resolve().parent.parent

@@ -35,8 +35,8 @@ from lbd.datapath import Datapath, Limits
 from lbd.health import CheckSpec, HealthChecker, HealthState, format_key
 from lbd.metrics import Metrics
 from lbd.neighbours import NeighbourResolver
-from lbd.plan import VipStatus, plans_for, vip_plan
-from lbd.programmer import ACTIVE, DOWN, ApplyError, Programmer, VipResult
+from lbd.plan import ACTIVE, DOWN, VipStatus, plans_for, vip_plan
+from lbd.programmer import ApplyError, Programmer, VipResult
 
 log = logging.getLogger("lbd")
 NEIGHBOUR_REFRESH_S = 30.0

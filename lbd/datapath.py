@@ -343,11 +343,32 @@ class Datapath:
                     total[name] = total.get(name, 0) + value
         return total
 
+    def clear_vip_counters(self, vip_id: int) -> None:
+        self.vip_stats.clearitem(ctypes.c_uint32(vip_id))  # every CPU's copy
+
+    def clear_backend_counters(self, backend_id: int) -> None:
+        self.backend_stats.clearitem(ctypes.c_uint32(backend_id))
+
     def vip_counters(self, vip_id: int) -> dict[str, int]:
         return self._sum_percpu(self.vip_stats[ctypes.c_uint32(vip_id)])
 
     def backend_counters(self, backend_id: int) -> dict[str, int]:
         return self._sum_percpu(self.backend_stats[ctypes.c_uint32(backend_id)])
+
+    def counter_arrays(self, backends: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every VIP's and the first `backends` backend ids' counters, summed
+        over CPUs: one batched read of each per-CPU array (the daemon's
+        rate snapshots, every second). Rows by id; columns by field, in
+        the structs' order (lbd_vip_stats, lbd_backend_stats)."""
+        out = []
+        for table, count in ((self.vip_stats, self.limits.max_vips),
+                             (self.backend_stats, min(backends, self.limits.max_backends))):
+            fields = len(table.sLeaf._fields_)
+            slot = (ctypes.sizeof(table.sLeaf) + 7) & ~7  # the kernel's per-CPU slot
+            raw = bpfsys.lookup_array_values(table.map_fd, slot * table.total_cpu, count)
+            per_cpu = np.frombuffer(raw, dtype=np.uint64).reshape(-1, table.total_cpu, slot // 8)
+            out.append(per_cpu[:, :, :fields].sum(axis=1))
+        return out[0], out[1]
 
     def global_counters(self) -> dict:
         """Actions and drops by name, plus the other global counters."""

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from lbd import flowhash, layout
 from lbd.datapath import addr_words, family_of, port_word, prefilter_bit
-from lbd.programmer import ACTIVE, DRAINING, PROTO_NUMBERS, STATE_NAMES
+from lbd.config import PROTOCOLS
+from lbd.plan import ACTIVE, DRAINING, STATE_NAMES
 
 if TYPE_CHECKING:
     from lbd.daemon import Daemon
@@ -307,7 +308,7 @@ def parse_flow_end(text: str) -> tuple[ipaddress._BaseAddress, int]:
 def parse_flow(client: str, vip_spec: str) -> Flow:
     """client: ADDR:PORT; vip_spec: ADDR:PORT/PROTO (PROTO tcp or udp)."""
     endpoint, _, proto_name = vip_spec.partition("/")
-    proto = PROTO_NUMBERS.get(proto_name or "tcp")
+    proto = PROTOCOLS.get(proto_name or "tcp")
     if proto is None:
         raise ValueError(f"protocol must be tcp or udp, got {proto_name!r}")
     src, sport = parse_flow_end(client)

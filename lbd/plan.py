@@ -1,4 +1,5 @@
-"""From config, health and neighbour facts to the plans the programmer writes.
+"""The plans the programmer writes (VipPlan, BackendPlan, the backend states),
+and how they are made from config, health and neighbour facts.
 
 Backend states, in order of precedence:
   * drain: true or weight 0   -> DRAINING: keeps its established flows, no new ones
@@ -15,13 +16,68 @@ drained or unreachable at L2 stay out even then.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable
 
-from lbd.config import Backend, Config, Vip
+from lbd import layout
+from lbd.config import PROTOCOLS, Backend, Config, Vip
 from lbd.neighbours import Resolved
-from lbd.programmer import ACTIVE, DOWN, DRAINING, PROTO_NUMBERS, BackendPlan, VipPlan
 
+C = layout.constant
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# --- what a plan says: the programmer's input (lbd.programmer writes it) ------
+# The states are the header's (enum lbd_backend_state).
+ACTIVE = C("LBD_BACKEND_ACTIVE")
+DRAINING = C("LBD_BACKEND_DRAINING")
+DOWN = C("LBD_BACKEND_DOWN")
+STATE_NAMES = layout.enum_names("LBD_BACKEND_")  # active, draining, down, empty
+
+VipKey = tuple[IPAddress, int, int]  # address, port, protocol number
+
+
+@dataclass(frozen=True)
+class BackendPlan:
+    """One backend of a VIP as it should be in the datapath."""
+    address: IPAddress
+    weight: int               # share of the Maglev table; 0 = no new flows
+    state: int = ACTIVE       # ACTIVE (in table), DRAINING (keeps flows), DOWN (flows move)
+    dst_mac: bytes = b"\0" * 6
+    src_mac: bytes = b"\0" * 6
+    ifindex: int = 0
+
+    @property
+    def in_table(self) -> bool:
+        return self.state == ACTIVE and self.weight > 0
+
+
+@dataclass(frozen=True)
+class VipPlan:
+    """One VIP as it should be in the datapath."""
+    address: IPAddress
+    port: int
+    proto: int                # 6 or 17
+    ipip: bool = False
+    client_affinity: bool = False
+    backends: tuple[BackendPlan, ...] = ()
+    name: str = ""
+
+    @property
+    def key(self) -> VipKey:
+        return (self.address, self.port, self.proto)
+
+    @property
+    def flags(self) -> int:
+        return ((C("LBD_VIP_MODE_IPIP") if self.ipip else 0)
+                | (C("LBD_VIP_CLIENT_AFFINITY") if self.client_affinity else 0))
+
+    def table_input(self) -> tuple:
+        """What the Maglev table depends on (a change here means a new table)."""
+        return tuple(sorted((b.address.packed, b.weight) for b in self.backends if b.in_table))
+
+
+# --- building plans from the config, health and neighbours ---------------------
 HealthUp = Callable[[Vip, Backend], bool]
 
 
@@ -72,7 +128,7 @@ def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict) -> tuple[VipPlan,
         if any(p.in_table for _, p, _, _ in revived):
             status.fail_open = True
             planned = revived
-    return VipPlan(vip.address, vip.port, PROTO_NUMBERS[vip.protocol], ipip=vip.mode == "ipip",
+    return VipPlan(vip.address, vip.port, PROTOCOLS[vip.protocol], ipip=vip.mode == "ipip",
                    client_affinity=vip.affinity == "client",
                    backends=tuple(p for _, p, _, _ in planned), name=vip.name), status
 

@@ -1,7 +1,7 @@
 """Turn the desired set of VIPs and backends into map writes, touching only what changed.
 
-The daemon describes what it wants as `VipPlan`s (from the config, health
-states and resolved MACs); `Programmer.apply()` diffs them against what it
+The daemon describes what it wants as `VipPlan`s (lbd.plan builds them from
+the config, health states and resolved MACs); `Programmer.apply()` diffs them against what it
 applied last and writes the difference in an order that keeps every packet
 consistent:
 
@@ -30,60 +30,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from lbd import layout, maglev
 from lbd.datapath import BackendEntry, Datapath, IPAddress, prefilter_bit
+
+if TYPE_CHECKING:  # plans are built by lbd.plan; this layer only reads them
+    from lbd.plan import VipKey, VipPlan
 
 log = logging.getLogger("lbd.programmer")
 C = layout.constant
 
-ACTIVE = C("LBD_BACKEND_ACTIVE")
-DRAINING = C("LBD_BACKEND_DRAINING")
-DOWN = C("LBD_BACKEND_DOWN")
-EMPTY = C("LBD_BACKEND_EMPTY")
-STATE_NAMES = {ACTIVE: "active", DRAINING: "draining", DOWN: "down", EMPTY: "empty"}
-PROTO_NUMBERS = {"tcp": 6, "udp": 17}
-
-VipKey = tuple[IPAddress, int, int]  # address, port, protocol number
-
-
-@dataclass(frozen=True)
-class BackendPlan:
-    """One backend of a VIP as it should be in the datapath."""
-    address: IPAddress
-    weight: int               # share of the Maglev table; 0 = no new flows
-    state: int = ACTIVE       # ACTIVE (in table), DRAINING (keeps flows), DOWN (flows move)
-    dst_mac: bytes = b"\0" * 6
-    src_mac: bytes = b"\0" * 6
-    ifindex: int = 0
-
-    @property
-    def in_table(self) -> bool:
-        return self.state == ACTIVE and self.weight > 0
-
-
-@dataclass(frozen=True)
-class VipPlan:
-    """One VIP as it should be in the datapath."""
-    address: IPAddress
-    port: int
-    proto: int                # 6 or 17
-    ipip: bool = False
-    client_affinity: bool = False
-    backends: tuple[BackendPlan, ...] = ()
-    name: str = ""
-
-    @property
-    def key(self) -> VipKey:
-        return (self.address, self.port, self.proto)
-
-    @property
-    def flags(self) -> int:
-        return ((C("LBD_VIP_MODE_IPIP") if self.ipip else 0)
-                | (C("LBD_VIP_CLIENT_AFFINITY") if self.client_affinity else 0))
-
-    def table_input(self) -> tuple:
-        """What the Maglev table depends on (a change here means a new table)."""
-        return tuple(sorted((b.address.packed, b.weight) for b in self.backends if b.in_table))
+EMPTY = C("LBD_BACKEND_EMPTY")  # a backend slot no VIP uses
 
 
 @dataclass
@@ -100,7 +58,8 @@ class ApplyError(Exception):
 
 
 @dataclass
-class _Applied:
+class AppliedVip:
+    """One VIP as the programmer last wrote it: its plan, ids and table."""
     plan: VipPlan
     vip_id: int
     backend_ids: dict[IPAddress, int]
@@ -125,7 +84,7 @@ class Programmer:
     def __init__(self, datapath: Datapath):
         self.dp = datapath
         self.limits = datapath.limits
-        self._applied: dict[VipKey, _Applied] = {}
+        self._applied: dict[VipKey, AppliedVip] = {}
         self._vip_ids: dict[VipKey, int] = {}
         self._backend_ids: dict[tuple[VipKey, IPAddress], int] = {}
         self._generations: dict[int, int] = {}  # backend id -> last generation used
@@ -219,9 +178,10 @@ class Programmer:
         wanted = {p.key: p for p in plans}
         results: list[VipResult] = []
         fresh_ids: set[int] = set()
+        fresh_vip_ids: set[int] = set()
 
         # Build everything first: ids, tables, fingerprints.
-        staged: dict[VipKey, _Applied] = {}
+        staged: dict[VipKey, AppliedVip] = {}
         for key, plan in wanted.items():
             old = self._applied.get(key)
             if old and old.plan is not plan and old.plan == plan:
@@ -231,7 +191,10 @@ class Programmer:
                 old.plan = plan
             if old and old.plan is plan:
                 continue
-            vip_id = self._vip_ids.get(key) or self._free_vip_ids.pop()
+            vip_id = self._vip_ids.get(key)
+            if vip_id is None:
+                vip_id = self._free_vip_ids.pop()
+                fresh_vip_ids.add(vip_id)
             self._vip_ids[key] = vip_id
             ids = {b.address: self._backend_id(key, b.address, fresh_ids) for b in plan.backends}
             if old and old.plan.table_input() == plan.table_input() and old.table is not None:
@@ -241,8 +204,15 @@ class Programmer:
                 table = self._build_table(plan, ids)
                 fingerprint = canonical_fingerprint(
                     table, {ids[b.address]: b.address for b in plan.backends if b.in_table})
-            staged[key] = _Applied(plan, vip_id, ids, table, fingerprint)
+            staged[key] = AppliedVip(plan, vip_id, ids, table, fingerprint)
 
+        # 0. an id taken anew starts its counters at zero: a VIP or backend
+        # must not inherit the packets of the one that had the id before
+        # (Prometheus would see its counter jump); adopted ids keep theirs
+        for vip_id in fresh_vip_ids:
+            self.dp.clear_vip_counters(vip_id)
+        for backend_id in fresh_ids:
+            self.dp.clear_backend_counters(backend_id)
         # 1. backend entries of new and changed VIPs (only the backends that
         # changed; all of a VIP's when its flags changed: each entry holds them)
         for key, applied in staged.items():
@@ -318,7 +288,7 @@ class Programmer:
         self._backend_ids.pop((vip_key, address), None)
         self._free_backend_ids.append(backend_id)
 
-    def _write_addrs(self, wanted: dict[VipKey, VipPlan], staged: dict[VipKey, _Applied]) -> None:
+    def _write_addrs(self, wanted: dict[VipKey, VipPlan], staged: dict[VipKey, AppliedVip]) -> None:
         """Rewrite the per-address entries (ports, wildcard, fragment VIP)."""
         by_addr: dict[tuple[IPAddress, int], list[VipPlan]] = {}
         for plan in wanted.values():
@@ -369,7 +339,7 @@ class Programmer:
     def vip_id(self, key: VipKey) -> int | None:
         return self._vip_ids.get(key)
 
-    def applied(self) -> dict[VipKey, _Applied]:
+    def applied(self) -> dict[VipKey, AppliedVip]:
         return dict(self._applied)
 
     def backend_id(self, key: VipKey, address: IPAddress) -> int | None:

@@ -32,7 +32,7 @@ import struct
 
 from hypothesis import strategies as st
 
-from lbd.programmer import DRAINING
+from lbd.plan import DRAINING
 from tests.bpf import scenario as sc
 from tests.bpf.conftest import LBD_MAC
 

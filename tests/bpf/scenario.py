@@ -14,7 +14,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
 from lbd import flowhash
-from lbd.programmer import ACTIVE, BackendPlan, VipPlan
+from lbd.plan import ACTIVE, BackendPlan, VipPlan
 from tests.bpf.conftest import GW_MAC, IPIP_SRC_V4, IPIP_SRC_V6, LBD_MAC
 
 ip = ipaddress.ip_address

@@ -44,7 +44,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 from lbd import flowhash, maglev
 from lbd.explain import KEPT, LEFT, MADE, NONE_MADE, PACKET, REMOVED, REPLACED, RST, SYN, Flow, explain_flow
-from lbd.programmer import ACTIVE, DOWN, DRAINING, BackendPlan, VipPlan
+from lbd.plan import ACTIVE, DOWN, DRAINING, BackendPlan, VipPlan
 from tests.bpf import flowkit as fk
 from tests.bpf import scenario as sc
 

@@ -11,7 +11,7 @@ from scapy.layers.inet6 import (IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv
                                 IPv6ExtHdrRouting)
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
-from lbd.programmer import ACTIVE, DRAINING, BackendPlan
+from lbd.plan import DRAINING, BackendPlan
 from tests.bpf import scenario as sc
 from tests.bpf.conftest import LBD_MAC
 

@@ -23,7 +23,8 @@ import pytest
 
 from lbd.explain import (KEPT, LEFT, MADE, NONE_MADE, PACKET, REMOVED, REPLACED, SYN, Flow, explain,
                          explain_flow)
-from lbd.programmer import ACTIVE, DOWN, DRAINING, EMPTY, BackendPlan, VipPlan
+from lbd.plan import ACTIVE, DOWN, DRAINING, BackendPlan, VipPlan
+from lbd.programmer import EMPTY
 from tests.bpf import flowkit as fk
 from tests.bpf import scenario as sc
 

@@ -11,7 +11,7 @@ import pytest
 from scapy.layers.l2 import Ether
 
 from lbd import flowhash, maglev
-from lbd.programmer import DOWN, DRAINING, BackendPlan
+from lbd.plan import DOWN, DRAINING, BackendPlan
 from tests.bpf import scenario as sc
 
 pytestmark = pytest.mark.bpf
@@ -144,3 +144,22 @@ def test_kernel_matches_python_reference_for_10000_flows(lb):
         expected = by_id[table[h % ring]]
         mismatches += picked(lb, packet) != expected
     assert mismatches == 0
+
+
+def test_a_vip_or_backend_taking_a_freed_id_starts_its_counters_at_zero(lb):
+    """Counters are per id; an id freed by a removed VIP or backend and taken
+    by a new one must not hand over the old one's packets (a Prometheus
+    counter of the new VIP would start at the old one's total)."""
+    old = sc.vip(VIP, 80, 6, members=sc.backends("198.18.0.", 2))
+    lb.apply([old])
+    for packet in flows(50):
+        picked(lb, packet)
+    old_id = lb.programmer.vip_id(old.key)
+    assert lb.dp.vip_counters(old_id)["packets"] == 50
+    lb.apply([])
+    new = sc.vip(sc.WILDCARD_V4, 0, 6, members=sc.backends("198.18.0.", 2, weights=[1, 1]))
+    lb.apply([new])
+    new_id = lb.programmer.vip_id(new.key)
+    applied = lb.programmer.applied()[new.key]
+    assert lb.dp.vip_counters(new_id)["packets"] == 0
+    assert all(lb.dp.backend_counters(i)["packets"] == 0 for i in applied.backend_ids.values())

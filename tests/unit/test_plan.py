@@ -5,8 +5,7 @@ import pytest
 
 from lbd.config import parse_config
 from lbd.neighbours import Resolved
-from lbd.plan import plans_for
-from lbd.programmer import ACTIVE, DOWN, DRAINING
+from lbd.plan import ACTIVE, DOWN, DRAINING, plans_for
 
 pytestmark = pytest.mark.unit
 

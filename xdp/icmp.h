@@ -18,11 +18,12 @@
 #define LBD_ICMP_HDR_LEN 8
 /* Bytes of the offending packet quoted back. RFC 792 asks for the IP header
  * and the 8 bytes after it (the ports): 68 covers an IPv4 header with full
- * options. For IPv6, 96 covers the header, extension headers up to 48 bytes
- * and the ports. A fixed size keeps the checksum loop constant; the packet is
- * larger than an MTU, so the bytes are always there. */
+ * options. RFC 4443 2.4(c) asks for as much as fits in the minimum IPv6 MTU:
+ * 1280 - 40 - 8 = 1232, and a packet too big for an IPv6 link (1280 or more)
+ * once 40 bytes are added always has that many. Fixed sizes keep the
+ * checksum loops constant. */
 #define LBD_ICMP_QUOTE_V4 68
-#define LBD_ICMP_QUOTE_V6 96
+#define LBD_ICMP_QUOTE_V6 1232
 
 /* Fill `flow` with the client->VIP flow quoted in a too-big error. Returns 0
  * if the packet is such an error with a readable TCP/UDP header inside. */
@@ -41,7 +42,10 @@ static __always_inline int lbd_icmp_inner_flow(const struct lbd_packet *pkt, voi
 		if (pkt->flow.proto != IPPROTO_ICMP || icmp[0] != LBD_ICMP_FRAG_NEEDED_TYPE ||
 		    icmp[1] != LBD_ICMP_FRAG_NEEDED_CODE)
 			return -1;
-		if ((void *)(inner + 1) > data_end || inner->ihl < 5)
+		/* a quoted IPv4 header, not a non-first fragment (whose "ports"
+		 * would be payload) */
+		if ((void *)(inner + 1) > data_end || inner->version != 4 || inner->ihl < 5 ||
+		    (inner->frag_off & bpf_htons(IP_OFFSET)))
 			return -1;
 		/* the quoted header and ports lie inside the ICMP packet */
 		if (inner->ihl * 4 + 4 > quoted)
@@ -58,7 +62,7 @@ static __always_inline int lbd_icmp_inner_flow(const struct lbd_packet *pkt, voi
 
 		if (pkt->flow.proto != IPPROTO_ICMPV6 || icmp[0] != LBD_ICMPV6_PKT_TOOBIG)
 			return -1;
-		if ((void *)(inner + 1) > data_end || sizeof(*inner) + 4 > quoted)
+		if ((void *)(inner + 1) > data_end || inner->version != 6 || sizeof(*inner) + 4 > quoted)
 			return -1;
 		ports = (void *)(inner + 1);
 		if ((void *)(ports + 2) > data_end)

@@ -131,8 +131,12 @@ static __always_inline int lbd_parse_ipv6(struct lbd_packet *pkt, void *data_end
 
 	/* Up to LBD_IPV6_MAX_EXT_HDRS extension headers, then one more pass that
 	 * can only reach the upper-layer header: a chain of exactly the bound is
-	 * parsed, a longer one is LBD_PARSED_EXT_CHAIN. A fragment header with an
-	 * offset or the M flag ends the walk (no ports in a fragment). */
+	 * parsed, a longer one is LBD_PARSED_EXT_CHAIN. Each header must end
+	 * inside the IP packet. A non-first fragment ends the walk (what follows
+	 * its fragment header is payload); a first fragment carries the rest of
+	 * the chain, which is walked to find its upper-layer protocol. */
+	int first_fragment = 0;
+
 #pragma unroll
 	for (int i = 0; i <= LBD_IPV6_MAX_EXT_HDRS; i++) {
 		__u8 *ext = pkt->l3 + (off & 0xffff);
@@ -147,25 +151,31 @@ static __always_inline int lbd_parse_ipv6(struct lbd_packet *pkt, void *data_end
 			if (next == IPPROTO_FRAGMENT) {
 				__u16 frag_off = (ext[2] << 8) | ext[3];
 
-				pkt->flow.proto = ext[0];
-				pkt->l4_off = off + 8;
-				pkt->l4 = ext + 8;
-				/* offset 0 and no M flag: an atomic fragment, a whole packet */
-				if (frag_off & 0xfff9) {
-					pkt->no_icmp_error = (frag_off & 0xfff8) != 0;
-					return LBD_PARSED_FRAGMENT;
-				}
 				next = ext[0];
 				off += 8;
+				if (frag_off & 0xfff8) { /* an offset: a non-first fragment */
+					pkt->flow.proto = next;
+					pkt->l4_off = off;
+					pkt->l4 = ext + 8;
+					pkt->no_icmp_error = 1;
+					return LBD_PARSED_FRAGMENT;
+				}
+				/* the M flag: a first fragment; neither: an atomic
+				 * fragment, a whole packet */
+				first_fragment = frag_off & 1;
 				continue;
 			}
 			next = ext[0];
 			off += (ext[1] + 1) * 8;
+			if (off > pkt->l3_len)
+				return LBD_PARSED_L4_SHORT;
 			continue;
 		}
 		pkt->flow.proto = next;
 		pkt->l4_off = off;
 		pkt->l4 = ext;
+		if (first_fragment)
+			return LBD_PARSED_FRAGMENT;
 		return lbd_parse_ports(pkt, data_end);
 	}
 	return LBD_PARSED_EXT_CHAIN; /* not reached: the last pass returns */

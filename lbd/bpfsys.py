@@ -201,6 +201,28 @@ def lookup_hash_values(fd: int, key_size: int, value_size: int, chunk: int = 163
             _check(result, "BPF_MAP_LOOKUP_BATCH")
 
 
+def lookup_array_values(fd: int, value_size: int, count: int) -> bytes:
+    """The values of an array map's first `count` slots (value_size bytes
+    each; for a per-CPU array, round_up(size, 8) bytes per possible CPU),
+    in a few batched syscalls."""
+    keys = ctypes.create_string_buffer(4 * count)
+    values = ctypes.create_string_buffer(value_size * count)
+    token = ctypes.c_uint32()
+    done = 0
+    while done < count:
+        n = ctypes.c_uint32(count - done)
+        result = _libbpf.bpf_map_lookup_batch(
+            fd, ctypes.byref(token) if done else None, ctypes.byref(token),
+            ctypes.addressof(keys) + 4 * done, ctypes.addressof(values) + value_size * done,
+            ctypes.byref(n), None)
+        done += n.value
+        if result < 0:
+            if ctypes.get_errno() == errno.ENOENT:  # end of the map
+                break
+            _check(result, "BPF_MAP_LOOKUP_BATCH")
+    return values.raw[:value_size * done]
+
+
 def map_fd_by_id(map_id: int) -> int:
     return _check(_libbpf.bpf_map_get_fd_by_id(map_id), f"opening map id {map_id}")
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import ipaddress
 import logging
 import os
 import shutil
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from lbd import config as config_mod
 from lbd import bgp as bgp_mod
-from lbd import flowtable, hostsetup, layout, mounts
+from lbd import flowtable, hostsetup, layout, mounts, rates
 from lbd.config import Config, ConfigError
 from lbd.datapath import Datapath, Limits
 from lbd.health import CheckSpec, HealthChecker, HealthState, format_key
@@ -82,6 +83,8 @@ class Daemon:
         self._pinned_health: dict = {}  # (VIP name, address) -> UP/DOWN read from adopted maps
         self.attached: dict[str, str] = {}
         self.table_usage: dict = {}  # "tcp"/"udp" -> flowtable.TableUsage, from the last sample
+        self.rates = rates.RateRing()  # counter snapshots every second, for `lbctl status --rate`
+        self._walk_lock = asyncio.Lock()  # one fresh walk (`lbctl wait-drained`) at a time
         self.last_results: list[VipResult] = []
         self.reload_state = {"last_result": None, "last_error": None, "last_success_time": None,
                              "refused": None}
@@ -339,6 +342,66 @@ class Daemon:
             except asyncio.TimeoutError:
                 await self._sample_tables_once()
 
+    async def _sample_rates(self) -> None:
+        """The program's counters every second into a small ring (lbd.rates),
+        read off the event loop: one batched read per counter array."""
+        while not self._stop.is_set():
+            try:
+                ids = [i for applied in self.programmer.applied().values()
+                       for i in applied.backend_ids.values()]
+                vips, backends = await asyncio.to_thread(self.datapath.counter_arrays,
+                                                         max(ids, default=0) + 1)
+                self.rates.add(vips, backends)
+            except Exception:  # keep sampling; the log says what broke
+                log.exception("rate_sample_failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), rates.RATE_EVERY_S)
+
+    async def backend_flows(self, vip_spec: str, backend: str, idle_after_s: float) -> dict:
+        """One backend's live and idle flows now (`lbctl wait-drained`): its
+        VIP's table walked fresh, in a worker thread, one walk at a time.
+        vip_spec: the VIP's name or ADDR:PORT/PROTO; backend: its address.
+        LookupError: no such VIP or backend in the running config."""
+        vip = self.find_vip(vip_spec)
+        try:
+            address = ipaddress.ip_address(backend)
+        except ValueError:
+            raise LookupError(f"{backend!r} is not an address: BACKEND is the backend's address") from None
+        if not any(b.address == address for b in vip.backends):
+            raise LookupError(f"{address} is not a backend of VIP {vip.name} in the running config "
+                              f"({', '.join(str(b.address) for b in vip.backends)}); a removed backend "
+                              "keeps no flows (they move on their next packet)")
+        applied = self.programmer.applied().get((vip.address, vip.port, vip.proto_number))
+        if applied is None:
+            raise LookupError(f"VIP {vip.name} is not in the maps (lbctl status says why)")
+        backend_id = applied.backend_ids[address]
+        plan = next(b for b in applied.plan.backends if b.address == address)
+        async with self._walk_lock:
+            found = await asyncio.to_thread(flowtable.backend_flows, self.datapath, vip.protocol,
+                                            backend_id, idle_after_s)
+        from lbd.status import STATE_NAMES
+        return {"vip": vip.name, "backend": str(address), "state": STATE_NAMES.get(plan.state, "?"),
+                "live": found.live, "idle": found.idle, "idle_after_s": idle_after_s,
+                "closed_after_s": min(idle_after_s, flowtable.CLOSED_AFTER_S),
+                "walk_seconds": round(found.walk_seconds, 3)}
+
+    def find_vip(self, spec: str):
+        """A VIP of the running config by name or ADDR:PORT/PROTO (LookupError if none)."""
+        for vip in self.config.vips:
+            if vip.name == spec:
+                return vip
+        endpoint, _, proto = spec.partition("/")
+        host, _, port = endpoint.rpartition(":")
+        try:
+            address, port_number = ipaddress.ip_address(host.strip("[]")), int(port)
+        except ValueError:
+            address = port_number = None
+        for vip in self.config.vips:
+            if vip.address == address and vip.port == port_number and vip.protocol == (proto or "tcp"):
+                return vip
+        raise LookupError(f"no VIP named or at {spec!r} in the running config (lbctl status lists "
+                          "them: NAME or ADDR:PORT/PROTO)")
+
     # --- reload ---------------------------------------------------------------
     async def reload(self) -> dict:
         _notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
@@ -426,7 +489,8 @@ class Daemon:
         runners = await serve(self)
         tasks = [asyncio.ensure_future(self._refresh_neighbours()),
                  asyncio.ensure_future(self._announce()),
-                 asyncio.ensure_future(self._sample_tables())]
+                 asyncio.ensure_future(self._sample_tables()),
+                 asyncio.ensure_future(self._sample_rates())]
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         if watchdog_usec:
             tasks.append(asyncio.ensure_future(self._watchdog(watchdog_usec / 2e6)))

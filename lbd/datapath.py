@@ -15,6 +15,8 @@ import logging
 import os
 import re
 import struct
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,6 +141,8 @@ class Datapath:
         self.vip_stats = self.bpf[b"vip_stats"]
         self.backend_stats = self.bpf[b"backend_stats"]
         self.global_stats = self.bpf[b"global_stats"]
+        self._clock_fd: int | None = None
+        self._clock_lock = threading.Lock()
 
     # --- VIPs -----------------------------------------------------------------
     def _vip_key(self, address: IPAddress, port: int, proto: int):
@@ -327,6 +331,28 @@ class Datapath:
         (the key holds the protocol, so TCP and UDP keys never collide)."""
         return {bytes(k): (v.backend_id, v.generation)
                 for table in (self.conntrack, self.conntrack_udp) for k, v in table.items()}
+
+    def jiffies(self) -> int:
+        """The kernel's jiffies now: the clock of the entries' `seen`
+        (xdp/balancer.c lbd_clock; loaded on first use, so a program without
+        it, an old revision in bench/, still loads)."""
+        with self._clock_lock:
+            if self._clock_fd is None:
+                from bcc import BPF
+                self._clock_fd = self.bpf.load_func(b"lbd_clock", BPF.XDP).fd
+        return struct.unpack_from("<Q", bpfsys.test_run(self._clock_fd, bytes(64)).packet)[0]
+
+    @functools.cached_property
+    def hz(self) -> int:
+        """Jiffies per second: the kernel's CONFIG_HZ, or, where its config
+        is not shipped, measured (0.2 s) and rounded to the nearest HZ Linux
+        offers."""
+        if kernel_hz():
+            return kernel_hz()
+        j0, t0 = self.jiffies(), time.monotonic()
+        time.sleep(0.2)
+        rate = (self.jiffies() - j0) / (time.monotonic() - t0)
+        return min((100, 250, 300, 1000), key=lambda hz: abs(hz - rate))
 
     # --- counters -------------------------------------------------------------
     @staticmethod

@@ -5,9 +5,11 @@ Public listener (config http.listen, 127.0.0.1:9100 by default), read-only:
   attached and config applied), /status (JSON).
 Control socket (config control.socket, a unix socket, mode 0660, owned by
 root and the optional control.group): everything above plus the calls that
-change state or reveal flows: POST /reload, GET and POST /explain, POST
-/diff, POST /drain and /undrain (BGP), POST /teardown. Nothing that changes
-state is reachable over TCP.
+change state, reveal flows or cost a walk of a connection table: POST
+/reload, GET and POST /explain, GET /flows (one backend's live and idle
+flows, walked fresh: `lbctl wait-drained`), POST /diff, POST /drain and
+/undrain (BGP), POST /teardown. Nothing that changes state is reachable over
+TCP.
 
 Every error is a JSON object {"error": "..."} whose message says what failed;
 an unexpected exception is logged with its traceback and named with its type,
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from lbd import flowtable
 from lbd.config import ConfigError
 from lbd.status import status_view
 from lbd.teardown import teardown as teardown_pins
@@ -97,6 +100,21 @@ def _control_routes(daemon: "Daemon") -> list:
             return _json({"error": f"explain needs flows: [[CLIENT_ADDR:PORT, VIP_ADDR:PORT/PROTO], ...]: "
                                    f"{err}"}, 400)
 
+    async def flows(request):
+        """GET /flows?vip=NAME|ADDR:PORT/PROTO&backend=ADDR[&idle=SECONDS]"""
+        try:
+            vip, backend = request.query["vip"], request.query["backend"]
+            idle = float(request.query.get("idle", flowtable.IDLE_AFTER_S))
+            if not idle > 0:
+                raise ValueError(f"idle must be above 0 seconds, got {idle}")
+        except (KeyError, ValueError) as err:
+            return _json({"error": f"flows needs vip=NAME|ADDR:PORT/PROTO, backend=ADDR and optionally "
+                                   f"idle=SECONDS: {err}"}, 400)
+        try:
+            return _json(await daemon.backend_flows(vip, backend, idle))
+        except LookupError as err:
+            return _json({"error": str(err.args[0])}, 404)
+
     def drain(drained: bool):
         async def handler(_request):
             if daemon.announcer is None:
@@ -123,6 +141,7 @@ def _control_routes(daemon: "Daemon") -> list:
         return _json({"done": done})
 
     return [web.post("/reload", reload), web.get("/explain", explain), web.post("/explain", explain_many),
+            web.get("/flows", flows),
             web.post("/diff", diff), web.post("/teardown", teardown), web.post("/drain", drain(True)),
             web.post("/undrain", drain(False))]
 

@@ -1,6 +1,10 @@
 """`lbctl`: read and drive a running lbd over its control socket.
 
-  lbctl status [--stats] [--json]     VIPs and backends, like `ipvsadm -Ln`
+  lbctl status [--stats|--rate] [--json] [--watch]   VIPs and backends, like `ipvsadm -Ln [--rate]`;
+                                      --watch redraws it every second until Ctrl-C
+  lbctl wait-drained VIP BACKEND [--timeout 10m] [--idle 30s]
+                                      wait until a drained backend has no live flow: 0 when it
+                                      has none, 1 (with the count) at the timeout, 2 if it never can
   lbctl reload                        re-read the config (like SIGHUP), print what moved
   lbctl check FILE... [--diff]        validate; with --diff, what a reload would move
   lbctl explain CLIENT:PORT VIP:PORT/PROTO   which backend this flow gets, and why
@@ -17,13 +21,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import time
 import urllib.parse
 
 from lbd.cli import check_arguments, run_check
 from lbd.control_client import call, socket_options, socket_path
 
-def format_status(status: dict, stats: bool) -> str:
+WAIT_EVERY_S = 2.0  # wait-drained asks this often (or every 5 walks' time, if a walk takes longer)
+
+
+def format_status(status: dict, stats: bool, rate: bool = False) -> str:
+    if rate:
+        return format_rates(status)
     lines = [f"lbd {'ready' if status['ready'] else 'NOT READY'}  attached: "
              + ", ".join(f"{k} ({v})" for k, v in status["attached"].items())]
     reload = status["reload"]
@@ -35,8 +46,8 @@ def format_status(status: dict, stats: bool) -> str:
                      f"({table['used']:.0%}){warn}")
     header = "Prot VIP                          Mode Affinity Fingerprint"
     lines.append(header)
-    backend_header = ("  -> Backend                      Weight State      Health     Flows   Packets     Bytes"
-                      if stats else "  -> Backend                      Weight State      Health     Flows")
+    backend_header = ("  -> Backend                      Weight State      Health     Flows   Idle   Packets     Bytes"
+                      if stats else "  -> Backend                      Weight State      Health     Flows   Idle")
     lines.append(backend_header)
     for vip in status["vips"]:
         endpoint = f"{vip['address']}:{vip['port']}" if ":" not in vip["address"] else \
@@ -50,7 +61,8 @@ def format_status(status: dict, stats: bool) -> str:
                          f"entries made {c.get('new_flows', 0)}  rescheduled {c.get('rescheduled', 0)}")
         for b in vip["backends"]:
             flows = "-" if b.get("flows") is None else b["flows"]  # "-": not sampled yet
-            row = f"  -> {b['address']:28} {b['weight']:6} {b['state']:10} {b['health']:9} {flows:>6}"
+            idle = "-" if b.get("idle_flows") is None else b["idle_flows"]
+            row = f"  -> {b['address']:28} {b['weight']:6} {b['state']:10} {b['health']:9} {flows:>6} {idle:>6}"
             if stats:
                 row += f" {b.get('packets', 0):9} {b.get('bytes', 0):9}"
             if b.get("note"):
@@ -58,6 +70,130 @@ def format_status(status: dict, stats: bool) -> str:
             lines.append(row)
     lines += _format_bgp(status.get("bgp"))
     return "\n".join(lines)
+
+
+def _endpoint(vip: dict) -> str:
+    host = f"[{vip['address']}]" if ":" in vip["address"] else vip["address"]
+    return f"{host}:{vip['port']}"
+
+
+def _per_s(rate: dict | None, field: str) -> str:
+    if rate is None:
+        return "-"  # the daemon has not two snapshots yet
+    value = rate[f"{field}_per_s"]
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def format_rates(status: dict) -> str:
+    """`lbctl status --rate`, like `ipvsadm -Ln --rate`: per VIP and per
+    backend, entries made (new flows), packets and bytes per second over the
+    daemon's last few seconds."""
+    window = status.get("rate_window_s")
+    lines = [f"lbd {'ready' if status['ready'] else 'NOT READY'}  rates per second over the last "
+             + (f"{window:g} s" if window else "- s (the daemon has sampled its counters once or not yet)")]
+    lines.append(f"{'Prot VIP':33} {'NewFlows/s':>11} {'Packets/s':>11} {'Bytes/s':>13}")
+    lines.append(f"{'  -> Backend':33} {'NewFlows/s':>11} {'Packets/s':>11} {'Bytes/s':>13}")
+    for vip in status["vips"]:
+        r = vip.get("rate")
+        lines.append(f"{vip['protocol'].upper():4} {_endpoint(vip):28} {_per_s(r, 'new_flows'):>11} "
+                     f"{_per_s(r, 'packets'):>11} {_per_s(r, 'bytes'):>13}  {vip['name']}")
+        for b in vip["backends"]:
+            r = b.get("rate")
+            lines.append(f"  -> {b['address']:28} {_per_s(r, 'new_flows'):>11} {_per_s(r, 'packets'):>11} "
+                         f"{_per_s(r, 'bytes'):>13}")
+    return "\n".join(lines)
+
+
+# ANSI: cursor home, erase to the end of the line, erase below, erase the screen
+HOME, ERASE_LINE, ERASE_BELOW, ERASE_SCREEN = "\x1b[H", "\x1b[K", "\x1b[J", "\x1b[2J"
+
+
+def watch_frame(text: str, title: str, first: bool = False) -> str:
+    """One redraw of `lbctl status --watch`, without curses: home the cursor
+    and write each line over the last frame's, erasing what is left of each
+    line and below the last one (the first frame clears the screen), so a
+    frame never scrolls or flickers."""
+    lines = [title, "", *text.splitlines()]
+    return (ERASE_SCREEN if first else "") + HOME + "".join(f"{line}{ERASE_LINE}\n" for line in lines) \
+        + ERASE_BELOW
+
+
+def watch(fetch, render, out, every_s: float = 1.0, count: int | None = None, sleep=time.sleep,
+          clock=time.strftime) -> int:
+    """Redraw render(fetch()) every `every_s` until Ctrl-C (or `count`
+    frames). A daemon that stops answering is shown in the frame, and the
+    watch goes on."""
+    shown = 0
+    try:
+        while count is None or shown < count:
+            try:
+                text = render(fetch())
+            except SystemExit as err:  # control_client's "cannot reach lbd ..."
+                text = str(err)
+            out.write(watch_frame(text, f"every {every_s:g}s, {clock('%H:%M:%S')}  (Ctrl-C to stop)",
+                                  first=shown == 0))
+            out.flush()
+            shown += 1
+            if count is None or shown < count:
+                sleep(every_s)
+    except KeyboardInterrupt:
+        out.write("\n")
+    return 0
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+
+
+def parse_duration(text: str) -> float:
+    """"500ms", "30s", "10m", "1h", or seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"not a duration above zero (500ms, 30s, 10m, 1h): {text!r}")
+    return float(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[match.group(2)]
+
+
+def wait_drained(socket: str, vip: str, backend: str, timeout_s: float, idle_s: float,
+                 every_s: float = WAIT_EVERY_S, out=None, sleep=time.sleep,
+                 clock=time.monotonic) -> int:
+    """Ask the daemon for the backend's live flows (a fresh walk of its
+    VIP's table) until there are none (0) or the timeout (1, with the count);
+    2 if it can never drain (no such VIP or backend, or one that takes new
+    flows); 130 on Ctrl-C."""
+    out = out or sys.stdout
+    try:
+        return _wait_drained(socket, vip, backend, timeout_s, idle_s, every_s, out, sleep, clock)
+    except KeyboardInterrupt:
+        print("\nlbctl wait-drained: interrupted", file=sys.stderr)
+        return 130
+
+
+def _wait_drained(socket, vip, backend, timeout_s, idle_s, every_s, out, sleep, clock) -> int:
+    query = urllib.parse.urlencode({"vip": vip, "backend": backend, "idle": idle_s})
+    deadline = clock() + timeout_s
+    last = None
+    while True:
+        code, body = call(socket, "GET", f"/flows?{query}")
+        if code != 200:
+            print(f"lbctl wait-drained: {body.get('error')}", file=sys.stderr)
+            return 2
+        if body["state"] == "active":
+            print(f"lbctl wait-drained: {body['backend']} of {body['vip']} is active: it takes new flows, so "
+                  "it never drains. Set drain: true (or weight: 0) and reload first", file=sys.stderr)
+            return 2
+        where = f"{body['backend']} of {body['vip']} ({body['state']})"
+        if body["live"] == 0:
+            print(f"{where}: drained, no live flow ({body['idle']} idle entries: no packet for "
+                  f"{idle_s:g} s, or {body['closed_after_s']:g} s after the client's FIN or RST)", file=out)
+            return 0
+        now = clock()
+        if now >= deadline:
+            print(f"{where}: {body['live']} live flows left after {timeout_s:g} s "
+                  f"({body['idle']} idle)", file=out)
+            return 1
+        if body["live"] != last:
+            print(f"{where}: {body['live']} live flows, waiting", file=out, flush=True)
+            last = body["live"]
+        sleep(min(max(every_s, 5 * body.get("walk_seconds", 0)), deadline - now))
 
 
 def _format_bgp(bgp: dict | None) -> list[str]:
@@ -82,8 +218,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="lbctl", description=__doc__.splitlines()[0], parents=[options])
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", help="VIPs and backends", parents=[options])
-    status.add_argument("--stats", action="store_true")
+    shown = status.add_mutually_exclusive_group()
+    shown.add_argument("--stats", action="store_true", help="packets and bytes since the program started")
+    shown.add_argument("--rate", action="store_true",
+                       help="new flows, packets and bytes per second over the last few seconds")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--watch", action="store_true", help="redraw every second until Ctrl-C")
+    status.add_argument("--count", type=int, metavar="N", help="with --watch: stop after N frames")
+    wait = sub.add_parser("wait-drained", parents=[options],
+                          help="wait until a drained backend has no live flow left")
+    wait.add_argument("vip", help="the VIP's name or ADDR:PORT/PROTO")
+    wait.add_argument("backend", help="the backend's address")
+    wait.add_argument("--timeout", type=parse_duration, default=600.0, metavar="DURATION",
+                      help="give up after this long, exit 1 (default 10m)")
+    wait.add_argument("--idle", type=parse_duration, default=30.0, metavar="DURATION",
+                      help="a flow without a packet for this long is not live (default 30s)")
     sub.add_parser("reload", help="re-read the config", parents=[options])
     check_arguments(sub.add_parser("check", help="validate config files", parents=[options]))
     explain = sub.add_parser("explain", help="which backend a flow gets, and why", parents=[options])
@@ -96,6 +245,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.command == "explain" and not args.batch and not (args.client and args.vip):
         parser.error("explain needs CLIENT:PORT VIP:PORT/PROTO, or --batch FILE")
+    if args.command == "status" and args.watch and args.json:
+        parser.error("--watch redraws the table for a terminal: not with --json")
     return args
 
 
@@ -104,10 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return run_check(args)
     args.socket = socket_path(args)
+    if args.command == "status" and args.watch:
+        return watch(lambda: call(args.socket, "GET", "/status")[1],
+                     lambda body: format_status(body, args.stats, args.rate), sys.stdout, count=args.count)
     if args.command == "status":
         code, body = call(args.socket, "GET", "/status")
-        print(json.dumps(body, indent=2) if args.json else format_status(body, args.stats))
+        print(json.dumps(body, indent=2) if args.json else format_status(body, args.stats, args.rate))
         return 0 if code == 200 else 1
+    if args.command == "wait-drained":
+        return wait_drained(args.socket, args.vip, args.backend, args.timeout, args.idle)
     if args.command == "reload":
         code, body = call(args.socket, "POST", "/reload")
         if body.get("result") != "success":

@@ -48,14 +48,23 @@ class DatapathCollector:
                                       labels=["vip"])
         table = GaugeMetricFamily("lbd_vip_table_info", "Fingerprint of the VIP's Maglev table",
                                   labels=["vip", "fingerprint"])
+        be_new = CounterMetricFamily("lbd_backend_new_flows",
+                                     "Connection-table entries made for flows the Maglev table placed on "
+                                     "the backend (TCP: at the handshake's ACK)", labels=["vip", "backend"])
         be_flows = GaugeMetricFamily("lbd_backend_flows",
-                                     "Connection-table entries of the backend at the last sample",
+                                     "The backend's live flows at the last sample (a packet within the "
+                                     "idle window, and not ended by the client's FIN or RST)",
                                      labels=["vip", "backend"])
+        be_idle = GaugeMetricFamily("lbd_backend_idle_flows",
+                                    "The backend's connection-table entries that are not live flows, at "
+                                    "the last sample", labels=["vip", "backend"])
         usage = getattr(d, "table_usage", None) or {}
-        flows_of = {}
+        flows_of, idle_of = {}, {}
         for table_usage in usage.values():
             for backend_id, count in table_usage.by_backend.items():
                 flows_of[backend_id] = flows_of.get(backend_id, 0) + count
+            for backend_id, count in table_usage.idle_by_backend.items():
+                idle_of[backend_id] = idle_of.get(backend_id, 0) + count
         for key, applied in programmer.applied().items():
             name = applied.plan.name
             counters = dp.vip_counters(applied.vip_id)
@@ -68,19 +77,22 @@ class DatapathCollector:
                 label = [name, str(backend.address)]
                 be_packets.add_metric(label, stats["packets"])
                 be_bytes.add_metric(label, stats["bytes"])
+                be_new.add_metric(label, stats["new_flows"])
                 be_up.add_metric(label, 1 if backend.in_table else 0)
                 be_weight.add_metric(label, backend.weight)
                 if usage:
                     be_flows.add_metric(label, flows_of.get(backend_id, 0))
+                    be_idle.add_metric(label, idle_of.get(backend_id, 0))
                 in_table += backend.in_table
             vip_up.add_metric([name], in_table)
             status = d.vip_status.get(name)
             fail_open.add_metric([name], 1 if status and status.fail_open else 0)
             table.add_metric([name, applied.fingerprint], 1)
         yield from vip_metrics.values()
-        yield from (be_packets, be_bytes, be_up, be_weight, vip_up, fail_open, table)
+        yield from (be_packets, be_bytes, be_new, be_up, be_weight, vip_up, fail_open, table)
         if usage:
             yield be_flows
+            yield be_idle
             yield from _table_usage_metrics(usage)
 
         totals = dp.global_counters()

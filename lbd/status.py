@@ -1,5 +1,6 @@
 """The status view: what `/status` and `lbctl status` show, assembled from
-the daemon's config, the maps' counters, health and the last table sample."""
+the daemon's config, the maps' counters, health, the last table sample and
+the rate ring (lbd.rates)."""
 from __future__ import annotations
 
 import time
@@ -31,24 +32,30 @@ def status_view(daemon: "Daemon") -> dict:
                 "state": STATE_NAMES.get(plan.state, "?"),
                 "in_table": plan.in_table, "health": str(h.get("state", "none")),
                 "note": status.notes.get(str(backend.address), ""),
-                "flows": flows_of(d, backend_id),
+                "flows": flows_of(d, backend_id), "idle_flows": flows_of(d, backend_id, idle=True),
+                "rate": d.rates.backend(backend_id),
                 **d.datapath.backend_counters(backend_id)})
         vips.append({"name": vip.name, "address": str(vip.address), "port": vip.port,
                      "protocol": vip.protocol, "mode": vip.mode, "affinity": vip.affinity,
                      "fingerprint": entry.fingerprint if entry else "", "fail_open": status.fail_open,
                      "counters": d.datapath.vip_counters(entry.vip_id) if entry else {},
+                     "rate": d.rates.vip(entry.vip_id) if entry else None,
                      "backends": backends})
     return {"ready": d.ready, "config": d.config_path, "attached": d.attached,
             "uptime_s": round(time.time() - d.started, 1), "reload": d.reload_state,
             "global": d.datapath.global_counters() if d.datapath else {}, "vips": vips,
             "conntrack": {name: {"entries": u.entries, "capacity": u.capacity,
-                                 "used": round(u.used, 4), "walk_seconds": round(u.walk_seconds, 3)}
+                                 "used": round(u.used, 4), "walk_seconds": round(u.walk_seconds, 3),
+                                 "idle_after_s": u.idle_after_s}
                           for name, u in d.table_usage.items()},
+            "rate_window_s": d.rates.span_s,
             "bgp": d.announcer.status() if d.announcer else None}
 
 
-def flows_of(daemon: "Daemon", backend_id: int) -> int | None:
-    """The backend's connection-table entries at the last sample (None before one)."""
+def flows_of(daemon: "Daemon", backend_id: int, idle: bool = False) -> int | None:
+    """The backend's live flows (or, with idle, its idle entries) at the last
+    sample (None before one); lbd.flowtable says which are which."""
     if not daemon.table_usage:
         return None
-    return sum(u.by_backend.get(backend_id, 0) for u in daemon.table_usage.values())
+    return sum((u.idle_by_backend if idle else u.by_backend).get(backend_id, 0)
+               for u in daemon.table_usage.values())

@@ -98,10 +98,37 @@ static __always_inline struct lbd_flow_entry *lbd_flow_lookup(struct lbd_flow_ke
 	return conntrack_udp.lookup(flow);
 }
 
+/* The daemon tells a live flow from an idle one (lbd/flowtable.py) by two
+ * things its entry keeps: when its latest packet came (seen, in jiffies:
+ * bpf_jiffies64() is one load, inlined by the verifier, where a ns clock is a
+ * helper call) and whether its client has ended it with a FIN or an RST (the
+ * only direction lbd sees). Both are written only when they change, so a busy
+ * flow dirties its entry at most once per jiffy, not once per packet. A SYN
+ * that follows the entry (a new connection on the 4-tuple once the old one's
+ * TIME_WAIT is over) clears the mark; UDP has no flags and is never marked. */
+static __always_inline void lbd_flow_seen(struct lbd_flow_entry *entry,
+					  const struct lbd_packet *pkt, int syn)
+{
+	__u32 now = bpf_jiffies64();
+
+	if (entry->seen != now)
+		entry->seen = now;
+	if (pkt->tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST)) {
+		if (!(entry->flags & LBD_FLOW_CLIENT_CLOSED))
+			entry->flags |= LBD_FLOW_CLIENT_CLOSED;
+	} else if (syn && (entry->flags & LBD_FLOW_CLIENT_CLOSED)) {
+		entry->flags &= ~LBD_FLOW_CLIENT_CLOSED;
+	}
+}
+
 static __always_inline void lbd_flow_insert(struct lbd_global_stats *gs,
 					    struct lbd_flow_key *flow,
-					    struct lbd_flow_entry *entry)
+					    struct lbd_flow_entry *entry,
+					    const struct lbd_packet *pkt)
 {
+	/* as lbd_flow_seen would leave it (an RST never makes an entry; a FIN may) */
+	entry->seen = bpf_jiffies64();
+	entry->flags = pkt->tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST) ? LBD_FLOW_CLIENT_CLOSED : 0;
 	if (flow->proto == IPPROTO_TCP) {
 		conntrack.update(flow, entry);
 		gs->ct_inserts_tcp++;
@@ -223,15 +250,20 @@ static __always_inline int lbd_forward_ipip(struct xdp_md *ctx, struct lbd_globa
 	return lbd_verdict(gs, bpf_redirect(nh->ifindex, 0));
 }
 
+/* new_flow: 1 when this packet made the flow's entry (a constant 0 on every
+ * other path, so the compiler drops the add there). */
 static __always_inline int lbd_forward(struct xdp_md *ctx, struct lbd_global_stats *gs,
 				       const struct lbd_packet *pkt, __u32 backend_id,
-				       const struct lbd_backend *be, __u32 vip_flags, __u32 hash)
+				       const struct lbd_backend *be, __u32 vip_flags, __u32 hash,
+				       __u32 new_flow)
 {
 	struct lbd_backend_stats *bs = backend_stats.lookup(&backend_id);
 
 	if (bs) {
 		bs->packets++;
 		bs->bytes += pkt->frame_len;
+		if (new_flow)
+			bs->new_flows++;
 	}
 	if (vip_flags & LBD_VIP_MODE_IPIP)
 		return lbd_forward_ipip(ctx, gs, pkt, backend_id, be, hash);
@@ -328,7 +360,7 @@ static __always_inline int lbd_handle_icmp(struct xdp_md *ctx, struct lbd_global
 		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
 	gs->icmp_to_backend++;
 	pkt->no_icmp_error = 1; /* never an ICMP error about an ICMP error */
-	return lbd_forward(ctx, gs, pkt, backend_id, be, vip->flags, hash);
+	return lbd_forward(ctx, gs, pkt, backend_id, be, vip->flags, hash, 0);
 }
 
 /* Fragments carry no ports: only a client-affinity VIP, whose hash needs no
@@ -347,7 +379,7 @@ static __always_inline int lbd_handle_fragment(struct xdp_md *ctx, struct lbd_gl
 	if (!be)
 		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
 	gs->fragments_forwarded++;
-	return lbd_forward(ctx, gs, pkt, backend_id, be, addr->frag_vip_flags, hash);
+	return lbd_forward(ctx, gs, pkt, backend_id, be, addr->frag_vip_flags, hash, 0);
 }
 
 /* A packet to a VIP, in its per-CPU counters (returned for the flow counters). */
@@ -420,6 +452,7 @@ int lbd_balancer(struct xdp_md *ctx)
 		 * backend through an old connection's entry */
 		if (be && lbd_backend_usable(be, entry->generation) &&
 		    (!syn || be->state == LBD_BACKEND_ACTIVE)) {
+			lbd_flow_seen(entry, &pkt, syn);
 			vip_id = be->vip_id;
 			vip_flags = be->vip_flags;
 			lbd_count_vip(vip_id, pkt.frame_len);
@@ -427,7 +460,7 @@ int lbd_balancer(struct xdp_md *ctx)
 			/* only the ipip IPv6 flow label needs the hash of an established flow */
 			hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
 			       lbd_hash_for(&pkt.flow, vip_flags) : 0;
-			return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash);
+			return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash, 0);
 		}
 		if (syn) {
 			/* a new connection on an old 4-tuple: its ACK must meet the
@@ -457,7 +490,7 @@ int lbd_balancer(struct xdp_md *ctx)
 	} else {
 		placed.backend_id = backend_id;
 		placed.generation = be->generation;
-		lbd_flow_insert(gs, &pkt.flow, &placed);
+		lbd_flow_insert(gs, &pkt.flow, &placed, &pkt);
 		if (vs) {
 			if (moved)
 				vs->rescheduled++;
@@ -465,5 +498,21 @@ int lbd_balancer(struct xdp_md *ctx)
 				vs->new_flows++;
 		}
 	}
-	return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash);
+	return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash, !stateless && !moved);
+}
+
+/* The daemon's clock for the entries' seen: userspace cannot read jiffies, so
+ * lbd/datapath.py runs this (BPF_PROG_TEST_RUN, never attached) on a blank
+ * frame and reads bpf_jiffies64() from its first 8 bytes: the clock the
+ * packet path stamps entries with, whatever the kernel's HZ. */
+int lbd_clock(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u64 *out = data;
+
+	if ((void *)(out + 1) > data_end)
+		return XDP_ABORTED;
+	*out = bpf_jiffies64();
+	return XDP_PASS;
 }

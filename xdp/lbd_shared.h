@@ -183,10 +183,20 @@ struct lbd_flow_key {
 	__u16 pad;     /* always 0 (hashed) */
 };
 
-/* Connection-table value (conntrack for TCP, conntrack_udp for UDP). 8 bytes. */
+/* flow_entry.flags */
+enum lbd_flow_flags {
+	LBD_FLOW_CLIENT_CLOSED = 1 << 0, /* the client sent FIN or RST (cleared by a SYN that follows the entry) */
+};
+
+/* Connection-table value (conntrack for TCP, conntrack_udp for UDP). 16 bytes.
+ * An entry lives until the LRU needs its room, long after its connection
+ * closed: seen and flags are how the daemon tells a live flow from an idle
+ * one (lbd/flowtable.py). */
 struct lbd_flow_entry {
 	__u32 backend_id;
 	__u32 generation; /* backend's generation when the flow was placed */
+	__u32 seen;       /* bpf_jiffies64() of the flow's latest packet, low 32 bits (wraps: 49 days at HZ=1000) */
+	__u32 flags;      /* enum lbd_flow_flags */
 };
 
 /* Program-wide settings, one entry written by the daemon. 28 bytes. */
@@ -205,10 +215,11 @@ struct lbd_vip_stats {
 	__u64 rescheduled; /* flows moved off a removed or failed backend */
 };
 
-/* Per-CPU, per backend id. 16 bytes. */
+/* Per-CPU, per backend id. 24 bytes. */
 struct lbd_backend_stats {
 	__u64 packets;
 	__u64 bytes;
+	__u64 new_flows;   /* entries made for flows the table placed here (as lbd_vip_stats.new_flows) */
 };
 
 /* Per-CPU, one entry: what the program did to every packet it saw. 176 bytes. */
@@ -238,10 +249,10 @@ _Static_assert(sizeof(struct lbd_addr_info) == 16, "addr info: 16 bytes");
 _Static_assert(sizeof(struct lbd_backend) == 48, "backend: 48 bytes");
 _Static_assert(sizeof(struct lbd_nexthop) == 32, "next hop: 32 bytes");
 _Static_assert(sizeof(struct lbd_flow_key) == 40, "flow key: 40 bytes");
-_Static_assert(sizeof(struct lbd_flow_entry) == 8, "flow entry: 8 bytes");
+_Static_assert(sizeof(struct lbd_flow_entry) == 16, "flow entry: 16 bytes");
 _Static_assert(sizeof(struct lbd_settings) == 28, "settings: 28 bytes");
 _Static_assert(sizeof(struct lbd_vip_stats) == 32, "vip stats: 32 bytes");
-_Static_assert(sizeof(struct lbd_backend_stats) == 16, "backend stats: 16 bytes");
+_Static_assert(sizeof(struct lbd_backend_stats) == 24, "backend stats: 24 bytes");
 _Static_assert(sizeof(struct lbd_global_stats) == 176, "global stats: 176 bytes");
 
 #endif /* LBD_SHARED_H */

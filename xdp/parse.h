@@ -49,6 +49,7 @@ struct lbd_packet {
 	__u8 ipv4_df;             /* v4 don't-fragment bit */
 	__u8 tcp_flags;           /* TCP: byte 13 of the header (LBD_TCP_*) */
 	__u8 no_icmp_error;       /* RFC 1122 3.2.2: never answer this with an ICMP error */
+	__u8 forwarded;           /* set once the packet left for a backend (balancer.c) */
 };
 
 /* The L4 header at pkt->l4_off: TCP or UDP must fit inside the IP packet. */

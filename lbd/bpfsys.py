@@ -156,23 +156,7 @@ def delete_u32(fd: int, key: int) -> None:
 
 def lookup_array_u32(fd: int, size: int) -> array.array:
     """All `size` u32 values of an array map, in a few batched syscalls."""
-    keys = (ctypes.c_uint32 * size)()
-    values = array.array("I", bytes(4 * size))
-    out_values = (ctypes.c_uint32 * size).from_buffer(values)
-    token = ctypes.c_uint32()
-    done = 0
-    while done < size:
-        n = ctypes.c_uint32(size - done)
-        result = _libbpf.bpf_map_lookup_batch(
-            fd, ctypes.byref(token) if done else None, ctypes.byref(token),
-            ctypes.addressof(keys) + 4 * done, ctypes.addressof(out_values) + 4 * done,
-            ctypes.byref(n), None)
-        done += n.value
-        if result < 0:
-            if ctypes.get_errno() == errno.ENOENT:  # end of the map
-                break
-            _check(result, "BPF_MAP_LOOKUP_BATCH")
-    return values
+    return array.array("I", lookup_array_values(fd, 4, size).ljust(4 * size, b"\0"))
 
 
 def lookup_hash_values(fd: int, key_size: int, value_size: int, chunk: int = 16384) -> bytes:

@@ -31,6 +31,7 @@ import ipaddress
 import struct
 
 from hypothesis import strategies as st
+from scapy.utils import checksum
 
 from lbd.plan import DRAINING
 from tests.bpf import scenario as sc
@@ -94,13 +95,7 @@ def mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
 
 
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+csum = checksum  # scapy's RFC 1071 Internet checksum
 
 
 def packed(address: str) -> bytes:

@@ -2,6 +2,7 @@
 an operator does: a YAML file, lbctl over the control socket, /metrics."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -133,6 +134,13 @@ class LbdUnderTest:
         if self.proc:
             self.lab.stop(self.proc)
 
+    def teardown(self) -> None:
+        """Stop the daemon and leave the lab as it was: program detached, pins
+        gone, so the next test's daemon starts clean."""
+        self.stop()
+        subprocess.run([sys.executable, "-m", "lbd.cli", "--teardown", "--config", self.config_path],
+                       capture_output=True, timeout=60)
+
     def conntrack_keys(self) -> set[str]:
         """Keys of the pinned connection table, read with bpftool (not lbd)."""
         pin_dirs = [d for d in Path(self.lab.bpffs_dir, self.host).iterdir() if d.name.startswith("layout")]
@@ -153,6 +161,20 @@ class LbdUnderTest:
     def stream_results(proc: subprocess.Popen, timeout: float) -> list[dict]:
         out, _ = proc.communicate(timeout=timeout)
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+@contextlib.contextmanager
+def running(lab: Lab, config_for=None):
+    """lbd started on the lab (config_for(socket_path) -> its YAML; default
+    lab_config), torn down afterwards whatever happened."""
+    daemon = LbdUnderTest(lab)
+    if config_for:
+        daemon.write_config(config_for(daemon.socket))
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.teardown()
 
 
 class Connections:

@@ -98,9 +98,7 @@ def run_scenario(lab, monkeypatch, syn_makes_entry: bool) -> dict:
             legit.kill()
         if idlers and idlers.poll() is None:
             idlers.kill()
-        daemon.stop()
-        subprocess.run([sys.executable, "-m", "lbd.cli", "--teardown", "--config", daemon.config_path],
-                       capture_output=True, timeout=60)
+        daemon.teardown()
 
 
 def broken(idle) -> list[dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lbd.testing.lab import Lab
-from tests.netns.lbdrun import HEALTH, LbdUnderTest, backends, wait_for
+from tests.netns.lbdrun import HEALTH, backends, running, wait_for
 
 pytestmark = pytest.mark.netns
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,13 +41,8 @@ vips:
 
 @pytest.fixture(scope="module")
 def lbd(lab):
-    daemon = LbdUnderTest(lab)
-    daemon.write_config(config(lab, daemon.socket))
-    daemon.start()
-    yield daemon
-    daemon.stop()
-    subprocess.run([sys.executable, "-m", "lbd.cli", "--teardown", "--config", daemon.config_path],
-                   capture_output=True, timeout=60)
+    with running(lab, lambda socket: config(lab, socket)) as daemon:
+        yield daemon
 
 
 def shares(text: str) -> dict[str, float]:

@@ -4,8 +4,6 @@ last seconds; a VIP that gets traffic shows it, one that gets none shows 0.
 And `--watch`, which redraws that view in place."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
@@ -52,9 +50,7 @@ def test_status_rate_shows_the_traffic_of_the_last_seconds(lab):
     finally:
         if traffic:
             traffic.kill()
-        daemon.stop()
-        subprocess.run([sys.executable, "-m", "lbd.cli", "--teardown", "--config", daemon.config_path],
-                       capture_output=True, timeout=60)
+        daemon.teardown()
     ok = [c for c in done if not c["error"]]
     assert len(ok) >= 100, done[:3]
     assert "rates per second over the last" in text.splitlines()[0]

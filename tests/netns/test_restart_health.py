@@ -7,25 +7,19 @@ Issue #11: before, every health-checked backend was trusted again until its
 first checks, and 18-26 of 400 new connections failed right after a restart."""
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.netns.lbdrun import Connections, LbdUnderTest, wait_for
+from tests.netns.lbdrun import Connections, running, wait_for
 
 pytestmark = pytest.mark.netns
 
 
 @pytest.fixture(scope="module")
 def lbd(lab):
-    daemon = LbdUnderTest(lab)
-    daemon.start()
-    yield daemon
-    daemon.stop()
-    subprocess.run([sys.executable, "-m", "lbd.cli", "--teardown", "--config", daemon.config_path],
-                   capture_output=True, timeout=60)
+    with running(lab) as daemon:
+        yield daemon
     if not lab.server_running("b2", "http"):
         lab.start_server("b2", "http")
 

@@ -15,21 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.lbdrun import LbdUnderTest, lab_config
+from tests.netns.lbdrun import lab_config, running
 
 pytestmark = pytest.mark.netns
 
 
 @pytest.fixture(scope="module")
 def lbd(lab):
-    daemon = LbdUnderTest(lab)
-    daemon.start()
-    yield daemon
-    daemon.stop()
-    # leave the lab as we found it: program detached, pins gone
-    subprocess.run([sys.executable, "-m", "lbd.cli", "--teardown", "--config", daemon.config_path],
-                   capture_output=True, timeout=60)
-    lab.run("lbd", ["true"])
+    with running(lab) as daemon:
+        yield daemon
 
 
 @pytest.fixture(autouse=True)

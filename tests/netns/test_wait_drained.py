@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.lbdrun import LbdUnderTest, backends, wait_for
+from tests.netns.lbdrun import backends, running, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -38,13 +38,8 @@ vips:
 
 @pytest.fixture
 def lbd(lab):
-    daemon = LbdUnderTest(lab)
-    daemon.write_config(config(lab, daemon.socket))
-    daemon.start()
-    yield daemon
-    daemon.stop()
-    subprocess.run([sys.executable, "-m", "lbd.cli", "--teardown", "--config", daemon.config_path],
-                   capture_output=True, timeout=60)
+    with running(lab, lambda socket: config(lab, socket)) as daemon:
+        yield daemon
 
 
 def drain_b1(lab, lbd) -> None:

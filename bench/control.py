@@ -23,19 +23,15 @@ Writes bench/results/control.json:
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import ipaddress
-import json
 import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-from bench.machine import loadavg, machine_info
+from bench.machine import arguments, loadavg, save
 
-RESULTS = Path(__file__).resolve().parent / "results"
 GOALS = {"cold_apply_1000x100_s": 5.0, "health_to_map_ms": 50.0}
 SIZES_FULL = [(10, 10), (10, 100), (100, 10), (100, 100), (1000, 10), (1000, 100)]
 SIZES_QUICK = [(10, 10), (100, 10)]
@@ -220,23 +216,16 @@ def breakdown(vips: int = 100, backends: int = 10) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, one run: checks it runs")
-    parser.add_argument("--out", default=str(RESULTS / "control.json"))
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, "control", "small sizes, one run: checks it runs").parse_args(argv)
     load_start = loadavg()
     if args.quick:
         result = measure(SIZES_QUICK, runs=1, health_runs=3)
     else:
         result = measure(SIZES_FULL, runs=3, health_runs=15)
     result["breakdown"] = breakdown(20 if args.quick else 100, 10)
-    result["quick"] = args.quick
-    result["machine"] = machine_info(xdp_mode=result["cold_start"]["xdp_mode"],
-                                     load_start=load_start)
     result["method"] = ("lbd.programmer.Programmer on a loaded lbd.datapath.Datapath, "
                         "median of runs; the daemon calls this layer")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args, result["cold_start"]["xdp_mode"], load_start)
     print(f"cold start {result['cold_start']['s']}s; health->map {result['health_to_map_ms']} ms; "
           f"rss {result['rss_mb']} MB")
     return 0

@@ -45,7 +45,6 @@ Writes bench/results/datapath.json (datapath_tcp.json from bench.run --tcp):
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
 import ipaddress
@@ -59,12 +58,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.machine import loadavg, machine_info
+from bench.machine import arguments, loadavg, save
 from bench.netline import NamespaceLine, nsx, sh
 from lbd import bpfsys
 from lbd.testing.netns import stop_groups
 
-RESULTS = Path(__file__).resolve().parent / "results"
 NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"
 ARMS = ["direct", "xdp_floor", "lbd_dsr", "lbd_ipip", "nftables", "userspace"]
 USERSPACE_TCP = ("not run with --tcp: a user-space proxy terminates TCP, and ACK segments of "
@@ -465,11 +463,9 @@ def goals(arms: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short windows, one run")
+    parser = arguments(__doc__, "datapath", "short windows, one run")
     parser.add_argument("--tcp", action="store_true", help="TCP ACK segments instead of UDP")
     parser.add_argument("--arms", default=",".join(ARMS))
-    parser.add_argument("--out", default=str(RESULTS / "datapath.json"))
     args = parser.parse_args(argv)
     load_start = loadavg()
     arms = args.arms.split(",")
@@ -477,10 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         arms.insert(0, "direct")
     runs, window, warmup = (1, 0.5, 0.5) if args.quick else (3, 5.0, 1.5)
     result = measure(runs, window, warmup, args.tcp, arms)
-    result["quick"] = args.quick
-    result["machine"] = machine_info(xdp_mode="native", load_start=load_start)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args, "native", load_start)
     for arm, v in result["arms"].items():
         print(f"{arm:10} {v['pps']:12,.0f} pps  hop {v.get('hop_ns', 0):8.1f} ns")
     for name, g in result["goals"].items():

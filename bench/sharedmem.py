@@ -46,12 +46,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.machine import loadavg, machine_info
+from bench.machine import arguments, loadavg, save
 from bench.netline import NamespaceLine, nsx, sh
 from lbd.testing.netns import stop_groups
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = Path(__file__).resolve().parent / "results"
 ARMS = ["shared_memory", "local_kernel_hash", "lbd_client_affinity"]
 RATE = 5          # r/s per client address
 VIP = "198.18.100.1"
@@ -406,19 +405,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["client"]:
         return client(argv[1:])
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs: checks it runs")
-    parser.add_argument("--out", default=str(RESULTS / "sharedmem.json"))
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, "sharedmem", "short runs: checks it runs").parse_args(argv)
     load_start = loadavg()
     if args.quick:
         result = measure(runs=1, duration=3.0, warmup=0.5, clients=32, conns=2)
     else:
         result = measure(runs=3, duration=12.0, warmup=2.0, clients=64, conns=4)
-    result["quick"] = args.quick
-    result["machine"] = machine_info(xdp_mode="native", load_start=load_start)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args, "native", load_start)
     return 0
 
 

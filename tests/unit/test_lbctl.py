@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import http.server
 import json
-import socketserver
 import threading
 
 import pytest
 
 from lbd import lbctl
+from tests.unit.unixhttp import UnixHTTPServer, send_json
 
 pytestmark = pytest.mark.unit
 
@@ -86,31 +86,18 @@ def test_explain_without_a_flow_is_a_usage_error():
 
 class _StatusHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's name)
-        body = json.dumps({"ready": True, "attached": {"eth0": "native"}, "reload": {}, "vips": [],
-                           "bgp": None, "path": self.path}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_json(self, 200, {"ready": True, "attached": {"eth0": "native"}, "reload": {}, "vips": [],
+                              "bgp": None, "path": self.path})
 
     def log_message(self, *args):
         pass
-
-
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-    def get_request(self):
-        request, _ = super().get_request()
-        return request, ("local", 0)  # BaseHTTPRequestHandler wants a (host, port)
 
 
 @pytest.fixture
 def control_socket(tmp_path):
     """A unix socket answering GET /status the way lbd's control socket does."""
     path = str(tmp_path / "ctl.sock")
-    server = _UnixHTTPServer(path, _StatusHandler)
+    server = UnixHTTPServer(path, _StatusHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield path

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import http.server
 import io
-import json
-import socketserver
 import threading
 import urllib.parse
 
@@ -18,6 +16,7 @@ import pytest
 
 from lbd import lbctl
 from lbd.rates import RateRing
+from tests.unit.unixhttp import UnixHTTPServer, send_json
 
 pytestmark = pytest.mark.unit
 
@@ -162,29 +161,16 @@ class _Flows(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         type(self).asked.append(dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query)))
         code, body = type(self).script.pop(0) if len(type(self).script) > 1 else type(self).script[0]
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, code, body)
 
     def log_message(self, *args):
         pass
 
 
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-
-    def get_request(self):
-        request, _ = super().get_request()
-        return request, ("local", 0)
-
-
 @pytest.fixture
 def flows_socket(tmp_path):
     path = str(tmp_path / "ctl.sock")
-    server = _UnixHTTPServer(path, _Flows)
+    server = UnixHTTPServer(path, _Flows)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     _Flows.asked = []

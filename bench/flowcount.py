@@ -32,11 +32,9 @@ bench/results/flowcount.json).
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import importlib.util
 import ipaddress
-import json
 import random
 import statistics
 import subprocess
@@ -47,14 +45,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.machine import loadavg, machine_info
+from bench.machine import arguments, loadavg, save
 from lbd import bpfsys, layout
 from lbd.datapath import Datapath, Limits, addr_words, load_helper, port_word
 from lbd.plan import BackendPlan, VipPlan
 from lbd.programmer import Programmer
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 BEFORE = "0aa4a46"  # the last revision whose entries held only (backend_id, generation)
 VIP, PORT = "198.18.100.7", 80
 OUR_MAC = bytes.fromhex("020000000a01")
@@ -283,11 +280,9 @@ def measure_established(runs: int, calls: int, cold_flows: int, before: str) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small table and few calls: checks it runs")
+    parser = arguments(__doc__, "flowcount", "a small table and few calls: checks it runs")
     parser.add_argument("--before", default=BEFORE, help=f"the revision to compare with (default {BEFORE})")
     parser.add_argument("--only", choices=("walk", "established"))
-    parser.add_argument("--out", default=str(RESULTS / "flowcount.json"))
     args = parser.parse_args(argv)
     load_start = loadavg()
     result = {}
@@ -313,9 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         r = e["warm_repeat"]
         print(f"  warm, kernel's mean of {r['repeat']} runs: floor {r['floor']} ns, after {r['after']} ns, "
               f"before {r['before']} ns, after - before {r['delta_ns']:+} ns")
-    result["machine"] = machine_info(xdp_mode="test_run", load_start=load_start)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    save(result, args, "test_run", load_start)
     return 0
 
 

@@ -48,7 +48,6 @@ Writes bench/results/xdp_cost.json:
 """
 from __future__ import annotations
 
-import argparse
 import array
 import ctypes
 import errno
@@ -63,7 +62,7 @@ from pathlib import Path
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from bench.machine import loadavg, machine_info
+from bench.machine import arguments, loadavg, machine_info
 from lbd import bpfsys
 from lbd.datapath import Datapath, Limits, load_helper
 from lbd.plan import BackendPlan, VipPlan
@@ -71,7 +70,6 @@ from lbd.programmer import Programmer
 from lbd.testing import fibns
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 ip = ipaddress.ip_address
 CLIENT_MAC, OUR_MAC = "02:00:00:00:0c:01", fibns.MAC
 MODES = ("dsr", "ipip")
@@ -931,9 +929,7 @@ def main(argv: list[str] | None = None) -> int:
     import faulthandler
 
     faulthandler.enable()   # a crash in a C library shows where Python was
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="few calls: checks it runs, not how fast")
-    parser.add_argument("--out", default=str(RESULTS / "xdp_cost.json"))
+    parser = arguments(__doc__, "xdp_cost", "few calls: checks it runs, not how fast")
     parser.add_argument("--before", metavar="REV",
                         help="also time the program of git revision REV beside today's (e.g. "
                              "a7ccca8^, before a SYN stopped making entries)")
@@ -942,7 +938,7 @@ def main(argv: list[str] | None = None) -> int:
                              "instead of the working tree's")
     parser.add_argument("--patch", metavar="FILE",
                         help="also time today's program with FILE (a diff of xdp/, -p1) applied, "
-                             "e.g. bench/notes/flow_lookup_inline.patch")
+                             "e.g. bench/notes/syn_without_lookup.patch")
     args = parser.parse_args(argv)
     calls, runs = (300, 2) if args.quick else (20000, 5)
     result = measure(calls, runs, args.quick, args.before, args.patch, args.program)

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import re
+import socket
 import struct
 import threading
 import time
@@ -27,7 +28,7 @@ log = logging.getLogger("lbd.datapath")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 C = layout.constant
-TCP = 6  # IPPROTO_TCP: its flows have their own connection table
+TCP = socket.IPPROTO_TCP  # its flows have their own connection table
 
 
 def addr_words(address: IPAddress) -> tuple[int, int, int, int]:

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from lbd.datapath import Datapath
 
 C = layout.constant
-TCP, UDP = 6, 17
+TCP, UDP = PROTOCOLS["tcp"], PROTOCOLS["udp"]
 NO_BACKEND = C("LBD_NO_BACKEND")
 
 # The kinds of packet explain answers for.

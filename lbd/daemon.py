@@ -122,10 +122,14 @@ class Daemon:
                                    "pinned maps by id)") from err
             raise
         self.programmer = Programmer(self.datapath)
+        # the tables' first sample (a batched walk: 0.38 s at 1M entries, an
+        # empty table's at once), so the first scrape and status have one and
+        # the adoption log line its count
+        self.table_usage = flowtable.sample(self.datapath)
         if adopting:
             found = self.programmer.adopt()
             log.info("datapath_adopted pin_dir=%s vips=%d conntrack_entries=%d", pin_dir, found,
-                     len(self.datapath.conntrack_snapshot()))
+                     sum(u.entries for u in self.table_usage.values()))
             self._pinned_health = self._read_pinned_health()
         else:
             log.info("datapath_created pin_dir=%s", pin_dir)
@@ -261,8 +265,6 @@ class Daemon:
         self.reload_state.update(last_result="success", last_success_time=time.time())
         self.metrics.last_success.set(time.time())
         self.metrics.last_ok.set(1)
-        # the first sample before READY, so the first scrape and status have one
-        await self._sample_tables_once()
         self.ready = True
         log.info("ready vips=%d backends=%d interfaces=%s", len(self.config.vips), self.config.backend_count,
                  ",".join(f"{k}:{v}" for k, v in self.attached.items()))

@@ -62,16 +62,15 @@ class RateRing:
         delta = np.maximum(new[row].astype(np.int64) - before.astype(np.int64), 0)
         return {f"{name}_per_s": round(float(delta[col]) / span, 1) for name, col in fields.items()}
 
-    def vip(self, vip_id: int) -> dict | None:
+    def _between_ends(self, array: str, row: int, fields: dict) -> dict | None:
         ends = self._ends()
         if ends is None:
             return None
         old, new = ends
-        return self._rate(old.vips, new.vips, vip_id, new.at - old.at, VIP_FIELDS)
+        return self._rate(getattr(old, array), getattr(new, array), row, new.at - old.at, fields)
+
+    def vip(self, vip_id: int) -> dict | None:
+        return self._between_ends("vips", vip_id, VIP_FIELDS)
 
     def backend(self, backend_id: int) -> dict | None:
-        ends = self._ends()
-        if ends is None:
-            return None
-        old, new = ends
-        return self._rate(old.backends, new.backends, backend_id, new.at - old.at, BACKEND_FIELDS)
+        return self._between_ends("backends", backend_id, BACKEND_FIELDS)

@@ -187,11 +187,6 @@ def test_longer_chains_are_dropped_by_name(standard, length):
     assert drops(standard, "ipv6_ext_chain") == before + 1
 
 
-def test_the_bound_is_the_headers(standard):
-    from lbd import layout
-    assert layout.constant("LBD_IPV6_MAX_EXT_HDRS") == 6
-
-
 # --- VLAN tags ----------------------------------------------------------------
 
 @pytest.mark.parametrize("address,port", [(sc.DSR_V4, 80), (sc.IPIP_V4, 80), (sc.IPIP_V6, 80)])

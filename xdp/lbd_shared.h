@@ -15,7 +15,7 @@
 
 /* Bumped whenever a pinned map's key, value or meaning changes: a daemon that
  * finds pinned maps of another version replaces them (and says so). */
-#define LBD_LAYOUT_VERSION 3
+#define LBD_LAYOUT_VERSION 4
 
 #ifndef LBD_MAX_VIPS
 #define LBD_MAX_VIPS 1024          /* VIP ids are 1..LBD_MAX_VIPS-1 */
@@ -72,6 +72,7 @@ enum lbd_family {
 enum lbd_vip_flags {
 	LBD_VIP_CLIENT_AFFINITY = 1 << 0, /* hash the client address only */
 	LBD_VIP_MODE_IPIP       = 1 << 1, /* encapsulate; otherwise L2 DSR */
+	LBD_VIP_SECOND_CHANCE   = 1 << 2, /* ipip TCP: packets carry the slot's second choice (GUE) */
 };
 
 /* addr_info.flags: what a VIP address as a whole accepts */
@@ -87,7 +88,28 @@ enum lbd_backend_state {
 	LBD_BACKEND_ACTIVE   = 1, /* in its VIP's Maglev table */
 	LBD_BACKEND_DRAINING = 2, /* out of the table, keeps established flows */
 	LBD_BACKEND_DOWN     = 3, /* failed health checks: flows move on */
+	LBD_BACKEND_HELD     = 4, /* removed from the config: only a second choice, until second_until */
 };
+
+/* backend.second_until while the backend is active or draining: no end. */
+#define LBD_SECOND_FOREVER 0xffffffff
+
+/* Second-chance forwarding (ipip VIPs, TCP; README "Second-chance
+ * forwarding"). A packet whose slot names a second choice travels in GUE
+ * (draft-ietf-intarea-gue, variant 0) instead of plain IP-in-IP:
+ *
+ *   outer IPv4/IPv6 | UDP to LBD_GUE_PORT, checksum 0 | struct lbd_gue_hdr |
+ *   struct lbd_gue_second_v4 or _v6 (GUE private data) | the client's packet
+ *
+ * The backend program (xdp/decap.c) keeps a packet its host has a connection
+ * for (a SYN, a local socket, a valid SYN cookie) and sends any other on to
+ * the second choice once, with hops set to 1: never again from there. */
+#ifndef LBD_GUE_PORT
+#define LBD_GUE_PORT 6080           /* UDP destination port of lbd's GUE packets */
+#endif
+#define LBD_GUE_MAGIC 0x6c62        /* "lb": the first private-data bytes (network order) */
+#define LBD_GUE_OVERHEAD_V4 40      /* IPv4 20 + UDP 8 + GUE 4 + private data 8 */
+#define LBD_GUE_OVERHEAD_V6 72      /* IPv6 40 + UDP 8 + GUE 4 + private data 20 */
 
 /* Why a packet for a VIP was dropped: becomes lbd_drops_total{reason}. */
 enum lbd_drop_reason {
@@ -101,6 +123,21 @@ enum lbd_drop_reason {
 	LBD_DROP_IPV6_EXT_CHAIN,  /* IPv6 chain longer than LBD_IPV6_MAX_EXT_HDRS */
 	LBD_DROP_TOO_BIG,         /* ipip: too big, and RFC 1122/4443 forbid an ICMP error about it */
 	LBD_DROP__MAX,
+};
+
+/* What the backend program (xdp/decap.c) did with a tunnelled packet: the
+ * index of its per-CPU counters (lbd-backend metrics, lbd-backend check). */
+enum lbd_decap_slot {
+	LBD_DECAP_IPIP = 0,          /* plain IP-in-IP, decapsulated */
+	LBD_DECAP_KEPT_SYN,          /* GUE: a SYN opens a connection here */
+	LBD_DECAP_KEPT_SOCKET,       /* GUE: a local socket has the flow */
+	LBD_DECAP_KEPT_SYNCOOKIE,    /* GUE: completes a valid SYN cookie of a local listener */
+	LBD_DECAP_KEPT_FORWARDED,    /* GUE: forwarded once already, never again */
+	LBD_DECAP_KEPT_OTHER,        /* GUE: not TCP, or the second choice is this host */
+	LBD_DECAP_FORWARDED,         /* GUE: sent on to the second choice */
+	LBD_DECAP_FORWARD_FAILED,    /* GUE: no way to the second choice: dropped */
+	LBD_DECAP_MALFORMED,         /* GUE to our port and magic, but inconsistent: dropped */
+	LBD_DECAP__MAX,
 };
 
 /* Which XDP verdicts the program returned: lbd_xdp_actions_total{action}. */
@@ -156,7 +193,7 @@ struct lbd_backend {
 	__u8 family;       /* enum lbd_family */
 	__u16 vip_id;      /* owner VIP (ids fit 16 bits: LBD_MAX_VIPS <= 65536) */
 	__u32 vip_flags;   /* the owner VIP's enum lbd_vip_flags */
-	__u32 pad;         /* always 0 */
+	__u32 second_until; /* unix time (s) until which it may be a second choice: 0 never, LBD_SECOND_FOREVER while active or draining */
 };
 
 /* ipip next-hop cache (nexthops, per CPU, indexed by backend id): what
@@ -188,7 +225,7 @@ enum lbd_flow_flags {
 	LBD_FLOW_CLIENT_CLOSED = 1 << 0, /* the client sent FIN or RST (cleared by a SYN that follows the entry) */
 };
 
-/* Connection-table value (conntrack for TCP, conntrack_udp for UDP). 16 bytes.
+/* Connection-table value (conntrack for TCP, conntrack_udp for UDP). 20 bytes.
  * An entry lives until the LRU needs its room, long after its connection
  * closed: seen and flags are how the daemon tells a live flow from an idle
  * one (lbd/flowtable.py). */
@@ -197,6 +234,7 @@ struct lbd_flow_entry {
 	__u32 generation; /* backend's generation when the flow was placed */
 	__u32 seen;       /* bpf_jiffies64() of the flow's latest packet, low 32 bits (wraps: 49 days at HZ=1000) */
 	__u32 flags;      /* enum lbd_flow_flags */
+	__u32 second_id;  /* the slot's second choice when the flow was placed (0: none); carried with each packet */
 };
 
 /* Program-wide settings, one entry written by the daemon. 28 bytes. */
@@ -222,7 +260,7 @@ struct lbd_backend_stats {
 	__u64 new_flows;   /* entries made for flows the table placed here (as lbd_vip_stats.new_flows) */
 };
 
-/* Per-CPU, one entry: what the program did to every packet it saw. 176 bytes. */
+/* Per-CPU, one entry: what the program did to every packet it saw. 184 bytes. */
 struct lbd_global_stats {
 	__u64 actions[LBD_ACT__MAX];  /* enum lbd_action_slot */
 	__u64 drops[LBD_DROP__MAX];   /* enum lbd_drop_reason */
@@ -235,6 +273,31 @@ struct lbd_global_stats {
 	__u64 icmp_too_big_sent;      /* ipip: we told a client to lower its MTU */
 	__u64 icmp_to_backend;        /* ICMP errors about a VIP flow forwarded */
 	__u64 fragments_forwarded;    /* client-affinity VIP fragments */
+	__u64 second_choice_carried;  /* ipip: packets sent in GUE, naming a second choice */
+};
+
+/* GUE base header (4 bytes), lbd's use of it: no optional fields (flags 0),
+ * so all Hlen words are private data (lbd_gue_second_*). */
+struct lbd_gue_hdr {
+	__u8 ver_c_hlen; /* version 0 (top 2 bits), C 0 (next bit), Hlen (low 5 bits): 2 for IPv4, 5 for IPv6 */
+	__u8 proto;      /* the inner packet: IPPROTO_IPIP (4) or IPPROTO_IPV6 (41) */
+	__u16 flags;     /* 0 */
+};
+
+/* GUE private data for an IPv4 inner packet. 8 bytes. */
+struct lbd_gue_second_v4 {
+	__u16 magic;     /* LBD_GUE_MAGIC, network order */
+	__u8 hops;       /* 0 from the balancer; 1 once a backend sent it on */
+	__u8 pad;        /* 0 */
+	__u32 addr;      /* the second choice's address, network order */
+};
+
+/* GUE private data for an IPv6 inner packet. 20 bytes. */
+struct lbd_gue_second_v6 {
+	__u16 magic;
+	__u8 hops;
+	__u8 pad;
+	__u32 addr[4];
 };
 
 /* The sizes the comments above state, held by the compiler. A pinned map is
@@ -249,10 +312,15 @@ _Static_assert(sizeof(struct lbd_addr_info) == 16, "addr info: 16 bytes");
 _Static_assert(sizeof(struct lbd_backend) == 48, "backend: 48 bytes");
 _Static_assert(sizeof(struct lbd_nexthop) == 32, "next hop: 32 bytes");
 _Static_assert(sizeof(struct lbd_flow_key) == 40, "flow key: 40 bytes");
-_Static_assert(sizeof(struct lbd_flow_entry) == 16, "flow entry: 16 bytes");
+_Static_assert(sizeof(struct lbd_flow_entry) == 20, "flow entry: 20 bytes");
 _Static_assert(sizeof(struct lbd_settings) == 28, "settings: 28 bytes");
 _Static_assert(sizeof(struct lbd_vip_stats) == 32, "vip stats: 32 bytes");
 _Static_assert(sizeof(struct lbd_backend_stats) == 24, "backend stats: 24 bytes");
-_Static_assert(sizeof(struct lbd_global_stats) == 176, "global stats: 176 bytes");
+_Static_assert(sizeof(struct lbd_global_stats) == 184, "global stats: 184 bytes");
+_Static_assert(sizeof(struct lbd_gue_hdr) == 4, "GUE header: 4 bytes");
+_Static_assert(sizeof(struct lbd_gue_second_v4) == 8, "GUE private data, IPv4: 8 bytes");
+_Static_assert(sizeof(struct lbd_gue_second_v6) == 20, "GUE private data, IPv6: 20 bytes");
+_Static_assert(LBD_GUE_OVERHEAD_V4 == 20 + 8 + sizeof(struct lbd_gue_hdr) + sizeof(struct lbd_gue_second_v4), "v4 overhead");
+_Static_assert(LBD_GUE_OVERHEAD_V6 == 40 + 8 + sizeof(struct lbd_gue_hdr) + sizeof(struct lbd_gue_second_v6), "v6 overhead");
 
 #endif /* LBD_SHARED_H */

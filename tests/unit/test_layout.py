@@ -19,6 +19,11 @@ RELEASED_LAYOUTS = {
     3: {"lbd_vip_key": 20, "lbd_vip_info": 8, "lbd_addr_key": 20, "lbd_addr_info": 16,
         "lbd_backend": 48, "lbd_nexthop": 32, "lbd_flow_key": 40, "lbd_flow_entry": 16,
         "lbd_settings": 28, "lbd_vip_stats": 32, "lbd_backend_stats": 24, "lbd_global_stats": 176},
+    # second-chance forwarding: flow entries name a second choice, backends a hold
+    4: {"lbd_vip_key": 20, "lbd_vip_info": 8, "lbd_addr_key": 20, "lbd_addr_info": 16,
+        "lbd_backend": 48, "lbd_nexthop": 32, "lbd_flow_key": 40, "lbd_flow_entry": 20,
+        "lbd_settings": 28, "lbd_vip_stats": 32, "lbd_backend_stats": 24, "lbd_global_stats": 184,
+        "lbd_gue_hdr": 4, "lbd_gue_second_v4": 8, "lbd_gue_second_v6": 20},
 }
 _ASSERT = re.compile(r"_Static_assert\(sizeof\(struct (\w+)\) == (\d+),")
 _STRUCT = re.compile(r"^struct (\w+) \{", re.M)

@@ -97,6 +97,7 @@ class BackendEntry:
     src_mac: bytes = b"\0" * 6   # dsr: our MAC on the egress interface
     ifindex: int = 0             # dsr: egress interface, 0 = where it came in
     vip_flags: int = 0           # the owner VIP's flags (established flows read them here)
+    second_until: int = 0        # unix s until which it may be a second choice (LBD_SECOND_FOREVER: no end)
 
 
 class Datapath:
@@ -135,6 +136,7 @@ class Datapath:
         self.prefilter = self.bpf[b"prefilter"]
         self.backends = self.bpf[b"backends"]
         self.rings = self.bpf[b"rings"]
+        self.second_rings = self.bpf[b"second_rings"]
         self.conntrack = self.bpf[b"conntrack"]
         self.conntrack_udp = self.bpf[b"conntrack_udp"]
         self.settings = self.bpf[b"settings"]
@@ -209,7 +211,16 @@ class Datapath:
         leaf.family = family_of(entry.address)
         leaf.vip_id = entry.vip_id
         leaf.vip_flags = entry.vip_flags
+        leaf.second_until = entry.second_until
         self.backends[ctypes.c_uint32(backend_id)] = leaf
+
+    def set_second_until(self, backend_id: int, value: int) -> None:
+        """Change only a backend's second_until (a hold starts or ends); the
+        rest of its entry stays as it is."""
+        key = ctypes.c_uint32(backend_id)
+        leaf = self.backends[key]
+        leaf.second_until = value
+        self.backends[key] = leaf
 
     def clear_backend(self, backend_id: int) -> None:
         self.backends[ctypes.c_uint32(backend_id)] = self.backends.Leaf()
@@ -228,6 +239,10 @@ class Datapath:
         self.nexthops[key] = self.nexthops.Leaf(*([self.nexthops.sLeaf()] * self.nexthops.total_cpu))
 
     # --- Maglev tables --------------------------------------------------------
+    # Two tables per VIP, each an inner map of an array of maps indexed by VIP
+    # id: rings (the first choice, today's Maglev table) and second_rings (the
+    # second choice of each slot, second-chance VIPs only). Both are written,
+    # read and cleared the same way.
     def write_ring(self, vip_id: int, table) -> None:
         """Swap in a new Maglev table for one VIP (see write_rings)."""
         self.write_rings({vip_id: table})
@@ -243,16 +258,24 @@ class Datapath:
         slots are replaced with one batched update per RING_BATCH tables,
         since the kernel waits an RCU grace period after each update call.
         """
+        self._swap_tables(self.rings, tables)
+
+    def write_second_rings(self, tables: dict) -> None:
+        """Swap in new second-choice tables (VIP id -> table of backend ids,
+        0 where a slot has none), as write_rings does the first choices."""
+        self._swap_tables(self.second_rings, tables)
+
+    def _swap_tables(self, outer, tables: dict) -> None:
         items = list(tables.items())
         for start in range(0, len(items), self.RING_BATCH):
             fds: list[tuple[int, int]] = []
             try:
                 for vip_id, table in items[start:start + self.RING_BATCH]:
                     fds.append((vip_id, self._new_ring(table)))
-                bpfsys.update_batch_u32(self.rings.map_fd, fds)
+                bpfsys.update_batch_u32(outer.map_fd, fds)
             finally:
                 for _, fd in fds:
-                    os.close(fd)  # rings holds its own references now
+                    os.close(fd)  # the outer map holds its own references now
 
     def _new_ring(self, table) -> int:
         if len(table) != self.limits.ring_size:
@@ -272,7 +295,14 @@ class Datapath:
 
     def read_ring(self, vip_id: int) -> array.array | None:
         """The VIP's current table as the program sees it, or None."""
-        map_id = bpfsys.lookup_u32(self.rings.map_fd, vip_id)
+        return self._read_table(self.rings, vip_id)
+
+    def read_second_ring(self, vip_id: int) -> array.array | None:
+        """The VIP's current second-choice table, or None (no second chance)."""
+        return self._read_table(self.second_rings, vip_id)
+
+    def _read_table(self, outer, vip_id: int) -> array.array | None:
+        map_id = bpfsys.lookup_u32(outer.map_fd, vip_id)
         if not map_id:
             return None
         fd = bpfsys.map_fd_by_id(map_id)
@@ -283,7 +313,14 @@ class Datapath:
 
     def ring_slot(self, vip_id: int, slot: int) -> int:
         """One slot of the VIP's current table (for explain)."""
-        map_id = bpfsys.lookup_u32(self.rings.map_fd, vip_id)
+        return self._table_slot(self.rings, vip_id, slot)
+
+    def second_ring_slot(self, vip_id: int, slot: int) -> int:
+        """One slot of the VIP's second-choice table (0: none, or no table)."""
+        return self._table_slot(self.second_rings, vip_id, slot)
+
+    def _table_slot(self, outer, vip_id: int, slot: int) -> int:
+        map_id = bpfsys.lookup_u32(outer.map_fd, vip_id)
         if not map_id:
             return C("LBD_NO_BACKEND")
         fd = bpfsys.map_fd_by_id(map_id)
@@ -294,6 +331,10 @@ class Datapath:
 
     def clear_ring(self, vip_id: int) -> None:
         bpfsys.delete_u32(self.rings.map_fd, vip_id)
+
+    def clear_second_ring(self, vip_id: int) -> None:
+        """Remove the VIP's second-choice table (a no-op if it has none)."""
+        bpfsys.delete_u32(self.second_rings.map_fd, vip_id)
 
     # --- connection table -----------------------------------------------------
     def flow_key(self, src: IPAddress, dst: IPAddress, sport: int, dport: int, proto: int):
@@ -314,6 +355,11 @@ class Datapath:
         """(backend id, generation) the connection table holds for a flow."""
         entry = self.flow_table(proto).get(self.flow_key(src, dst, sport, dport, proto))
         return None if entry is None else (entry.backend_id, entry.generation)
+
+    def flow_entry(self, src, dst, sport, dport, proto):
+        """A flow's raw connection-table entry (lbd_flow_entry: backend_id,
+        generation, seen, flags, second_id), or None."""
+        return self.flow_table(proto).get(self.flow_key(src, dst, sport, dport, proto))
 
     def forget_flow(self, src, dst, sport, dport, proto) -> bool:
         """Remove a flow's entry, as the LRU does when it evicts it."""

@@ -34,6 +34,8 @@ LBD_MAP("array", u32, struct lbd_backend, backends, LBD_MAX_BACKENDS, 0);
 BPF_F_TABLE("array", u32, u32, ring_template, LBD_RING_SIZE, BPF_F_MMAPABLE);
 /* VIP id -> that VIP's Maglev table (an inner map shaped like ring_template) */
 LBD_MAP("array_of_maps$ring_template", int, int, rings, LBD_MAX_VIPS, 0);
+/* VIP id -> its second-choice table (slot -> backend id, 0 none), read at the same slot as rings */
+LBD_MAP("array_of_maps$ring_template", int, int, second_rings, LBD_MAX_VIPS, 0);
 /* 5-tuple -> backend: one key space, so a flow whose packets move to another
  * CPU keeps its backend. The common LRU (flags 0), not per-CPU LRU lists
  * (BPF_F_NO_COMMON_LRU): a per-CPU list rotates its active and inactive lists

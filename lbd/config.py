@@ -256,6 +256,10 @@ class Vip(_Model):
     # healthy backends at least (default: bgp.min_healthy)
     announce: Annotated[bool, PlainValidator(_flag)] = True
     min_healthy: Annotated[int, _int_in(1, 1 << 24)] | None = None
+    # packets name each slot's second choice (GUE), for backends to hand a
+    # flow they do not have to the one that may: ipip TCP only, where it is
+    # the default (the loader fills it in)
+    second_chance: Annotated[bool, PlainValidator(_flag)] | None = None
 
     @property
     def key(self) -> tuple[IPAddress, int, str]:
@@ -277,6 +281,12 @@ class _Http(_Model):
 class _Control(_Model):
     socket: Annotated[str, _rooted("an absolute path")] = "/run/lbd/lbd.sock"
     group: Annotated[str | None, PlainValidator(_group)] = None
+
+
+class _SecondChance(_Model):
+    # how long a backend that went down, or was removed from its VIP, stays
+    # a second choice (its connections may live on): README "Second-chance forwarding"
+    hold_s: Duration = Field(120.0, alias="hold")
 
 
 class _Ipip(_Model):
@@ -323,6 +333,7 @@ class Config:
     ipip_source_v6: IPv6Address | None
     vips: tuple[Vip, ...]
     bgp: Bgp | None = None
+    second_chance_hold_s: float = 120.0  # second_chance.hold, seconds
 
     @property
     def backend_count(self) -> int:
@@ -340,9 +351,11 @@ _SECTIONS: dict[str, Any] = {
     "ipip": _Ipip,
     "vips": tuple[Vip, ...],
     "bgp": Bgp,
+    "second_chance": _SecondChance,
 }
 _DEFAULTS = {"http": _Http(), "control": _Control(), "bpffs": "/sys/fs/bpf/lbd",
-             "limits": Limits(), "ipip": _Ipip(), "vips": [], "bgp": None}
+             "limits": Limits(), "ipip": _Ipip(), "vips": [], "bgp": None,
+             "second_chance": _SecondChance()}
 
 
 # ---------------------------------------------------------------------------
@@ -519,7 +532,7 @@ class _Checker:
             control_socket=got["control"].socket, control_group=got["control"].group,
             bpffs=got["bpffs"], limits=got["limits"],
             ipip_source_v4=got["ipip"].source_v4, ipip_source_v6=got["ipip"].source_v6,
-            vips=vips, bgp=got["bgp"],
+            vips=vips, bgp=got["bgp"], second_chance_hold_s=got["second_chance"].hold_s,
         )
 
     def validate_vip(self, raw: Any, loc: Loc) -> tuple[Vip | None, list[Backend | None]]:
@@ -633,11 +646,26 @@ class _Checker:
                     self.add(hloc + ("port",), "is required when the VIP's port is 0 (every port)")
                 else:
                     health = health.model_copy(update={"port": vip.port})
+        second_chance = self.check_second_chance(loc, vip)
         return vip.model_copy(update={
             "name": vip.name or vip.default_name(),
+            "second_chance": second_chance,
             "health": health,
             "backends": tuple(filter(None, backends)),
         })
+
+
+    def check_second_chance(self, loc: Loc, vip: Vip) -> bool:
+        """The VIP's second_chance: default on for ipip TCP, off otherwise. A
+        dsr frame has no room for a second choice, and a UDP flow no
+        connection a backend could be asked about: asking for one there is
+        an error, not silently ignored."""
+        possible = vip.mode == "ipip" and vip.protocol == "tcp"
+        if vip.second_chance and not possible:
+            why = "mode: dsr has no room for it in the frame" if vip.mode != "ipip" else \
+                "protocol: udp has no connection state on the backend to ask"
+            self.add(loc + ("second_chance",), f"only for mode: ipip with protocol: tcp ({why})", True)
+        return possible if vip.second_chance is None else vip.second_chance and possible
 
 
 # ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ drained or unreachable at L2 stay out even then.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable
@@ -32,7 +33,8 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 ACTIVE = C("LBD_BACKEND_ACTIVE")
 DRAINING = C("LBD_BACKEND_DRAINING")
 DOWN = C("LBD_BACKEND_DOWN")
-STATE_NAMES = layout.enum_names("LBD_BACKEND_")  # active, draining, down, empty
+HELD = C("LBD_BACKEND_HELD")  # removed from the config, a second choice until its hold ends (lbd.programmer)
+STATE_NAMES = layout.enum_names("LBD_BACKEND_")  # active, draining, down, empty, held
 
 VipKey = tuple[IPAddress, int, int]  # address, port, protocol number
 
@@ -46,10 +48,18 @@ class BackendPlan:
     dst_mac: bytes = b"\0" * 6
     src_mac: bytes = b"\0" * 6
     ifindex: int = 0
+    configured_weight: int | None = None  # the config's weight, also while drained (None: weight)
 
     @property
     def in_table(self) -> bool:
         return self.state == ACTIVE and self.weight > 0
+
+    @property
+    def candidate_weight(self) -> int:
+        """Its weight among a second table's candidates (lbd.secondchoice):
+        the configured one, so a drained backend keeps the share it had, and
+        at least 1 (a backend configured with weight 0 may still hold flows)."""
+        return max(1, self.weight if self.configured_weight is None else self.configured_weight)
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,7 @@ class VipPlan:
     client_affinity: bool = False
     backends: tuple[BackendPlan, ...] = ()
     name: str = ""
+    second_chance: bool = False  # ipip TCP: packets name their slot's second choice
 
     @property
     def key(self) -> VipKey:
@@ -70,7 +81,8 @@ class VipPlan:
     @property
     def flags(self) -> int:
         return ((C("LBD_VIP_MODE_IPIP") if self.ipip else 0)
-                | (C("LBD_VIP_CLIENT_AFFINITY") if self.client_affinity else 0))
+                | (C("LBD_VIP_CLIENT_AFFINITY") if self.client_affinity else 0)
+                | (C("LBD_VIP_SECOND_CHANCE") if self.second_chance else 0))
 
     def table_input(self) -> tuple:
         """What the Maglev table depends on (a change here means a new table)."""
@@ -105,7 +117,8 @@ def backend_plan(vip: Vip, backend: Backend, up: bool, resolved: Resolved | None
         state, note = DOWN, "health check failing"
     else:
         state = ACTIVE
-    return BackendPlan(backend.address, backend.effective_weight, state, mac, src_mac, ifindex), note
+    return BackendPlan(backend.address, backend.effective_weight, state, mac, src_mac, ifindex,
+                       configured_weight=backend.weight), note
 
 
 def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict) -> tuple[VipPlan, VipStatus]:
@@ -121,8 +134,7 @@ def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict) -> tuple[VipPlan,
         revived = []
         for backend, plan, note, up in planned:
             if plan.state == DOWN and not up and note == "health check failing":
-                plan = BackendPlan(plan.address, plan.weight, ACTIVE, plan.dst_mac, plan.src_mac,
-                                   plan.ifindex)
+                plan = dataclasses.replace(plan, state=ACTIVE)
                 status.notes[str(backend.address)] = "health check failing (fail-open: kept in table)"
             revived.append((backend, plan, note, up))
         if any(p.in_table for _, p, _, _ in revived):
@@ -130,7 +142,8 @@ def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict) -> tuple[VipPlan,
             planned = revived
     return VipPlan(vip.address, vip.port, PROTOCOLS[vip.protocol], ipip=vip.mode == "ipip",
                    client_affinity=vip.affinity == "client",
-                   backends=tuple(p for _, p, _, _ in planned), name=vip.name), status
+                   backends=tuple(p for _, p, _, _ in planned), name=vip.name,
+                   second_chance=bool(vip.second_chance)), status
 
 
 def plans_for(config: Config, health_up: HealthUp, resolutions: dict) -> tuple[list[VipPlan], dict[str, VipStatus]]:

@@ -289,6 +289,60 @@ def test_bad_duration(tmp_path, value):
                 "must be a duration", '"500ms"', f"got {value}")
 
 
+# --- second chance ---------------------------------------------------------------
+
+SECOND = """\
+interfaces: [{name: eth0}]
+ipip: {source_v4: 198.18.0.1}
+vips:
+  - {address: 198.18.0.10, port: 443, protocol: tcp, mode: ipip, backends: [{address: 198.18.1.11}]}
+  - {address: 198.18.0.10, port: 53, protocol: udp, mode: ipip, backends: [{address: 198.18.1.11}]}
+  - {address: 198.18.0.11, port: 443, protocol: tcp, mode: dsr, backends: [{address: 198.18.1.11}]}
+"""
+
+
+def test_second_chance_defaults_on_for_ipip_tcp_only():
+    config = parse_config(SECOND)
+    assert [vip.second_chance for vip in config.vips] == [True, False, False]
+    assert config.second_chance_hold_s == 120.0
+
+
+def test_second_chance_can_be_turned_off_and_the_hold_set():
+    config = parse_config(edit("mode: ipip, backends", "mode: ipip, second_chance: false, backends",
+                               text=SECOND + "second_chance: {hold: 5m}\n"))
+    assert not config.vips[0].second_chance and config.second_chance_hold_s == 300.0
+    assert parse_config(SECOND + "second_chance: {hold: 30s}\n").second_chance_hold_s == 30.0
+    assert parse_config(SECOND + "second_chance: {hold: 1.5}\n").second_chance_hold_s == 1.5
+
+
+@pytest.mark.parametrize("old, vip, why", [
+    ("port: 53, protocol: udp, mode: ipip,", 1, "protocol: udp"),
+    ("port: 443, protocol: tcp, mode: dsr,", 2, "mode: dsr"),
+])
+def test_second_chance_on_dsr_or_udp_is_an_error(tmp_path, old, vip, why):
+    text = edit(old, old + " second_chance: true,", text=SECOND)
+    one_problem(tmp_path, text, line_of(text, "second_chance"), f"vips[{vip}].second_chance",
+                "only for mode: ipip with protocol: tcp", why, "got true")
+
+
+@pytest.mark.parametrize("value", ['"soon"', "0", "-5", "true"])
+def test_second_chance_hold_must_be_a_duration(tmp_path, value):
+    text = SECOND + f"second_chance:\n  hold: {value}\n"
+    one_problem(tmp_path, text, line_of(text, "hold:"), "second_chance.hold", "must be a duration",
+                f"got {value}")
+
+
+def test_second_chance_section_names_its_keys(tmp_path):
+    text = SECOND + "second_chance: {hodl: 10s}\n"
+    one_problem(tmp_path, text, line_of(text, "hodl"), "second_chance.hodl", "unknown key", "hold")
+
+
+def test_second_chance_flag_must_be_a_boolean(tmp_path):
+    text = edit("mode: ipip, backends", "mode: ipip, second_chance: yes please, backends", text=SECOND)
+    one_problem(tmp_path, text, line_of(text, "second_chance"), "vips[0].second_chance",
+                "must be true or false")
+
+
 @pytest.mark.parametrize("timeout", ["1s", "2s", "1000ms"])
 def test_timeout_not_below_interval(tmp_path, timeout):
     text = edit("timeout: 500ms", f"timeout: {timeout}")
@@ -598,4 +652,4 @@ def test_config_is_a_plain_frozen_dataclass():
     assert dataclasses.is_dataclass(Config)
     assert {f.name for f in dataclasses.fields(Config)} == {
         "interfaces", "http_listen", "control_socket", "control_group", "bpffs", "limits",
-        "ipip_source_v4", "ipip_source_v6", "vips", "bgp"}
+        "ipip_source_v4", "ipip_source_v6", "vips", "bgp", "second_chance_hold_s"}

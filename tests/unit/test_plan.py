@@ -3,6 +3,7 @@ import ipaddress
 
 import pytest
 
+from lbd import layout
 from lbd.config import parse_config
 from lbd.neighbours import Resolved
 from lbd.plan import ACTIVE, DOWN, DRAINING, plans_for
@@ -77,3 +78,30 @@ def test_no_fail_open_when_the_only_usable_backends_are_unreachable():
                                          missing={"198.18.0.11", "198.18.0.14"}))
     assert not statuses["web"].fail_open
     assert not any(b.in_table for b in plans[0].backends)
+
+
+SECOND_CHANCE = """
+interfaces: [{name: eth0}]
+ipip: {source_v4: 198.18.0.2}
+vips:
+  - {name: on, address: 198.18.100.3, port: 443, protocol: tcp, mode: ipip,
+     backends: [{address: 198.18.20.11, weight: 50, drain: true}, {address: 198.18.20.12, weight: 0}]}
+  - {name: off, address: 198.18.100.3, port: 80, protocol: tcp, mode: ipip, second_chance: false,
+     backends: [{address: 198.18.20.11}]}
+  - {name: udp, address: 198.18.100.3, port: 53, protocol: udp, mode: ipip, backends: [{address: 198.18.20.11}]}
+"""
+
+
+def test_second_chance_is_a_vip_flag():
+    plans, _ = plans_for(parse_config(SECOND_CHANCE), lambda vip, b: True, {})
+    flag = layout.constant("LBD_VIP_SECOND_CHANCE")
+    assert [bool(p.flags & flag) for p in plans] == [True, False, False]
+    assert all(p.flags & layout.constant("LBD_VIP_MODE_IPIP") for p in plans)
+
+
+def test_a_drained_backend_keeps_its_configured_weight_as_a_candidate():
+    on = plans_for(parse_config(SECOND_CHANCE), lambda vip, b: True, {})[0][0]
+    drained, zero = on.backends
+    assert (drained.state, drained.weight, drained.candidate_weight) == (DRAINING, 0, 50)
+    # weight 0 in the config: it takes no slots, yet may hold flows
+    assert (zero.state, zero.weight, zero.candidate_weight) == (DRAINING, 0, 1)

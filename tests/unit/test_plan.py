@@ -84,9 +84,9 @@ SECOND_CHANCE = """
 interfaces: [{name: eth0}]
 ipip: {source_v4: 198.18.0.2}
 vips:
-  - {name: on, address: 198.18.100.3, port: 443, protocol: tcp, mode: ipip,
+  - {name: web, address: 198.18.100.3, port: 443, protocol: tcp, mode: ipip,
      backends: [{address: 198.18.20.11, weight: 50, drain: true}, {address: 198.18.20.12, weight: 0}]}
-  - {name: off, address: 198.18.100.3, port: 80, protocol: tcp, mode: ipip, second_chance: false,
+  - {name: plain, address: 198.18.100.3, port: 80, protocol: tcp, mode: ipip, second_chance: false,
      backends: [{address: 198.18.20.11}]}
   - {name: udp, address: 198.18.100.3, port: 53, protocol: udp, mode: ipip, backends: [{address: 198.18.20.11}]}
 """

@@ -6,7 +6,9 @@
  * having cost no hash lookup); then the connection table, whose backend entry
  * names the flow's VIP and its flags (one hash lookup for an established
  * flow); on a miss the VIP (its port, else the address's port-0 VIP) and its
- * Maglev table; then the packet goes to the backend by L2 DSR or IP-in-IP.
+ * Maglev table; then the packet goes to the backend by L2 DSR or IP-in-IP
+ * (for a second-chance VIP in GUE, naming the second choice its entry or the
+ * same slot of second_rings holds).
  * Packets without a usable 5-tuple (fragments, malformed, ICMP errors) look
  * up the address itself (addrs), which says what such packets may do. */
 #include <uapi/linux/bpf.h>
@@ -63,18 +65,52 @@ static __always_inline int lbd_maybe_vip(const __u32 addr[4])
 	return bits && (*bits >> (bit % 64)) & 1;
 }
 
-/* The backend id in slot hash % ring size of the VIP's current table. */
+/* The backend id in slot hash % ring size of one of a VIP's tables (an inner
+ * map of rings or second_rings, or NULL). */
+static __always_inline __u32 lbd_table_slot(void *table, __u32 hash)
+{
+	__u32 slot = hash % LBD_RING_SIZE;
+	__u32 *id;
+
+	if (!table)
+		return LBD_NO_BACKEND;
+	id = bpf_map_lookup_elem(table, &slot);
+	return id ? *id : LBD_NO_BACKEND;
+}
+
+/* The first choice: the VIP's current Maglev table. */
 static __always_inline __u32 lbd_ring_pick(__u32 vip_id, __u32 hash)
 {
 	int outer_key = vip_id;
-	__u32 slot = hash % LBD_RING_SIZE;
-	void *ring = rings.lookup(&outer_key);
-	__u32 *id;
 
-	if (!ring)
+	return lbd_table_slot(rings.lookup(&outer_key), hash);
+}
+
+/* The second choice of the same slot, for a flow the table places now; 0 for
+ * a VIP without second chance (whose table is not even looked up). */
+static __always_inline __u32 lbd_second_pick(__u32 vip_id, __u32 vip_flags, __u32 hash)
+{
+	int outer_key = vip_id;
+
+	if (!(vip_flags & LBD_VIP_SECOND_CHANCE))
 		return LBD_NO_BACKEND;
-	id = bpf_map_lookup_elem(ring, &slot);
-	return id ? *id : LBD_NO_BACKEND;
+	return lbd_table_slot(second_rings.lookup(&outer_key), hash);
+}
+
+/* The backend a packet of a second-chance VIP names as its second choice, or
+ * NULL if it must go as plain IP-in-IP: none, the first choice itself, or an
+ * id that is no second choice of the first's VIP (any more). */
+static __always_inline struct lbd_backend *lbd_second_choice(__u32 second_id, __u32 first_id,
+							      const struct lbd_backend *first)
+{
+	struct lbd_backend *second;
+
+	if (second_id == LBD_NO_BACKEND || second_id == first_id)
+		return NULL;
+	second = backends.lookup(&second_id);
+	if (!second || second->second_until == 0 || second->vip_id != first->vip_id)
+		return NULL;
+	return second;
 }
 
 static __always_inline __u32 lbd_hash_for(const struct lbd_flow_key *flow, __u32 vip_flags)
@@ -207,25 +243,32 @@ static __always_inline int lbd_may_answer_with_icmp(struct xdp_md *ctx, const st
 	       (pkt->flow.src[3] && pkt->flow.src[3] != bpf_htonl(1));
 }
 
+/* `overhead`: what encapsulation adds (lbd_tunnel_overhead), which the client
+ * must leave room for. */
 static __always_inline int lbd_too_big(struct xdp_md *ctx, struct lbd_global_stats *gs,
-				       const struct lbd_packet *pkt, __u32 mtu)
+				       const struct lbd_packet *pkt, __u32 mtu, __u32 overhead)
 {
 	if (!lbd_may_answer_with_icmp(ctx, pkt))
 		return lbd_drop(gs, LBD_DROP_TOO_BIG);
 	gs->icmp_too_big_sent++;
-	return lbd_verdict(gs, lbd_reply_too_big(ctx, pkt, mtu - lbd_outer_len(pkt)));
+	return lbd_verdict(gs, lbd_reply_too_big(ctx, pkt, mtu - overhead));
 }
 
 /* Encapsulate toward the backend's next hop: from this CPU's next-hop cache,
  * asking the FIB when the entry is empty, expired or for an older generation
- * of the backend id (encap.h says what the cache trades). */
+ * of the backend id (encap.h says what the cache trades). A second-chance
+ * VIP's packet goes in GUE when it names a valid second choice. */
 static __always_inline int lbd_forward_ipip(struct xdp_md *ctx, struct lbd_global_stats *gs,
 					    struct lbd_packet *pkt, __u32 backend_id,
-					    const struct lbd_backend *be, __u32 hash)
+					    const struct lbd_backend *be, __u32 vip_flags,
+					    __u32 hash, __u32 second_id)
 {
 	__u32 zero = 0;
 	struct lbd_settings *st = settings.lookup(&zero);
 	struct lbd_nexthop *nh = nexthops.lookup(&backend_id);
+	struct lbd_backend *second = NULL;
+	int gue_vip = !!(vip_flags & LBD_VIP_SECOND_CHANCE);
+	__u32 overhead = lbd_tunnel_overhead(pkt, vip_flags);
 	__u64 now;
 	int route;
 
@@ -238,9 +281,9 @@ static __always_inline int lbd_forward_ipip(struct xdp_md *ctx, struct lbd_globa
 	if (nh->generation != be->generation || now >= nh->expires_jiffies) {
 		struct lbd_nexthop fresh;
 
-		route = lbd_route_to_backend(ctx, pkt, be, st, &fresh);
+		route = lbd_route_to_backend(ctx, pkt, be, st, &fresh, overhead, gue_vip);
 		if (route == LBD_ROUTE_TOO_BIG)
-			return lbd_too_big(ctx, gs, pkt, fresh.mtu);
+			return lbd_too_big(ctx, gs, pkt, fresh.mtu, overhead);
 		if (route == LBD_ROUTE_NO_NEIGH)
 			return lbd_drop(gs, LBD_DROP_NO_NEIGHBOUR);
 		if (route == LBD_ROUTE_FORWARDING_OFF)
@@ -252,23 +295,31 @@ static __always_inline int lbd_forward_ipip(struct xdp_md *ctx, struct lbd_globa
 		*nh = fresh;
 	}
 	/* the check the FIB makes when asked, made against the cached MTU */
-	if (pkt->l3_len + lbd_outer_len(pkt) > nh->mtu)
-		return lbd_too_big(ctx, gs, pkt, nh->mtu);
-	if (lbd_encapsulate(ctx, pkt, be, st, nh, hash))
+	if (pkt->l3_len + overhead > nh->mtu)
+		return lbd_too_big(ctx, gs, pkt, nh->mtu, overhead);
+	/* TCP only, also should a UDP VIP carry the flag: a backend has no UDP
+	 * state to tell its flows by (the design's rule; config refuses it) */
+	if (gue_vip && pkt->flow.proto == IPPROTO_TCP)
+		second = lbd_second_choice(second_id, backend_id, be);
+	if (lbd_encapsulate(ctx, pkt, be, second, st, nh, hash))
 		return lbd_drop(gs, LBD_DROP_ENCAP_FAILED);
 	pkt->forwarded = 1;
+	if (second)
+		gs->second_choice_carried++;
 	if (nh->ifindex == ctx->ingress_ifindex)
 		return lbd_verdict(gs, XDP_TX);
 	return lbd_verdict(gs, bpf_redirect(nh->ifindex, 0));
 }
 
 /* new_flow: 1 when this packet made the flow's entry (a constant 0 on every
- * other path, so the compiler drops the add there). Sets pkt->forwarded when
- * the packet leaves for the backend (not when it is answered or dropped). */
+ * other path, so the compiler drops the add there). second_id: the flow's
+ * second choice (its entry's, or its slot's when the table places it; 0 for
+ * none). Sets pkt->forwarded when the packet leaves for the backend (not
+ * when it is answered or dropped). */
 static __always_inline int lbd_forward(struct xdp_md *ctx, struct lbd_global_stats *gs,
 				       struct lbd_packet *pkt, __u32 backend_id,
 				       const struct lbd_backend *be, __u32 vip_flags, __u32 hash,
-				       __u32 new_flow)
+				       __u32 new_flow, __u32 second_id)
 {
 	struct lbd_backend_stats *bs = backend_stats.lookup(&backend_id);
 	int action;
@@ -280,7 +331,7 @@ static __always_inline int lbd_forward(struct xdp_md *ctx, struct lbd_global_sta
 			bs->new_flows++;
 	}
 	if (vip_flags & LBD_VIP_MODE_IPIP)
-		return lbd_forward_ipip(ctx, gs, pkt, backend_id, be, hash);
+		return lbd_forward_ipip(ctx, gs, pkt, backend_id, be, vip_flags, hash, second_id);
 	action = lbd_forward_dsr(ctx, be);
 	pkt->forwarded = action != XDP_DROP;
 	return lbd_verdict(gs, action);
@@ -376,7 +427,9 @@ static __always_inline int lbd_handle_icmp(struct xdp_md *ctx, struct lbd_global
 	if (!be)
 		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
 	pkt->no_icmp_error = 1; /* never an ICMP error about an ICMP error */
-	action = lbd_forward(ctx, gs, pkt, backend_id, be, vip->flags, hash, 0);
+	/* plain IP-in-IP, never naming a second choice: the backend program keeps
+	 * every GUE packet that is not TCP (xdp/decap.c), so naming one buys nothing */
+	action = lbd_forward(ctx, gs, pkt, backend_id, be, vip->flags, hash, 0, LBD_NO_BACKEND);
 	if (pkt->forwarded) /* not when it was too big to encapsulate */
 		gs->icmp_to_backend++;
 	return action;
@@ -398,7 +451,9 @@ static __always_inline int lbd_handle_fragment(struct xdp_md *ctx, struct lbd_gl
 	be = lbd_table_backend(addr->frag_vip_id, hash, &backend_id);
 	if (!be)
 		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
-	action = lbd_forward(ctx, gs, pkt, backend_id, be, addr->frag_vip_flags, hash, 0);
+	/* no second choice, as for ICMP: a fragment is no TCP segment to the backend */
+	action = lbd_forward(ctx, gs, pkt, backend_id, be, addr->frag_vip_flags, hash, 0,
+			     LBD_NO_BACKEND);
 	if (pkt->forwarded) /* not when answered with a too-big, or dropped */
 		gs->fragments_forwarded++;
 	return action;
@@ -427,7 +482,7 @@ int lbd_balancer(struct xdp_md *ctx)
 	struct lbd_flow_entry *entry, placed;
 	struct lbd_vip_stats *vs;
 	struct lbd_backend *be;
-	__u32 zero = 0, backend_id, vip_id, vip_flags, hash;
+	__u32 zero = 0, backend_id, vip_id, vip_flags, hash, second_id;
 	int parsed, moved = 0, syn, stateless;
 
 	gs = global_stats.lookup(&zero);
@@ -482,7 +537,10 @@ int lbd_balancer(struct xdp_md *ctx)
 			/* only the ipip IPv6 flow label needs the hash of an established flow */
 			hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
 			       lbd_hash_for(&pkt.flow, vip_flags) : 0;
-			return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash, 0);
+			/* the second choice the flow was placed with, whatever its slot
+			 * names now: the entry may be all that knows where its socket is */
+			return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash, 0,
+					   entry->second_id);
 		}
 		if (syn) {
 			/* a new connection on an old 4-tuple: its ACK must meet the
@@ -507,11 +565,13 @@ int lbd_balancer(struct xdp_md *ctx)
 	be = lbd_table_backend(vip_id, hash, &backend_id);
 	if (!be)
 		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
+	second_id = lbd_second_pick(vip_id, vip_flags, hash);
 	if (stateless) {
 		gs->stateless_forwards++;
 	} else {
 		placed.backend_id = backend_id;
 		placed.generation = be->generation;
+		placed.second_id = second_id;
 		lbd_flow_insert(gs, &pkt.flow, &placed, &pkt);
 		if (vs) {
 			if (moved)
@@ -520,7 +580,8 @@ int lbd_balancer(struct xdp_md *ctx)
 				vs->new_flows++;
 		}
 	}
-	return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash, !stateless && !moved);
+	return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash, !stateless && !moved,
+			   second_id);
 }
 
 /* The daemon's clock for the entries' seen: userspace cannot read jiffies, so

@@ -11,18 +11,28 @@ from the VIP. So every backend needs:
 - no strict reverse-path filter (rp_filter=1): a packet from a client arrives
   with the client's address, and a multi-homed backend whose route back to
   the client leaves by another interface would drop it;
-- ipip mode only: the decapsulation program (xdp/decap.c, function lbd_decap)
-  on the interface, since these kernels have no IPIP tunnel devices.
+- ipip mode only: the backend program (xdp/decap.c, function lbd_decap) on
+  the interface, since these kernels have no IPIP or GUE tunnel devices: it
+  decapsulates IP-in-IP, and keeps or forwards once the GUE packets of
+  second-chance VIPs (see the program's comment).
 
     lbd-backend prepare --mode dsr --vip 198.18.100.1 --vip fd00:100::1
     lbd-backend check   --mode ipip --vip 198.18.100.1 [--port 80]
+    lbd-backend metrics [--textfile /var/lib/prometheus/node-exporter/lbd_backend.prom]
     lbd-backend undo
+
+Each load of the program writes its build id (decap_source_hash()) into the
+program's decap_build map: `check` reports a program of another build (an
+older lbd's, without second chance) as a problem, and `prepare` replaces it
+atomically. `check` and `metrics` read the program's counters (decap_stats)
+through the attached program's map ids, so nothing but the program is pinned.
 
 With `--pin-dir DIR` (a directory on bpffs), prepare pins the compiled decap
 program there, named after a hash of its source, and later prepares attach
 the pinned one instead of compiling again (about 3 s each): for a host that
 prepares many network namespaces, such as one per container or the test lab.
 A changed decap.c gets a new name, so an upgrade never reuses an old program.
+Every interface that attaches that one pinned program shares its counters.
 
 Addresses this command adds carry their own IFA_PROTO value (76; newer
 iproute2 shows it as `proto 76`), so `undo` removes exactly those and never an
@@ -36,18 +46,22 @@ import fcntl
 import hashlib
 import ipaddress
 import os
+import re
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from lbd import bpfsys, mounts, xdplink
+from lbd import bpfsys, layout, mounts, xdplink
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 LBD_ADDR_PROTO = 76        # IFA_PROTO of addresses we add ('L'); the kernel's own are 0..3
 DECAP_FUNCTION = "lbd_decap"
+DECAP_STATS_MAP = "decap_stats"   # per-CPU __u64 by enum lbd_decap_slot
+DECAP_BUILD_MAP = "decap_build"   # one __u64: the build id, 0 until written
 
 
 class PrepError(RuntimeError):
@@ -125,14 +139,111 @@ def xdp_state(ifname: str) -> XdpState | None:
     return XdpState(found.prog_id, found.mode, bpfsys.program_name(found.prog_id))
 
 
-def decap_source_hash() -> str:
-    """Names a build of the decap program: decap.c and the headers beside it."""
-    from lbd import layout
+def _decap_sources() -> list[Path]:
+    """decap.c and the local headers it includes, recursively: a change to
+    one of the balancer's own headers is no new decap build."""
+    found: dict[str, Path] = {}
+    todo = [layout.XDP_DIR / "decap.c"]
+    while todo:
+        path = todo.pop()
+        if path.name in found or not path.exists():
+            continue
+        found[path.name] = path
+        todo += [layout.XDP_DIR / name
+                 for name in re.findall(r'^#include "([^"]+)"', path.read_text(), flags=re.M)]
+    return sorted(found.values())
 
+
+def decap_source_hash() -> str:
+    """Names a build of the decap program (16 hex digits: 64 bits, the value
+    of its decap_build map): decap.c and the headers it includes."""
     digest = hashlib.sha256()
-    for path in sorted([layout.XDP_DIR / "decap.c", *layout.XDP_DIR.glob("*.h")]):
+    for path in _decap_sources():
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def load_decap():
+    """Compile and load lbd_decap and write its build id; returns (bpf, fd).
+    The program lives while bpf is referenced, or while attached or pinned."""
+    from lbd.datapath import load_helper
+
+    bpf, function = load_helper(DECAP_FUNCTION, "decap.c")
+    build = bpf[DECAP_BUILD_MAP]
+    build[build.Key(0)] = build.Leaf(int(decap_source_hash(), 16))
+    # the program's code never reads it, so it would not be the program's map
+    bpfsys.bind_map(function.fd, build.map_fd)
+    return bpf, function.fd
+
+
+@dataclass(frozen=True)
+class DecapState:
+    """lbd_decap as attached to an interface, read through the program's maps."""
+    ifname: str
+    prog_id: int
+    mode: str
+    build: str | None               # None: no decap_build map (a build before second chance)
+    counters: dict[str, int] | None  # by enum lbd_decap_slot name; None: no decap_stats map
+
+    @property
+    def current(self) -> bool:
+        return self.build == decap_source_hash()
+
+    def build_text(self) -> str:
+        if self.build is None:
+            return "an old build (before second chance)"
+        if not self.build:
+            return "a build of unknown id"
+        return f"build {self.build}" + ("" if self.current else
+                                         f", not this lbd's {decap_source_hash()}")
+
+
+def _possible_cpus() -> int:
+    """How many copies of each value a per-CPU map holds (a sysfs range list
+    like "0-1"; not bcc's helper, so metrics need no bcc)."""
+    with open("/sys/devices/system/cpu/possible") as f:
+        spans = [part.split("-") for part in f.read().strip().split(",")]
+    return sum(int(span[-1]) - int(span[0]) + 1 for span in spans)
+
+
+def _read_u64s(map_id: int, per_entry: int, entries: int) -> list[int]:
+    """An array map's __u64 values, each entry's per_entry copies summed
+    (per_entry = possible CPUs for a per-CPU array, 1 otherwise)."""
+    fd = bpfsys.map_fd_by_id(map_id)
+    try:
+        raw = bpfsys.lookup_array_values(fd, 8 * per_entry, entries)
+    finally:
+        os.close(fd)
+    values = memoryview(raw).cast("Q")
+    return [sum(values[i * per_entry:(i + 1) * per_entry]) for i in range(len(values) // per_entry)]
+
+
+def decap_state(ifname: str) -> DecapState | None:
+    """lbd_decap on ifname, its build and counters; None if it runs none or another program."""
+    state = xdp_state(ifname)
+    if state is None or state.name != DECAP_FUNCTION:
+        return None
+    maps = {m.name: m for m in bpfsys.program_maps(state.prog_id)}
+    build = counters = None
+    if DECAP_BUILD_MAP in maps:
+        value = _read_u64s(maps[DECAP_BUILD_MAP].id, 1, 1)
+        build = f"{value[0]:016x}" if value and value[0] else ""
+    if DECAP_STATS_MAP in maps:
+        stats = maps[DECAP_STATS_MAP]
+        totals = _read_u64s(stats.id, _possible_cpus(), stats.max_entries)
+        counters = {name: totals[slot] if slot < len(totals) else 0
+                    for slot, name in layout.enum_names("LBD_DECAP_").items()}
+    return DecapState(ifname, state.prog_id, state.mode, build, counters)
+
+
+def counter_summary(counters: dict[str, int]) -> str:
+    """One line: what the program did, grouped as kept / forwarded / dropped."""
+    kept = {k[len("kept_"):]: v for k, v in counters.items() if k.startswith("kept_")}
+    dropped = {k: counters.get(k, 0) for k in ("forward_failed", "malformed")}
+    return (f"ipip {counters.get('ipip', 0)}; GUE kept {sum(kept.values())} ("
+            + ", ".join(f"{k} {v}" for k, v in kept.items()) + f"), forwarded "
+            f"{counters.get('forwarded', 0)}, dropped {sum(dropped.values())} ("
+            + ", ".join(f"{k} {v}" for k, v in dropped.items()) + ")")
 
 
 def require_bpffs(pin_dir: str) -> None:
@@ -158,11 +269,9 @@ def _locked(directory: str):
 @contextlib.contextmanager
 def decap_program(pin_dir: str | None):
     """Yields (fd, origin) of lbd_decap: pinned in pin_dir, or compiled now."""
-    from lbd.datapath import load_helper
-
     if not pin_dir:
-        _bpf, function = load_helper(DECAP_FUNCTION, "decap.c")
-        yield function.fd, "compiled"
+        _bpf, fd = load_decap()
+        yield fd, "compiled"
         return
     require_bpffs(pin_dir)
     os.makedirs(pin_dir, exist_ok=True)
@@ -175,13 +284,14 @@ def decap_program(pin_dir: str | None):
             finally:
                 os.close(fd)
             return
-        _bpf, function = load_helper(DECAP_FUNCTION, "decap.c")
-        bpfsys.pin(function.fd, pin)
-        yield function.fd, f"compiled, pinned {pin}"
+        _bpf, fd = load_decap()
+        bpfsys.pin(fd, pin)
+        yield fd, f"compiled, pinned {pin}"
 
 
 def attach_decap(ifname: str, mode: str, pin_dir: str | None = None) -> str:
-    """Attach lbd_decap to ifname; returns how: the mode the kernel reports and origin.
+    """Attach lbd_decap to ifname, or replace the program there atomically;
+    returns how: the mode the kernel reports and origin.
 
     The attachment is made over netlink, so it outlives this process.
     """
@@ -260,6 +370,14 @@ def prepare(mode: str, vips: list[IPAddress], ifname: str, xdp_mode: str = "auto
         if state is None:
             used = attach_decap(ifname, xdp_mode, pin_dir)
             done.append(f"attached {DECAP_FUNCTION} to {ifname} (xdp mode {used})")
+        else:
+            old = decap_state(ifname)
+            if old is not None and not old.current:
+                # in the mode it runs in: the kernel refuses native beside generic
+                how = old.mode if old.mode in xdplink.MODE_FLAGS else xdp_mode
+                used = attach_decap(ifname, how, pin_dir)
+                done.append(f"replaced {DECAP_FUNCTION} on {ifname} ({old.build_text()}) with "
+                            f"build {decap_source_hash()} (xdp mode {used})")
     return done
 
 
@@ -334,8 +452,7 @@ def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = ()) 
             findings.append(Finding(False, f"{ifname} runs XDP program {state.name!r}, not "
                                     f"{DECAP_FUNCTION}", f"detach it, then {again}"))
         else:
-            findings.append(Finding(True, f"{DECAP_FUNCTION} attached to {ifname} "
-                                    f"(xdp mode {state.mode}, id {state.prog_id})"))
+            findings += _decap_findings(ifname, again)
     for port in ports:
         listening = _tcp_listeners(port)
         for vip in vips:
@@ -346,6 +463,20 @@ def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = ()) 
                                     f"{'a' if served else 'no'} listener",
                                     "start the service bound to 0.0.0.0/[::] or to the VIP"))
     return findings
+
+
+def _decap_findings(ifname: str, again: str) -> list[Finding]:
+    decap = decap_state(ifname)
+    if decap is None:   # detached between the two looks
+        return [Finding(False, f"no {DECAP_FUNCTION} on {ifname}", again)]
+    what = (f"{DECAP_FUNCTION} attached to {ifname} (xdp mode {decap.mode}, id "
+            f"{decap.prog_id}, {decap.build_text()})")
+    found = [Finding(True, what) if decap.current else
+             Finding(False, what, f"it predates this lbd (no second-chance forwarding, or "
+                                  f"another one): {again} replaces it atomically")]
+    if decap.counters is not None:
+        found.append(Finding(True, f"{DECAP_FUNCTION} counters: {counter_summary(decap.counters)}"))
+    return found
 
 
 def undo(vips: list[IPAddress] | None = None, pin_dir: str | None = None) -> list[str]:
@@ -392,11 +523,35 @@ def _parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("--port", action="append", type=int, default=[],
                              help="also check a TCP listener serves the VIPs on this port")
+    cmd = sub.add_parser("metrics", help="the decap program's counters as Prometheus text",
+                         description="Print the decap program's counters as Prometheus text, "
+                                     "or write them atomically to a file for node_exporter's "
+                                     "textfile collector.")
+    cmd.add_argument("--interface", action="append",
+                     help="where the program runs (repeatable; default: the default route's "
+                          "interface)")
+    cmd.add_argument("--textfile", metavar="PATH",
+                     help="write here (e.g. /var/lib/prometheus/node-exporter/lbd-backend.prom) "
+                          "instead of stdout")
     cmd = sub.add_parser("undo", help="remove the VIPs prepare added and the decap program")
     cmd.add_argument("--vip", action="append", type=ipaddress.ip_address,
                      help="only these VIPs (default: every one prepare added)")
     cmd.add_argument("--pin-dir", help="also remove the decap pins in this directory")
     return parser
+
+
+def _metrics(interfaces: list[str], textfile: str | None) -> int:
+    from lbd import backend_metrics
+
+    with _ipr() as ipr:
+        for ifname in interfaces:
+            _link_index(ipr, ifname)
+    states = {ifname: decap_state(ifname) for ifname in interfaces}
+    if textfile:
+        backend_metrics.write(textfile, states, decap_source_hash())
+    else:
+        sys.stdout.write(backend_metrics.text(states, decap_source_hash()))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -406,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in undo(args.vip, args.pin_dir) or ["nothing to undo"]:
                 print(line)
             return 0
+        if args.command == "metrics":
+            return _metrics(args.interface or [default_interface()], args.textfile)
         ifname = args.interface or default_interface()
         with _ipr() as ipr:
             _link_index(ipr, ifname)      # a missing interface is named, not a traceback

@@ -286,6 +286,69 @@ def program_id(prog_fd: int) -> int:
     return _prog_info(prog_fd).id
 
 
+class _MapInfo(ctypes.Structure):
+    """The head of struct bpf_map_info (linux/bpf.h), up to the name."""
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32),
+                ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * 16)]
+
+
+@dataclass(frozen=True)
+class MapInfo:
+    id: int
+    type: int
+    name: str        # as the loader named it, cut to 15 bytes
+    key_size: int
+    value_size: int
+    max_entries: int
+
+
+def program_maps(prog_id: int) -> list[MapInfo]:
+    """The maps a loaded program uses (found by id: how a program that is
+    attached but not pinned with its maps is read); [] if the id is gone."""
+    fd = _libbpf.bpf_prog_get_fd_by_id(prog_id)
+    if fd < 0:
+        return []
+    try:
+        count = _prog_info(fd).nr_map_ids
+        ids = (ctypes.c_uint32 * max(count, 1))()
+        info = _ProgInfo(nr_map_ids=count, map_ids=ctypes.addressof(ids))
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        _check(_libbpf.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+               "bpf_obj_get_info_by_fd")
+    finally:
+        os.close(fd)
+    found = []
+    for map_id in ids[:min(count, info.nr_map_ids)]:
+        try:
+            map_fd = map_fd_by_id(map_id)
+        except BpfError:
+            continue    # gone meanwhile
+        try:
+            found.append(map_info(map_fd))
+        finally:
+            os.close(map_fd)
+    return found
+
+
+_libbpf.bpf_prog_bind_map.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+
+
+def bind_map(prog_fd: int, map_fd: int) -> None:
+    """Make a map the program's own (BPF_PROG_BIND_MAP) though its code never
+    uses it: it then lives as long as the program and shows among its map ids."""
+    _check(_libbpf.bpf_prog_bind_map(prog_fd, map_fd, None), "BPF_PROG_BIND_MAP")
+
+
+def map_info(map_fd: int) -> MapInfo:
+    info = _MapInfo()
+    size = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_libbpf.bpf_obj_get_info_by_fd(map_fd, ctypes.byref(info), ctypes.byref(size)),
+           "bpf_obj_get_info_by_fd")
+    return MapInfo(info.id, info.type, info.name.decode(errors="replace"), info.key_size,
+                   info.value_size, info.max_entries)
+
+
 def program_name(prog_id: int) -> str:
     """A loaded program's name (bcc names it after its function, cut to 15
     bytes); "" if the id is gone."""

@@ -47,7 +47,8 @@
 
 /* what the program did, per CPU: enum lbd_decap_slot */
 BPF_PERCPU_ARRAY(decap_stats, __u64, LBD_DECAP__MAX);
-/* one entry: the build id (lbd.backend_prep.decap_source_hash()), written after load */
+/* one entry: the build id (lbd.backend_prep.decap_source_hash()), written and bound
+ * to the program (BPF_PROG_BIND_MAP) after load: the code never reads it */
 BPF_ARRAY(decap_build, __u64, 1);
 
 static __always_inline void lbd_count(__u32 slot)

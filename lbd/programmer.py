@@ -6,10 +6,12 @@ applied last and writes the difference in an order that keeps every packet
 consistent:
 
   1. backend entries first (a new table may point at them),
-  2. then each changed VIP's Maglev table, swapped in one update,
+  2. then each changed VIP's Maglev table, swapped in one update, and beside
+     it (second-chance VIPs) its second-choice table,
   3. then VIP and address entries (a new VIP appears only once its table is
      there), each address's prefilter bit set before its first VIP entry,
-  4. removals last: VIP entries, then tables, then backend slots, then the
+  4. removals last: VIP entries, then tables, then backend slots (a removed
+     backend of a kept second-chance VIP is held instead), then the
      prefilter bits of addresses no VIP uses any more.
 
 Ids: every VIP gets a stable id, every (VIP, backend address) a stable backend
@@ -18,30 +20,47 @@ of the backend that had it before move on instead of reaching a stranger.
 Ids are read back from the maps when the daemon adopts a running datapath,
 so a restart keeps every flow where it is.
 
+Second chance (README "Second-chance forwarding"; the table's rule is in
+lbd.secondchoice): each backend entry says until when it may be named as a
+second choice (second_until): for ever while active or draining; for the
+hold (second_chance.hold) once it goes down, or once it is removed from a
+kept second-chance VIP, which then keeps its id, address and generation in
+state HELD. `expire()` ends the holds that are over (zeroes second_until,
+frees HELD ids) and rebuilds the second tables they were part of. Holds live
+in the pinned backends map, so `adopt()` takes them over too.
+
 All checks and table builds happen before the first write; if a write still
-fails (the kernel refusing memory), the previous plans are written back.
+fails (the kernel refusing memory), the bookkeeping is put back and the
+previous plans are written again, every entry and table of them.
 """
 from __future__ import annotations
 
 import array
+import dataclasses
 import ipaddress
 import logging
-from dataclasses import dataclass
+import math
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from lbd import layout, maglev
+from lbd import layout, maglev, secondchoice
 from lbd.datapath import BackendEntry, Datapath, IPAddress, prefilter_bit
 
 if TYPE_CHECKING:  # plans are built by lbd.plan; this layer only reads them
-    from lbd.plan import VipKey, VipPlan
+    from lbd.plan import BackendPlan, VipKey, VipPlan
 
 log = logging.getLogger("lbd.programmer")
 C = layout.constant
 
 EMPTY = C("LBD_BACKEND_EMPTY")  # a backend slot no VIP uses
+ACTIVE, DRAINING = C("LBD_BACKEND_ACTIVE"), C("LBD_BACKEND_DRAINING")
+DOWN, HELD = C("LBD_BACKEND_DOWN"), C("LBD_BACKEND_HELD")
+FOREVER = C("LBD_SECOND_FOREVER")  # second_until of an active or draining backend
+NO_HOLD = 0                        # second_until of a backend that is no second choice
 
 
 @dataclass
@@ -51,6 +70,7 @@ class VipResult:
     action: str               # added, changed, removed, unchanged
     moved_share: float = 0.0  # share of the table's slots that changed backend
     fingerprint: str = ""
+    second_fingerprint: str = ""  # of the second-choice table; "" without second chance
 
 
 class ApplyError(Exception):
@@ -58,13 +78,36 @@ class ApplyError(Exception):
 
 
 @dataclass
+class HeldBackend:
+    """A backend removed from a kept second-chance VIP: still a second choice
+    (state HELD in its entry) until `until`, its id kept for it."""
+    backend_id: int
+    weight: int   # its configured weight, its share among the second table's candidates
+    until: int    # unix seconds (second_until)
+
+
+@dataclass(frozen=True)
+class HoldEvent:
+    """A hold that started or ended, for the daemon's log."""
+    vip: str
+    backend: IPAddress
+    event: str       # "started" or "ended"
+    state: str       # "down" or "held"
+    until: int       # the hold's end, unix seconds
+    released: bool = False  # ended: the backend's id was freed (it was held)
+
+
+@dataclass
 class AppliedVip:
-    """One VIP as the programmer last wrote it: its plan, ids and table."""
+    """One VIP as the programmer last wrote it: its plan, ids and tables."""
     plan: VipPlan
     vip_id: int
     backend_ids: dict[IPAddress, int]
     table: np.ndarray | None
     fingerprint: str
+    second: np.ndarray | None = None   # second choices (second-chance VIPs only)
+    second_fingerprint: str = ""
+    second_input: tuple | None = None  # (table input, candidates) the second table is of
 
 
 def canonical_fingerprint(table: np.ndarray, id_to_address: dict[int, IPAddress]) -> str:
@@ -81,15 +124,25 @@ def canonical_fingerprint(table: np.ndarray, id_to_address: dict[int, IPAddress]
 
 
 class Programmer:
-    def __init__(self, datapath: Datapath):
+    def __init__(self, datapath: Datapath, hold_s: float = 120.0,
+                 clock: Callable[[], float] = time.time):
         self.dp = datapath
         self.limits = datapath.limits
+        self.hold_s = hold_s      # second_chance.hold: the daemon sets it from the config
+        self.clock = clock        # unix time, the clock of second_until
         self._applied: dict[VipKey, AppliedVip] = {}
         self._vip_ids: dict[VipKey, int] = {}
         self._backend_ids: dict[tuple[VipKey, IPAddress], int] = {}
         self._generations: dict[int, int] = {}  # backend id -> last generation used
         self._free_vip_ids = list(range(self.limits.max_vips - 1, 0, -1))
         self._free_backend_ids = list(range(self.limits.max_backends - 1, 0, -1))
+        # backend id -> second_until as written (ids in use only)
+        self._until: dict[int, int] = {}
+        # VIP key -> address -> its held backend (removed from the config, hold running)
+        self._held: dict[VipKey, dict[IPAddress, HeldBackend]] = {}
+        # adopted backends not yet claimed by a plan: VIP key -> address -> id
+        self._adopted: dict[VipKey, dict[IPAddress, int]] = {}
+        self._events: list[HoldEvent] = []
         # (address, proto) -> (flags, fragment VIP id, its flags) as last written
         self._addr_entries: dict[tuple[IPAddress, int], tuple[int, int, int]] = {}
         # the prefilter as written (word index -> bits, nonzero words only);
@@ -100,11 +153,19 @@ class Programmer:
         # recomputed, which at 1,000 VIPs is most of a health change's cost
         self._vip_shape: frozenset | None = None
 
+    def now(self) -> int:
+        return int(self.clock())
+
+    def _hold_end(self) -> int:
+        return min(FOREVER - 1, math.ceil(self.clock() + self.hold_s))
+
     # --- adoption of a running datapath ----------------------------------------
     def adopt(self) -> int:
         """Take over ids from maps written by an earlier daemon. Returns the
         number of VIPs found. The next apply rewrites every table with the same
-        ids (identical tables for an identical config: no flow moves)."""
+        ids (identical tables for an identical config: no flow moves), and
+        every hold goes on: second_until is read back, held backends too (a
+        held entry keeps its configured weight in its ifindex, unused by ipip)."""
         id_to_key: dict[int, VipKey] = {}
         for key, leaf in self.dp.vips.items():
             raw = bytes(key.addr)
@@ -122,7 +183,14 @@ class Programmer:
                 continue
             raw = bytes(entry.addr)
             address = ipaddress.ip_address(raw[:4] if entry.family == C("LBD_FAMILY_V4") else raw)
-            self._backend_ids[(id_to_key[entry.vip_id], address)] = backend_id
+            vip_key = id_to_key[entry.vip_id]
+            self._backend_ids[(vip_key, address)] = backend_id
+            self._until[backend_id] = int(entry.second_until)
+            if entry.state == HELD:
+                self._held.setdefault(vip_key, {})[address] = HeldBackend(
+                    backend_id, max(1, int(entry.ifindex)), int(entry.second_until))
+            else:
+                self._adopted.setdefault(vip_key, {})[address] = backend_id
         used_vips = set(self._vip_ids.values())
         used_backends = set(self._backend_ids.values())
         self._free_vip_ids = [i for i in self._free_vip_ids if i not in used_vips]
@@ -145,6 +213,10 @@ class Programmer:
     def _backend_id(self, vip_key: VipKey, address: IPAddress, fresh: set[int]) -> int:
         existing = self._backend_ids.get((vip_key, address))
         if existing:
+            # a held address back in the config takes its held id again, and
+            # an adopted one is claimed
+            self._held.get(vip_key, {}).pop(address, None)
+            self._adopted.get(vip_key, {}).pop(address, None)
             return existing
         backend_id = self._free_backend_ids.pop()
         self._generations[backend_id] = self._generations.get(backend_id, 0) + 1
@@ -158,29 +230,103 @@ class Programmer:
         # np.frombuffer shares the array's memory: no copy of 65537 slots
         return np.frombuffer(maglev.build_table(entries, self.limits.ring_size), dtype=np.uint32)
 
+    def _next_until(self, backend_id: int, state: int, second_chance: bool) -> int:
+        """A backend's second_until from its new state and its last one: for
+        ever while active or draining; a hold that starts when it goes down
+        from there, and otherwise goes on (or stays ended). Without second
+        chance nothing reads it, and a down backend has none."""
+        if state in (ACTIVE, DRAINING):
+            return FOREVER
+        if not second_chance:
+            return NO_HOLD
+        last = self._until.get(backend_id, NO_HOLD)
+        return self._hold_end() if last == FOREVER else last
+
+    def _candidates(self, key: VipKey, plan: VipPlan, ids: dict[IPAddress, int],
+                    untils: dict[int, int]) -> tuple[maglev.Backend, ...]:
+        """The second table's candidates (lbd.secondchoice's Cset): in the
+        table, draining, and down or held with their hold running, each with
+        its configured weight."""
+        now = self.now()
+        out = [maglev.Backend(b.address.packed, b.candidate_weight, ids[b.address])
+               for b in plan.backends
+               if b.state in (ACTIVE, DRAINING) or untils[ids[b.address]] > now]
+        out += [maglev.Backend(address.packed, held.weight, held.backend_id)
+                for address, held in self._held.get(key, {}).items() if held.until > now]
+        return tuple(sorted(out))
+
+    def _second(self, key: VipKey, applied: AppliedVip, untils: dict[int, int],
+                old: AppliedVip | None) -> None:
+        """Fill in the VIP's second table (reusing the last one if its inputs
+        are the same)."""
+        if not applied.plan.second_chance:
+            return
+        candidates = self._candidates(key, applied.plan, applied.backend_ids, untils)
+        inputs = (applied.plan.table_input(), candidates)
+        if old is not None and old.second_input == inputs and old.second is not None \
+                and old.table is applied.table:
+            applied.second, applied.second_fingerprint = old.second, old.second_fingerprint
+        else:
+            applied.second = secondchoice.second_table(applied.table, candidates, self.limits.ring_size)
+            by_id = {b.backend_id: ipaddress.ip_address(b.key) for b in candidates}
+            applied.second_fingerprint = canonical_fingerprint(applied.second, by_id)
+        applied.second_input = inputs
+
     # --- applying ------------------------------------------------------------------
     def apply(self, plans: list[VipPlan]) -> list[VipResult]:
         """Make the datapath hold exactly `plans`."""
         self._check_capacity(plans)
         previous = [a.plan for a in self._applied.values()]
+        saved, events = self._save(), len(self._events)
         try:
             return self._apply(plans)
         except Exception as err:
             log.error("apply_failed error=%s action=restoring_previous", err)
-            self._vip_shape = None  # what the failed apply wrote is unknown: rewrite all
-            try:
-                self._apply(previous)
-            except Exception as restore_err:  # the kernel refusing twice: say so loudly
-                log.critical("restore_failed error=%s", restore_err)
+            del self._events[events:]  # holds of an apply that did not happen
+            self._restore(saved, previous)
             raise ApplyError(f"writing the maps failed: {err}") from err
 
-    def _apply(self, plans: list[VipPlan]) -> list[VipResult]:
+    def _save(self) -> tuple:
+        """The bookkeeping as it is, to put back if an apply fails half-way."""
+        return ({k: dataclasses.replace(a) for k, a in self._applied.items()}, dict(self._vip_ids),
+                dict(self._backend_ids), dict(self._generations), list(self._free_vip_ids),
+                list(self._free_backend_ids), dict(self._until),
+                {k: {a: dataclasses.replace(h) for a, h in held.items()} for k, held in self._held.items()},
+                {k: dict(v) for k, v in self._adopted.items()}, dict(self._addr_entries), dict(self._prefilter))
+
+    def _restore(self, saved: tuple, previous: list[VipPlan]) -> None:
+        """After a failed write: the bookkeeping as before, then every entry
+        and table of the previous plans written again (whatever the failed
+        apply had written already), and what it had added taken away."""
+        vip_ids_tried, backend_ids_tried = dict(self._vip_ids), set(self._backend_ids.values())
+        (self._applied, self._vip_ids, self._backend_ids, self._generations, self._free_vip_ids,
+         self._free_backend_ids, self._until, self._held, self._adopted, self._addr_entries,
+         self._prefilter) = saved
+        self._vip_shape = None  # what the failed apply wrote is unknown: rewrite all
+        try:
+            for key, vip_id in vip_ids_tried.items():
+                if key not in self._vip_ids:
+                    self.dp.delete_vip(*key)
+                    self.dp.clear_ring(vip_id)
+                    self.dp.clear_second_ring(vip_id)
+            for backend_id in backend_ids_tried - set(self._backend_ids.values()):
+                self.dp.clear_backend(backend_id)
+            self._apply(previous, rewrite=True)
+        except Exception as restore_err:  # the kernel refusing twice: say so loudly
+            log.critical("restore_failed error=%s", restore_err)
+
+    def _apply(self, plans: list[VipPlan], rewrite: bool = False) -> list[VipResult]:
+        """Write the difference to `plans`; with rewrite, every entry and
+        table of them whether it changed or not (the restore of a failed apply)."""
         wanted = {p.key: p for p in plans}
         results: list[VipResult] = []
         fresh_ids: set[int] = set()
         fresh_vip_ids: set[int] = set()
+        untils: dict[int, int] = {}     # second_until of every backend of the staged VIPs
+        to_hold: dict[VipKey, dict[IPAddress, int]] = {}     # removed, held: address -> id
+        to_release: dict[VipKey, dict[IPAddress, int]] = {}  # removed, freed
 
-        # Build everything first: ids, tables, fingerprints.
+        # Build everything first: ids, holds, tables, fingerprints.
         staged: dict[VipKey, AppliedVip] = {}
         for key, plan in wanted.items():
             old = self._applied.get(key)
@@ -189,7 +335,7 @@ class Programmer:
                 # health change reuses the other VIPs' plan objects) finds it
                 # by identity instead of comparing every backend again
                 old.plan = plan
-            if old and old.plan is plan:
+            if old and old.plan is plan and not rewrite:
                 continue
             vip_id = self._vip_ids.get(key)
             if vip_id is None:
@@ -197,6 +343,9 @@ class Programmer:
                 fresh_vip_ids.add(vip_id)
             self._vip_ids[key] = vip_id
             ids = {b.address: self._backend_id(key, b.address, fresh_ids) for b in plan.backends}
+            for b in plan.backends:
+                untils[ids[b.address]] = self._next_until(ids[b.address], b.state, plan.second_chance)
+            self._stage_removed(key, plan, ids, old, to_hold, to_release)
             if old and old.plan.table_input() == plan.table_input() and old.table is not None:
                 table = old.table
                 fingerprint = old.fingerprint
@@ -205,6 +354,7 @@ class Programmer:
                 fingerprint = canonical_fingerprint(
                     table, {ids[b.address]: b.address for b in plan.backends if b.in_table})
             staged[key] = AppliedVip(plan, vip_id, ids, table, fingerprint)
+            self._second(key, staged[key], untils, old)
 
         # 0. an id taken anew starts its counters at zero: a VIP or backend
         # must not inherit the packets of the one that had the id before
@@ -217,19 +367,34 @@ class Programmer:
         # changed; all of a VIP's when its flags changed: each entry holds them)
         for key, applied in staged.items():
             old = self._applied.get(key)
-            before = ({b.address: (b, old.backend_ids[b.address]) for b in old.plan.backends}
-                      if old and old.plan.flags == applied.plan.flags else {})
+            before = ({b.address: (b, old.backend_ids[b.address], self._until.get(old.backend_ids[b.address]))
+                       for b in old.plan.backends}
+                      if old and old.plan.flags == applied.plan.flags and not rewrite else {})
             for b in applied.plan.backends:
                 backend_id = applied.backend_ids[b.address]
-                if before.get(b.address) == (b, backend_id):
+                until = untils[backend_id]
+                if before.get(b.address) == (b, backend_id, until):
                     continue
+                self._note_hold(applied.plan.name, b.address, backend_id, until, "down")
                 self.dp.set_backend(backend_id, BackendEntry(
                     vip_id=applied.vip_id, address=b.address, state=b.state,
                     generation=self._generations[backend_id], dst_mac=b.dst_mac,
-                    src_mac=b.src_mac, ifindex=b.ifindex, vip_flags=applied.plan.flags))
-        # 2. tables, each swapped atomically (in batches)
-        self.dp.write_rings({applied.vip_id: applied.table for key, applied in staged.items()
-                             if key not in self._applied or self._applied[key].table is not applied.table})
+                    src_mac=b.src_mac, ifindex=b.ifindex, vip_flags=applied.plan.flags,
+                    second_until=until))
+                self._until[backend_id] = until
+        if rewrite:  # the held entries as they were
+            for key, held in self._held.items():
+                if key in staged:
+                    for address, h in held.items():
+                        self._write_held(staged[key], address, h)
+        # 2. tables, each swapped atomically (in batches); the second choices beside
+        changed = {key: applied for key, applied in staged.items()
+                   if rewrite or key not in self._applied or self._applied[key].table is not applied.table}
+        self.dp.write_rings({applied.vip_id: applied.table for applied in changed.values()})
+        self.dp.write_second_rings({
+            applied.vip_id: applied.second for key, applied in staged.items()
+            if applied.second is not None and (rewrite or key not in self._applied
+                                               or self._applied[key].second is not applied.second)})
         # 3. VIP entries and the address entries derived from them, behind
         # prefilter bits for every wanted address (old ones stay set for now)
         shape = frozenset((key, plan.flags) for key, plan in wanted.items())
@@ -243,34 +408,137 @@ class Programmer:
             self._write_addrs(wanted, staged)
 
         # 4. removals: VIPs gone entirely, then backends gone from kept VIPs
+        # (held or freed), then the second tables of VIPs that lost the flag
         for key in [k for k in self._applied if k not in wanted]:
             gone = self._applied.pop(key)
             self.dp.delete_vip(*key)
             self.dp.clear_ring(gone.vip_id)
+            self.dp.clear_second_ring(gone.vip_id)
             for address, backend_id in gone.backend_ids.items():
                 self._release_backend(key, address, backend_id)
+            for address, held in self._held.pop(key, {}).items():
+                self._release_backend(key, address, held.backend_id)
             del self._vip_ids[key]
             self._free_vip_ids.append(gone.vip_id)
             results.append(VipResult(gone.plan.name, "removed", 1.0, ""))
         for key, applied in staged.items():
+            for address, backend_id in to_hold.get(key, {}).items():
+                self._write_held(applied, address, self._held[key][address])
+            for address, backend_id in to_release.get(key, {}).items():
+                self._release_backend(key, address, backend_id)
+            if not applied.plan.second_chance:
+                old = self._applied.get(key)
+                if old is None or old.plan.second_chance or rewrite:
+                    self.dp.clear_second_ring(applied.vip_id)
             old = self._applied.get(key)
-            if old:
-                for address, backend_id in old.backend_ids.items():
-                    if address not in applied.backend_ids:
-                        self._release_backend(key, address, backend_id)
             moved = 1.0 if old is None else _moved(old.table, applied.table)
             results.append(VipResult(applied.plan.name, "changed" if old else "added",
-                                     0.0 if old is None else moved, applied.fingerprint))
+                                     0.0 if old is None else moved, applied.fingerprint,
+                                     applied.second_fingerprint))
             self._applied[key] = applied
         for key in wanted:
             if key not in staged:
                 results.append(VipResult(wanted[key].name, "unchanged", 0.0,
-                                         self._applied[key].fingerprint))
+                                         self._applied[key].fingerprint,
+                                         self._applied[key].second_fingerprint))
         # 5. now that removed VIPs are gone: exactly the wanted addresses' bits
         if not same_vips:
             self._write_prefilter(wanted_bits, exact=True)
             self._vip_shape = shape
         return results
+
+    def _stage_removed(self, key: VipKey, plan: VipPlan, ids: dict[IPAddress, int],
+                       old: AppliedVip | None, to_hold: dict, to_release: dict) -> None:
+        """Sort the VIP's backends that left its plan (since the last apply,
+        or since the maps were adopted) into held and freed. Only a kept
+        second-chance VIP holds them: a removed backend's connections may
+        live on, and its slots' new owners name it while the hold runs."""
+        gone = {a: i for a, i in (old.backend_ids if old else {}).items() if a not in ids}
+        gone.update(self._adopted.pop(key, {}))
+        weights = {b.address: b.candidate_weight for b in old.plan.backends} if old else {}
+        for address, backend_id in gone.items():
+            until = self._next_until(backend_id, HELD, plan.second_chance)
+            # an adopted backend left the config while lbd was stopped: its
+            # weight is unknown (the maps have none of an active backend), so it is freed
+            if plan.second_chance and until > self.now() and address in weights:
+                self._held.setdefault(key, {})[address] = HeldBackend(backend_id, weights[address], until)
+                to_hold.setdefault(key, {})[address] = backend_id
+            else:
+                to_release.setdefault(key, {})[address] = backend_id
+        if not plan.second_chance:  # a VIP that lost the flag lets its held backends go
+            for address, held in self._held.pop(key, {}).items():
+                to_release.setdefault(key, {})[address] = held.backend_id
+
+    def _write_held(self, applied: AppliedVip, address: IPAddress, held: HeldBackend) -> None:
+        """A removed backend's entry in state HELD: its id, address and
+        generation kept, a second choice until its hold ends; never forwarded
+        to (only ACTIVE and DRAINING entries are). Its configured weight goes
+        in ifindex (unused by ipip, the only mode with second chance), so a
+        restarted daemon builds the same second table (adopt)."""
+        self._note_hold(applied.plan.name, address, held.backend_id, held.until, "held")
+        self.dp.set_backend(held.backend_id, BackendEntry(
+            vip_id=applied.vip_id, address=address, state=HELD,
+            generation=self._generations[held.backend_id], ifindex=held.weight,
+            vip_flags=applied.plan.flags, second_until=held.until))
+        self._until[held.backend_id] = held.until
+
+    def _note_hold(self, vip: str, address: IPAddress, backend_id: int, until: int, state: str) -> None:
+        """A hold starts when second_until goes from for ever to a time."""
+        if self._until.get(backend_id) == FOREVER and until not in (FOREVER, NO_HOLD):
+            self._events.append(HoldEvent(vip, address, "started", state, until))
+
+    # --- holds ---------------------------------------------------------------------
+    def expire(self, now: float | None = None) -> int | None:
+        """End the holds that are over at `now` (default: the clock): their
+        VIPs' second tables are rebuilt without them first, then their
+        second_until is zeroed and held ids are freed. Returns the next
+        hold's end (unix seconds), or None when no hold runs."""
+        now = self.now() if now is None else int(now)
+        ended = {backend_id for backend_id, until in self._until.items()
+                 if until not in (FOREVER, NO_HOLD) and until <= now}
+        if ended:
+            self._end_holds(ended, now)
+        return self.next_deadline()
+
+    def next_deadline(self) -> int | None:
+        running = [u for u in self._until.values() if u not in (FOREVER, NO_HOLD)]
+        return min(running, default=None)
+
+    def _end_holds(self, ended: set[int], now: int) -> None:
+        owners = {backend_id: key for (key, _), backend_id in self._backend_ids.items()}
+        affected = {owners[i] for i in ended if i in owners}
+        for backend_id in ended:  # no longer candidates (_candidates: hold running)
+            self._until[backend_id] = NO_HOLD
+            for held in self._held.get(owners.get(backend_id), {}).values():
+                if held.backend_id == backend_id:
+                    held.until = NO_HOLD
+        rebuilt = {}
+        for key in affected:
+            applied = self._applied.get(key)
+            if applied is None or not applied.plan.second_chance:
+                continue
+            fresh = dataclasses.replace(applied, second=None, second_input=None)
+            self._second(key, fresh, self._until, None)
+            rebuilt[key] = fresh
+        self.dp.write_second_rings({a.vip_id: a.second for a in rebuilt.values()})
+        self._applied.update(rebuilt)
+        for key in affected:
+            name = self._applied[key].plan.name if key in self._applied else ""
+            for address, held in list(self._held.get(key, {}).items()):
+                if held.backend_id in ended:
+                    del self._held[key][address]
+                    self._release_backend(key, address, held.backend_id)
+                    self._events.append(HoldEvent(name, address, "ended", "held", now, released=True))
+            applied = self._applied.get(key)
+            for address, backend_id in (applied.backend_ids.items() if applied else ()):
+                if backend_id in ended:
+                    self.dp.set_second_until(backend_id, NO_HOLD)
+                    self._events.append(HoldEvent(name, address, "ended", "down", now))
+
+    def take_events(self) -> list[HoldEvent]:
+        """The holds that started or ended since the last call (for the log)."""
+        events, self._events = self._events, []
+        return events
 
     def _write_prefilter(self, words: dict[int, int], exact: bool = False) -> None:
         """Write the prefilter words that differ from what is written; with
@@ -286,6 +554,7 @@ class Programmer:
     def _release_backend(self, vip_key: VipKey, address: IPAddress, backend_id: int) -> None:
         self.dp.clear_backend(backend_id)
         self._backend_ids.pop((vip_key, address), None)
+        self._until.pop(backend_id, None)
         self._free_backend_ids.append(backend_id)
 
     def _write_addrs(self, wanted: dict[VipKey, VipPlan], staged: dict[VipKey, AppliedVip]) -> None:
@@ -344,6 +613,14 @@ class Programmer:
 
     def backend_id(self, key: VipKey, address: IPAddress) -> int | None:
         return self._backend_ids.get((key, address))
+
+    def held(self, key: VipKey) -> dict[IPAddress, HeldBackend]:
+        """The VIP's held backends: removed from the config, hold running."""
+        return dict(self._held.get(key, {}))
+
+    def second_until(self, backend_id: int) -> int:
+        """A backend id's second_until as written (0: no second choice)."""
+        return self._until.get(backend_id, NO_HOLD)
 
 
 def _by_address(plan: VipPlan, ring_size: int) -> np.ndarray:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "lbd"
 DATA_PLANE = {"lbd.layout", "lbd.bpfsys", "lbd.xdplink", "lbd.mounts", "lbd.datapath", "lbd.flowhash",
-              "lbd.maglev", "lbd.programmer", "lbd.flowtable"}
+              "lbd.maglev", "lbd.secondchoice", "lbd.programmer", "lbd.flowtable"}
 
 
 def modules() -> dict[str, Path]:

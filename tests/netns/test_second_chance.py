@@ -1,0 +1,442 @@
+"""Second-chance forwarding (issue #12): long-lived TCP streams through ipip
+VIPs survive what today resets them, on one lbd host and in the two-host BGP
+fleet.
+
+Every lab carries two pairs of VIPs with the same backends, side by side:
+sc4/sc6 with second chance (the default for ipip TCP) and off4/off6 with
+`second_chance: false`, the control. The same event hits both, so the
+control shows the streams that break without it (and the test asserts some
+do: otherwise the scenario exercised nothing), and the second-chance VIPs
+must lose none. A stream counts as broken if it was reset, closed or stalled
+for the socket's timeout, or fell behind its server's pace.
+
+One host: the connection table is lost (every entry deleted from the pinned
+map, after the change, so no packet can re-place a flow by the old table in
+between) after a backend is added, after one is removed (its server keeps
+running: the hold keeps it a second choice) and after one is drained; and
+SYN cookies on every backend while packets carry a second choice. The fleet:
+the hosts disagree on a backend's health (its health checks from one host
+only are dropped) while every flow crosses from one host to the other and
+back; then a backend is added on both and a host dies, so its flows cross to
+the other, which never saw them.
+
+The stages of a lab run in file order, each on the state the one before left.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from lbd.testing.lab import Lab
+from tests.netns.lbdrun import HEALTH, LbdUnderTest, backends
+from tests.netns.tablelost import empty_pinned_map, pinned_conntrack
+from tests.netns.test_fleet import FleetHost, fleet_config, wait_for
+
+pytestmark = pytest.mark.netns
+
+SC4, OFF4, SC6, OFF6 = "198.18.100.2", "198.18.100.3", "fd00:100::2", "fd00:100::3"
+VIPS = {"sc4": SC4, "off4": OFF4, "sc6": SC6, "off6": OFF6}
+SECOND_CHANCE, CONTROL = ("sc4", "sc6"), ("off4", "off6")
+FIRST_FOUR = ("r1", "r2", "r3", "r4")
+ALL_FIVE = ("r1", "r2", "r3", "r4", "r5")
+STREAMS = 40              # per VIP, one per client address
+PACE = 32_000             # bytes/s: nginx's limit_rate 32k on /stream, a little under
+SLACK_S = 6               # a stream may fall this far behind its pace (one socket timeout and more)
+ONE_HOST_S = 10           # each one-host stage's streams: the change takes ~2 s of it
+FLEET_CROSS_S = 24        # the disagreement's streams: two withdrawals and returns
+FLEET_KILL_S = 18         # the add-and-kill's streams
+
+
+def skip_unless_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the netns tier needs root (namespaces, veth, XDP)")
+
+
+# --- configs ---------------------------------------------------------------------------
+def vips_yaml(lab: Lab, names, drain=()) -> str:
+    """The four VIPs, each with the backends `names` (in that order)."""
+    lines = []
+    for vip, address in VIPS.items():
+        family = 6 if ":" in address else 4
+        control = "" if vip in SECOND_CHANCE else ", second_chance: false"
+        lines.append(f"  - {{name: {vip}, address: '{address}', port: 80, protocol: tcp, mode: ipip,"
+                     f" health: {HEALTH}{control},\n"
+                     f"     backends: {backends(lab, names, family, drain=drain)}}}")
+    return "\n".join(lines)
+
+
+def one_host_config(lab: Lab, socket_path: str, names, drain=()) -> str:
+    return f"""# tests/netns/test_second_chance.py, one host
+interfaces: [{{name: eth0, mode: native}}]
+http: {{listen: 127.0.0.1:9100}}
+control: {{socket: {socket_path}}}
+bpffs: {lab.bpffs_dir}/lbd
+ipip: {{source_v4: {lab.lbd.v4}, source_v6: '{lab.lbd.v6}'}}
+vips:
+{vips_yaml(lab, names, drain)}
+"""
+
+
+def fleet_host_config(lab: Lab, host: FleetHost, names) -> str:
+    """The fleet test's config of the host (its BGP and files) with these VIPs."""
+    text = fleet_config(lab, host.node, host.dir, list(names))
+    head, rest = text.split("\nvips:\n", 1)
+    return f"{head}\nvips:\n{vips_yaml(lab, names)}\nbgp:\n{rest.split(chr(10) + 'bgp:' + chr(10), 1)[1]}"
+
+
+# --- the daemon's view -------------------------------------------------------------------
+def family_address(node, address: str) -> str:
+    return str(node.v6 if ":" in address else node.v4)
+
+
+def in_table(daemon: LbdUnderTest, vip: str) -> set[str]:
+    return {b["address"] for b in daemon.vip(vip)["backends"] if b["in_table"]}
+
+
+def wait_tables(daemon: LbdUnderTest, lab: Lab, names, what: str = "") -> None:
+    """Until every VIP's table holds exactly the backends `names` (health checks pass)."""
+    def settled() -> bool:
+        return all(in_table(daemon, vip) == {family_address(lab.backends[n], address) for n in names}
+                   for vip, address in VIPS.items())
+    wait_for(settled, what or f"{daemon.host}: every VIP's table holds {', '.join(names)}")
+
+
+def explain(daemon: LbdUnderTest, address: str, streams: list[dict]) -> list[dict]:
+    """`lbctl explain` of each stream's flow, in order."""
+    vip = f"[{address}]:80/tcp" if ":" in address else f"{address}:80/tcp"
+    batch = "".join(f"{s['source']}:{s['port']} {vip}\n" for s in streams)
+    result = subprocess.run([sys.executable, "-m", "lbd.lbctl", "--socket", daemon.socket,
+                             "explain", "--batch", "-"], input=batch, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def first_choices(lab: Lab, daemon: LbdUnderTest, address: str, streams: list[dict]) -> list[str]:
+    """The backend (name) each stream's flow gets from the daemon's table now."""
+    names = {str(a): n.name for n in lab.ipip_backends for a in (n.v4, n.v6)}
+    return [names.get(e["table_backend"]["backend"], "none") for e in explain(daemon, address, streams)]
+
+
+# --- streams ---------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    """One VIP's streams of a stage."""
+    vip: str
+    streams: list[dict]
+    duration: float
+    exercised: list[dict] = field(default_factory=list)   # streams that needed their second choice
+
+    @property
+    def broken(self) -> list[dict]:
+        least = PACE * (self.duration - SLACK_S)
+        return [s for s in self.streams
+                if s["error"] or s["backend"] is None or s["bytes"] < least]
+
+    def line(self) -> str:
+        return (f"{self.vip}: {len(self.broken)}/{len(self.streams)} broken, "
+                f"{len(self.exercised)} on a moved first choice")
+
+
+class Streams:
+    """STREAMS long-lived streams through each of the four VIPs at once."""
+
+    def __init__(self, daemon: LbdUnderTest, duration: float):
+        self.lab, self.duration = daemon.lab, duration
+        self.started = time.monotonic()
+        self.procs = {}
+        try:
+            for vip, address in VIPS.items():
+                self.procs[vip] = daemon.start_streams(address, self.sources(address), duration)
+        except BaseException:
+            self.kill()
+            raise
+
+    def sources(self, address: str):
+        return (self.lab.client.v6s if ":" in address else self.lab.client.v4s)[:STREAMS]
+
+    def flows(self, vip: str) -> list[dict]:
+        """The streams of a VIP as explain takes them (source, port), while they run."""
+        return [{"source": s, "port": p} for s, p in self.procs[vip].ports.items() if p]
+
+    def left_s(self) -> float:
+        return self.duration - (time.monotonic() - self.started)
+
+    def results(self) -> dict[str, Outcome]:
+        try:
+            return {vip: Outcome(vip, LbdUnderTest.stream_results(proc, timeout=self.duration + 30),
+                                 self.duration)
+                    for vip, proc in self.procs.items()}
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+def summary(outcomes: dict[str, Outcome]) -> str:
+    return "; ".join(o.line() for o in outcomes.values())
+
+
+def assert_second_chance_kept_every_stream(outcomes: dict[str, Outcome], what: str) -> None:
+    """Zero broken streams with second chance; the same event broke some without it."""
+    text = f"{what}: {summary(outcomes)}"
+    print(text)
+    for vip in SECOND_CHANCE:
+        outcome = outcomes[vip]
+        assert len(outcome.streams) == STREAMS, text
+        assert not outcome.broken, f"{text}\nfirst broken {vip} streams: {outcome.broken[:3]}"
+    assert sum(len(outcomes[vip].exercised) for vip in SECOND_CHANCE), \
+        f"{text}\nno stream needed its second choice: the scenario tested nothing"
+    assert sum(len(outcomes[vip].broken) for vip in CONTROL), \
+        f"{text}\nthe control (second_chance: false) lost no stream: the scenario tested nothing"
+
+
+def moved_first_choice(lab: Lab, daemon: LbdUnderTest, outcomes: dict[str, Outcome]) -> None:
+    """Mark the streams whose flow's first choice now is not the backend serving it."""
+    for vip, outcome in outcomes.items():
+        connected = [s for s in outcome.streams if s["port"]]
+        firsts = first_choices(lab, daemon, VIPS[vip], connected)
+        outcome.exercised = [s for s, first in zip(connected, firsts) if s["backend"] != first]
+
+
+# --- one host ------------------------------------------------------------------------------
+def counters(lab: Lab, backend: str, names: tuple[str, ...]) -> dict[str, int]:
+    """TcpExt counters of a backend's kernel (/proc/net/netstat of its namespace)."""
+    text = lab.run(backend, ["cat", "/proc/net/netstat"], check=True).stdout.splitlines()
+    values = {}
+    for head, row in zip(text[::2], text[1::2]):
+        if head.startswith("TcpExt:"):
+            values = dict(zip(head.split()[1:], map(int, row.split()[1:])))
+    return {name: values[name] for name in names}
+
+
+def set_syncookies(lab: Lab, value: int) -> None:
+    for backend in lab.ipip_backends:
+        lab.run(backend, ["sysctl", "-q", "-w", f"net.ipv4.tcp_syncookies={value}"], check=True)
+
+
+@pytest.fixture(scope="class")
+def one():
+    skip_unless_root()
+    with Lab(vips_v4=[SC4, OFF4], vips_v6=[SC6, OFF6], dsr_backends=0, ipip_backends=5) as lab:
+        socket = os.path.join(lab.tmpdir, "lbd.sock")
+        daemon = LbdUnderTest(lab, "lbd", one_host_config(lab, socket, FIRST_FOUR))
+        try:
+            daemon.start()
+            wait_tables(daemon, lab, FIRST_FOUR)
+            yield lab, daemon
+        finally:
+            daemon.teardown()
+
+
+class TestOneHost:
+    """One lbd host, four and then five ipip backends."""
+
+    @staticmethod
+    def reload(lab: Lab, daemon: LbdUnderTest, names, drain=()) -> None:
+        daemon.write_config(one_host_config(lab, daemon.socket, names, drain))
+        daemon.lbctl("reload")
+        wait_tables(daemon, lab, [n for n in names if n not in drain])
+
+    @staticmethod
+    def table_lost_after(lab: Lab, daemon: LbdUnderTest, change) -> dict[str, Outcome]:
+        """Streams through every VIP; `change` (a reload), then the connection table is lost."""
+        streams = Streams(daemon, ONE_HOST_S)
+        try:
+            time.sleep(1)   # every flow has its entry, placed by the table before the change
+            change()
+            lost = empty_pinned_map(pinned_conntrack(lab.bpffs_dir, daemon.host))
+            running_streams = sum(len(streams.flows(vip)) for vip in VIPS)
+            assert lost >= running_streams, f"{lost} entries deleted, {running_streams} streams run"
+            assert streams.left_s() > 3, "the change took most of the streams' time"
+            outcomes = streams.results()
+        finally:
+            streams.kill()
+        moved_first_choice(lab, daemon, outcomes)
+        return outcomes
+
+    def test_a_backend_added_while_the_table_is_lost_breaks_no_stream(self, one):
+        lab, daemon = one
+        outcomes = self.table_lost_after(lab, daemon, lambda: self.reload(lab, daemon, ALL_FIVE))
+        assert_second_chance_kept_every_stream(outcomes, "r5 added, table lost")
+
+    def test_syn_cookies_on_the_backends_still_connect_through_a_second_choice(self, one):
+        # r5 is the first choice of a fifth of the slots, and every one of them
+        # names the backend that held it before as the second choice, so the
+        # handshake's ACK reaches r5 in GUE and must be kept for its cookie
+        lab, daemon = one
+        wanted = ("SyncookiesSent", "SyncookiesRecv", "SyncookiesFailed")
+        before = counters(lab, "r5", wanted)
+        set_syncookies(lab, 2)   # always cookies: no request socket to find
+        try:
+            served = {}
+            for address in (SC4, SC6):
+                sources = (lab.client.v6s if ":" in address else lab.client.v4s)
+                replies = lab.http_get_many(lab.url(address, "/whoami"), [*sources, *sources])
+                failed = [r for r in replies if not r.ok]
+                assert not failed, f"{len(failed)} of {len(replies)} connections to {address} " \
+                                   f"failed with SYN cookies, first: {failed[0]}"
+                for reply in replies:
+                    served[reply.body.split()[0]] = served.get(reply.body.split()[0], 0) + 1
+        finally:
+            set_syncookies(lab, 1)
+        after = counters(lab, "r5", wanted)
+        print(f"SYN cookies: connections per backend {served}; r5 {before} -> {after}")
+        assert served.get("r5"), served
+        assert after["SyncookiesRecv"] - before["SyncookiesRecv"] >= served["r5"], (before, after)
+
+    def test_a_backend_removed_while_the_table_is_lost_breaks_no_stream(self, one):
+        # r3's server keeps running: its streams go on through the hold
+        lab, daemon = one
+        left = tuple(n for n in ALL_FIVE if n != "r3")
+        outcomes = self.table_lost_after(lab, daemon, lambda: self.reload(lab, daemon, left))
+        assert_second_chance_kept_every_stream(outcomes, "r3 removed, table lost")
+        assert any(s["backend"] == "r3" for vip in SECOND_CHANCE for s in outcomes[vip].exercised)
+
+    def test_a_backend_drained_while_the_table_is_lost_breaks_no_stream(self, one):
+        lab, daemon = one
+        left = tuple(n for n in ALL_FIVE if n != "r3")
+        outcomes = self.table_lost_after(lab, daemon,
+                                         lambda: self.reload(lab, daemon, left, drain=("r1",)))
+        assert_second_chance_kept_every_stream(outcomes, "r1 drained, table lost")
+        assert any(s["backend"] == "r1" for vip in SECOND_CHANCE for s in outcomes[vip].exercised)
+
+
+# --- the fleet -----------------------------------------------------------------------------
+def prefixes() -> list[str]:
+    return [f"{a}/128" if ":" in a else f"{a}/32" for a in VIPS.values()]
+
+
+def routed_via(lab: Lab, hosts) -> bool:
+    want4 = {str(lab.nodes[h].v4) for h in hosts}
+    want6 = {str(lab.nodes[h].v6) for h in hosts}
+    return all(lab.router_nexthops(p) == (want6 if ":" in p else want4) for p in prefixes())
+
+
+def block_health_checks(lab: Lab, backend: str, checker) -> None:
+    """Drop the health checks `checker` (an lbd host) sends to `backend`, and
+    nothing else: client packets reach the backend in tunnels that its XDP
+    program opens before netfilter sees them, with the clients' addresses."""
+    rules = f"""table inet sc_health {{
+ chain input {{
+  type filter hook input priority 0;
+  ip saddr {checker.v4} tcp dport 80 drop
+  ip6 saddr {checker.v6} tcp dport 80 drop
+ }}
+}}
+"""
+    lab.run(backend, ["nft", "-f", "-"], input=rules, check=True)
+
+
+def unblock_health_checks(lab: Lab, backend: str) -> None:
+    lab.run(backend, ["nft", "delete", "table", "inet", "sc_health"])
+
+
+@pytest.fixture(scope="class")
+def fleet():
+    skip_unless_root()
+    with Lab(vips_v4=[SC4, OFF4], vips_v6=[SC6, OFF6], dsr_backends=0, ipip_backends=5,
+             lbd_hosts=2, bgp=True) as lab:
+        order = list(FIRST_FOUR)
+        random.Random(7).shuffle(order)   # the tables must not depend on file order
+        orders = {"lbd": list(FIRST_FOUR), "lbd2": order}
+        hosts = {name: FleetHost(lab, name, names) for name, names in orders.items()}
+        for host in hosts.values():
+            host.lbd.write_config(fleet_host_config(lab, host, orders[host.node.name]))
+            host.start()
+        for host in hosts.values():
+            wait_tables(host.lbd, lab, FIRST_FOUR)
+        wait_for(lambda: routed_via(lab, hosts), "every VIP routed via both hosts")
+        yield lab, hosts, orders
+
+
+class TestFleet:
+    """The two-host BGP fleet, four and then five ipip backends."""
+
+    @staticmethod
+    def withdraw(lab: Lab, hosts, leaving: str) -> None:
+        """`leaving` withdraws its VIPs: every flow goes through the other host; then it returns."""
+        staying = next(name for name in hosts if name != leaving)
+        hosts[leaving].lbd.lbctl("drain")
+        try:
+            wait_for(lambda: routed_via(lab, [staying]), f"every VIP routed via {staying} only",
+                     timeout=15)
+            time.sleep(2)   # every stream sends through the staying host
+        finally:
+            hosts[leaving].lbd.lbctl("undrain")
+        wait_for(lambda: routed_via(lab, hosts), f"{leaving} announces again", timeout=15)
+
+    def test_hosts_disagreeing_on_a_backends_health_break_no_crossing_stream(self, fleet):
+        lab, hosts, _ = fleet
+        lbd, lbd2 = hosts["lbd"].lbd, hosts["lbd2"].lbd
+        r2 = lab.backends["r2"]
+        block_health_checks(lab, "r2", lab.nodes["lbd2"])
+        try:
+            without_r2 = [n for n in FIRST_FOUR if n != "r2"]
+            wait_tables(lbd2, lab, without_r2, "lbd2 sees r2 down")
+            wait_tables(lbd, lab, FIRST_FOUR, "lbd still sees r2 up")
+            streams = Streams(lbd, FLEET_CROSS_S)
+            try:
+                time.sleep(1)
+                # each host's flows cross to the other, which has no entry for them
+                self.withdraw(lab, hosts, "lbd")
+                self.withdraw(lab, hosts, "lbd2")
+                assert streams.left_s() > 2, "the crossings took most of the streams' time"
+                outcomes = streams.results()
+            finally:
+                streams.kill()
+            assert family_address(r2, SC4) not in in_table(lbd2, "sc4"), "still disagreeing"
+            # the flows the two hosts place on different backends: r2's slots
+            for vip, outcome in outcomes.items():
+                connected = [s for s in outcome.streams if s["port"]]
+                on_lbd = first_choices(lab, lbd, VIPS[vip], connected)
+                on_lbd2 = first_choices(lab, lbd2, VIPS[vip], connected)
+                outcome.exercised = [s for s, a, b in zip(connected, on_lbd, on_lbd2) if a != b]
+        finally:
+            unblock_health_checks(lab, "r2")
+        assert_second_chance_kept_every_stream(outcomes, "hosts disagree on r2, flows cross both ways")
+        wait_tables(lbd2, lab, FIRST_FOUR, "lbd2 sees r2 up again")
+
+    def test_a_backend_added_then_a_host_killed_breaks_no_stream(self, fleet):
+        lab, hosts, orders = fleet
+        lbd = hosts["lbd"].lbd
+        streams = Streams(lbd, FLEET_KILL_S)
+        try:
+            time.sleep(1)
+            # the flows through lbd2: lbd has no entry for them
+            through_lbd2 = {}
+            for vip, address in VIPS.items():
+                flows = streams.flows(vip)
+                entries = explain(lbd, address, flows)
+                through_lbd2[vip] = {(f["source"], f["port"]) for f, e in zip(flows, entries)
+                                     if e["connection_table"] is None}
+            assert all(through_lbd2.values()), f"ECMP sent no stream through lbd2: {through_lbd2}"
+            for name, host in hosts.items():
+                host.lbd.write_config(fleet_host_config(lab, host, [*orders[name], "r5"]))
+                host.lbd.lbctl("reload")
+            for host in hosts.values():
+                wait_tables(host.lbd, lab, ALL_FIVE)
+            lab.kill_host("lbd2")
+            wait_for(lambda: routed_via(lab, ["lbd"]), "every VIP routed via lbd only", timeout=15)
+            assert streams.left_s() > 2, "the add and the kill took most of the streams' time"
+            outcomes = streams.results()
+        finally:
+            streams.kill()
+        for vip, outcome in outcomes.items():
+            connected = [s for s in outcome.streams if s["port"]]
+            firsts = first_choices(lab, lbd, VIPS[vip], connected)
+            outcome.exercised = [s for s, first in zip(connected, firsts)
+                                 if (s["source"], s["port"]) in through_lbd2[vip]
+                                 and s["backend"] != first]
+        assert_second_chance_kept_every_stream(outcomes, "r5 added on both, lbd2 killed")

@@ -13,6 +13,7 @@ removal; random weights 1..1000: 99.6% and 99.98% of all slots together),
 with some room, not 100%."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 
@@ -174,3 +175,274 @@ def test_the_host_that_sees_it_down_names_the_other_hosts_first_almost_always(po
     a_first, _, b_second = left(pool)
     its = a_first == pool[0].backend_id
     assert (b_second[its] == a_first[its]).mean() >= 0.99
+
+
+# --- the programmer: the same tables on every host -----------------------------
+#
+# A Programmer writes into MapsDouble, the datapath's maps as dicts: kept
+# across Programmers as pinned maps are, so a second Programmer adopting them
+# is a restarted daemon. (The bpf tier runs the same programmer on the real
+# maps: tests/bpf/test_second_choice_programmer.py.)
+
+from types import SimpleNamespace  # noqa: E402
+
+from lbd import layout  # noqa: E402
+from lbd.config import Backend as ConfigBackend, Vip  # noqa: E402
+from lbd.datapath import Limits, addr_words, family_of, port_word  # noqa: E402
+from lbd.plan import vip_plan  # noqa: E402
+from lbd.programmer import FOREVER, HELD, Programmer  # noqa: E402
+
+C = layout.constant
+DOUBLE_RING = 1009
+
+
+class MapsDouble:
+    """The maps a Programmer writes, as dicts (no kernel)."""
+
+    def __init__(self):
+        self.limits = Limits(max_vips=64, max_backends=1024, ring_size=DOUBLE_RING)
+        self.vip_entries: dict = {}
+        self.backend_entries: dict[int, SimpleNamespace] = {}
+        self.rings: dict[int, np.ndarray] = {}
+        self.second_rings: dict[int, np.ndarray] = {}
+        self.vips = self  # adopt() walks dp.vips.items()
+
+    def items(self):
+        for (address, port, proto), (vip_id, flags) in self.vip_entries.items():
+            key = SimpleNamespace(addr=struct_words(address), port=port_word(port), proto=proto,
+                                  family=family_of(address))
+            yield key, SimpleNamespace(vip_id=vip_id, flags=flags)
+
+    def read_prefilter(self):
+        return [0] * C("LBD_PREFILTER_WORDS")
+
+    def write_prefilter(self, words):
+        pass
+
+    def set_vip(self, address, port, proto, vip_id, flags):
+        self.vip_entries[(address, port, proto)] = (vip_id, flags)
+
+    def delete_vip(self, address, port, proto):
+        self.vip_entries.pop((address, port, proto), None)
+
+    def set_addr(self, *args):
+        pass
+
+    def delete_addr(self, *args):
+        pass
+
+    def set_backend(self, backend_id, entry):
+        self.backend_entries[backend_id] = SimpleNamespace(
+            addr=struct_words(entry.address), family=family_of(entry.address), state=entry.state,
+            generation=entry.generation, vip_id=entry.vip_id, vip_flags=entry.vip_flags,
+            ifindex=entry.ifindex, second_until=entry.second_until, address=entry.address)
+
+    def set_second_until(self, backend_id, value):
+        self.backend_entries[backend_id].second_until = value
+
+    def clear_backend(self, backend_id):
+        self.backend_entries.pop(backend_id, None)  # the kernel's entry: all zero
+
+    def backend(self, backend_id):
+        return self.backend_entries.get(backend_id) or SimpleNamespace(
+            addr=bytes(16), family=0, state=0, generation=0, vip_id=0, vip_flags=0, ifindex=0,
+            second_until=0, address=None)
+
+    def write_rings(self, tables):
+        self.rings.update({i: np.array(t, dtype=np.uint32) for i, t in tables.items()})
+
+    def write_second_rings(self, tables):
+        self.second_rings.update({i: np.array(t, dtype=np.uint32) for i, t in tables.items()})
+
+    def clear_ring(self, vip_id):
+        self.rings.pop(vip_id, None)
+
+    def clear_second_ring(self, vip_id):
+        self.second_rings.pop(vip_id, None)
+
+    def clear_vip_counters(self, vip_id):
+        pass
+
+    def clear_backend_counters(self, backend_id):
+        pass
+
+    def by_address(self) -> dict:
+        """VIP key -> (first, second) with every slot's backend address (None: 0)."""
+        out = {}
+        for key, (vip_id, _) in self.vip_entries.items():
+            def named(table):
+                return tuple(None if i == 0 else self.backend_entries[int(i)].address for i in table)
+            second = self.second_rings.get(vip_id)
+            out[key] = (named(self.rings[vip_id]), None if second is None else named(second))
+        return out
+
+
+def struct_words(address) -> bytes:
+    return np.array(addr_words(address), dtype="<u4").tobytes()
+
+
+class Clock:
+    def __init__(self, now=1_000_000.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+VIP_ADDRESSES = ["198.18.100.1", "198.18.100.2"]
+POOL = [f"198.18.20.{i}" for i in range(11, 19)]
+
+
+@st.composite
+def views(draw):
+    """A config and health view: per VIP, backend address -> (weight, drain, up)."""
+    view = {}
+    for vip in VIP_ADDRESSES:
+        members = draw(st.lists(st.sampled_from(POOL), min_size=1, max_size=6, unique=True))
+        view[vip] = {a: (draw(st.sampled_from([1, 50, 100, 300])), draw(st.booleans()),
+                         draw(st.booleans())) for a in members}
+    return view
+
+
+def plans_of(view, order=None):
+    """The view's plans through lbd.plan, VIPs and backends in `order` (a
+    Random) or as given: a config file's order must not matter."""
+    plans = []
+    vips = list(view)
+    if order:
+        order.shuffle(vips)
+    for vip in vips:
+        members = list(view[vip].items())
+        if order:
+            order.shuffle(members)
+        config_vip = Vip(address=vip, port=443, protocol="tcp", mode="ipip", name=vip, second_chance=True,
+                         backends=tuple(ConfigBackend(address=a, weight=w, drain=d) for a, (w, d, _) in members))
+        up = {a for a, (_, _, u) in members if u}
+        plans.append(vip_plan(config_vip, lambda v, b: str(b.address) in up, {})[0])
+    return plans
+
+
+HOLD = 120.0
+
+
+def host(maps=None, clock=None):
+    clock = clock or Clock()
+    return Programmer(maps or MapsDouble(), hold_s=HOLD, clock=clock), clock
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(views(), st.lists(views(), max_size=3), st.integers(0, 3), st.randoms(use_true_random=False))
+def test_hosts_with_the_same_view_write_the_same_tables(final, history, restart_at, order):
+    """Host A applies the final view once. Host B goes through a history of
+    other views first (backends added, removed, drained, failing), with a
+    restart somewhere (a new Programmer adopting the maps), in another file
+    order. Once the holds the history started are over, both hold the same
+    first and second tables, slot by slot by address."""
+    a, a_clock = host()
+    a.apply(plans_of(final))
+    maps_b = MapsDouble()
+    b, b_clock = host(maps_b)
+    for step, view in enumerate(history + [final]):
+        if step == restart_at:
+            b = Programmer(maps_b, hold_s=HOLD, clock=b_clock)
+            b.adopt()
+        b.apply(plans_of(view, order))
+        b_clock.now += 7
+    for programmer, clock in ((a, a_clock), (b, b_clock)):
+        clock.now += HOLD + 1
+        programmer.expire()
+    assert b.dp.by_address() == a.dp.by_address()
+    fingerprints = {p: {k: (v.fingerprint, v.second_fingerprint) for k, v in p.applied().items()}
+                    for p in (a, b)}
+    assert fingerprints[a] == fingerprints[b]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(views(), views(), st.randoms(use_true_random=False))
+def test_a_restart_keeps_every_hold_and_the_same_tables(before, after, order):
+    """Mid-hold, a restarted daemon (adopting the maps) writes the tables
+    the one that went on running writes, and ends the same holds."""
+    running, clock = host()
+    maps = MapsDouble()
+    restarted = Programmer(maps, hold_s=HOLD, clock=clock)
+    for programmer in (running, restarted):
+        programmer.apply(plans_of(before))
+    clock.now += 30
+    running.apply(plans_of(after))
+    restarted.apply(plans_of(after, order))
+    clock.now += 30
+    restarted = Programmer(maps, hold_s=HOLD, clock=clock)
+    restarted.adopt()
+    restarted.apply(plans_of(after))
+    assert maps.by_address() == running.dp.by_address()
+    assert restarted.next_deadline() == running.next_deadline()
+    clock.now += HOLD
+    assert restarted.expire() == running.expire() is None
+    assert maps.by_address() == running.dp.by_address()
+
+
+def test_a_removed_backend_is_held_then_released():
+    programmer, clock = host()
+    maps = programmer.dp
+    view = {VIP_ADDRESSES[0]: {POOL[0]: (100, False, True), POOL[1]: (100, False, True),
+                               POOL[2]: (100, False, True)}}
+    programmer.apply(plans_of(view))
+    key = (ipaddress.ip_address(VIP_ADDRESSES[0]), 443, 6)
+    gone = programmer.backend_id(key, ipaddress.ip_address(POOL[2]))
+    generation = maps.backend(gone).generation
+    del view[VIP_ADDRESSES[0]][POOL[2]]
+    programmer.apply(plans_of(view))
+    entry = maps.backend(gone)
+    assert (entry.state, entry.generation, entry.second_until) == (HELD, generation, clock.now + HOLD)
+    assert entry.address == ipaddress.ip_address(POOL[2]) and entry.ifindex == 100  # its weight
+    # the two left name it on the slots it had
+    vip_id = maps.vip_entries[key][0]
+    assert (maps.second_rings[vip_id] == gone).mean() > 0.3
+    events = programmer.take_events()
+    assert [(e.event, e.state, str(e.backend)) for e in events] == [("started", "held", POOL[2])]
+    # back before the hold ends: its id and generation again
+    view[VIP_ADDRESSES[0]][POOL[2]] = (100, False, True)
+    programmer.apply(plans_of(view))
+    assert programmer.backend_id(key, ipaddress.ip_address(POOL[2])) == gone
+    assert (maps.backend(gone).state, maps.backend(gone).second_until) == (C("LBD_BACKEND_ACTIVE"), FOREVER)
+    # removed again, and this time the hold ends
+    del view[VIP_ADDRESSES[0]][POOL[2]]
+    programmer.apply(plans_of(view))
+    clock.now += 60
+    assert programmer.expire() == int(clock.now - 60 + HOLD)      # not yet: the next end
+    clock.now += 61
+    assert programmer.expire() is None
+    assert maps.backend(gone).state == 0 and not (maps.second_rings[vip_id] == gone).any()
+    assert [(e.event, e.released) for e in programmer.take_events()] == [("started", False), ("ended", True)]
+
+
+def test_a_down_backend_is_a_second_choice_until_its_hold_ends():
+    programmer, clock = host()
+    maps = programmer.dp
+    view = {VIP_ADDRESSES[0]: {a: (100, False, True) for a in POOL[:3]}}
+    programmer.apply(plans_of(view))
+    key = (ipaddress.ip_address(VIP_ADDRESSES[0]), 443, 6)
+    down = programmer.backend_id(key, ipaddress.ip_address(POOL[0]))
+    view[VIP_ADDRESSES[0]][POOL[0]] = (100, False, False)
+    programmer.apply(plans_of(view))
+    vip_id = maps.vip_entries[key][0]
+    assert maps.backend(down).second_until == clock.now + HOLD
+    assert not (maps.rings[vip_id] == down).any() and (maps.second_rings[vip_id] == down).mean() > 0.3
+    clock.now += HOLD
+    programmer.expire()
+    assert maps.backend(down).second_until == 0 and not (maps.second_rings[vip_id] == down).any()
+    assert maps.backend(down).state == C("LBD_BACKEND_DOWN")  # still configured: only no second choice
+
+
+def test_a_vip_without_second_chance_has_no_second_table_and_holds_nothing():
+    programmer, _ = host()
+    maps = programmer.dp
+    view = {VIP_ADDRESSES[0]: {a: (100, False, True) for a in POOL[:3]}}
+    programmer.apply(plans_of(view))
+    key = (ipaddress.ip_address(VIP_ADDRESSES[0]), 443, 6)
+    vip_id = maps.vip_entries[key][0]
+    assert vip_id in maps.second_rings
+    plans = [dataclasses.replace(p, second_chance=False, backends=p.backends[:2]) for p in plans_of(view)]
+    programmer.apply(plans)
+    assert vip_id not in maps.second_rings and not programmer.held(key)
+    assert programmer.next_deadline() is None

@@ -169,7 +169,7 @@ def load_decap():
     from lbd.datapath import load_helper
 
     bpf, function = load_helper(DECAP_FUNCTION, "decap.c")
-    build = bpf[DECAP_BUILD_MAP]
+    build = bpf[DECAP_BUILD_MAP.encode()]
     build[build.Key(0)] = build.Leaf(int(decap_source_hash(), 16))
     # the program's code never reads it, so it would not be the program's map
     bpfsys.bind_map(function.fd, build.map_fd)

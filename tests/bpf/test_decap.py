@@ -1,5 +1,7 @@
 """The backend-side decapsulation program turns what the balancer's ipip mode
-sends back into the client's original packet, byte for byte."""
+sends back into the client's original packet, byte for byte; and what it sends
+in GUE (second-chance VIPs) too, or on to the second choice once
+(tests/bpf/test_decap_second_chance.py has the backend's side in detail)."""
 from __future__ import annotations
 
 import pytest
@@ -8,7 +10,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from lbd import bpfsys
-from lbd.datapath import load_helper
+from lbd.backend_prep import load_decap
 from tests.bpf import scenario as sc
 
 pytestmark = pytest.mark.bpf
@@ -18,8 +20,8 @@ XDP_PASS, XDP_TX = 2, 3
 
 @pytest.fixture(scope="module")
 def decap(fib_namespace):
-    bpf, function = load_helper("lbd_decap", "decap.c")
-    yield function.fd
+    bpf, fd = load_decap()
+    yield fd
     bpf.cleanup()
 
 
@@ -71,3 +73,36 @@ def test_decap_restores_a_frame_with_two_vlan_tags(lb, decap, address):
     assert result.action == XDP_PASS
     assert result.packet[22:] == bytes(original)[22:]
     assert result.packet[12:22] == bytes(original)[12:22], "both tags kept"
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_the_balancers_gue_is_kept_or_forwarded_once_by_the_backend(lb, decap, fib_namespace, version):
+    """Through both programs: a SYN in GUE stays at the first choice; a packet
+    of a flow it has no socket for goes on to the second choice the balancer
+    named, from the first, once; there it is the client's packet again."""
+    from scapy.layers.inet import UDP
+    from tests.bpf.test_second_chance_balancer import TCP_VIP, SecondChance, client
+
+    setup = SecondChance(lb)
+    try:
+        plan = setup.plan(TCP_VIP[version])
+        setup.set_second_chance(plan)
+        first, second = setup.ids(plan)[:2]
+        setup.constant_tables(plan, first, second)
+        for n, flags in enumerate(("S", "A")):
+            packet = client(version, n, TCP_VIP[version], flags=flags)
+            inner = bytes(packet[IP] if version == 4 else packet[IPv6])
+            gue = lb.run(bytes(packet))
+            assert gue.action == XDP_TX and Ether(gue.packet)[UDP].dport == 6080
+            result = bpfsys.test_run(decap, gue.packet, fib_namespace)
+            if flags == "S":
+                assert result.action == XDP_PASS and result.packet[14:] == inner
+                continue
+            assert result.action == XDP_TX
+            outer = Ether(result.packet)[IP if version == 4 else IPv6]
+            assert (outer.src, outer.dst) == (str(setup.address_of(first)), str(setup.address_of(second)))
+            assert result.packet.endswith(inner)
+            again = bpfsys.test_run(decap, result.packet, fib_namespace)
+            assert again.action == XDP_PASS and again.packet[14:] == inner, "kept at the second"
+    finally:
+        setup.cleanup()

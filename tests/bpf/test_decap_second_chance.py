@@ -32,9 +32,10 @@ from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
+from prometheus_client.parser import text_string_to_metric_families
 from scapy.utils import checksum
 
-from lbd import bpfsys, layout
+from lbd import backend_prep, bpfsys, layout, xdplink
 from lbd.backend_prep import load_decap
 from lbd.testing import fibns
 
@@ -570,3 +571,61 @@ def test_any_gue_packet_is_kept_or_forwarded_as_the_design_says(decap, case):
         assert result.packet == expected_forward(frame, second, GW_MAC, THIS_MAC)
     else:
         assert_kept(result, frame, inner)
+
+
+# --- lbd-backend check, prepare and metrics on the attached program -----------------
+@contextlib.contextmanager
+def attached(fd: int, ifname: str = "sc0"):
+    xdplink.attach(fd, ifname, "generic")
+    try:
+        yield
+    finally:
+        xdplink.detach(ifname)
+
+
+def test_check_and_metrics_read_the_attached_programs_counters(decap, capsys):
+    """Found through the attached program's map ids (nothing else is pinned)."""
+    with attached(decap.fd):
+        decap.run(gue_frame(inner_packet(REMOTE_CLIENT[4], VIP[4], flags="S"), SECOND[4]))
+        decap.run(gue_frame(inner_packet(REMOTE_CLIENT[6], VIP[6]), SECOND[6]))
+        want = decap.counters()
+        state = backend_prep.decap_state("sc0")
+        assert state.counters == want and state.current and state.mode == "generic"
+        findings = [f for f in backend_prep.check("ipip", [ip(VIP[4])], "sc0") if "lbd_decap" in f.what]
+        assert [f.ok for f in findings] == [True, True]
+        assert f"kept {sum(v for k, v in want.items() if k.startswith('kept_'))} (" in findings[1].what
+        assert backend_prep.main(["metrics", "--interface", "sc0"]) == 0
+    samples = {(s.name, s.labels.get("result")): s.value
+               for family in text_string_to_metric_families(capsys.readouterr().out)
+               for s in family.samples if s.labels.get("interface") == "sc0"}
+    assert samples[("lbd_backend_decap_attached", None)] == 1
+    assert samples[("lbd_backend_decap_build_current", None)] == 1
+    for result, value in want.items():
+        assert samples[("lbd_backend_decap_packets_total", result)] == value
+
+
+def test_an_old_build_is_reported_by_check_and_replaced_by_prepare(decap):
+    """A decap program of an lbd before second chance (no build id, no
+    counters): check says so and prepare replaces it in its attach mode."""
+    from bcc import BPF
+
+    old = BPF(text=b"int lbd_decap(struct xdp_md *ctx) { return XDP_PASS; }")
+    try:
+        xdplink.attach(old.load_func(b"lbd_decap", BPF.XDP).fd, "sc0", "generic")
+        state = backend_prep.decap_state("sc0")
+        assert state.build is None and state.counters is None and not state.current
+        findings = [f for f in backend_prep.check("ipip", [ip(VIP[4])], "sc0") if "lbd_decap" in f.what]
+        assert [f.ok for f in findings] == [False] and "old build" in findings[0].what
+        assert "lbd-backend prepare" in findings[0].fix
+        changes = backend_prep.prepare("ipip", [ip(VIP[4])], "sc0", "auto")
+        assert [c for c in changes if "lbd_decap" in c] == [
+            f"replaced lbd_decap on sc0 (an old build (before second chance)) with build "
+            f"{backend_prep.decap_source_hash()} (xdp mode generic, compiled)"]
+        state = backend_prep.decap_state("sc0")
+        assert state.current and state.mode == "generic"
+        assert state.counters == {name: 0 for name in SLOTS}
+        assert all(f.ok for f in backend_prep.check("ipip", [ip(VIP[4])], "sc0") if "lbd_decap" in f.what)
+        assert not [c for c in backend_prep.prepare("ipip", [ip(VIP[4])], "sc0") if "lbd_decap" in c]
+    finally:
+        xdplink.detach("sc0")
+        old.cleanup()

@@ -41,6 +41,7 @@ from lbd.programmer import ApplyError, Programmer, VipResult
 
 log = logging.getLogger("lbd")
 NEIGHBOUR_REFRESH_S = 30.0
+EXPIRE_EVERY_S = 5.0  # holds are ended at their time, and looked at at least this often
 
 
 class StartupError(Exception):
@@ -93,6 +94,7 @@ class Daemon:
         self.announcer: bgp_mod.Announcer | None = None
         self.metrics = Metrics(self)
         self.apply_lock = asyncio.Lock()
+        self._holds_changed = asyncio.Event()  # an apply may have started a hold: look again
         self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -121,7 +123,7 @@ class Daemon:
                                    "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_ADMIN (to reopen "
                                    "pinned maps by id)") from err
             raise
-        self.programmer = Programmer(self.datapath)
+        self.programmer = Programmer(self.datapath, hold_s=self.config.second_chance_hold_s)
         # the tables' first sample (a batched walk: 0.38 s at 1M entries, an
         # empty table's at once), so the first scrape and status have one and
         # the adoption log line its count
@@ -231,10 +233,43 @@ class Daemon:
                 plan_list, statuses = plans_for(config, self._health_up, self.resolutions)
                 plans = {plan.name: plan for plan in plan_list}
             loop = asyncio.get_running_loop()
-            results = await loop.run_in_executor(None, self.programmer.apply, list(plans.values()))
+            try:
+                results = await loop.run_in_executor(None, self.programmer.apply, list(plans.values()))
+            finally:
+                self._log_holds()
             self._plans = plans
             self.vip_status = statuses
+        self._holds_changed.set()
         return results
+
+    def _log_holds(self) -> None:
+        """Second-chance holds that started or ended (lbd.programmer)."""
+        for event in self.programmer.take_events():
+            if event.event == "started":
+                log.info("hold_started vip=%s backend=%s state=%s until=%d hold_s=%g", event.vip,
+                         event.backend, event.state, event.until, self.programmer.hold_s)
+            else:
+                log.info("hold_ended vip=%s backend=%s state=%s released=%s", event.vip, event.backend,
+                         event.state, "yes" if event.released else "no")
+
+    async def _expire_holds(self) -> None:
+        """End second-chance holds when they are over: at the next hold's end
+        (woken early when an apply starts one), and at least every
+        EXPIRE_EVERY_S."""
+        while not self._stop.is_set():
+            deadline = self.programmer.next_deadline()
+            wait = EXPIRE_EVERY_S if deadline is None else min(EXPIRE_EVERY_S, max(0.0, deadline - time.time()))
+            self._holds_changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._holds_changed.wait(), wait)
+            if self._stop.is_set():
+                return
+            try:
+                async with self.apply_lock:
+                    await asyncio.to_thread(self.programmer.expire)
+                    self._log_holds()
+            except Exception:  # keep expiring; the log says what broke
+                log.exception("hold_expire_failed")
 
     def _attach(self) -> None:
         for interface in self.config.interfaces:
@@ -315,8 +350,9 @@ class Daemon:
             return
         for r in results:
             if r.action != "unchanged":
-                log.info("table_updated vip=%s reason=health_or_neighbour moved_share=%.4f fingerprint=%s",
-                         r.name, r.moved_share, r.fingerprint)
+                log.info("table_updated vip=%s reason=health_or_neighbour moved_share=%.4f fingerprint=%s%s",
+                         r.name, r.moved_share, r.fingerprint,
+                         f" second_fingerprint={r.second_fingerprint}" if r.second_fingerprint else "")
 
     async def _refresh_neighbours(self) -> None:
         while not self._stop.is_set():
@@ -424,6 +460,7 @@ class Daemon:
                            "them; nothing was applied)")
         old_config = self.config
         self.config = new
+        self.programmer.hold_s = new.second_chance_hold_s
         try:
             self.datapath.set_settings(new.ipip_source_v4, new.ipip_source_v6)
             self._ipip_forwarding()
@@ -432,6 +469,7 @@ class Daemon:
             results = await self._apply(new)
         except Exception as err:  # ApplyError: the programmer restored the previous plans
             self.config = old_config
+            self.programmer.hold_s = old_config.second_chance_hold_s
             self.datapath.set_settings(old_config.ipip_source_v4, old_config.ipip_source_v6)
             self.health.set_targets(self._health_targets(old_config))
             return self._reload_failed("failure", f"apply failed: {err}")
@@ -454,8 +492,9 @@ class Daemon:
 
     def _log_results(self, why: str, results: list[VipResult]) -> None:
         for r in results:
-            log.info("vip_applied why=%s vip=%s action=%s moved_share=%.4f fingerprint=%s", why, r.name,
-                     r.action, r.moved_share, r.fingerprint)
+            log.info("vip_applied why=%s vip=%s action=%s moved_share=%.4f fingerprint=%s%s", why, r.name,
+                     r.action, r.moved_share, r.fingerprint,
+                     f" second_fingerprint={r.second_fingerprint}" if r.second_fingerprint else "")
 
     async def diff(self, path: str) -> dict:
         """What applying `path` would move, per VIP (for `lbd check --diff`).
@@ -492,7 +531,8 @@ class Daemon:
         tasks = [asyncio.ensure_future(self._refresh_neighbours()),
                  asyncio.ensure_future(self._announce()),
                  asyncio.ensure_future(self._sample_tables()),
-                 asyncio.ensure_future(self._sample_rates())]
+                 asyncio.ensure_future(self._sample_rates()),
+                 asyncio.ensure_future(self._expire_holds())]
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         if watchdog_usec:
             tasks.append(asyncio.ensure_future(self._watchdog(watchdog_usec / 2e6)))

@@ -14,6 +14,14 @@ A flow's next packet is answered twice, since the program treats them
 differently: as a SYN (a new connection on that 4-tuple, or a retransmitted
 one) and as any other packet (for UDP, only the latter). `decide` also
 answers for an RST, which the model test uses.
+
+Both choices (second-chance VIPs, README "Second-chance forwarding"): each
+answer also names the second choice the packet carries in its GUE header,
+if any: a packet that follows its entry names the entry's second_id; one the
+table places, the same slot of the VIP's table in `second_rings`. It is
+named only where the program names it: an ipip TCP packet of a VIP with the
+flag, a second id that is not the first and whose backend is a second choice
+of the same VIP (second_until not 0). Otherwise the packet is plain IP-in-IP.
 """
 from __future__ import annotations
 
@@ -34,6 +42,7 @@ if TYPE_CHECKING:
 C = layout.constant
 TCP, UDP = PROTOCOLS["tcp"], PROTOCOLS["udp"]
 NO_BACKEND = C("LBD_NO_BACKEND")
+SECOND_CHANCE = C("LBD_VIP_SECOND_CHANCE")
 
 # The kinds of packet explain answers for.
 SYN = "syn"        # TCP, SYN set and ACK clear
@@ -67,6 +76,7 @@ class MapBackend:
     generation: int
     vip_id: int
     vip_flags: int
+    second_until: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,10 @@ class FlowView:
     hash_value: int | None
     slot: int | None
     table_backend: MapBackend | None      # backends[rings[vip_id][slot]]
+    entry_second: MapBackend | None = None  # backends[the entry's second_id]
+    entry_second_id: int = 0
+    table_second: MapBackend | None = None  # backends[second_rings[vip_id][slot]], second-chance VIPs
+    table_second_id: int = 0
 
     @property
     def entry_usable(self) -> bool:
@@ -104,6 +118,8 @@ class Decision:
     why: str                   # entry kept, table slot, entry removed, moved; no VIP, no backend,
                                # not a VIP address
     entry: str                 # KEPT, MADE, REPLACED, REMOVED, NONE_MADE, LEFT
+    second_id: int = 0         # the second choice the packet names in GUE; 0: plain IP-in-IP or none
+    second: str | None = None  # its address
 
 
 def _map_backend(datapath: "Datapath", backend_id: int) -> MapBackend | None:
@@ -117,7 +133,7 @@ def _map_backend(datapath: "Datapath", backend_id: int) -> MapBackend | None:
     elif leaf.family == C("LBD_FAMILY_V6"):
         address = ipaddress.IPv6Address(raw)
     return MapBackend(backend_id, address, int(leaf.state), int(leaf.generation),
-                      int(leaf.vip_id), int(leaf.vip_flags))
+                      int(leaf.vip_id), int(leaf.vip_flags), int(leaf.second_until))
 
 
 def _maybe_vip(datapath: "Datapath", address) -> bool:
@@ -143,14 +159,17 @@ def _vip_entry(datapath: "Datapath", flow: Flow):
 def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
     """Read what the program reads for `flow`, from the maps."""
     maybe_vip = _maybe_vip(datapath, flow.dst)
-    entry_backend = vip_id = hashed = slot = table_backend = None
-    vip_flags = 0
+    entry_backend = vip_id = hashed = slot = table_backend = entry_second = table_second = None
+    vip_flags = entry_second_id = table_second_id = 0
     # the program reads no entry without the prefilter bit; explain does, to
     # say that the packet leaves it as it is
-    entry = datapath.lookup_flow(flow.src, flow.dst, flow.sport, flow.dport, flow.proto)
-    if entry is not None:  # lookup_flow reads the flow's own protocol's table
-        entry = (int(entry[0]), int(entry[1]))
+    raw = datapath.flow_entry(flow.src, flow.dst, flow.sport, flow.dport, flow.proto)
+    entry = None
+    if raw is not None:  # flow_entry reads the flow's own protocol's table
+        entry = (int(raw.backend_id), int(raw.generation))
         entry_backend = _map_backend(datapath, entry[0])
+        entry_second_id = int(raw.second_id)
+        entry_second = _map_backend(datapath, entry_second_id) if entry_second_id else None
     if maybe_vip:
         vip = _vip_entry(datapath, flow)
         if vip is not None:
@@ -160,8 +179,24 @@ def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
             slot = flowhash.table_slot(hashed, datapath.limits.ring_size)
             table_id = datapath.ring_slot(vip_id, slot)
             table_backend = _map_backend(datapath, table_id) if table_id != NO_BACKEND else None
+            if vip_flags & SECOND_CHANCE:  # the program looks second_rings up for these only
+                table_second_id = datapath.second_ring_slot(vip_id, slot)
+                table_second = _map_backend(datapath, table_second_id) if table_second_id else None
     return FlowView(flow, maybe_vip, entry, entry_backend, vip_id, vip_flags, hashed, slot,
-                    table_backend)
+                    table_backend, entry_second, entry_second_id, table_second, table_second_id)
+
+
+def named_second(flow: Flow, first: MapBackend, vip_flags: int, second_id: int,
+                 second: MapBackend | None) -> MapBackend | None:
+    """The second choice a packet forwarded to `first` names in GUE, or None
+    (plain IP-in-IP): the program's rule (xdp/balancer.c lbd_second_choice)."""
+    if not (vip_flags & C("LBD_VIP_MODE_IPIP") and vip_flags & SECOND_CHANCE and flow.proto == TCP):
+        return None
+    if second_id == NO_BACKEND or second_id == first.backend_id or second is None:
+        return None
+    if second.second_until == 0 or second.vip_id != first.vip_id:
+        return None
+    return second
 
 
 def decide(view: FlowView, kind: str) -> Decision:
@@ -175,7 +210,9 @@ def decide(view: FlowView, kind: str) -> Decision:
     # 1. the flow's entry, if the packet may follow it: a SYN only to a
     # backend that takes new flows, anything else while it is active or draining
     if view.entry_usable and (kind != SYN or view.entry_takes_new_flows):
-        return Decision(kind, "forward", be.backend_id, str(be.address), "entry kept", KEPT)
+        second = named_second(view.flow, be, be.vip_flags, view.entry_second_id, view.entry_second)
+        return Decision(kind, "forward", be.backend_id, str(be.address), "entry kept", KEPT,
+                        *_second_fields(second))
     # 2. otherwise the VIP's table. A SYN removes the entry it did not follow
     # (a new connection on an old 4-tuple: its ACK must meet the SYN's
     # backend); any other packet overwrites it once placed; an RST makes none.
@@ -196,7 +233,13 @@ def decide(view: FlowView, kind: str) -> Decision:
         why, effect = "entry removed", REMOVED
     else:
         why, effect = "moved", REPLACED if kind == PACKET else LEFT
-    return Decision(kind, "forward", table.backend_id, str(table.address), why, effect)
+    second = named_second(view.flow, table, view.vip_flags, view.table_second_id, view.table_second)
+    return Decision(kind, "forward", table.backend_id, str(table.address), why, effect,
+                    *_second_fields(second))
+
+
+def _second_fields(second: MapBackend | None) -> tuple[int, str | None]:
+    return (0, None) if second is None else (second.backend_id, str(second.address))
 
 
 def _names(applied: dict) -> tuple[dict, dict]:
@@ -216,6 +259,11 @@ _EFFECT_PHRASES = {KEPT: "", MADE: ", making its entry", REPLACED: ", replacing 
 
 
 def _sentence(decision: Decision, label: str, slot: int | None) -> str:
+    second = f", naming {decision.second} as its second choice (GUE)" if decision.second else ""
+    return _first_sentence(decision, label, slot) + second
+
+
+def _first_sentence(decision: Decision, label: str, slot: int | None) -> str:
     effect = _EFFECT_PHRASES[decision.entry]
     if decision.action == "pass":
         return f"{label} passes to the host untouched ({decision.why}){effect}"
@@ -255,6 +303,9 @@ def explain_flow(applied: dict, datapath: "Datapath", flow: Flow,
                  "protocol": "tcp" if flow.proto == TCP else "udp"},
         "vip": None, "vip_id": view.vip_id, "mode": None, "hash": None, "hash_value": view.hash_value,
         "table_slot": view.slot, "table_backend": describe(view.table_backend), "connection_table": None,
+        # the slot's second choice (second-chance VIPs; what the packet names is in next_*)
+        "second_chance": bool(view.vip_flags & SECOND_CHANCE) if view.vip_id is not None else None,
+        "table_second": describe(view.table_second, view.table_second_id) if view.table_second_id else None,
     }
     if view.vip_id is not None:
         owner = vips_by_id.get(view.vip_id)
@@ -266,7 +317,9 @@ def explain_flow(applied: dict, datapath: "Datapath", flow: Flow,
         backend_id, generation = view.entry
         result["connection_table"] = {
             **describe(view.entry_backend, backend_id), "entry_generation": generation,
-            "usable": view.entry_usable, "takes_new_flows": view.entry_takes_new_flows}
+            "usable": view.entry_usable, "takes_new_flows": view.entry_takes_new_flows,
+            "second": (describe(view.entry_second, view.entry_second_id) if view.entry_second_id
+                       else None)}
         if result["vip"] is None and view.entry_usable:
             # an established flow is forwarded by its backend's VIP
             owner = vips_by_id.get(view.entry_backend.vip_id)

@@ -44,7 +44,7 @@ def format_status(status: dict, stats: bool, rate: bool = False) -> str:
         warn = "  NEAR FULL" if table["used"] >= 0.9 else ""
         lines.append(f"connection table {name}: {table['entries']} of {table['capacity']} entries "
                      f"({table['used']:.0%}){warn}")
-    header = "Prot VIP                          Mode Affinity Fingerprint"
+    header = "Prot VIP                          Mode Affinity Fingerprint (second choices' after /)"
     lines.append(header)
     backend_header = ("  -> Backend                      Weight State      Health     Flows   Idle   Packets     Bytes"
                       if stats else "  -> Backend                      Weight State      Health     Flows   Idle")
@@ -53,8 +53,9 @@ def format_status(status: dict, stats: bool, rate: bool = False) -> str:
         endpoint = f"{vip['address']}:{vip['port']}" if ":" not in vip["address"] else \
             f"[{vip['address']}]:{vip['port']}"
         extra = "  FAIL-OPEN" if vip["fail_open"] else ""
+        second = f" / {vip['second_fingerprint']}" if vip.get("second_fingerprint") else ""
         lines.append(f"{vip['protocol'].upper():4} {endpoint:28} {vip['mode']:4} {vip['affinity']:8} "
-                     f"{vip['fingerprint']}{extra}")
+                     f"{vip['fingerprint']}{second}{extra}")
         if stats:
             c = vip.get("counters", {})
             lines.append(f"     packets {c.get('packets', 0)}  bytes {c.get('bytes', 0)}  "
@@ -65,11 +66,24 @@ def format_status(status: dict, stats: bool, rate: bool = False) -> str:
             row = f"  -> {b['address']:28} {b['weight']:6} {b['state']:10} {b['health']:9} {flows:>6} {idle:>6}"
             if stats:
                 row += f" {b.get('packets', 0):9} {b.get('bytes', 0):9}"
-            if b.get("note"):
-                row += f"  ({b['note']})"
+            notes = [b["note"]] if b.get("note") else []
+            if b.get("hold_until"):
+                notes.append(f"second choice until {_clock(b['hold_until'])}")
+            if notes:
+                row += f"  ({'; '.join(notes)})"
             lines.append(row)
+        for b in vip.get("held", []):
+            flows = "-" if b.get("flows") is None else b["flows"]
+            idle = "-" if b.get("idle_flows") is None else b["idle_flows"]
+            lines.append(f"  -> {b['address']:28} {'-':>6} {'held':10} {'-':9} {flows:>6} {idle:>6}  "
+                         f"(removed from the config; second choice until {_clock(b['hold_until'])})")
     lines += _format_bgp(status.get("bgp"))
     return "\n".join(lines)
+
+
+def _clock(unix_s: int) -> str:
+    """A hold's end as the operator's local time of day."""
+    return time.strftime("%H:%M:%S", time.localtime(unix_s))
 
 
 def _endpoint(vip: dict) -> str:

@@ -48,6 +48,12 @@ class DatapathCollector:
                                       labels=["vip"])
         table = GaugeMetricFamily("lbd_vip_table_info", "Fingerprint of the VIP's Maglev table",
                                   labels=["vip", "fingerprint"])
+        second_table = GaugeMetricFamily("lbd_vip_second_table_info",
+                                         "Fingerprint of the VIP's second-choice table (second-chance VIPs)",
+                                         labels=["vip", "fingerprint"])
+        held = GaugeMetricFamily("lbd_vip_held_backends",
+                                 "Backends removed from the VIP's config that are still second choices "
+                                 "(hold running)", labels=["vip"])
         be_new = CounterMetricFamily("lbd_backend_new_flows",
                                      "Connection-table entries made for flows the Maglev table placed on "
                                      "the backend (TCP: at the handshake's ACK)", labels=["vip", "backend"])
@@ -88,8 +94,11 @@ class DatapathCollector:
             status = d.vip_status.get(name)
             fail_open.add_metric([name], 1 if status and status.fail_open else 0)
             table.add_metric([name, applied.fingerprint], 1)
+            if applied.plan.second_chance:
+                second_table.add_metric([name, applied.second_fingerprint], 1)
+                held.add_metric([name], len(programmer.held(key)))
         yield from vip_metrics.values()
-        yield from (be_packets, be_bytes, be_new, be_up, be_weight, vip_up, fail_open, table)
+        yield from (be_packets, be_bytes, be_new, be_up, be_weight, vip_up, fail_open, table, second_table, held)
         if usage:
             yield be_flows
             yield be_idle
@@ -114,7 +123,9 @@ class DatapathCollector:
                  "TCP SYNs and RSTs placed by the Maglev table without making an entry"),
                 ("lbd_conntrack_removed_by_syn", "ct_removed_by_syn",
                  "Entries a SYN removed: their backend takes no new flows (a new connection on an "
-                 "old 4-tuple)")):
+                 "old 4-tuple)"),
+                ("lbd_second_choice_carried", "second_choice_carried",
+                 "Packets sent in GUE naming a second choice (second-chance VIPs)")):
             family = CounterMetricFamily(name, text)
             family.add_metric([], totals[field])
             yield family

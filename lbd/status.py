@@ -12,7 +12,8 @@ from lbd.plan import VipStatus
 if TYPE_CHECKING:
     from lbd.daemon import Daemon
 
-STATE_NAMES = layout.enum_names("LBD_BACKEND_")  # the header's names: active, draining, down, empty
+STATE_NAMES = layout.enum_names("LBD_BACKEND_")  # the header's names: active, draining, down, empty, held
+FOREVER = layout.constant("LBD_SECOND_FOREVER")
 
 
 def status_view(daemon: "Daemon") -> dict:
@@ -27,6 +28,7 @@ def status_view(daemon: "Daemon") -> dict:
         for backend, plan in zip(vip.backends, entry.plan.backends if entry else ()):
             h = health.get((vip.name, str(backend.address)), {})
             backend_id = entry.backend_ids[backend.address]
+            until = d.programmer.second_until(backend_id)
             backends.append({
                 "address": str(backend.address), "weight": backend.weight, "drain": backend.drain,
                 "state": STATE_NAMES.get(plan.state, "?"),
@@ -34,10 +36,15 @@ def status_view(daemon: "Daemon") -> dict:
                 "note": status.notes.get(str(backend.address), ""),
                 "flows": flows_of(d, backend_id), "idle_flows": flows_of(d, backend_id, idle=True),
                 "rate": d.rates.backend(backend_id),
+                # a down backend of a second-chance VIP: a second choice until then
+                "hold_until": until if until not in (0, FOREVER) else None,
                 **d.datapath.backend_counters(backend_id)})
         vips.append({"name": vip.name, "address": str(vip.address), "port": vip.port,
                      "protocol": vip.protocol, "mode": vip.mode, "affinity": vip.affinity,
                      "fingerprint": entry.fingerprint if entry else "", "fail_open": status.fail_open,
+                     "second_chance": bool(vip.second_chance),
+                     "second_fingerprint": entry.second_fingerprint if entry else "",
+                     "held": held_backends(d, entry) if entry else [],
                      "counters": d.datapath.vip_counters(entry.vip_id) if entry else {},
                      "rate": d.rates.vip(entry.vip_id) if entry else None,
                      "backends": backends})
@@ -50,6 +57,16 @@ def status_view(daemon: "Daemon") -> dict:
                           for name, u in d.table_usage.items()},
             "rate_window_s": d.rates.span_s,
             "bgp": d.announcer.status() if d.announcer else None}
+
+
+def held_backends(daemon: "Daemon", entry) -> list[dict]:
+    """The VIP's backends removed from the config whose hold runs: second
+    choices still, until `hold_until` (unix seconds)."""
+    held = daemon.programmer.held(entry.plan.key)
+    return [{"address": str(address), "backend_id": h.backend_id, "weight": h.weight, "state": "held",
+             "hold_until": h.until, "flows": flows_of(daemon, h.backend_id),
+             "idle_flows": flows_of(daemon, h.backend_id, idle=True)}
+            for address, h in sorted(held.items(), key=lambda item: item[0].packed)]
 
 
 def flows_of(daemon: "Daemon", backend_id: int, idle: bool = False) -> int | None:

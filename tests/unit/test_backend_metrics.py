@@ -1,0 +1,125 @@
+"""`lbd-backend metrics`: the Prometheus text node_exporter's textfile
+collector reads, from what lbd-backend found on the interfaces (the reading of
+a real program is tested in tests/bpf/test_decap_second_chance.py)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from lbd import backend_metrics, layout
+from lbd.backend_prep import DecapState, _parser, counter_summary, decap_source_hash
+from tests.unit.test_packaging import MAX_EXPOSURE, _systemd_analyze, _unit_settings, _verify, _verify_root
+
+pytestmark = pytest.mark.unit
+
+RESULTS = list(layout.enum_names("LBD_DECAP_").values())
+CURRENT = decap_source_hash()
+
+
+def samples(text: str) -> dict[tuple, float]:
+    """(name, sorted labels) -> value, from text in the exposition format."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def counters(**given: int) -> dict[str, int]:
+    return {name: given.get(name, 0) for name in RESULTS}
+
+
+def test_an_attached_current_program_shows_every_result_and_its_build():
+    state = DecapState("eth0", 42, "native", CURRENT, counters(ipip=7, kept_syn=3, forwarded=2,
+                                                                 malformed=1))
+    got = samples(backend_metrics.text({"eth0": state}, CURRENT))
+    assert got[("lbd_backend_decap_attached", (("interface", "eth0"),))] == 1
+    assert got[("lbd_backend_decap_build_current", (("interface", "eth0"),))] == 1
+    assert got[("lbd_backend_decap_info", (("build", CURRENT), ("interface", "eth0"),
+                                           ("mode", "native"), ("program_id", "42")))] == 1
+    packets = {dict(labels)["result"]: value for (name, labels), value in got.items()
+               if name == "lbd_backend_decap_packets_total"}
+    assert packets == {name: float(n) for name, n in counters(ipip=7, kept_syn=3, forwarded=2,
+                                                               malformed=1).items()}
+
+
+def test_a_missing_program_and_an_old_build_are_visible_as_numbers():
+    old = DecapState("eth1", 9, "generic", None, None)
+    got = samples(backend_metrics.text({"eth0": None, "eth1": old}, CURRENT))
+    assert got[("lbd_backend_decap_attached", (("interface", "eth0"),))] == 0
+    assert got[("lbd_backend_decap_attached", (("interface", "eth1"),))] == 1
+    assert got[("lbd_backend_decap_build_current", (("interface", "eth1"),))] == 0
+    assert ("lbd_backend_decap_build_current", (("interface", "eth0"),)) not in got
+    assert not [k for k in got if k[0] == "lbd_backend_decap_packets_total"], "an old build has none"
+    assert got[("lbd_backend_decap_info", (("build", "old"), ("interface", "eth1"),
+                                           ("mode", "generic"), ("program_id", "9")))] == 1
+
+
+def test_another_build_is_not_current():
+    state = DecapState("eth0", 1, "native", "0123456789abcdef", counters())
+    assert not state.current and "not this lbd's" in state.build_text()
+    got = samples(backend_metrics.text({"eth0": state}, CURRENT))
+    assert got[("lbd_backend_decap_build_current", (("interface", "eth0"),))] == 0
+
+
+def test_the_textfile_is_replaced_whole(tmp_path: Path):
+    """node_exporter never reads half a file: a new file is renamed over the
+    old one, and no temporary file is left where it looks (*.prom)."""
+    path = tmp_path / "collector" / "lbd-backend.prom"
+    state = DecapState("eth0", 42, "native", CURRENT, counters(kept_socket=5))
+    backend_metrics.write(str(path), {"eth0": state}, CURRENT)
+    first_inode = path.stat().st_ino
+    backend_metrics.write(str(path), {"eth0": state}, CURRENT)
+    assert path.read_text() == backend_metrics.text({"eth0": state}, CURRENT)
+    assert path.stat().st_ino != first_inode, "renamed over, not rewritten in place"
+    assert os.listdir(path.parent) == ["lbd-backend.prom"]
+
+
+def test_counter_summary_groups_kept_forwarded_dropped():
+    line = counter_summary(counters(ipip=1, kept_syn=2, kept_socket=3, forwarded=4,
+                                    forward_failed=5, malformed=6))
+    assert line.startswith("ipip 1; GUE kept 5 (syn 2, socket 3, syncookie 0, forwarded 0, other 0)")
+    assert line.endswith("forwarded 4, dropped 11 (forward_failed 5, malformed 6)")
+
+
+def test_the_command_line_takes_interfaces_and_a_textfile():
+    args = _parser().parse_args(["metrics", "--interface", "eth0", "--interface", "eth1",
+                                 "--textfile", "/tmp/x.prom"])
+    assert (args.command, args.interface, args.textfile) == ("metrics", ["eth0", "eth1"], "/tmp/x.prom")
+    args = _parser().parse_args(["metrics"])
+    assert args.interface is None and args.textfile is None
+
+
+# --- the systemd units that refresh the textfile -------------------------------------
+SYSTEMD = Path(__file__).resolve().parents[2] / "systemd"
+SERVICE, TIMER = SYSTEMD / "lbd-backend-metrics.service", SYSTEMD / "lbd-backend-metrics.timer"
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    root = _verify_root(tmp_path, SERVICE.read_text(), name=SERVICE.name)
+    (root / "etc/systemd/system" / TIMER.name).write_text(TIMER.read_text())
+    for unit in (SERVICE.name, TIMER.name):
+        result = _verify(root, unit)
+        assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), \
+            result.stdout + result.stderr
+
+
+def test_service_security_exposure_is_ok():
+    result = subprocess.run([_systemd_analyze(), "security", "--offline=yes", "--no-pager", str(SERVICE)],
+                            capture_output=True, text=True, timeout=60, check=False)
+    match = re.search(r"Overall exposure level for lbd-backend-metrics.service: (\d+\.\d+)", result.stdout)
+    assert match and float(match.group(1)) <= MAX_EXPOSURE, result.stdout + result.stderr
+
+
+def test_timer_refreshes_every_15_s_into_node_exporters_textfile_directory():
+    timer, service = _unit_settings(TIMER.read_text()), _unit_settings(SERVICE.read_text())
+    assert timer["OnUnitActiveSec"] == ["15s"] and timer["WantedBy"] == ["timers.target"]
+    assert service["Type"] == ["oneshot"]
+    path = "/var/lib/prometheus/node-exporter/lbd-backend.prom"
+    assert service["Environment"] == [f"LBD_BACKEND_TEXTFILE={path}"]
+    assert service["ReadWritePaths"] == [f"-{os.path.dirname(path)}"]
+    argv = service["ExecStart"][0].split()
+    assert argv[:4] == ["/opt/lbd/venv/bin/lbd-backend", "metrics", "--textfile", "${LBD_BACKEND_TEXTFILE}"]
+    assert _parser().parse_args(["metrics", "--textfile", path]).textfile == path

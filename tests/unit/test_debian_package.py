@@ -132,3 +132,8 @@ def test_lintian_overrides_are_well_formed_and_explained():
     for index, line in enumerate(lines):  # each block of overrides follows a comment
         if line in overrides and (index == 0 or lines[index - 1] not in overrides):
             assert lines[index - 1].startswith("#"), line
+
+
+def test_the_package_ships_every_systemd_unit():
+    units = {p.name for p in (ROOT / "systemd").iterdir() if p.suffix in (".service", ".timer")}
+    assert set(_build().UNITS) == units

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import select
 import socket
 import struct
@@ -29,15 +30,15 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
-from prometheus_client.parser import text_string_to_metric_families
+from scapy.layers.l2 import Ether
 from scapy.utils import checksum
 
 from lbd import backend_prep, bpfsys, layout, xdplink
 from lbd.backend_prep import load_decap
-from lbd.testing import fibns
+from lbd.testing import fibns, gue
 
 pytestmark = pytest.mark.bpf
 
@@ -48,7 +49,7 @@ SLOTS = {name: value for value, name in layout.enum_names("LBD_DECAP_").items()}
 XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 1, 2, 3, 4
 ip = ipaddress.ip_address
 
-NS = f"lbdt-decap-sc-{subprocess.os.getpid()}"
+NS = f"lbdt-decap-sc-{os.getpid()}"
 THIS_MAC, SENDER_MAC = "02:00:00:00:40:01", "02:00:00:00:40:fe"   # us; the lbd host or router
 GW_MAC, OTHER_MAC, OTHER_GW_MAC = "02:00:00:00:40:aa", "02:00:00:00:41:01", "02:00:00:00:41:aa"
 THIS = {4: "198.18.40.1", 6: "fd00:40::1"}          # this backend (the outer destination)
@@ -158,29 +159,15 @@ def inner_packet(src: str, dst: str, sport: int = 40000, dport: int = 80, flags=
 
 
 def gue_private(version: int, second: str, hops: int = 0, magic: int = GUE_MAGIC) -> bytes:
-    """lbd_gue_second_v4/_v6: magic, hops, pad 0, the second choice's address."""
-    return struct.pack("!HBB", magic, hops, 0) + ip(second).packed
+    return gue.private_data(second, hops, magic)
 
 
-def gue_frame(inner, second: str, *, hops: int = 0, this: str | None = None, vlans=(),
-              sport: int = 51000, header: bytes | None = None, private: bytes | None = None,
-              udp_len=None, outer_kw=None) -> bytes:
-    """What lbd's balancer sends: outer IP | UDP to the GUE port, checksum 0 |
-    GUE (version 0, Hlen = private data words, proto 4 or 41) | private data |
-    inner. The outer family is the second choice's."""
+def gue_frame(inner, second: str, *, hops: int = 0, this: str | None = None, **kw) -> bytes:
+    """What lbd's balancer sends to this host, naming `second` (the outer
+    family is the second choice's)."""
     version = version_of(second)
-    private = gue_private(version, second, hops) if private is None else private
-    header = bytes([len(private) // 4, 4 if version == 4 else 41, 0, 0]) if header is None else header
-    this = this or THIS[version]
-    if version == 4:
-        outer = IP(**{"src": LBD[4], "dst": this, "ttl": 63, "flags": "DF", **(outer_kw or {})})
-    else:
-        outer = IPv6(**{"src": LBD[6], "dst": this, "hlim": 63, "fl": 0x12345, **(outer_kw or {})})
-    l2 = Ether(src=SENDER_MAC, dst=THIS_MAC)
-    for i, tag in enumerate(vlans):
-        l2 = l2 / (Dot1AD(vlan=tag) if i == 0 and len(vlans) == 2 else Dot1Q(vlan=tag))
-    return bytes(l2 / outer / UDP(sport=sport, dport=GUE_PORT, chksum=0, len=udp_len) /
-                 (header + private) / inner)
+    return gue.frame(inner, second=second, outer_src=LBD[version], outer_dst=this or THIS[version],
+                     src_mac=SENDER_MAC, dst_mac=THIS_MAC, hops=hops, **kw)
 
 
 def l2_length(frame: bytes) -> int:

@@ -1,0 +1,257 @@
+"""Second-chance forwarding, the control plane through the real program: the
+second tables the Programmer computes are what packets carry (the GUE
+private data of every packet names its slot's, or its entry's, second
+choice; draft-ietf-intarea-gue variant 0 as lbd_shared.h lays it out), a
+removed backend is named while its hold runs and never after, a down one
+likewise, a restarted daemon keeps every hold and writes the same tables,
+and `lbctl explain` names both choices as the kernel picks them.
+
+Packets are run with BPF_PROG_TEST_RUN; which backend and which second
+choice a frame names is read from its outer headers."""
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import random
+import shutil
+import struct
+
+import numpy as np
+import pytest
+
+from lbd import flowhash, layout
+from lbd.datapath import Datapath, Limits
+from lbd.explain import PACKET, SYN, Flow, explain_flow
+from lbd.plan import ACTIVE, DOWN, HELD
+from lbd.programmer import FOREVER, Programmer
+from tests.bpf import flowkit as fk
+from tests.bpf import scenario as sc
+
+pytestmark = pytest.mark.bpf
+
+C = layout.constant
+GUE_PORT, GUE_MAGIC = C("LBD_GUE_PORT"), C("LBD_GUE_MAGIC")
+ip = ipaddress.ip_address
+HOLD = 60.0
+VIP = {4: "198.18.100.70", 6: "fd00:100::70"}
+MEMBERS = {4: "198.18.20.", 6: "fd00:20::"}   # routed via the namespace's resolved next hop
+
+
+class Clock:
+    """The programmer's unix clock, moved by the test (holds are in seconds)."""
+
+    def __init__(self):
+        self.now = 2_000_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+def plan(version: int, count: int = 4, second_chance: bool = True, states=None):
+    members = sc.backends(MEMBERS[version], count)
+    if states:
+        members = tuple(dataclasses.replace(m, state=states.get(i, m.state)) for i, m in enumerate(members))
+    return dataclasses.replace(sc.vip(VIP[version], 80, sc.TCP_P, ipip=True, members=members),
+                               second_chance=second_chance)
+
+
+def carried(result) -> tuple[str, str | None]:
+    """(the outer destination, the second choice the GUE header names or
+    None for plain IP-in-IP) of a forwarded frame, its GUE fields checked."""
+    assert result.action in (fk.XDP_TX, fk.XDP_REDIRECT), result.action
+    out = result.packet
+    if struct.unpack_from("!H", out, 12)[0] == 0x0800:
+        proto, first, l4, size = out[14 + 9], ipaddress.IPv4Address(out[30:34]), 14 + 20, 4
+    else:
+        proto, first, l4, size = out[14 + 6], ipaddress.IPv6Address(out[38:54]), 14 + 40, 16
+    if proto in (4, 41):
+        return str(first), None
+    assert proto == 17 and struct.unpack_from("!H", out, l4 + 2)[0] == GUE_PORT
+    gue = l4 + 8
+    assert out[gue] == (2 if size == 4 else 5), "version 0, C 0, Hlen = words of private data"
+    assert out[gue + 1] == (4 if size == 4 else 41) and out[gue + 2:gue + 4] == b"\0\0"
+    magic, hops, pad = struct.unpack_from("!HBB", out, gue + 4)
+    assert (magic, hops, pad) == (GUE_MAGIC, 0, 0)
+    return str(first), str(ipaddress.ip_address(out[gue + 8:gue + 8 + size]))
+
+
+class Flows:
+    def __init__(self, version: int, seed: int):
+        self.version, self.rng = version, random.Random(seed)
+
+    def new(self, count: int) -> list[Flow]:
+        dst = ip(VIP[self.version])
+        flows = set()
+        while len(flows) < count:
+            src = (ipaddress.IPv4Address((198 << 24) | (19 << 16) | self.rng.getrandbits(16))
+                   if self.version == 4 else ipaddress.IPv6Address((0xfd00_0019 << 96) | self.rng.getrandbits(64)))
+            flows.add(Flow(src, dst, self.rng.randrange(1024, 65536), 80, sc.TCP_P))
+        return sorted(flows, key=lambda f: (f.src.packed, f.sport))
+
+
+def names(lb, key) -> dict[int, str]:
+    """backend id -> address, of the VIP's backends and held ones."""
+    applied = lb.programmer.applied()[key]
+    out = {i: str(a) for a, i in applied.backend_ids.items()}
+    out.update({h.backend_id: str(a) for a, h in lb.programmer.held(key).items()})
+    return out
+
+
+def predicted(lb, key, flow: Flow) -> tuple[str, str | None]:
+    """The slot's first and second choice in the programmer's tables."""
+    applied = lb.programmer.applied()[key]
+    slot = flowhash.table_slot(flowhash.flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto),
+                               lb.dp.limits.ring_size)
+    by_id = names(lb, key)
+    second = int(applied.second[slot])
+    return by_id[int(applied.table[slot])], by_id.get(second) if second else None
+
+
+def send(lb, flow: Flow, kind=PACKET) -> tuple[str, str | None]:
+    """The packet through the program, after checking that explain says what it does."""
+    said = explain_flow(lb.programmer.applied(), lb.dp, flow)["next_syn" if kind == SYN else "next_packet"]
+    got = carried(lb.run(fk.frame(flow, kind)))
+    assert (said["backend"], said["second"]) == got, (flow, said)
+    return got
+
+
+@pytest.fixture
+def clocked(lb):
+    clock = Clock()
+    lb.programmer.clock, lb.programmer.hold_s = clock, HOLD
+    fk.clear(lb.dp)
+    yield lb, clock
+    fk.clear(lb.dp)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_packets_carry_the_second_choice_the_programmer_computed(clocked, version):
+    lb, _ = clocked
+    vip = plan(version)
+    lb.apply([vip])
+    for flow in Flows(version, seed=version).new(300):
+        first, second = predicted(lb, vip.key, flow)
+        assert second is not None and second != first  # four candidates: always another one
+        assert send(lb, flow, SYN) == (first, second)       # placed, no entry made
+        assert send(lb, flow) == (first, second)            # placed, entry made ...
+        assert int(lb.dp.flow_entry(flow.src, flow.dst, flow.sport, flow.dport, flow.proto).second_id) \
+            == next(i for i, a in names(lb, vip.key).items() if a == second)
+        assert send(lb, flow) == (first, second)            # ... and followed
+
+
+def test_without_second_chance_packets_are_plain_ipip(clocked):
+    lb, _ = clocked
+    vip = plan(4, second_chance=False)
+    lb.apply([vip])
+    assert lb.dp.read_second_ring(lb.programmer.vip_id(vip.key)) is None
+    for flow in Flows(4, seed=9).new(50):
+        assert send(lb, flow)[1] is None
+    # turned on by a reload, off again: the table appears and goes
+    lb.apply([plan(4)])
+    assert lb.dp.read_second_ring(lb.programmer.vip_id(vip.key)) is not None
+    lb.apply([vip])
+    assert lb.dp.read_second_ring(lb.programmer.vip_id(vip.key)) is None
+
+
+def flows_on(lb, key, flows, address: str) -> list[Flow]:
+    """The flows (opened already) whose entry is on `address`."""
+    by_id = names(lb, key)
+    return [f for f in flows
+            if by_id.get(int(lb.dp.flow_entry(f.src, f.dst, f.sport, f.dport, f.proto).backend_id)) == address]
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_removed_backend_is_named_while_held_and_never_after(clocked, version):
+    lb, clock = clocked
+    vip = plan(version)
+    lb.apply([vip])
+    flows = Flows(version, seed=10 + version).new(600)
+    for flow in flows:
+        send(lb, flow)
+    gone = vip.backends[0]
+    on_gone = flows_on(lb, vip.key, flows, str(gone.address))
+    gone_id = lb.programmer.backend_id(vip.key, gone.address)
+    lb.apply([dataclasses.replace(vip, backends=vip.backends[1:])])
+    entry = lb.dp.backend(gone_id)
+    assert (entry.state, entry.second_until) == (HELD, int(clock.now + HOLD))
+    # its flows move (the entry's backend is held, not active) and name it
+    moved = [send(lb, flow) for flow in on_gone]
+    assert all(first != str(gone.address) for first, _ in moved)
+    named = sum(second == str(gone.address) for _, second in moved)
+    assert named >= 0.99 * len(on_gone), f"{named} of {len(on_gone)} moved flows name their old backend"
+    for flow in flows:  # every packet as the programmer's tables (or the flow's entry) say
+        send(lb, flow)
+    clock.now += HOLD
+    assert lb.programmer.expire() is None
+    assert lb.dp.backend(gone_id).state == C("LBD_BACKEND_EMPTY")
+    # the entries made while it was held still name it: no longer carried
+    for flow in on_gone:
+        assert send(lb, flow)[1] is None
+    fresh = Flows(version, seed=20 + version).new(300)
+    assert all(send(lb, flow)[1] not in (None, str(gone.address)) for flow in fresh)
+    assert all(predicted(lb, vip.key, flow)[1] != str(gone.address) for flow in fresh)
+
+
+def test_a_down_backend_is_named_until_its_hold_ends(clocked):
+    lb, clock = clocked
+    vip = plan(4)
+    lb.apply([vip])
+    flows = Flows(4, seed=30).new(600)
+    for flow in flows:
+        send(lb, flow)
+    down = vip.backends[1]
+    on_down = flows_on(lb, vip.key, flows, str(down.address))
+    down_id = lb.programmer.backend_id(vip.key, down.address)
+    lb.apply([plan(4, states={1: DOWN})])
+    assert lb.dp.backend(down_id).second_until == int(clock.now + HOLD)
+    named = sum(send(lb, flow)[1] == str(down.address) for flow in on_down)
+    assert named >= 0.99 * len(on_down)
+    clock.now += HOLD - 1
+    assert lb.programmer.expire() == int(clock.now + 1)   # not yet
+    clock.now += 1
+    assert lb.programmer.expire() is None
+    assert (lb.dp.backend(down_id).state, lb.dp.backend(down_id).second_until) == (DOWN, 0)
+    assert all(send(lb, flow)[1] != str(down.address) for flow in on_down)
+    # back up: a second choice for ever again, and in the table
+    lb.apply([vip])
+    assert (lb.dp.backend(down_id).state, lb.dp.backend(down_id).second_until) == (ACTIVE, FOREVER)
+
+
+def test_a_restart_keeps_every_hold_and_writes_the_same_tables(fib_namespace):
+    pin_dir = f"/sys/fs/bpf/lbdt-second-{os.getpid()}"
+    limits = Limits(max_vips=16, max_backends=256, conntrack_size=4096, conntrack_udp_size=4096)
+    clock = Clock()
+    try:
+        first = Datapath(limits, pin_dir)
+        programmer = Programmer(first, hold_s=HOLD, clock=clock)
+        v4, v6 = plan(4, count=5), plan(6, count=5)
+        programmer.apply([v4, v6])
+        clock.now += 10
+        # one backend removed (held), one down (held as a second choice)
+        kept = [dataclasses.replace(v4, backends=v4.backends[1:]), plan(6, count=5, states={2: DOWN})]
+        programmer.apply(kept)
+        before = {key: (first.read_ring(a.vip_id), first.read_second_ring(a.vip_id))
+                  for key, a in programmer.applied().items()}
+        held_before = {key: programmer.held(key) for key in before}
+        deadline = programmer.next_deadline()
+        assert deadline == int(clock.now + HOLD) and held_before[v4.key]
+        del programmer, first  # the daemon dies; the pins stay
+
+        clock.now += 20
+        second = Datapath(limits, pin_dir)
+        adopted = Programmer(second, hold_s=HOLD, clock=clock)
+        assert adopted.adopt() == 2
+        assert adopted.next_deadline() == deadline
+        adopted.apply(kept)
+        after = {key: (second.read_ring(a.vip_id), second.read_second_ring(a.vip_id))
+                 for key, a in adopted.applied().items()}
+        assert after == before
+        assert {key: adopted.held(key) for key in after} == held_before
+        clock.now = deadline
+        assert adopted.expire() is None and not adopted.held(v4.key)
+        gone_id = held_before[v4.key][v4.backends[0].address].backend_id
+        assert second.backend(gone_id).state == C("LBD_BACKEND_EMPTY")
+        assert not np.isin(np.asarray(second.read_second_ring(adopted.vip_id(v4.key))), [gone_id]).any()
+    finally:
+        shutil.rmtree(pin_dir, ignore_errors=True)

@@ -119,10 +119,40 @@ def explain(daemon: LbdUnderTest, address: str, streams: list[dict]) -> list[dic
     return json.loads(result.stdout)
 
 
-def first_choices(lab: Lab, daemon: LbdUnderTest, address: str, streams: list[dict]) -> list[str]:
-    """The backend (name) each stream's flow gets from the daemon's table now."""
+def choices(lab: Lab, daemon: LbdUnderTest, address: str, streams: list[dict]) -> list[tuple[str, str]]:
+    """The backends (names) each stream's flow gets from the daemon now: its
+    table's first choice, and the second choice its next packet names
+    ("none" if it names none)."""
     names = {str(a): n.name for n in lab.ipip_backends for a in (n.v4, n.v6)}
-    return [names.get(e["table_backend"]["backend"], "none") for e in explain(daemon, address, streams)]
+
+    def second(e: dict) -> str:
+        named = (e["connection_table"] or {}).get("second") or e.get("table_second") or {}
+        return names.get(named.get("backend"), "none")
+    return [(names.get(e["table_backend"]["backend"], "none"), second(e))
+            for e in explain(daemon, address, streams)]
+
+
+def first_choices(lab: Lab, daemon: LbdUnderTest, address: str, streams: list[dict]) -> list[str]:
+    return [first for first, _ in choices(lab, daemon, address, streams)]
+
+
+def decap_counters(lab: Lab) -> dict[str, int]:
+    """The backend program's packet counters by result (`lbd-backend metrics`).
+    The lab attaches one pinned program to every ipip backend, so they are
+    the sum over all backends, read from any."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    backend = lab.ipip_backends[0]
+    text = lab.run(backend, lab.backend_command(backend, "metrics", "--interface", backend.ifname),
+                   check=True).stdout
+    return {sample.labels["result"]: int(sample.value)
+            for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name == "lbd_backend_decap_packets_total"}
+
+
+def counted_since(before: dict[str, int], lab: Lab) -> dict[str, int]:
+    after = decap_counters(lab)
+    return {result: after[result] - before.get(result, 0) for result in after}
 
 
 # --- streams ---------------------------------------------------------------------------
@@ -133,6 +163,7 @@ class Outcome:
     streams: list[dict]
     duration: float
     exercised: list[dict] = field(default_factory=list)   # streams that needed their second choice
+    choices: dict = field(default_factory=dict)   # (source, port) -> (first, second) after the event
 
     @property
     def broken(self) -> list[dict]:
@@ -188,26 +219,35 @@ def summary(outcomes: dict[str, Outcome]) -> str:
     return "; ".join(o.line() for o in outcomes.values())
 
 
-def assert_second_chance_kept_every_stream(outcomes: dict[str, Outcome], what: str) -> None:
-    """Zero broken streams with second chance; the same event broke some without it."""
-    text = f"{what}: {summary(outcomes)}"
+def assert_second_chance_kept_every_stream(outcomes: dict[str, Outcome], what: str,
+                                           decap: dict[str, int]) -> None:
+    """Zero broken streams with second chance; the same event broke some without
+    it; and the backends forwarded packets to the second choice (`decap`: the
+    backend program's counters over the scenario)."""
+    text = f"{what}: {summary(outcomes)}; backend program: {decap}"
     print(text)
     for vip in SECOND_CHANCE:
         outcome = outcomes[vip]
         assert len(outcome.streams) == STREAMS, text
-        assert not outcome.broken, f"{text}\nfirst broken {vip} streams: {outcome.broken[:3]}"
+        assert not outcome.broken, f"{text}\nbroken {vip} streams (first, second choice now): " + \
+            ", ".join(f"{s['source']}:{s['port']} on {s['backend']} "
+                      f"{outcome.choices.get((s['source'], s['port']))}: {s['error']}"
+                      for s in outcome.broken[:5])
     assert sum(len(outcomes[vip].exercised) for vip in SECOND_CHANCE), \
         f"{text}\nno stream needed its second choice: the scenario tested nothing"
     assert sum(len(outcomes[vip].broken) for vip in CONTROL), \
         f"{text}\nthe control (second_chance: false) lost no stream: the scenario tested nothing"
+    # a forwarded packet arrives at the second choice marked, and is kept there
+    assert decap["forwarded"] > 0 and decap["kept_forwarded"] > 0, text
 
 
 def moved_first_choice(lab: Lab, daemon: LbdUnderTest, outcomes: dict[str, Outcome]) -> None:
     """Mark the streams whose flow's first choice now is not the backend serving it."""
     for vip, outcome in outcomes.items():
         connected = [s for s in outcome.streams if s["port"]]
-        firsts = first_choices(lab, daemon, VIPS[vip], connected)
-        outcome.exercised = [s for s, first in zip(connected, firsts) if s["backend"] != first]
+        found = choices(lab, daemon, VIPS[vip], connected)
+        outcome.choices = {(s["source"], s["port"]): c for s, c in zip(connected, found)}
+        outcome.exercised = [s for s, (first, _) in zip(connected, found) if s["backend"] != first]
 
 
 # --- one host ------------------------------------------------------------------------------
@@ -229,7 +269,7 @@ def set_syncookies(lab: Lab, value: int) -> None:
 @pytest.fixture(scope="class")
 def one():
     skip_unless_root()
-    with Lab(vips_v4=[SC4, OFF4], vips_v6=[SC6, OFF6], dsr_backends=0, ipip_backends=5) as lab:
+    with Lab(vips_v4=[SC4, OFF4], vips_v6=[SC6, OFF6], dsr_backends=0, ipip_backends=6) as lab:
         socket = os.path.join(lab.tmpdir, "lbd.sock")
         daemon = LbdUnderTest(lab, "lbd", one_host_config(lab, socket, FIRST_FOUR))
         try:
@@ -250,8 +290,10 @@ class TestOneHost:
         wait_tables(daemon, lab, [n for n in names if n not in drain])
 
     @staticmethod
-    def table_lost_after(lab: Lab, daemon: LbdUnderTest, change) -> dict[str, Outcome]:
-        """Streams through every VIP; `change` (a reload), then the connection table is lost."""
+    def table_lost_after(lab: Lab, daemon: LbdUnderTest, change, what: str) -> dict[str, Outcome]:
+        """Streams through every VIP; `change` (a reload), then the connection
+        table is lost; and what second chance made of it."""
+        before = decap_counters(lab)
         streams = Streams(daemon, ONE_HOST_S)
         try:
             time.sleep(1)   # every flow has its entry, placed by the table before the change
@@ -264,12 +306,13 @@ class TestOneHost:
         finally:
             streams.kill()
         moved_first_choice(lab, daemon, outcomes)
+        assert_second_chance_kept_every_stream(outcomes, what, counted_since(before, lab))
         return outcomes
 
     def test_a_backend_added_while_the_table_is_lost_breaks_no_stream(self, one):
         lab, daemon = one
-        outcomes = self.table_lost_after(lab, daemon, lambda: self.reload(lab, daemon, ALL_FIVE))
-        assert_second_chance_kept_every_stream(outcomes, "r5 added, table lost")
+        self.table_lost_after(lab, daemon, lambda: self.reload(lab, daemon, ALL_FIVE),
+                              "r5 added, table lost")
 
     def test_syn_cookies_on_the_backends_still_connect_through_a_second_choice(self, one):
         # r5 is the first choice of a fifth of the slots, and every one of them
@@ -278,6 +321,7 @@ class TestOneHost:
         lab, daemon = one
         wanted = ("SyncookiesSent", "SyncookiesRecv", "SyncookiesFailed")
         before = counters(lab, "r5", wanted)
+        decap_before = decap_counters(lab)
         set_syncookies(lab, 2)   # always cookies: no request socket to find
         try:
             served = {}
@@ -292,25 +336,45 @@ class TestOneHost:
         finally:
             set_syncookies(lab, 1)
         after = counters(lab, "r5", wanted)
-        print(f"SYN cookies: connections per backend {served}; r5 {before} -> {after}")
+        decap = counted_since(decap_before, lab)
+        print(f"SYN cookies: connections per backend {served}; r5 {before} -> {after}; "
+              f"backend program: {decap}")
         assert served.get("r5"), served
+        # r5's kernel took the cookies itself: its program kept every
+        # handshake's ACK (no socket yet) instead of sending it on
         assert after["SyncookiesRecv"] - before["SyncookiesRecv"] >= served["r5"], (before, after)
+        assert decap["kept_syncookie"] >= served["r5"], decap
 
     def test_a_backend_removed_while_the_table_is_lost_breaks_no_stream(self, one):
         # r3's server keeps running: its streams go on through the hold
         lab, daemon = one
         left = tuple(n for n in ALL_FIVE if n != "r3")
-        outcomes = self.table_lost_after(lab, daemon, lambda: self.reload(lab, daemon, left))
-        assert_second_chance_kept_every_stream(outcomes, "r3 removed, table lost")
+        outcomes = self.table_lost_after(lab, daemon, lambda: self.reload(lab, daemon, left),
+                                         "r3 removed, table lost")
         assert any(s["backend"] == "r3" for vip in SECOND_CHANCE for s in outcomes[vip].exercised)
 
     def test_a_backend_drained_while_the_table_is_lost_breaks_no_stream(self, one):
         lab, daemon = one
-        left = tuple(n for n in ALL_FIVE if n != "r3")
+        # r3 back first (no streams run), so that the drain is the only change
+        # whose hold runs: see the next test for two at once
+        self.reload(lab, daemon, ALL_FIVE)
         outcomes = self.table_lost_after(lab, daemon,
-                                         lambda: self.reload(lab, daemon, left, drain=("r1",)))
-        assert_second_chance_kept_every_stream(outcomes, "r1 drained, table lost")
+                                         lambda: self.reload(lab, daemon, ALL_FIVE, drain=("r1",)),
+                                         "r1 drained, table lost")
         assert any(s["backend"] == "r1" for vip in SECOND_CHANCE for s in outcomes[vip].exercised)
+
+    @pytest.mark.xfail(strict=True, reason=(
+        "design (issue #12): a drained backend stays in Cset with its configured weight, so "
+        "Maglev(Cset - r6), the second choice of r6's slots, is not the table the flows were "
+        "placed by (Maglev of r2..r5): lbd.maglev gives 4,405 of the 13,166 moved slots (IPv4) "
+        "a second choice other than their previous owner, 4,364 of them r1, which has no such "
+        "connection. Likewise any change while a hold runs (a removed or down backend)"))
+    def test_a_backend_added_while_another_is_drained_breaks_no_stream(self, one):
+        lab, daemon = one
+        # r1 still drained, as an operator leaves a backend for maintenance
+        self.table_lost_after(lab, daemon,
+                              lambda: self.reload(lab, daemon, (*ALL_FIVE, "r6"), drain=("r1",)),
+                              "r6 added while r1 is drained, table lost")
 
 
 # --- the fleet -----------------------------------------------------------------------------
@@ -381,6 +445,7 @@ class TestFleet:
         lab, hosts, _ = fleet
         lbd, lbd2 = hosts["lbd"].lbd, hosts["lbd2"].lbd
         r2 = lab.backends["r2"]
+        before = decap_counters(lab)
         block_health_checks(lab, "r2", lab.nodes["lbd2"])
         try:
             without_r2 = [n for n in FIRST_FOUR if n != "r2"]
@@ -405,12 +470,14 @@ class TestFleet:
                 outcome.exercised = [s for s, a, b in zip(connected, on_lbd, on_lbd2) if a != b]
         finally:
             unblock_health_checks(lab, "r2")
-        assert_second_chance_kept_every_stream(outcomes, "hosts disagree on r2, flows cross both ways")
+        assert_second_chance_kept_every_stream(outcomes, "hosts disagree on r2, flows cross both ways",
+                                               counted_since(before, lab))
         wait_tables(lbd2, lab, FIRST_FOUR, "lbd2 sees r2 up again")
 
     def test_a_backend_added_then_a_host_killed_breaks_no_stream(self, fleet):
         lab, hosts, orders = fleet
         lbd = hosts["lbd"].lbd
+        before = decap_counters(lab)
         streams = Streams(lbd, FLEET_KILL_S)
         try:
             time.sleep(1)
@@ -439,4 +506,5 @@ class TestFleet:
             outcome.exercised = [s for s, first in zip(connected, firsts)
                                  if (s["source"], s["port"]) in through_lbd2[vip]
                                  and s["backend"] != first]
-        assert_second_chance_kept_every_stream(outcomes, "r5 added on both, lbd2 killed")
+        assert_second_chance_kept_every_stream(outcomes, "r5 added on both, lbd2 killed",
+                                               counted_since(before, lab))

@@ -125,11 +125,16 @@ def canonical_fingerprint(table: np.ndarray, id_to_address: dict[int, IPAddress]
 
 class Programmer:
     def __init__(self, datapath: Datapath, hold_s: float = 120.0,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, second_budget_s: float | None = None):
         self.dp = datapath
         self.limits = datapath.limits
         self.hold_s = hold_s      # second_chance.hold: the daemon sets it from the config
         self.clock = clock        # unix time, the clock of second_until
+        # how long an apply may spend on second tables (each costs one Maglev
+        # build per backend: 0.13 s at 100); the rest wait in _second_pending
+        # for build_second(). None: all of them, at once.
+        self.second_budget_s = second_budget_s
+        self._second_pending: dict[VipKey, None] = {}  # ordered: built first in, first out
         self._applied: dict[VipKey, AppliedVip] = {}
         self._vip_ids: dict[VipKey, int] = {}
         self._backend_ids: dict[tuple[VipKey, IPAddress], int] = {}
@@ -255,22 +260,58 @@ class Programmer:
                 for address, held in self._held.get(key, {}).items() if held.until > now]
         return tuple(sorted(out))
 
-    def _second(self, key: VipKey, applied: AppliedVip, untils: dict[int, int],
-                old: AppliedVip | None) -> None:
-        """Fill in the VIP's second table (reusing the last one if its inputs
-        are the same)."""
+    def _stage_second(self, key: VipKey, applied: AppliedVip, old: AppliedVip | None,
+                      untils: dict[int, int]) -> None:
+        """Carry the VIP's written second table over, and mark it pending when
+        it is not the one its inputs (first table, candidates) make now."""
         if not applied.plan.second_chance:
+            self._second_pending.pop(key, None)
             return
-        candidates = self._candidates(key, applied.plan, applied.backend_ids, untils)
-        inputs = (applied.plan.table_input(), candidates)
-        if old is not None and old.second_input == inputs and old.second is not None \
-                and old.table is applied.table:
+        if old is not None and old.second is not None:
             applied.second, applied.second_fingerprint = old.second, old.second_fingerprint
+            applied.second_input = old.second_input
+        inputs = (applied.plan.table_input(), self._candidates(key, applied.plan, applied.backend_ids, untils))
+        if applied.second_input == inputs:
+            self._second_pending.pop(key, None)
         else:
-            applied.second = secondchoice.second_table(applied.table, candidates, self.limits.ring_size)
-            by_id = {b.backend_id: ipaddress.ip_address(b.key) for b in candidates}
-            applied.second_fingerprint = canonical_fingerprint(applied.second, by_id)
-        applied.second_input = inputs
+            self._second_pending[key] = None
+
+    def _build_second(self, key: VipKey, applied: AppliedVip, untils: dict[int, int]) -> None:
+        """Build the VIP's second table from what it is now (lbd.secondchoice)."""
+        candidates = self._candidates(key, applied.plan, applied.backend_ids, untils)
+        applied.second = secondchoice.second_table(applied.table, candidates, self.limits.ring_size)
+        by_id = {b.backend_id: ipaddress.ip_address(b.key) for b in candidates}
+        applied.second_fingerprint = canonical_fingerprint(applied.second, by_id)
+        applied.second_input = (applied.plan.table_input(), candidates)
+
+    def _budget_left(self, budget_s: float | None) -> Callable[[], bool]:
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        return lambda: deadline is None or time.monotonic() < deadline
+
+    def build_second(self, budget_s: float | None = None) -> int:
+        """Build and write the pending second tables, for about budget_s at
+        most (None: all). Returns how many are still pending.
+
+        A pending VIP's packets name what its second ring held before (the
+        table of its last inputs, or the one an earlier daemon pinned), or,
+        with none, go as plain IP-in-IP: never a wrong first choice, and a
+        stale second is at worst a backend of the VIP without the flow."""
+        left = self._budget_left(budget_s)
+        built: dict[VipKey, AppliedVip] = {}
+        for key in list(self._second_pending):
+            if not left():
+                break
+            built[key] = dataclasses.replace(self._applied[key])
+            self._build_second(key, built[key], self._until)
+        self.dp.write_second_rings({a.vip_id: a.second for a in built.values()})
+        self._applied.update(built)
+        for key in built:
+            del self._second_pending[key]
+        return len(self._second_pending)
+
+    def second_pending(self, key: VipKey | None = None) -> bool:
+        """Whether the VIP's (or any VIP's) second table waits to be built."""
+        return bool(self._second_pending) if key is None else key in self._second_pending
 
     # --- applying ------------------------------------------------------------------
     def apply(self, plans: list[VipPlan]) -> list[VipResult]:
@@ -292,7 +333,8 @@ class Programmer:
                 dict(self._backend_ids), dict(self._generations), list(self._free_vip_ids),
                 list(self._free_backend_ids), dict(self._until),
                 {k: {a: dataclasses.replace(h) for a, h in held.items()} for k, held in self._held.items()},
-                {k: dict(v) for k, v in self._adopted.items()}, dict(self._addr_entries), dict(self._prefilter))
+                {k: dict(v) for k, v in self._adopted.items()}, dict(self._addr_entries), dict(self._prefilter),
+                dict(self._second_pending))
 
     def _restore(self, saved: tuple, previous: list[VipPlan]) -> None:
         """After a failed write: the bookkeeping as before, then every entry
@@ -301,7 +343,7 @@ class Programmer:
         vip_ids_tried, backend_ids_tried = dict(self._vip_ids), set(self._backend_ids.values())
         (self._applied, self._vip_ids, self._backend_ids, self._generations, self._free_vip_ids,
          self._free_backend_ids, self._until, self._held, self._adopted, self._addr_entries,
-         self._prefilter) = saved
+         self._prefilter, self._second_pending) = saved
         self._vip_shape = None  # what the failed apply wrote is unknown: rewrite all
         try:
             for key, vip_id in vip_ids_tried.items():
@@ -354,7 +396,15 @@ class Programmer:
                 fingerprint = canonical_fingerprint(
                     table, {ids[b.address]: b.address for b in plan.backends if b.in_table})
             staged[key] = AppliedVip(plan, vip_id, ids, table, fingerprint)
-            self._second(key, staged[key], untils, old)
+            self._stage_second(key, staged[key], old, untils)
+        # the second tables now pending: those of the VIPs staged here first,
+        # within the time budget (the daemon builds the rest in the background)
+        left, now_untils = self._budget_left(self.second_budget_s), {**self._until, **untils}
+        for key in [k for k in self._second_pending if k in staged]:
+            if not left():
+                break
+            self._build_second(key, staged[key], now_untils)
+            del self._second_pending[key]
 
         # 0. an id taken anew starts its counters at zero: a VIP or backend
         # must not inherit the packets of the one that had the id before
@@ -419,6 +469,7 @@ class Programmer:
             for address, held in self._held.pop(key, {}).items():
                 self._release_backend(key, address, held.backend_id)
             del self._vip_ids[key]
+            self._second_pending.pop(key, None)
             self._free_vip_ids.append(gone.vip_id)
             results.append(VipResult(gone.plan.name, "removed", 1.0, ""))
         for key, applied in staged.items():
@@ -512,16 +563,11 @@ class Programmer:
             for held in self._held.get(owners.get(backend_id), {}).values():
                 if held.backend_id == backend_id:
                     held.until = NO_HOLD
-        rebuilt = {}
-        for key in affected:
+        for key in affected:  # their second tables rebuilt without them, first
             applied = self._applied.get(key)
-            if applied is None or not applied.plan.second_chance:
-                continue
-            fresh = dataclasses.replace(applied, second=None, second_input=None)
-            self._second(key, fresh, self._until, None)
-            rebuilt[key] = fresh
-        self.dp.write_second_rings({a.vip_id: a.second for a in rebuilt.values()})
-        self._applied.update(rebuilt)
+            if applied is not None and applied.plan.second_chance:
+                self._second_pending[key] = None
+        self.build_second(self.second_budget_s)
         for key in affected:
             name = self._applied[key].plan.name if key in self._applied else ""
             for address, held in list(self._held.get(key, {}).items()):

@@ -446,3 +446,56 @@ def test_a_vip_without_second_chance_has_no_second_table_and_holds_nothing():
     programmer.apply(plans)
     assert vip_id not in maps.second_rings and not programmer.held(key)
     assert programmer.next_deadline() is None
+
+
+def test_second_tables_over_the_budget_wait_and_then_match():
+    """With a budget of 0 s an apply writes the first tables and leaves the
+    second ones pending (packets go as before: plain, or the last second
+    table); build_second then writes what an unhurried host writes."""
+    view = {vip: {a: (100, False, True) for a in POOL[:5]} for vip in VIP_ADDRESSES}
+    unhurried, _ = host()
+    unhurried.apply(plans_of(view))
+    hurried = Programmer(MapsDouble(), hold_s=HOLD, clock=Clock(), second_budget_s=0.0)
+    hurried.apply(plans_of(view))
+    assert hurried.second_pending() and not hurried.dp.second_rings
+    assert hurried.dp.rings.keys() == unhurried.dp.rings.keys()
+    assert hurried.build_second(budget_s=0.0) == 2       # nothing built without time
+    assert hurried.build_second() == 0 and not hurried.second_pending()
+    assert hurried.dp.by_address() == unhurried.dp.by_address()
+    # a change while pending: what is built is the latest
+    view[VIP_ADDRESSES[0]][POOL[0]] = (100, True, True)
+    for programmer in (unhurried, hurried):
+        programmer.apply(plans_of(view))
+    assert hurried.second_pending(next(k for k in hurried.applied() if str(k[0]) == VIP_ADDRESSES[0]))
+    hurried.build_second()
+    assert hurried.dp.by_address() == unhurried.dp.by_address()
+
+
+class FailingMaps(MapsDouble):
+    """Refuses the next write of second tables (the kernel out of memory)."""
+    fail = False
+
+    def write_second_rings(self, tables):
+        if self.fail and tables:
+            self.fail = False
+            raise OSError(12, "Cannot allocate memory")
+        super().write_second_rings(tables)
+
+
+def test_a_failed_write_puts_back_every_entry_and_table():
+    maps = FailingMaps()
+    programmer, clock = host(maps)
+    view = {vip: {a: (100, False, True) for a in POOL[:4]} for vip in VIP_ADDRESSES}
+    programmer.apply(plans_of(view))
+    snapshot = (maps.by_address(), {i: vars(e).copy() for i, e in maps.backend_entries.items()},
+                dict(maps.vip_entries))
+    changed = {VIP_ADDRESSES[0]: {a: (100, False, a != POOL[1]) for a in POOL[:3] + POOL[5:7]},
+               "198.18.100.3": {POOL[0]: (100, False, True), POOL[1]: (50, False, True)}}
+    maps.fail = True
+    with pytest.raises(Exception, match="writing the maps failed"):
+        programmer.apply(plans_of(changed))
+    assert (maps.by_address(), {i: vars(e) for i, e in maps.backend_entries.items()},
+            maps.vip_entries) == snapshot
+    assert not programmer.take_events()        # the holds of an apply that did not happen
+    programmer.apply(plans_of(changed))        # and the next one goes through
+    assert {str(k[0]) for k in maps.by_address()} == set(changed)

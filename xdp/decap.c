@@ -19,7 +19,9 @@
  * Everything else passes untouched, UDP to LBD_GUE_PORT that is not lbd's
  * (another version, no magic) included: a service may use that port.
  * Like a kernel ipip device without a fixed remote, it accepts any outer
- * source: filter tunnel sources at the edge if that matters to you.
+ * source, and a GUE packet from anyone is sent on once to the address it
+ * names (from this host, unamplified): filter IP protocols 4 and 41 and UDP
+ * to LBD_GUE_PORT from outside at the edge if that matters to you.
  *
  * decap_stats counts what it did (enum lbd_decap_slot, per CPU); decap_build
  * holds the build id lbd-backend writes after loading (0 until then), which

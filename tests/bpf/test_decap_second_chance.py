@@ -616,3 +616,22 @@ def test_an_old_build_is_reported_by_check_and_replaced_by_prepare(decap):
     finally:
         xdplink.detach("sc0")
         old.cleanup()
+
+
+def test_a_pinned_program_keeps_its_build_id_and_counters(tmp_path):
+    """prepare --pin-dir: a later prepare attaches the pinned program (no
+    compile), which still names its build and counts."""
+    bpffs = tmp_path / "bpffs"
+    bpffs.mkdir()
+    subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
+    try:
+        pins = str(bpffs / "decap")
+        first = backend_prep.attach_decap("sc0", "generic", pins)
+        xdplink.detach("sc0")
+        again = backend_prep.attach_decap("sc0", "generic", pins)
+        assert "compiled, pinned" in first and "compiled" not in again and "pinned" in again
+        state = backend_prep.decap_state("sc0")
+        assert state.current and state.counters == {name: 0 for name in SLOTS}
+    finally:
+        xdplink.detach("sc0")
+        subprocess.run(["umount", str(bpffs)], check=False)

@@ -53,7 +53,9 @@ def format_status(status: dict, stats: bool, rate: bool = False) -> str:
         endpoint = f"{vip['address']}:{vip['port']}" if ":" not in vip["address"] else \
             f"[{vip['address']}]:{vip['port']}"
         extra = "  FAIL-OPEN" if vip["fail_open"] else ""
-        second = f" / {vip['second_fingerprint']}" if vip.get("second_fingerprint") else ""
+        second = f" / {vip['second_fingerprint'] or '-'}" if vip.get("second_chance") else ""
+        if vip.get("second_pending"):
+            second += " (second table being built)"
         lines.append(f"{vip['protocol'].upper():4} {endpoint:28} {vip['mode']:4} {vip['affinity']:8} "
                      f"{vip['fingerprint']}{second}{extra}")
         if stats:

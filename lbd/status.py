@@ -44,6 +44,8 @@ def status_view(daemon: "Daemon") -> dict:
                      "fingerprint": entry.fingerprint if entry else "", "fail_open": status.fail_open,
                      "second_chance": bool(vip.second_chance),
                      "second_fingerprint": entry.second_fingerprint if entry else "",
+                     # being built (lbd.daemon SECOND_BUDGET_S): the fingerprint is of the table before
+                     "second_pending": bool(entry) and d.programmer.second_pending(entry.plan.key),
                      "held": held_backends(d, entry) if entry else [],
                      "counters": d.datapath.vip_counters(entry.vip_id) if entry else {},
                      "rate": d.rates.vip(entry.vip_id) if entry else None,

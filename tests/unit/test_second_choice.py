@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import random
+import time
 
 import numpy as np
 import pytest
@@ -499,3 +500,34 @@ def test_a_failed_write_puts_back_every_entry_and_table():
     assert not programmer.take_events()        # the holds of an apply that did not happen
     programmer.apply(plans_of(changed))        # and the next one goes through
     assert {str(k[0]) for k in maps.by_address()} == set(changed)
+
+
+# --- what the operator sees ------------------------------------------------------
+
+def test_lbctl_status_shows_both_fingerprints_holds_and_held_backends():
+    from lbd.lbctl import format_status
+    until = 2_000_000_000
+    vip = {"name": "web", "address": "198.18.100.1", "port": 443, "protocol": "tcp", "mode": "ipip",
+           "affinity": "flow", "fingerprint": "aaaa", "fail_open": False, "second_chance": True,
+           "second_fingerprint": "bbbb", "second_pending": False,
+           "backends": [{"address": "198.18.20.11", "weight": 100, "state": "active", "health": "up",
+                         "flows": 3, "idle_flows": 0, "note": "", "hold_until": None},
+                        {"address": "198.18.20.12", "weight": 100, "state": "down", "health": "down",
+                         "flows": 1, "idle_flows": 0, "note": "health check failing", "hold_until": until}],
+           "held": [{"address": "198.18.20.13", "backend_id": 9, "weight": 100, "state": "held",
+                     "hold_until": until, "flows": 2, "idle_flows": 1}]}
+    plain = dict(vip, name="dns", protocol="udp", second_chance=False, second_fingerprint="", held=[],
+                 backends=[])
+    text = format_status({"ready": True, "attached": {}, "reload": {}, "vips": [vip, plain]}, stats=False)
+    lines = text.splitlines()
+    web = next(line for line in lines if "198.18.100.1:443" in line and line.startswith("TCP"))
+    assert web.endswith("aaaa / bbbb")
+    assert next(line for line in lines if line.startswith("UDP")).endswith("aaaa")
+    clock = time.strftime("%H:%M:%S", time.localtime(until))
+    down = next(line for line in lines if "198.18.20.12" in line)
+    assert f"second choice until {clock}" in down and "health check failing" in down
+    held = next(line for line in lines if "198.18.20.13" in line)
+    assert " held " in held and "removed from the config" in held and clock in held
+    pending = format_status({"ready": True, "attached": {}, "reload": {},
+                             "vips": [dict(vip, second_pending=True)]}, stats=False)
+    assert "second table being built" in pending

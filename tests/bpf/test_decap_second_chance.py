@@ -85,6 +85,7 @@ def _namespace_commands() -> list[list[str]]:
         ["-6", "route", "add", "fd00:51::/64", "via", "fd00:41::fe"],
         ["route", "add", "198.18.60.0/24", "via", "198.18.40.253"],
         ["-6", "route", "add", "fd00:60::/64", "via", "fd00:40::fd"],
+        ["route", "add", "198.19.0.0/16", "via", "198.18.40.254"],   # REMOTE_CLIENT's SYN-ACKs
         ["route", "add", "unreachable", "198.18.70.0/24"],
         ["-6", "route", "add", "unreachable", "fd00:70::/64"],
     ]
@@ -348,6 +349,38 @@ def test_an_ack_completing_a_valid_syn_cookie_is_kept(decap, version):
                              seq=isn + 1, ack=cookie + 1 + (1 << 24), payload=b"")
         result, moved = decap.run(gue_frame(wrong, SECOND[version]))
         assert result.action == XDP_TX and moved == {"forwarded": 1}
+
+
+def test_a_packet_of_a_half_open_connection_is_kept(decap):
+    """Without cookies (syncookies=1 and a queue with room) a SYN makes a
+    request socket: the handshake's ACK, and data right behind it, belong
+    here. The SYN comes from a client behind the gateway, so the SYN-ACK
+    leaves by sc0 and nothing answers it with a reset."""
+    port, sport = 8084, 42042
+    sysctl("net.ipv4.tcp_syncookies=1")
+    try:
+        with listener(4, port), socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as raw:
+            raw.sendto(bytes(IP(src=REMOTE_CLIENT[4], dst=VIP[4]) /
+                             TCP(sport=sport, dport=port, flags="S", seq=5000)), (VIP[4], 0))
+            deadline = time.monotonic() + 5
+            while not _has_request_socket(sport) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _has_request_socket(sport), "the SYN made no request socket"
+            ack = inner_packet(REMOTE_CLIENT[4], VIP[4], sport=sport, dport=port, flags="PA",
+                               seq=5001, ack=1)
+            frame = gue_frame(ack, SECOND[4])
+            result, moved = decap.run(frame)
+    finally:
+        sysctl("net.ipv4.tcp_syncookies=2")
+    assert_kept(result, frame, ack)
+    assert moved == {"kept_socket": 1}
+
+
+def _has_request_socket(sport: int) -> bool:
+    """A SYN_RECV (03) entry with that remote port in /proc/net/tcp."""
+    with open("/proc/net/tcp") as f:
+        return any(line.split()[2].endswith(f":{sport:04X}") and line.split()[3] == "03"
+                   for line in f.readlines()[1:])
 
 
 @pytest.mark.parametrize("version", [4, 6])

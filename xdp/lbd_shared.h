@@ -187,7 +187,7 @@ struct lbd_backend {
 	__u32 addr[4];     /* network order: ipip outer destination */
 	__u8 dst_mac[6];   /* dsr: the backend's MAC */
 	__u8 src_mac[6];   /* dsr: our MAC on the egress interface */
-	__u32 ifindex;     /* dsr: egress interface (XDP_TX when it is ingress) */
+	__u32 ifindex;     /* dsr: egress interface (XDP_TX when it is ingress); HELD (ipip only): its configured weight, for a restarted daemon's second table */
 	__u32 generation;  /* bumped when the id is reused: stale flows move on */
 	__u8 state;        /* enum lbd_backend_state */
 	__u8 family;       /* enum lbd_family */

@@ -573,8 +573,9 @@ def main(argv: list[str] | None = None) -> int:
             for line in changes or ["already prepared"]:
                 print(line)
             if args.mode == "ipip":
-                state = xdp_state(ifname)
-                print(f"decap: {state.name} on {ifname}, xdp mode {state.mode}")
+                state = decap_state(ifname)
+                print(f"decap: {DECAP_FUNCTION} on {ifname}, xdp mode {state.mode}, "
+                      f"{state.build_text()}")
             return 0
         findings = check(args.mode, args.vip, ifname, args.port)
         for finding in findings:

@@ -223,11 +223,27 @@ class Programmer:
             self._held.get(vip_key, {}).pop(address, None)
             self._adopted.get(vip_key, {}).pop(address, None)
             return existing
+        if not self._free_backend_ids:
+            self._yield_held_id()
         backend_id = self._free_backend_ids.pop()
         self._generations[backend_id] = self._generations.get(backend_id, 0) + 1
         self._backend_ids[(vip_key, address)] = backend_id
         fresh.add(backend_id)
         return backend_id
+
+    def _yield_held_id(self) -> None:
+        """Out of ids (the config fills limits.max_backends): the held
+        backend whose hold ends first gives its id up now. A configured
+        backend always comes before a hold."""
+        held = [(h.until, key, address) for key, by_address in self._held.items()
+                for address, h in by_address.items()]
+        if not held:
+            return  # pop() fails: apply reports the write failure and restores
+        _, key, address = min(held, key=lambda h: h[0])
+        gone = self._held[key].pop(address)
+        self._release_backend(key, address, gone.backend_id)
+        if key in self._applied:  # its second table no longer has it
+            self._second_pending[key] = None
 
     def _build_table(self, plan: VipPlan, ids: dict[IPAddress, int]) -> np.ndarray:
         entries = [maglev.Backend(b.address.packed, b.weight, ids[b.address])

@@ -531,3 +531,24 @@ def test_lbctl_status_shows_both_fingerprints_holds_and_held_backends():
     pending = format_status({"ready": True, "attached": {}, "reload": {},
                              "vips": [dict(vip, second_pending=True)]}, stats=False)
     assert "second table being built" in pending
+
+
+def test_a_hold_gives_its_id_up_when_the_config_needs_it():
+    maps = MapsDouble()
+    maps.limits = Limits(max_vips=4, max_backends=8, ring_size=DOUBLE_RING)   # ids 1..7
+    programmer, clock = host(maps)
+    vip = VIP_ADDRESSES[0]
+    view = {vip: {a: (100, False, True) for a in POOL[:4]}}
+    programmer.apply(plans_of(view))
+    del view[vip][POOL[0]]
+    programmer.apply(plans_of(view))
+    clock.now += 10
+    del view[vip][POOL[1]]
+    programmer.apply(plans_of(view))              # two held, five ids in use
+    key = (ipaddress.ip_address(vip), 443, 6)
+    assert set(map(str, programmer.held(key))) == {POOL[0], POOL[1]}
+    view[vip].update({a: (100, False, True) for a in POOL[4:8]})   # six configured, one id short
+    programmer.apply(plans_of(view))
+    assert set(map(str, programmer.held(key))) == {POOL[1]}      # the hold that ended first went
+    assert {str(a) for a in programmer.applied()[key].backend_ids} == set(view[vip])
+    assert not (maps.second_rings[maps.vip_entries[key][0]] == 0).any()

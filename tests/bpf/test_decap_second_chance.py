@@ -668,3 +668,22 @@ def test_a_pinned_program_keeps_its_build_id_and_counters(tmp_path):
     finally:
         xdplink.detach("sc0")
         subprocess.run(["umount", str(bpffs)], check=False)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(version=st.sampled_from([4, 6]), vlans=st.sampled_from([(), (5,), (100, 5)]),
+       flags=FLAGS, cut=st.integers(1, 200), payload=st.binary(max_size=64))
+def test_a_cut_gue_frame_passes_untouched_or_is_dropped_as_malformed(decap, version, vlans, flags,
+                                                                     cut, payload):
+    """Cut anywhere: before the magic it cannot be told from anyone's UDP and
+    passes untouched; from there on it is lbd's, and its lengths no longer
+    add up: dropped and counted. Never anything else."""
+    inner = inner_packet(REMOTE_CLIENT[version], VIP[version], flags=flags, payload=payload)
+    whole = gue_frame(inner, SECOND[version], vlans=vlans)
+    frame = whole[:max(14, len(whole) - cut)]   # the test run takes no less than a MAC header
+    magic_end = l2_length(whole) + (20 if version == 4 else 40) + 8 + 4 + 2
+    result, moved = decap.run(frame)
+    if len(frame) < magic_end:
+        assert result.action == XDP_PASS and result.packet == frame and moved == {}
+    else:
+        assert result.action == XDP_DROP and moved == {"malformed": 1}

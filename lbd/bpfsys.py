@@ -2,8 +2,9 @@
 
 bcc loads the program and gives typed tables; this module adds what it lacks:
 creating a map off to the side (a Maglev table before it is swapped in),
-tables written through mmap, map-in-map slot reads, pinning, and
-BPF_PROG_TEST_RUN for the packet tests and the per-packet cost benchmark.
+tables written through mmap, map-in-map slot reads, pinning, an attached
+program's maps found by id (lbd-backend reads the decap program's counters so),
+and BPF_PROG_TEST_RUN for the packet tests and the per-packet cost benchmark.
 libbpf.so.1 comes with Debian's bcc packages.
 """
 from __future__ import annotations

@@ -14,7 +14,9 @@ One host: the connection table is lost (every entry deleted from the pinned
 map, after the change, so no packet can re-place a flow by the old table in
 between) after a backend is added, after one is removed (its server keeps
 running: the hold keeps it a second choice) and after one is drained; and
-SYN cookies on every backend while packets carry a second choice. The fleet:
+SYN cookies on every backend while packets carry a second choice. A backend
+added while another is drained is an expected failure of the design (its
+reason says why). The fleet:
 the hosts disagree on a backend's health (its health checks from one host
 only are dropped) while every flow crosses from one host to the other and
 back; then a backend is added on both and a host dies, so its flows cross to
@@ -50,8 +52,8 @@ STREAMS = 40              # per VIP, one per client address
 PACE = 32_000             # bytes/s: nginx's limit_rate 32k on /stream, a little under
 SLACK_S = 6               # a stream may fall this far behind its pace (one socket timeout and more)
 ONE_HOST_S = 10           # each one-host stage's streams: the change takes ~2 s of it
-FLEET_CROSS_S = 24        # the disagreement's streams: two withdrawals and returns
-FLEET_KILL_S = 18         # the add-and-kill's streams
+FLEET_CROSS_S = 18        # the disagreement's streams: two withdrawals and returns (~8 s)
+FLEET_KILL_S = 14         # the add-and-kill's streams (~5 s)
 
 
 def skip_unless_root() -> None:
@@ -86,9 +88,9 @@ vips:
 
 def fleet_host_config(lab: Lab, host: FleetHost, names) -> str:
     """The fleet test's config of the host (its BGP and files) with these VIPs."""
-    text = fleet_config(lab, host.node, host.dir, list(names))
-    head, rest = text.split("\nvips:\n", 1)
-    return f"{head}\nvips:\n{vips_yaml(lab, names)}\nbgp:\n{rest.split(chr(10) + 'bgp:' + chr(10), 1)[1]}"
+    head, rest = fleet_config(lab, host.node, host.dir, list(names)).split("\nvips:\n", 1)
+    _, bgp = rest.split("\nbgp:\n", 1)
+    return f"{head}\nvips:\n{vips_yaml(lab, names)}\nbgp:\n{bgp}"
 
 
 # --- the daemon's view -------------------------------------------------------------------
@@ -301,6 +303,7 @@ class TestOneHost:
             lost = empty_pinned_map(pinned_conntrack(lab.bpffs_dir, daemon.host))
             running_streams = sum(len(streams.flows(vip)) for vip in VIPS)
             assert lost >= running_streams, f"{lost} entries deleted, {running_streams} streams run"
+            print(f"{streams.left_s():.1f} s of the streams left after the event")
             assert streams.left_s() > 3, "the change took most of the streams' time"
             outcomes = streams.results()
         finally:
@@ -363,7 +366,8 @@ class TestOneHost:
                                          "r1 drained, table lost")
         assert any(s["backend"] == "r1" for vip in SECOND_CHANCE for s in outcomes[vip].exercised)
 
-    @pytest.mark.xfail(strict=True, reason=(
+    # not strict: a third of the moved flows break, so a run may by chance break none
+    @pytest.mark.xfail(strict=False, reason=(
         "design (issue #12): a drained backend stays in Cset with its configured weight, so "
         "Maglev(Cset - r6), the second choice of r6's slots, is not the table the flows were "
         "placed by (Maglev of r2..r5): lbd.maglev gives 4,405 of the 13,166 moved slots (IPv4) "
@@ -457,6 +461,7 @@ class TestFleet:
                 # each host's flows cross to the other, which has no entry for them
                 self.withdraw(lab, hosts, "lbd")
                 self.withdraw(lab, hosts, "lbd2")
+                print(f"{streams.left_s():.1f} s of the streams left after the event")
                 assert streams.left_s() > 2, "the crossings took most of the streams' time"
                 outcomes = streams.results()
             finally:
@@ -496,6 +501,7 @@ class TestFleet:
                 wait_tables(host.lbd, lab, ALL_FIVE)
             lab.kill_host("lbd2")
             wait_for(lambda: routed_via(lab, ["lbd"]), "every VIP routed via lbd only", timeout=15)
+            print(f"{streams.left_s():.1f} s of the streams left after the event")
             assert streams.left_s() > 2, "the add and the kill took most of the streams' time"
             outcomes = streams.results()
         finally:

@@ -52,6 +52,7 @@ STREAMS = 40              # per VIP, one per client address
 PACE = 32_000             # bytes/s: nginx's limit_rate 32k on /stream, a little under
 SLACK_S = 6               # a stream may fall this far behind its pace (one socket timeout and more)
 ONE_HOST_S = 10           # each one-host stage's streams: the change takes ~2 s of it
+RESTART_S = 16            # ... with a restart of lbd in the change
 FLEET_CROSS_S = 18        # the disagreement's streams: two withdrawals and returns (~8 s)
 FLEET_KILL_S = 14         # the add-and-kill's streams (~5 s)
 
@@ -292,11 +293,12 @@ class TestOneHost:
         wait_tables(daemon, lab, [n for n in names if n not in drain])
 
     @staticmethod
-    def table_lost_after(lab: Lab, daemon: LbdUnderTest, change, what: str) -> dict[str, Outcome]:
+    def table_lost_after(lab: Lab, daemon: LbdUnderTest, change, what: str,
+                         duration: float = ONE_HOST_S) -> dict[str, Outcome]:
         """Streams through every VIP; `change` (a reload), then the connection
         table is lost; and what second chance made of it."""
         before = decap_counters(lab)
-        streams = Streams(daemon, ONE_HOST_S)
+        streams = Streams(daemon, duration)
         try:
             time.sleep(1)   # every flow has its entry, placed by the table before the change
             change()
@@ -354,6 +356,22 @@ class TestOneHost:
         left = tuple(n for n in ALL_FIVE if n != "r3")
         outcomes = self.table_lost_after(lab, daemon, lambda: self.reload(lab, daemon, left),
                                          "r3 removed, table lost")
+        assert any(s["backend"] == "r3" for vip in SECOND_CHANCE for s in outcomes[vip].exercised)
+
+    def test_a_hold_outlives_a_restart_of_lbd(self, one):
+        # the restarted daemon takes r3's hold over from the pins
+        lab, daemon = one
+        self.reload(lab, daemon, ALL_FIVE)   # r3 back first (no streams run)
+        left = tuple(n for n in ALL_FIVE if n != "r3")
+
+        def removed_then_restarted() -> None:
+            self.reload(lab, daemon, left)
+            daemon.kill9()
+            daemon.start()
+            wait_tables(daemon, lab, left)
+        outcomes = self.table_lost_after(lab, daemon, removed_then_restarted,
+                                         "r3 removed, lbd killed (-9) and started, table lost",
+                                         duration=RESTART_S)
         assert any(s["backend"] == "r3" for vip in SECOND_CHANCE for s in outcomes[vip].exercised)
 
     def test_a_backend_drained_while_the_table_is_lost_breaks_no_stream(self, one):

@@ -665,8 +665,12 @@ def _measure(calls, runs, quick, flows, ifindex, floor_fd, dp, dp_flood, mapcost
                     same_backend[1] += run.destination() == syn_dest[(m, i)]
                 if m == "dsr" and patched_fd:
                     s["patched_dsr_first_ack"].append(run(patched_fd, patched_ack[i]))
+                # beside the plain one, in turn before and after it: whichever runs
+                # second finds more of the program warm (measured: ~4% either way)
+                if m == "ipip" and i % 2:
+                    s["ipip_sc_established"].append(run(dp.prog_fd, sc_established))
                 s[f"{m}_established"].append(run(dp.prog_fd, established[m]))
-                if m == "ipip":   # right after the plain one, in the same cache state
+                if m == "ipip" and not i % 2:
                     s["ipip_sc_established"].append(run(dp.prog_fd, sc_established))
                 if before_fd:
                     s[f"before_{m}_established"].append(run(before_fd, established[m]))

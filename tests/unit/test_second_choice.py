@@ -552,3 +552,74 @@ def test_a_hold_gives_its_id_up_when_the_config_needs_it():
     assert set(map(str, programmer.held(key))) == {POOL[1]}      # the hold that ended first went
     assert {str(a) for a in programmer.applied()[key].backend_ids} == set(view[vip])
     assert not (maps.second_rings[maps.vip_entries[key][0]] == 0).any()
+
+
+# --- the daemon's upkeep -----------------------------------------------------------
+
+class UpkeepProgrammer:
+    """What the daemon's upkeep asks of the programmer: a hold that ends
+    soon, one second table pending; records what it was asked to do."""
+
+    def __init__(self, daemon, hold_ends: float):
+        self.daemon, self.hold_ends, self.pending = daemon, hold_ends, 2
+        self.expired_at: list[float] = []
+        self.hold_s = HOLD
+        self.events = []
+
+    def next_deadline(self):
+        return self.hold_ends
+
+    def expire(self):
+        self.expired_at.append(time.time())
+        if time.time() >= self.hold_ends:
+            self.hold_ends = None
+            self.events.append(SimpleNamespace(event="ended", vip="web", backend="198.18.20.11",
+                                               state="held", released=True))
+        if self.hold_ends is None and not self.pending:
+            self.daemon.request_stop()
+        return self.hold_ends
+
+    def second_pending(self):
+        return self.pending > 0
+
+    def build_second(self, budget_s):
+        self.pending -= 1
+        return self.pending
+
+    def take_events(self):
+        events, self.events = self.events, []
+        return events
+
+    def applied(self):
+        return {}
+
+
+def test_the_daemon_ends_holds_and_builds_pending_second_tables(caplog):
+    import asyncio
+    import logging
+
+    from lbd.config import parse_config
+    from lbd.daemon import Daemon
+
+    config = parse_config(SECOND_CONFIG)
+
+    async def run():
+        daemon = Daemon("lbd.yaml", config)
+        daemon.programmer = UpkeepProgrammer(daemon, hold_ends=time.time() + 0.2)
+        await asyncio.wait_for(daemon._second_chance_upkeep(), 10)
+        return daemon.programmer
+
+    with caplog.at_level(logging.INFO, logger="lbd"):
+        programmer = asyncio.run(run())
+    assert programmer.pending == 0 and programmer.hold_ends is None
+    assert any("hold_ended vip=web backend=198.18.20.11 state=held released=yes" in r.getMessage()
+               for r in caplog.records)
+    assert any(r.getMessage().startswith("second_tables_built") for r in caplog.records)
+
+
+SECOND_CONFIG = """
+interfaces: [{name: eth0}]
+ipip: {source_v4: 198.18.0.2}
+vips:
+  - {name: web, address: 198.18.100.3, port: 443, protocol: tcp, mode: ipip, backends: [{address: 198.18.20.11}]}
+"""

@@ -29,19 +29,25 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from lbd import layout
 from lbd.testing.lab import Lab
 from tests.netns.lbdrun import HEALTH, LbdUnderTest, backends
 from tests.netns.tablelost import empty_pinned_map, pinned_conntrack
 from tests.netns.test_fleet import FleetHost, fleet_config, wait_for
 
 pytestmark = pytest.mark.netns
+
+C = layout.constant
+UPLOADER = str(Path(__file__).with_name("uploader.py"))
 
 SC4, OFF4, SC6, OFF6 = "198.18.100.2", "198.18.100.3", "fd00:100::2", "fd00:100::3"
 VIPS = {"sc4": SC4, "off4": OFF4, "sc6": SC6, "off6": OFF6}
@@ -179,6 +185,11 @@ class Outcome:
                 f"{len(self.exercised)} on a moved first choice")
 
 
+def stream_sources(lab: Lab, address: str):
+    """The client addresses of a VIP's streams (of its family)."""
+    return (lab.client.v6s if ":" in address else lab.client.v4s)[:STREAMS]
+
+
 class Streams:
     """STREAMS long-lived streams through each of the four VIPs at once."""
 
@@ -194,7 +205,7 @@ class Streams:
             raise
 
     def sources(self, address: str):
-        return (self.lab.client.v6s if ":" in address else self.lab.client.v4s)[:STREAMS]
+        return stream_sources(self.lab, address)
 
     def flows(self, vip: str) -> list[dict]:
         """The streams of a VIP as explain takes them (source, port), while they run."""
@@ -349,6 +360,25 @@ class TestOneHost:
         # handshake's ACK (no socket yet) instead of sending it on
         assert after["SyncookiesRecv"] - before["SyncookiesRecv"] >= served["r5"], (before, after)
         assert decap["kept_syncookie"] >= served["r5"], decap
+
+    def test_full_sized_uploads_learn_a_path_mtu_that_leaves_room_for_gue(self, one):
+        # a second-chance VIP counts GUE's overhead in every MTU check and
+        # too-big answer (plain IP-in-IP's for the control), so the client's
+        # kernel learns it once and its uploads go through
+        lab, daemon = one
+        targets = [(address, source) for address in VIPS.values()
+                   for source in stream_sources(lab, address)[:4]]
+        result = lab.run(lab.client, [sys.executable, UPLOADER, "300000",
+                                      *(f"{a},{s}" for a, s in targets)], timeout=120, check=True)
+        uploads = json.loads(result.stdout)
+        failed = [u for u in uploads if u["error"] or " 200 " not in f"{u['status']} "]
+        assert not failed, failed
+        for vip, address in VIPS.items():
+            overhead = (C("LBD_GUE_OVERHEAD_V6") if ":" in address else C("LBD_GUE_OVERHEAD_V4")) \
+                if vip in SECOND_CHANCE else (40 if ":" in address else 20)
+            route = lab.run(lab.client, ["ip", "-o", "route", "get", address], check=True).stdout
+            learned = re.search(r"\bmtu (\d+)", route)
+            assert learned and int(learned.group(1)) == lab.mtu - overhead, (vip, route)
 
     def test_a_backend_removed_while_the_table_is_lost_breaks_no_stream(self, one):
         # r3's server keeps running: its streams go on through the hold

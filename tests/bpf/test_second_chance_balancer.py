@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
-from scapy.layers.l2 import Ether
+from scapy.layers.l2 import Dot1Q, Ether
 
 from lbd import flowhash, layout
 from lbd.datapath import BackendEntry
@@ -49,7 +49,7 @@ ip = ipaddress.ip_address
 
 TCP_VIP = {4: "198.18.100.60", 6: "fd00:100::60"}
 UDP_VIP = {4: "198.18.100.62", 6: "fd00:100::62"}
-OTHER_VIP_V4 = "198.18.100.61"
+OTHER_VIP = {4: "198.18.100.61", 6: "fd00:100::61"}
 MEMBERS = {4: "198.18.20.", 6: "fd00:20::"}   # routed via the resolved next hop
 CLIENTS = {4: "198.19.{}.{}", 6: "fd00:19::{:x}:{:x}"}
 
@@ -59,8 +59,8 @@ def plans():
             for v in (4, 6)]
     vips += [sc.vip(UDP_VIP[v], 53, sc.UDP_P, ipip=True, members=sc.backends(MEMBERS[v], 4))
              for v in (4, 6)]
-    vips.append(sc.vip(OTHER_VIP_V4, 80, sc.TCP_P, ipip=True,
-                       members=sc.backends("198.18.20.1", 2)))  # .111, .112
+    vips += [sc.vip(OTHER_VIP[v], 80, sc.TCP_P, ipip=True, members=sc.backends(MEMBERS[v] + "1", 2))
+             for v in (4, 6)]  # backends ...111 and ...112
     return vips
 
 
@@ -135,10 +135,10 @@ def scb(lb):
 
 
 def client(version: int, n: int, dst: str, *, sport=40000, flags="A", proto=sc.TCP_P, payload=b"hello",
-           df=False, tos=0):
+           df=False, tos=0, vlan=None):
     src = CLIENTS[version].format((n >> 8) & 0xff, n & 0xff)
     return sc.client_packet(dst, 80 if proto == sc.TCP_P else 53, proto, src=src, sport=sport,
-                            flags=flags, payload=payload, df=df, tos=tos)
+                            flags=flags, payload=payload, df=df, tos=tos, vlan=vlan)
 
 
 def inner_of(packet):
@@ -161,8 +161,36 @@ def expected_gue(packet, first, second, sport: int, plan) -> bytes:
         outer = IPv6(src=IPIP_SRC_V6, dst=str(first), nh=17, hlim=64, tc=inner.tc,
                      fl=sc.flow_hash_for(plan, packet) & 0xFFFFF)
         gue = struct.pack("!BBHHBB16s", 5, 41, 0, GUE_MAGIC, 0, 0, ip(second).packed)
-    return bytes(Ether(src=LBD_MAC, dst=GW_MAC) / outer / UDP(sport=sport, dport=GUE_PORT, chksum=0)
-                 / gue / bytes(inner))
+    l2 = Ether(src=LBD_MAC, dst=GW_MAC)
+    if Dot1Q in packet:
+        l2 = l2 / Dot1Q(vlan=packet[Dot1Q].vlan)
+    return bytes(l2 / outer / UDP(sport=sport, dport=GUE_PORT, chksum=0) / gue / bytes(inner))
+
+
+def check_gue_fields(out: bytes, packet, second) -> None:
+    """The output as scapy parses it, GUE's fields read by offset from the UDP
+    payload: every length and the IPv4 checksum as a receiver checks them."""
+    frame = Ether(out)
+    inner = bytes(inner_of(packet))
+    if IP in frame:
+        outer = frame[IP]
+        assert outer.len == len(bytes(outer)) and outer.ihl == 5
+        written = outer.chksum
+        del outer.chksum
+        assert IP(bytes(outer)).chksum == written, "outer IPv4 header checksum"
+        private, hlen, proto = 8, 2, 4
+    else:
+        outer = frame[IPv6]
+        assert outer.plen == len(bytes(outer.payload))
+        private, hlen, proto = 20, 5, 41
+    udp = outer[UDP]
+    assert udp.len == len(bytes(udp)) == 8 + 4 + private + len(inner) and udp.chksum == 0
+    body = bytes(udp.payload)
+    assert body[0] == hlen, "version 0, C 0, Hlen = private data words"
+    assert (body[1], body[2:4]) == (proto, b"\0\0")
+    assert struct.unpack_from("!HBB", body, 4) == (GUE_MAGIC, 0, 0)
+    assert body[8:4 + 4 * hlen] == ip(second).packed
+    assert body[4 + 4 * hlen:] == inner, "the client's packet, byte for byte"
 
 
 def gue_source_port(out: bytes) -> int | None:
@@ -185,6 +213,7 @@ def check_forwarded(setup, packet, first_id: int, second_id: int | None, plan) -
     sport = gue_source_port(result.packet)
     assert sport is not None, f"plain frame where GUE naming {setup.address_of(second_id)} was due"
     assert 49152 <= sport <= 65535, "the source port is in the ephemeral range (RFC 8085)"
+    check_gue_fields(result.packet, packet, setup.address_of(second_id))
     assert result.packet.hex() == expected_gue(packet, first, setup.address_of(second_id), sport,
                                                plan).hex()
     return sport
@@ -284,14 +313,12 @@ INVALID = ["none", "same as the first", "hold over", "another VIP's backend",
 @pytest.mark.parametrize("why", INVALID)
 @pytest.mark.parametrize("version", [4, 6])
 def test_without_a_valid_second_the_packet_is_plain_ipip(scb, version, why):
-    if why == "another VIP's backend" and version == 6:
-        pytest.skip("the other VIP is IPv4 (its backend ids are what matters)")
     plan = scb.plan(TCP_VIP[version])
     scb.set_second_chance(plan, on=why != "VIP without second chance")
     a, b, _, _ = scb.ids(plan)
     second = {"none": 0, "same as the first": a}.get(why, b)
     if why == "another VIP's backend":
-        other = scb.plan(OTHER_VIP_V4)
+        other = scb.plan(OTHER_VIP[version])
         scb.set_second_chance(other)
         second = scb.ids(other)[0]
     if why == "hold over":
@@ -355,6 +382,15 @@ def test_gue_keeps_the_clients_tos_and_df(scb):
     scb.constant_tables(plan, a, b)
     for df, tos in ((True, 0x28), (False, 0xb8)):
         check_forwarded(scb, client(4, 10, TCP_VIP[4], df=df, tos=tos), a, b, plan)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_gue_behind_a_vlan_tag(scb, version):
+    plan = scb.plan(TCP_VIP[version])
+    scb.set_second_chance(plan)
+    a, b, _, _ = scb.ids(plan)
+    scb.constant_tables(plan, a, b)
+    check_forwarded(scb, client(version, 13, TCP_VIP[version], vlan=42, tos=0xb8), a, b, plan)
 
 
 # --- MTU: GUE's overhead counted always on a second-chance VIP --------------------------

@@ -488,6 +488,8 @@ class Programmer:
             self._second_pending.pop(key, None)
             self._free_vip_ids.append(gone.vip_id)
             results.append(VipResult(gone.plan.name, "removed", 1.0, ""))
+        for key in [k for k in self._vip_ids if k not in wanted and k not in self._applied]:
+            self._remove_adopted_vip(key)
         for key, applied in staged.items():
             for address, backend_id in to_hold.get(key, {}).items():
                 self._write_held(applied, address, self._held[key][address])
@@ -513,6 +515,19 @@ class Programmer:
             self._write_prefilter(wanted_bits, exact=True)
             self._vip_shape = shape
         return results
+
+    def _remove_adopted_vip(self, key: VipKey) -> None:
+        """A VIP of the adopted maps that the config no longer has (removed
+        while lbd was stopped): gone with its tables, backends and holds."""
+        vip_id = self._vip_ids.pop(key)
+        self.dp.delete_vip(*key)
+        self.dp.clear_ring(vip_id)
+        self.dp.clear_second_ring(vip_id)
+        for address, backend_id in self._adopted.pop(key, {}).items():
+            self._release_backend(key, address, backend_id)
+        for address, held in self._held.pop(key, {}).items():
+            self._release_backend(key, address, held.backend_id)
+        self._free_vip_ids.append(vip_id)
 
     def _stage_removed(self, key: VipKey, plan: VipPlan, ids: dict[IPAddress, int],
                        old: AppliedVip | None, to_hold: dict, to_release: dict) -> None:

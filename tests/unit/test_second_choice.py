@@ -623,3 +623,21 @@ ipip: {source_v4: 198.18.0.2}
 vips:
   - {name: web, address: 198.18.100.3, port: 443, protocol: tcp, mode: ipip, backends: [{address: 198.18.20.11}]}
 """
+
+
+def test_a_vip_removed_while_lbd_was_stopped_goes_at_the_first_apply():
+    maps = MapsDouble()
+    programmer, clock = host(maps)
+    view = {vip: {a: (100, False, True) for a in POOL[:3]} for vip in VIP_ADDRESSES}
+    programmer.apply(plans_of(view))
+    del view[VIP_ADDRESSES[0]][POOL[0]]
+    programmer.apply(plans_of(view))                  # one held in the VIP that goes
+    gone_key = (ipaddress.ip_address(VIP_ADDRESSES[0]), 443, 6)
+    gone_vip = maps.vip_entries[gone_key][0]
+    restarted = Programmer(maps, hold_s=HOLD, clock=clock)
+    assert restarted.adopt() == 2
+    del view[VIP_ADDRESSES[0]]
+    restarted.apply(plans_of(view))
+    assert gone_key not in maps.vip_entries and gone_vip not in maps.rings and gone_vip not in maps.second_rings
+    assert {e.vip_id for e in maps.backend_entries.values()} == {maps.vip_entries[k][0] for k in maps.vip_entries}
+    assert restarted.next_deadline() is None           # its hold went with it

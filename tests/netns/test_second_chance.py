@@ -58,7 +58,7 @@ STREAMS = 40              # per VIP, one per client address
 PACE = 32_000             # bytes/s: nginx's limit_rate 32k on /stream, a little under
 SLACK_S = 6               # a stream may fall this far behind its pace (one socket timeout and more)
 ONE_HOST_S = 10           # each one-host stage's streams: the change takes ~2 s of it
-RESTART_S = 16            # ... with a restart of lbd in the change
+RESTART_S = 22            # ... with a restart of lbd in the change (~6-10 s)
 FLEET_CROSS_S = 18        # the disagreement's streams: two withdrawals and returns (~8 s)
 FLEET_KILL_S = 14         # the add-and-kill's streams (~5 s)
 

@@ -199,13 +199,11 @@ class Streams:
         self.procs = {}
         try:
             for vip, address in VIPS.items():
-                self.procs[vip] = daemon.start_streams(address, self.sources(address), duration)
+                self.procs[vip] = daemon.start_streams(address, stream_sources(self.lab, address),
+                                                       duration)
         except BaseException:
             self.kill()
             raise
-
-    def sources(self, address: str):
-        return stream_sources(self.lab, address)
 
     def flows(self, vip: str) -> list[dict]:
         """The streams of a VIP as explain takes them (source, port), while they run."""
@@ -265,7 +263,7 @@ def moved_first_choice(lab: Lab, daemon: LbdUnderTest, outcomes: dict[str, Outco
 
 
 # --- one host ------------------------------------------------------------------------------
-def counters(lab: Lab, backend: str, names: tuple[str, ...]) -> dict[str, int]:
+def tcp_ext_counters(lab: Lab, backend: str, names: tuple[str, ...]) -> dict[str, int]:
     """TcpExt counters of a backend's kernel (/proc/net/netstat of its namespace)."""
     text = lab.run(backend, ["cat", "/proc/net/netstat"], check=True).stdout.splitlines()
     values = {}
@@ -295,7 +293,7 @@ def one():
 
 
 class TestOneHost:
-    """One lbd host, four and then five ipip backends."""
+    """One lbd host, four ipip backends, then five (and a sixth at the end)."""
 
     @staticmethod
     def reload(lab: Lab, daemon: LbdUnderTest, names, drain=()) -> None:
@@ -336,7 +334,7 @@ class TestOneHost:
         # handshake's ACK reaches r5 in GUE and must be kept for its cookie
         lab, daemon = one
         wanted = ("SyncookiesSent", "SyncookiesRecv", "SyncookiesFailed")
-        before = counters(lab, "r5", wanted)
+        before = tcp_ext_counters(lab, "r5", wanted)
         decap_before = decap_counters(lab)
         set_syncookies(lab, 2)   # always cookies: no request socket to find
         try:
@@ -351,7 +349,7 @@ class TestOneHost:
                     served[reply.body.split()[0]] = served.get(reply.body.split()[0], 0) + 1
         finally:
             set_syncookies(lab, 1)
-        after = counters(lab, "r5", wanted)
+        after = tcp_ext_counters(lab, "r5", wanted)
         decap = counted_since(decap_before, lab)
         print(f"SYN cookies: connections per backend {served}; r5 {before} -> {after}; "
               f"backend program: {decap}")

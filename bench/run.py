@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 XDP_COST_EXTRA = ["--before", "a7ccca8^"]
 BENCHMARKS = {"xdp_cost": ("xdp_cost", XDP_COST_EXTRA), "datapath": ("datapath", []),
               "datapath_tcp": ("datapath", ["--tcp"]), "control": ("control", []),
-              "sharedmem": ("sharedmem", [])}
+              "sharedmem": ("sharedmem", []), "decap_cost": ("decap_cost", [])}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,3 +91,13 @@ def test_xdp_cost_quick_and_report(tmp_path):
     text = report.read_text()
     assert text.startswith("# lbd benchmark report") and "| benchmark |" in text
     assert (tmp_path / "xdp_cost.png").exists()
+
+
+def test_decap_cost_quick(tmp_path):
+    result = run_quick("decap_cost", tmp_path / "decap_cost.json", 240)
+    check_machine(result)
+    # each case's frame did what its name says before it was timed
+    assert set(result["cases"]) == {"ipip", "gue_kept_syn", "gue_kept_socket", "gue_forwarded",
+                                    "gue_forwarded_no_listener", "gue_kept_forwarded"}
+    assert all(positive(c["ns"]) for c in result["cases"].values())
+    assert positive(result["floor_ns"])

@@ -307,7 +307,21 @@ def xdp_cost_rows(xc: dict) -> list[list[str]]:
                      f"{fmt(fa['ratio'], 2)}x ({fmt(fa['one_ns'], 0)} → {fmt(fa['both_ns'], 0)} ns "
                      f"median; mean {fmt(fa['ratio_mean'], 2)}x)", "<= 1.25x",
                      verdict(cores["goal_met"])])
+    sc = xc.get("second_chance")
+    if sc:
+        rows.append(["xdp_cost", "second chance: established ipip packet in GUE vs plain",
+                     f"{fmt(sc['ratio'], 3)}x (runs {', '.join(fmt(r, 3) for r in sc['runs_ratio'])})",
+                     sc["goal"], verdict(sc["goal_met"])])
     return rows
+
+
+def decap_cost_rows(dc: dict | None) -> list[list[str]]:
+    """The backend program's cases, each against the floor and plain ipip of its run."""
+    if not dc:
+        return [["decap_cost", "–", "no results", "–", "missing"]]
+    return [["decap_cost", case, f"{fmt(v['ratio_to_floor'], 2)}x floor, {fmt(v['ratio_to_ipip'], 2)}x "
+             f"plain ipip's work ({fmt(v['ns'], 0)} ns, floor {fmt(dc['floor_ns'], 0)} ns)",
+             "–", "measured"] for case, v in dc["cases"].items()]
 
 
 def xdp_cost_misses(xc: dict) -> list[str]:
@@ -500,6 +514,7 @@ def summary_rows(data: dict) -> list[list[str]]:
         rows.append(["control", "–", "no results", "–", "missing"])
     xc = data.get("xdp_cost")
     rows += xdp_cost_rows(xc) if xc else [["xdp_cost", "–", "no results", "–", "missing"]]
+    rows += decap_cost_rows(data.get("decap_cost"))
     return rows
 
 
@@ -645,7 +660,7 @@ def noise_line(dp: dict) -> str:
 
 def render(results: Path, out: Path) -> str:
     data = {n: load(results, n) for n in ("datapath", "datapath_tcp", "sharedmem", "control",
-                                          "xdp_cost")}
+                                          "xdp_cost", "decap_cost")}
     made = plots(results, data)
     machine = next((d["machine"] for d in data.values() if d and "machine" in d), {})
     rel = os.path.relpath(results, out.parent)

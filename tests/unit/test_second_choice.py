@@ -5,12 +5,14 @@ that moved name their old owner; a drained, failed or removed backend (held)
 is named on its old slots; two hosts that disagree on one backend's health
 name each other's first choice on its slots; nothing depends on order.
 
-"Almost always" below is Maglev's collateral: removing or adding one backend
-also moves a few slots between the others, and there the rule's answer is
-another backend. The bounds are what was measured over 150 random pools
-(equal weights: at least 98.3% per pool for an addition, 99.86% for a
-removal; random weights 1..1000: 99.6% and 99.98% of all slots together),
-with some room, not 100%."""
+"Almost always" below is Maglev's collateral: adding one backend also moves
+a few slots between the others, and there the rule's answer is another
+backend; and a backend added while another is held meets the held one's
+claim on some of its slots. The bounds are what was measured over random
+pools (equal weights: at least 98.3% of the moved slots per pool for an
+addition; random weights 1..1000: 99.6% of all moved slots together; added
+while one is held: 91% of the new backend's slots on average, 73% in the
+worst pool), with some room, not 100%."""
 from __future__ import annotations
 
 import dataclasses
@@ -64,11 +66,12 @@ def test_second_table_is_the_rule(cset, ring, data):
 
 def test_no_second_where_no_first_or_no_other_candidate():
     one = [maglev.Backend(b"\x0a\0\0\x01", 100, 7)]
-    assert not second_table(table(one), one, RING).any()          # Cset minus the only one: empty
+    assert not second_table(table(one), one, RING).any()          # the table minus the only one: empty
     assert not second_table(table([]), one, RING).any()           # an empty table
+    # one out of the table (drained, say): named on the slots it would have back, none elsewhere
     two = one + [maglev.Backend(b"\x0a\0\0\x02", 5, 9)]
     second = second_table(table(one), two, RING)
-    assert set(second) == {9}                                     # the only other candidate
+    assert (second == np.where(table(two) == 9, 9, 0)).all() and (second == 9).any()
 
 
 def test_a_slots_second_is_never_its_first():
@@ -131,30 +134,44 @@ def left(pool):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(pools(max_size=20, weights=EQUAL))
-def test_a_held_backend_is_the_second_of_its_old_slots_almost_always(pool):
+@given(pools(max_size=20, weights=st.integers(1, 1000)))
+def test_a_held_backend_is_the_second_of_its_old_slots(pool):
     before, _, second = left(pool)
     its = before == pool[0].backend_id
-    assert (second[its] == pool[0].backend_id).mean() >= 0.99
+    assert (second[its] == pool[0].backend_id).all()   # exactly: Maglev(Cset) is the table before
 
 
-def test_held_and_added_with_any_weights_measured_over_many_pools():
+def test_added_with_any_weights_measured_over_many_pools():
     """Random weights 1..1000 (Maglev's collateral grows with uneven
     weights): over 100 pools, the share of all moved slots whose second is
-    the old owner, and of a held backend's old slots that name it."""
+    the old owner."""
     rng = random.Random(7)
-    moved_ok = moved_all = held_ok = held_all = 0
+    moved_ok = moved_all = 0
     for _ in range(100):
         pool = [maglev.Backend(ipaddress.IPv4Address(rng.getrandbits(32)).packed, rng.randint(1, 1000), i)
                 for i in range(1, rng.randint(3, 30))]
         before, after, second = added(pool)
         moved = before != after
         moved_ok, moved_all = moved_ok + (second[moved] == before[moved]).sum(), moved_all + moved.sum()
-        before, _, second = left(pool)
-        its = before == pool[0].backend_id
-        held_ok, held_all = held_ok + (second[its] == pool[0].backend_id).sum(), held_all + its.sum()
     assert moved_ok / moved_all >= 0.99
-    assert held_ok / held_all >= 0.995
+
+
+def test_added_while_another_is_held_measured_over_many_pools():
+    """A backend added while another's hold runs (or it is drained): the new
+    backend's slots name their owner before the addition, except where the
+    held one would have the slot back (and is named). Over 60 pools."""
+    rng = random.Random(11)
+    shares = []
+    for _ in range(60):
+        pool = [maglev.Backend(ipaddress.IPv4Address(rng.getrandbits(32)).packed, 100, i)
+                for i in range(1, rng.randint(5, 23))]
+        held, new, rest = pool[0], pool[-1], pool[1:-1]
+        before, after = table(rest), table(rest + [new])
+        second = second_table(after, pool, RING)
+        taken = after == new.backend_id
+        assert ((second[taken] == before[taken]) | (second[taken] == held.backend_id)).all()
+        shares.append((second[taken] == before[taken]).mean())
+    assert np.mean(shares) >= 0.85 and min(shares) >= 0.6
 
 
 # --- two hosts that disagree on one backend's health ---------------------------
@@ -171,11 +188,11 @@ def test_the_host_that_sees_it_up_names_the_other_hosts_first(pool):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(pools(max_size=20, weights=EQUAL))
-def test_the_host_that_sees_it_down_names_the_other_hosts_first_almost_always(pool):
+@given(pools(max_size=20, weights=st.integers(1, 1000)))
+def test_the_host_that_sees_it_down_names_the_other_hosts_first(pool):
     a_first, _, b_second = left(pool)
     its = a_first == pool[0].backend_id
-    assert (b_second[its] == a_first[its]).mean() >= 0.99
+    assert (b_second[its] == a_first[its]).all()
 
 
 # --- the programmer: the same tables on every host -----------------------------

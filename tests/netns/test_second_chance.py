@@ -417,7 +417,7 @@ class TestOneHost:
                                          "r1 drained, table lost")
         assert any(s["backend"] == "r1" for vip in SECOND_CHANCE for s in outcomes[vip].exercised)
 
-    # not strict: a third of the moved flows break, so a run may by chance break none
+    # not strict: about a sixth of the moved flows break, so a run may by chance break none
     @pytest.mark.xfail(strict=False, reason=(
         "issue #12's history-free second table: a drained backend stays a candidate (for ever), "
         "so the slots it would have back name it, and Maglev of every candidate is not the "

@@ -49,6 +49,7 @@ METRICS = {
     "lbd_backend_packets_total", "lbd_backend_bytes_total", "lbd_backend_new_flows_total",
     "lbd_backend_up", "lbd_backend_weight",
     "lbd_vip_backends_up", "lbd_vip_fail_open", "lbd_vip_table_info",
+    "lbd_vip_second_table_info", "lbd_vip_held_backends", "lbd_second_choice_carried_total",
     "lbd_drops_total", "lbd_xdp_actions_total",
     "lbd_conntrack_hits_total", "lbd_conntrack_misses_total", "lbd_conntrack_entries_made_total",
     "lbd_conntrack_entries", "lbd_conntrack_capacity", "lbd_conntrack_sample_seconds",

@@ -29,15 +29,21 @@ def backends(lab: Lab, names, family: int = 4, weights=None, drain=()) -> str:
     return "[" + ", ".join(items) + "]"
 
 
-def lab_config(lab: Lab, socket_path: str, web_backends=("b1", "b2", "b3"), web_drain=()) -> str:
-    """The test VIPs. VIP addresses are the lab's (on every backend's lo)."""
-    return f"""# written by tests/netns/lbdrun.py
+def host_config(lab: Lab, socket_path: str, written_by: str) -> str:
+    """Everything of the lab's lbd host config but its VIPs (which follow `vips:`)."""
+    return f"""# written by {written_by}
 interfaces: [{{name: eth0, mode: native}}]
 http: {{listen: 127.0.0.1:9100}}
 control: {{socket: {socket_path}}}
 bpffs: {lab.bpffs_dir}/lbd
 ipip: {{source_v4: {lab.lbd.v4}, source_v6: '{lab.lbd.v6}'}}
 vips:
+"""
+
+
+def lab_config(lab: Lab, socket_path: str, web_backends=("b1", "b2", "b3"), web_drain=()) -> str:
+    """The test VIPs. VIP addresses are the lab's (on every backend's lo)."""
+    return host_config(lab, socket_path, "tests/netns/lbdrun.py") + f"""\
   - {{name: web4, address: 198.18.100.1, port: 80, protocol: tcp, mode: dsr, health: {HEALTH},
      backends: {backends(lab, web_backends, drain=web_drain)}}}
   - {{name: echo4, address: 198.18.100.1, port: 5300, protocol: udp, mode: dsr,

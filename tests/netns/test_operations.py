@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lbd.testing.lab import Lab
-from tests.netns.lbdrun import HEALTH, backends, running, wait_for
+from tests.netns.lbdrun import HEALTH, backends, host_config, running, wait_for
 
 pytestmark = pytest.mark.netns
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,12 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def config(lab: Lab, socket_path: str, web4=("b1", "b2"), weights=(100, 100, 200), web6_drain=(),
            echo4=("b1", "b2", "b3")) -> str:
     """Three health-checked VIPs and one without checks."""
-    return f"""# written by tests/netns/test_operations.py
-interfaces: [{{name: eth0, mode: native}}]
-http: {{listen: 127.0.0.1:9100}}
-control: {{socket: {socket_path}}}
-bpffs: {lab.bpffs_dir}/lbd
-vips:
+    return host_config(lab, socket_path, "tests/netns/test_operations.py") + f"""\
   - {{name: web4, address: 198.18.100.1, port: 80, protocol: tcp, mode: dsr, health: {HEALTH},
      backends: {backends(lab, web4)}}}
   - {{name: weighted, address: 198.18.100.3, port: 80, protocol: tcp, mode: dsr, health: {HEALTH},

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.netns.lbdrun import Connections, LbdUnderTest, backends
+from tests.netns.lbdrun import Connections, LbdUnderTest, backends, host_config
 
 pytestmark = pytest.mark.netns
 
@@ -16,12 +16,7 @@ BUSY, QUIET = "198.18.100.1", "198.18.100.3"
 
 
 def config(lab, socket_path: str) -> str:
-    return f"""# written by tests/netns/test_rates.py
-interfaces: [{{name: eth0, mode: native}}]
-http: {{listen: 127.0.0.1:9100}}
-control: {{socket: {socket_path}}}
-bpffs: {lab.bpffs_dir}/lbd
-vips:
+    return host_config(lab, socket_path, "tests/netns/test_rates.py") + f"""\
   - {{name: busy, address: {BUSY}, port: 80, protocol: tcp, mode: dsr,
      backends: {backends(lab, ("b1", "b2"))}}}
   - {{name: quiet, address: {QUIET}, port: 80, protocol: tcp, mode: dsr,

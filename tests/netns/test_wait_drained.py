@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.lbdrun import backends, running, wait_for
+from tests.netns.lbdrun import backends, host_config, running, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -25,12 +25,7 @@ IDLERS = str(Path(__file__).with_name("idlers.py"))
 
 
 def config(lab, socket_path: str, web4=("b1",), drain=()) -> str:
-    return f"""# written by tests/netns/test_wait_drained.py
-interfaces: [{{name: eth0, mode: native}}]
-http: {{listen: 127.0.0.1:9100}}
-control: {{socket: {socket_path}}}
-bpffs: {lab.bpffs_dir}/lbd
-vips:
+    return host_config(lab, socket_path, "tests/netns/test_wait_drained.py") + f"""\
   - {{name: web4, address: {VIP}, port: 80, protocol: tcp, mode: dsr,
      backends: {backends(lab, web4, drain=drain)}}}
 """

@@ -15,8 +15,8 @@ map, after the change, so no packet can re-place a flow by the old table in
 between) after a backend is added, after one is removed (its server keeps
 running: the hold keeps it a second choice) and after one is drained; and
 SYN cookies on every backend while packets carry a second choice. A backend
-added while another is drained is an expected failure of the design (its
-reason says why). The fleet:
+added while another is drained loses exactly the streams the README's limit
+("one second choice per slot") names, and no other. The fleet:
 the hosts disagree on a backend's health (its health checks from one host
 only are dropped) while every flow crosses from one host to the other and
 back; then a backend is added on both and a host dies, so its flows cross to
@@ -40,7 +40,7 @@ import pytest
 
 from lbd import layout
 from lbd.testing.lab import Lab
-from tests.netns.lbdrun import HEALTH, LbdUnderTest, backends
+from tests.netns.lbdrun import HEALTH, LbdUnderTest, backends, host_config
 from tests.netns.tablelost import empty_pinned_map, pinned_conntrack
 from tests.netns.test_fleet import FleetHost, fleet_config, wait_for
 
@@ -82,15 +82,8 @@ def vips_yaml(lab: Lab, names, drain=()) -> str:
 
 
 def one_host_config(lab: Lab, socket_path: str, names, drain=()) -> str:
-    return f"""# tests/netns/test_second_chance.py, one host
-interfaces: [{{name: eth0, mode: native}}]
-http: {{listen: 127.0.0.1:9100}}
-control: {{socket: {socket_path}}}
-bpffs: {lab.bpffs_dir}/lbd
-ipip: {{source_v4: {lab.lbd.v4}, source_v6: '{lab.lbd.v6}'}}
-vips:
-{vips_yaml(lab, names, drain)}
-"""
+    return host_config(lab, socket_path, "tests/netns/test_second_chance.py, one host") + \
+        vips_yaml(lab, names, drain) + "\n"
 
 
 def fleet_host_config(lab: Lab, host: FleetHost, names) -> str:
@@ -232,25 +225,37 @@ def summary(outcomes: dict[str, Outcome]) -> str:
 
 
 def assert_second_chance_kept_every_stream(outcomes: dict[str, Outcome], what: str,
-                                           decap: dict[str, int]) -> None:
+                                           decap: dict[str, int], held: str | None = None) -> None:
     """Zero broken streams with second chance; the same event broke some without
     it; and the backends forwarded packets to the second choice (`decap`: the
-    backend program's counters over the scenario)."""
+    backend program's counters over the scenario).
+
+    held: a backend out of the table but still a candidate during the change.
+    The README's limit ("one second choice per slot") lets exactly these
+    streams break: a slot owed to both the held backend and the stream's
+    backend names the held one, so the stream's backend is neither choice."""
     text = f"{what}: {summary(outcomes)}; backend program: {decap}"
     print(text)
     for vip in SECOND_CHANCE:
         outcome = outcomes[vip]
         assert len(outcome.streams) == STREAMS, text
-        assert not outcome.broken, f"{text}\nbroken {vip} streams (first, second choice now): " + \
+        unexplained = [s for s in outcome.broken
+                       if held is None or not _lost_to_the_held(s, outcome, held)]
+        assert not unexplained, f"{text}\nbroken {vip} streams (first, second choice now): " + \
             ", ".join(f"{s['source']}:{s['port']} on {s['backend']} "
                       f"{outcome.choices.get((s['source'], s['port']))}: {s['error']}"
-                      for s in outcome.broken[:5])
+                      for s in unexplained[:5])
     assert sum(len(outcomes[vip].exercised) for vip in SECOND_CHANCE), \
         f"{text}\nno stream needed its second choice: the scenario tested nothing"
     assert sum(len(outcomes[vip].broken) for vip in CONTROL), \
         f"{text}\nthe control (second_chance: false) lost no stream: the scenario tested nothing"
     # a forwarded packet arrives at the second choice marked, and is kept there
     assert decap["forwarded"] > 0 and decap["kept_forwarded"] > 0, text
+
+
+def _lost_to_the_held(stream: dict, outcome: Outcome, held: str) -> bool:
+    first, second = outcome.choices.get((stream["source"], stream["port"]), (None, None))
+    return second == held and stream["backend"] not in (first, second)
 
 
 def moved_first_choice(lab: Lab, daemon: LbdUnderTest, outcomes: dict[str, Outcome]) -> None:
@@ -303,9 +308,10 @@ class TestOneHost:
 
     @staticmethod
     def table_lost_after(lab: Lab, daemon: LbdUnderTest, change, what: str,
-                         duration: float = ONE_HOST_S) -> dict[str, Outcome]:
+                         duration: float = ONE_HOST_S, held: str | None = None) -> dict[str, Outcome]:
         """Streams through every VIP; `change` (a reload), then the connection
-        table is lost; and what second chance made of it."""
+        table is lost; and what second chance made of it (`held`: as
+        assert_second_chance_kept_every_stream)."""
         before = decap_counters(lab)
         streams = Streams(daemon, duration)
         try:
@@ -320,7 +326,7 @@ class TestOneHost:
         finally:
             streams.kill()
         moved_first_choice(lab, daemon, outcomes)
-        assert_second_chance_kept_every_stream(outcomes, what, counted_since(before, lab))
+        assert_second_chance_kept_every_stream(outcomes, what, counted_since(before, lab), held)
         return outcomes
 
     def test_a_backend_added_while_the_table_is_lost_breaks_no_stream(self, one):
@@ -417,20 +423,16 @@ class TestOneHost:
                                          "r1 drained, table lost")
         assert any(s["backend"] == "r1" for vip in SECOND_CHANCE for s in outcomes[vip].exercised)
 
-    # not strict: about a sixth of the moved flows break, so a run may by chance break none
-    @pytest.mark.xfail(strict=False, reason=(
-        "issue #12's history-free second table: a drained backend stays a candidate (for ever), "
-        "so the slots it would have back name it, and Maglev of every candidate is not the "
-        "table these flows were placed by (Maglev of r2..r5): lbd.secondchoice gives 2,172 of "
-        "the 13,166 moved slots (IPv4; 16.5%) a second choice other than their owner before, "
-        "r1, which has no such connection. Any change while another backend is out of the "
-        "table and a candidate (drained, or down or removed within its hold) is alike"))
-    def test_a_backend_added_while_another_is_drained_breaks_no_stream(self, one):
+    def test_a_backend_added_while_another_is_drained_loses_only_what_the_readme_says(self, one):
+        """The README's limit, held to: a drained backend stays a candidate, so
+        the slots it would have back name it (lbd.secondchoice: 16.5% of the
+        moved slots, IPv4), and a stream placed there since the drain is on
+        neither choice. Every other stream survives, as in the stages above."""
         lab, daemon = one
         # r1 still drained, as an operator leaves a backend for maintenance
         self.table_lost_after(lab, daemon,
                               lambda: self.reload(lab, daemon, (*ALL_FIVE, "r6"), drain=("r1",)),
-                              "r6 added while r1 is drained, table lost")
+                              "r6 added while r1 is drained, table lost", held="r1")
 
 
 # --- the fleet -----------------------------------------------------------------------------

@@ -16,7 +16,10 @@ between) after a backend is added, after one is removed (its server keeps
 running: the hold keeps it a second choice) and after one is drained; and
 SYN cookies on every backend while packets carry a second choice. A backend
 added while another is drained loses exactly the streams the README's limit
-("one second choice per slot") names, and no other. The fleet:
+("one second choice per slot") names, and no other; wherever a backend is
+added, a stream on one of Maglev's collateral moves whose second choice is
+not its old owner may break (the README's 99.6%: here one slot of 65,537,
+which a CI run once hit). The fleet:
 the hosts disagree on a backend's health (its health checks from one host
 only are dropped) while every flow crosses from one host to the other and
 back; then a backend is added on both and a host dies, so its flows cross to
@@ -35,6 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -224,23 +228,38 @@ def summary(outcomes: dict[str, Outcome]) -> str:
     return "; ".join(o.line() for o in outcomes.values())
 
 
-def assert_second_chance_kept_every_stream(outcomes: dict[str, Outcome], what: str,
-                                           decap: dict[str, int], held: str | None = None) -> None:
-    """Zero broken streams with second chance; the same event broke some without
-    it; and the backends forwarded packets to the second choice (`decap`: the
-    backend program's counters over the scenario).
+# --- the README's limits: the only streams second chance may lose ---------------------
+# A limit takes a broken stream's flow's choices now (first, second) and says
+# whether the README lets it go: only streams on neither choice can be lost.
+Limit = Callable[[str, str], bool]
 
-    held: a backend out of the table but still a candidate during the change.
-    The README's limit ("one second choice per slot") lets exactly these
-    streams break: a slot owed to both the held backend and the stream's
-    backend names the held one, so the stream's backend is neither choice."""
+
+def held_one_wins(held: str) -> Limit:
+    """"One second choice per slot": a slot owed to both a held (or drained)
+    backend and the stream's backend names the held one."""
+    return lambda first, second: second == held
+
+
+def collateral_move(added: str) -> Limit:
+    """A backend added: each slot it took names its old owner, exactly; a slot
+    Maglev moved between two other backends (a collateral move) may not
+    (README: 99.6% of all moved slots do)."""
+    return lambda first, second: first != added
+
+
+def assert_second_chance_kept_every_stream(outcomes: dict[str, Outcome], what: str,
+                                           decap: dict[str, int], limits: tuple[Limit, ...] = ()) -> None:
+    """Zero broken streams with second chance, but those on neither choice
+    that one of the README's `limits` names (outcome.choices: each flow's
+    choices after the event); the same event broke some without it; and the
+    backends forwarded packets to the second choice (`decap`: the backend
+    program's counters over the scenario)."""
     text = f"{what}: {summary(outcomes)}; backend program: {decap}"
     print(text)
     for vip in SECOND_CHANCE:
         outcome = outcomes[vip]
         assert len(outcome.streams) == STREAMS, text
-        unexplained = [s for s in outcome.broken
-                       if held is None or not _lost_to_the_held(s, outcome, held)]
+        unexplained = [s for s in outcome.broken if not _lost_to_a_limit(s, outcome, limits)]
         assert not unexplained, f"{text}\nbroken {vip} streams (first, second choice now): " + \
             ", ".join(f"{s['source']}:{s['port']} on {s['backend']} "
                       f"{outcome.choices.get((s['source'], s['port']))}: {s['error']}"
@@ -253,18 +272,28 @@ def assert_second_chance_kept_every_stream(outcomes: dict[str, Outcome], what: s
     assert decap["forwarded"] > 0 and decap["kept_forwarded"] > 0, text
 
 
-def _lost_to_the_held(stream: dict, outcome: Outcome, held: str) -> bool:
-    first, second = outcome.choices.get((stream["source"], stream["port"]), (None, None))
-    return second == held and stream["backend"] not in (first, second)
+def _lost_to_a_limit(stream: dict, outcome: Outcome, limits: tuple[Limit, ...]) -> bool:
+    choice = outcome.choices.get((stream["source"], stream["port"]))
+    if choice is None or stream["backend"] in choice:
+        return False
+    return any(limit(*choice) for limit in limits)
 
 
-def moved_first_choice(lab: Lab, daemon: LbdUnderTest, outcomes: dict[str, Outcome]) -> None:
-    """Mark the streams whose flow's first choice now is not the backend serving it."""
+def record_choices(lab: Lab, daemon: LbdUnderTest, outcomes: dict[str, Outcome]) -> None:
+    """Each connected stream's choices on `daemon` now, into outcome.choices."""
     for vip, outcome in outcomes.items():
         connected = [s for s in outcome.streams if s["port"]]
         found = choices(lab, daemon, VIPS[vip], connected)
         outcome.choices = {(s["source"], s["port"]): c for s, c in zip(connected, found)}
-        outcome.exercised = [s for s, (first, _) in zip(connected, found) if s["backend"] != first]
+
+
+def moved_first_choice(lab: Lab, daemon: LbdUnderTest, outcomes: dict[str, Outcome]) -> None:
+    """Record the choices, and mark the streams whose flow's first choice now
+    is not the backend serving it."""
+    record_choices(lab, daemon, outcomes)
+    for outcome in outcomes.values():
+        outcome.exercised = [s for s in outcome.streams if s["port"]
+                             and s["backend"] != outcome.choices[(s["source"], s["port"])][0]]
 
 
 # --- one host ------------------------------------------------------------------------------
@@ -308,9 +337,9 @@ class TestOneHost:
 
     @staticmethod
     def table_lost_after(lab: Lab, daemon: LbdUnderTest, change, what: str,
-                         duration: float = ONE_HOST_S, held: str | None = None) -> dict[str, Outcome]:
+                         duration: float = ONE_HOST_S, limits: tuple[Limit, ...] = ()) -> dict[str, Outcome]:
         """Streams through every VIP; `change` (a reload), then the connection
-        table is lost; and what second chance made of it (`held`: as
+        table is lost; and what second chance made of it (`limits`: as
         assert_second_chance_kept_every_stream)."""
         before = decap_counters(lab)
         streams = Streams(daemon, duration)
@@ -326,13 +355,13 @@ class TestOneHost:
         finally:
             streams.kill()
         moved_first_choice(lab, daemon, outcomes)
-        assert_second_chance_kept_every_stream(outcomes, what, counted_since(before, lab), held)
+        assert_second_chance_kept_every_stream(outcomes, what, counted_since(before, lab), limits)
         return outcomes
 
     def test_a_backend_added_while_the_table_is_lost_breaks_no_stream(self, one):
         lab, daemon = one
         self.table_lost_after(lab, daemon, lambda: self.reload(lab, daemon, ALL_FIVE),
-                              "r5 added, table lost")
+                              "r5 added, table lost", limits=(collateral_move("r5"),))
 
     def test_syn_cookies_on_the_backends_still_connect_through_a_second_choice(self, one):
         # every slot of a second-chance VIP with two or more backends names a
@@ -432,7 +461,8 @@ class TestOneHost:
         # r1 still drained, as an operator leaves a backend for maintenance
         self.table_lost_after(lab, daemon,
                               lambda: self.reload(lab, daemon, (*ALL_FIVE, "r6"), drain=("r1",)),
-                              "r6 added while r1 is drained, table lost", held="r1")
+                              "r6 added while r1 is drained, table lost",
+                              limits=(held_one_wins("r1"), collateral_move("r6")))
 
 
 # --- the fleet -----------------------------------------------------------------------------
@@ -560,11 +590,9 @@ class TestFleet:
             outcomes = streams.results()
         finally:
             streams.kill()
+        record_choices(lab, lbd, outcomes)
         for vip, outcome in outcomes.items():
-            connected = [s for s in outcome.streams if s["port"]]
-            firsts = first_choices(lab, lbd, VIPS[vip], connected)
-            outcome.exercised = [s for s, first in zip(connected, firsts)
-                                 if (s["source"], s["port"]) in through_lbd2[vip]
-                                 and s["backend"] != first]
+            outcome.exercised = [s for s in outcome.streams if (s["source"], s["port"]) in through_lbd2[vip]
+                                 and s["backend"] != outcome.choices[(s["source"], s["port"])][0]]
         assert_second_chance_kept_every_stream(outcomes, "r5 added on both, lbd2 killed",
-                                               counted_since(before, lab))
+                                               counted_since(before, lab), (collateral_move("r5"),))

@@ -171,7 +171,10 @@ def run_check(args: argparse.Namespace) -> int:
     if body["refused"]:
         print(f"a reload would be REFUSED: boot-only settings changed: {', '.join(body['refused'])}")
     for vip in body["vips"]:
-        print(f"{vip['name']}: {vip['action']}, {vip['moved_share'] * 100:.2f}% of flows would move")
+        found = vip.get("second_found_share")
+        second = "" if found is None else \
+            f"; for {found * 100:.2f}% of them the second choice is the backend they had"
+        print(f"{vip['name']}: {vip['action']}, {vip['moved_share'] * 100:.2f}% of flows would move{second}")
     return 0
 
 

@@ -71,6 +71,9 @@ class VipResult:
     moved_share: float = 0.0  # share of the table's slots that changed backend
     fingerprint: str = ""
     second_fingerprint: str = ""  # of the second-choice table; "" without second chance
+    # preview only, second chance: of the moved slots, the share whose new
+    # second choice is the backend they had (its connections are found)
+    second_found_share: float | None = None
 
 
 class ApplyError(Exception):
@@ -251,7 +254,7 @@ class Programmer:
         # np.frombuffer shares the array's memory: no copy of 65537 slots
         return np.frombuffer(maglev.build_table(entries, self.limits.ring_size), dtype=np.uint32)
 
-    def _next_until(self, backend_id: int, state: int, second_chance: bool) -> int:
+    def _next_until(self, backend_id: int | None, state: int, second_chance: bool) -> int:
         """A backend's second_until from its new state and its last one: for
         ever while active or draining; a hold that starts when it goes down
         from there, and otherwise goes on (or stays ended). Without second
@@ -662,24 +665,58 @@ class Programmer:
 
     def preview(self, plans: list[VipPlan]) -> list[VipResult]:
         """What apply(plans) would do to each VIP, writing nothing: the share
-        of flows (table slots) that would move to another backend address."""
+        of flows (table slots) that would move to another backend address
+        and, with second chance, the share of those its second choice would
+        still find."""
         results = []
         wanted = {p.key: p for p in plans}
         for key, plan in wanted.items():
             old = self._applied.get(key)
-            new_table = _by_address(plan, self.limits.ring_size)
             if old is None:
                 results.append(VipResult(plan.name, "added", 0.0))
             elif old.plan.table_input() == plan.table_input():
                 results.append(VipResult(plan.name, "unchanged" if old.plan == plan else "changed",
                                          0.0, old.fingerprint))
             else:
-                results.append(VipResult(plan.name, "changed",
-                                         _moved(_by_address(old.plan, self.limits.ring_size), new_table)))
+                results.append(self._preview_change(key, old, plan))
         for key, old in self._applied.items():
             if key not in wanted:
                 results.append(VipResult(old.plan.name, "removed", 1.0))
         return results
+
+    def _preview_change(self, key: VipKey, old: AppliedVip, plan: VipPlan) -> VipResult:
+        """A VIP whose table would change. Both tables (and the second one)
+        number the backends by address, the same numbers on both sides, so
+        that a slot counts as moved only if its backend's address changes."""
+        candidates = self._preview_candidates(key, old, plan) if plan.second_chance else {}
+        addresses = {b.address for b in (*old.plan.backends, *plan.backends)} | set(candidates)
+        ranks = {a: rank for rank, a in enumerate(sorted(addresses, key=lambda a: a.packed), start=1)}
+        size = self.limits.ring_size
+        before, after = _by_address(old.plan, ranks, size), _by_address(plan, ranks, size)
+        moved = before != after
+        result = VipResult(plan.name, "changed", float(np.count_nonzero(moved)) / size)
+        if candidates and moved.any():
+            second = secondchoice.second_table(
+                after, [maglev.Backend(a.packed, w, ranks[a]) for a, w in candidates.items()], size)
+            found = moved & (second == before)
+            result.second_found_share = float(np.count_nonzero(found)) / float(np.count_nonzero(moved))
+        return result
+
+    def _preview_candidates(self, key: VipKey, old: AppliedVip, plan: VipPlan) -> dict[IPAddress, int]:
+        """The second table's candidates (address -> weight) right after
+        apply(plan): as _candidates, with the holds the apply would start."""
+        now, found = self.now(), {}
+        in_plan = {b.address for b in plan.backends}
+        for b in plan.backends:
+            if self._next_until(old.backend_ids.get(b.address), b.state, True) > now:
+                found[b.address] = b.candidate_weight
+        for b in old.plan.backends:   # removed: held if they were candidates
+            if b.address not in in_plan and self._next_until(old.backend_ids[b.address], HELD, True) > now:
+                found[b.address] = b.candidate_weight
+        for address, held in self._held.get(key, {}).items():
+            if address not in in_plan and held.until > now:
+                found[address] = held.weight
+        return found
 
     # --- queries ----------------------------------------------------------------
     def vip_id(self, key: VipKey) -> int | None:
@@ -700,11 +737,9 @@ class Programmer:
         return self._until.get(backend_id, NO_HOLD)
 
 
-def _by_address(plan: VipPlan, ring_size: int) -> np.ndarray:
-    """The plan's table with backends numbered by address order: comparable
-    between two plans whatever ids the backends were given."""
-    ranks = {address: rank for rank, address in
-             enumerate(sorted((b.address for b in plan.backends), key=lambda a: a.packed), start=1)}
+def _by_address(plan: VipPlan, ranks: dict[IPAddress, int], ring_size: int) -> np.ndarray:
+    """The plan's table with backends numbered by `ranks` (address -> number):
+    comparable between two plans whatever ids the backends were given."""
     entries = [maglev.Backend(b.address.packed, b.weight, ranks[b.address])
                for b in plan.backends if b.in_table]
     return np.frombuffer(maglev.build_table(entries, ring_size), dtype=np.uint32)

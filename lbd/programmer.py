@@ -183,8 +183,7 @@ class Programmer:
             vip_key = (address, port, int(key.proto))
             self._vip_ids[vip_key] = leaf.vip_id
             id_to_key[leaf.vip_id] = vip_key
-        for backend_id in range(1, self.limits.max_backends):
-            entry = self.dp.backend(backend_id)
+        for backend_id, entry in self.dp.backend_entries().items():
             if entry.generation:
                 self._generations[backend_id] = entry.generation
             if entry.state == EMPTY or entry.vip_id not in id_to_key:

@@ -36,13 +36,7 @@
 
 #include "lbd_shared.h"
 #include "csum.h"
-
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
+#include "frame.h"
 #define LBD_TCP_LISTEN 10          /* the kernel's TCP_LISTEN (include/net/tcp_states.h) */
 #define LBD_GUE_VERSION_MASK 0xe0  /* version (2 bits) and C, the control bit: 0 for data */
 #define LBD_FORWARD_TTL 64
@@ -61,26 +55,14 @@ static __always_inline void lbd_count(__u32 slot)
 		*n += 1;
 }
 
-/* Move the L2 header (14, 18 or 22 bytes: 0-2 VLAN tags) forward over the
- * outer headers, then drop the bytes in front of it. Two tags and an IPv4
- * outer header (20 bytes) overlap: they go through a stack copy. */
+/* Move the L2 header forward over the outer headers, then drop the bytes in
+ * front of it. A frame too short for that passes untouched. */
 static __always_inline int lbd_strip(struct xdp_md *ctx, __u32 l2_len, __u32 outer_len)
 {
 	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	__u8 l2[sizeof(struct ethhdr) + 8];
 
-	/* both checks: the verifier tracks data and data + outer_len apart */
-	if (data + sizeof(l2) > data_end || data + outer_len + sizeof(l2) > data_end)
+	if (lbd_move_l2(data + outer_len, data, l2_len, (void *)(long)ctx->data_end))
 		return XDP_PASS;
-	if (l2_len == sizeof(struct ethhdr)) {
-		__builtin_memcpy(data + outer_len, data, sizeof(struct ethhdr));
-	} else if (l2_len == sizeof(struct ethhdr) + 4) {
-		__builtin_memcpy(data + outer_len, data, sizeof(struct ethhdr) + 4);
-	} else {
-		__builtin_memcpy(l2, data, sizeof(l2));
-		__builtin_memcpy(data + outer_len, l2, sizeof(l2));
-	}
 	if (bpf_xdp_adjust_head(ctx, (int)outer_len))
 		return XDP_DROP; /* cannot happen: the bytes were checked above */
 	return XDP_PASS;

@@ -16,13 +16,7 @@
 #include "lbd_shared.h"
 #include "csum.h"
 #include "parse.h"
-
-#ifndef AF_INET
-#define AF_INET 2
-#endif
-#ifndef AF_INET6
-#define AF_INET6 10
-#endif
+#include "frame.h"
 
 /* The cache's lifetime in jiffies: bpf_jiffies64() is a load, the ns clocks a call. */
 #define LBD_NEXTHOP_TTL_JIFFIES ((__u64)LBD_NEXTHOP_TTL_NS * LBD_KERNEL_HZ / 1000000000)
@@ -130,32 +124,6 @@ static __always_inline int lbd_route_to_backend(struct xdp_md *ctx, const struct
 	if (rc == BPF_FIB_LKUP_RET_FWD_DISABLED)
 		return LBD_ROUTE_FORWARDING_OFF;
 	return LBD_ROUTE_FAILED;
-}
-
-/* Copy the L2 header (14, 18 or 22 bytes: 0-2 VLAN tags) from `from` to
- * `to`, both packet memory, at least 20 bytes apart (an outer header). Only
- * two tags (22 bytes) can overlap, so only they go through a stack copy. */
-static __always_inline int lbd_move_l2(void *to, void *from, __u32 l2_len, void *data_end)
-{
-	__u8 l2[sizeof(struct ethhdr) + 8];
-
-	if (l2_len == sizeof(struct ethhdr)) {
-		if (from + sizeof(struct ethhdr) > data_end || to + sizeof(struct ethhdr) > data_end)
-			return -1;
-		__builtin_memcpy(to, from, sizeof(struct ethhdr));
-		return 0;
-	}
-	if (l2_len == sizeof(struct ethhdr) + 4) {
-		if (from + sizeof(struct ethhdr) + 4 > data_end || to + sizeof(struct ethhdr) + 4 > data_end)
-			return -1;
-		__builtin_memcpy(to, from, sizeof(struct ethhdr) + 4);
-		return 0;
-	}
-	if (from + sizeof(l2) > data_end || to + sizeof(l2) > data_end)
-		return -1;
-	__builtin_memcpy(l2, from, sizeof(l2));
-	__builtin_memcpy(to, l2, sizeof(l2));
-	return 0;
 }
 
 /* GUE after the outer IPv4 header at `at`: to LBD_GUE_PORT, naming `second`. */

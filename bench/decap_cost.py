@@ -9,7 +9,9 @@ Cases, side by side (calls interleaved, so machine noise hits all alike):
   gue_forwarded             GUE, a packet of a flow no socket has while the
                             service listens on the port (every backend's case):
                             a lookup that finds the listener, the SYN cookie
-                            check, the rewrite, a FIB lookup, XDP_TX
+                            check, the forward_to lookup (one prefix, as the
+                            default of a backend on one subnet), the rewrite,
+                            a FIB lookup, XDP_TX
   gue_forwarded_no_listener the same where nothing listens: a lookup miss
   gue_kept_forwarded        GUE with hops 1 (at the second choice): kept unread
 
@@ -28,6 +30,7 @@ Writes bench/results/decap_cost.json:
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
 import statistics
 import subprocess
@@ -38,8 +41,8 @@ from scapy.layers.l2 import Ether
 
 from bench.machine import arguments, loadavg, save
 from bench.xdp_cost import Runner
-from lbd import layout
-from lbd.backend_prep import load_decap
+from lbd import bpfsys, layout
+from lbd.backend_prep import load_decap, write_forward_to
 from lbd.datapath import load_helper
 from lbd.testing import fibns, gue
 
@@ -112,6 +115,7 @@ def check_cases(bpf, fd: int, run: Runner, cases: dict[str, bytes]) -> dict:
 def measure(calls: int, runs: int) -> dict:
     _pass_bpf, floor = load_helper("lbd_pass", "pass.c")
     bpf, fd = load_decap()
+    write_forward_to(bpfsys.program_id(fd), [ipaddress.ip_network(f"{SECOND}/24", strict=False)])
     with fibns.fib_namespace(NAMESPACE) as ifindex:
         for address in (VIP, CLIENT):
             subprocess.run(["ip", "-n", NAMESPACE, "addr", "add", f"{address}/32", "dev", "lo"],

@@ -9,7 +9,9 @@ textfile collector (systemd/lbd-backend-metrics.timer refreshes it every 15 s).
     lbd_backend_decap_info{interface,program_id,build,mode}   1
     lbd_backend_decap_packets_total{interface,result}  by enum lbd_decap_slot:
         ipip, kept_syn, kept_socket, kept_syncookie, kept_forwarded, kept_other,
-        forwarded, forward_failed, malformed
+        forwarded, forward_failed, malformed, forward_refused
+    lbd_backend_decap_forward_prefixes{interface}    how many prefixes it may send on to
+                                                     (0: second chance is off from here)
 
 Interfaces that share one pinned program (--pin-dir) show the same
 counters; program_id in the info tells them apart.
@@ -40,8 +42,13 @@ class _DecapCollector:
         packets = CounterMetricFamily("lbd_backend_decap_packets",
                                       "tunnelled packets by what lbd_decap did with them "
                                       "(kept_*: decapsulated here; forwarded: sent on to the "
-                                      "second choice; forward_failed, malformed: dropped)",
+                                      "second choice; forward_refused: kept, the second choice "
+                                      "is outside --forward-to; forward_failed, malformed: dropped)",
                                       labels=["interface", "result"])
+        prefixes = GaugeMetricFamily("lbd_backend_decap_forward_prefixes",
+                                     "prefixes lbd_decap may send second-chance packets on to "
+                                     "(lbd-backend prepare --forward-to; 0: none)",
+                                     labels=["interface"])
         for ifname, state in sorted(self.states.items()):
             attached.add_metric([ifname], 1 if state else 0)
             if state is None:
@@ -50,7 +57,9 @@ class _DecapCollector:
             info.add_metric([ifname, str(state.prog_id), state.build or "old", state.mode], 1)
             for result, value in (state.counters or {}).items():
                 packets.add_metric([ifname, result], value)
-        yield from (attached, current, info, packets)
+            if state.forward_to is not None:
+                prefixes.add_metric([ifname], len(state.forward_to))
+        yield from (attached, current, info, packets, prefixes)
 
 
 def registry(states: dict, current_build: str) -> CollectorRegistry:

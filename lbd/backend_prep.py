@@ -54,7 +54,7 @@ from pathlib import Path
 
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from lbd import bpfsys, layout, mounts, xdplink
+from lbd import bpfsys, forwardto, layout, mounts, xdplink
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -184,6 +184,7 @@ class DecapState:
     mode: str
     build: str | None               # None: no decap_build map (a build before second chance)
     counters: dict[str, int] | None  # by enum lbd_decap_slot name; None: no decap_stats map
+    forward_to: list | None = None   # the prefixes it may send on to; None: a build without the list
 
     @property
     def current(self) -> bool:
@@ -233,12 +234,35 @@ def decap_state(ifname: str) -> DecapState | None:
         totals = _read_u64s(stats.id, _possible_cpus(), stats.max_entries)
         counters = {name: totals[slot] if slot < len(totals) else 0
                     for slot, name in layout.enum_names("LBD_DECAP_").items()}
-    return DecapState(ifname, state.prog_id, state.mode, build, counters)
+    forward_to = None
+    if forwardto.MAP_NAME in maps:
+        with _map_fd(maps[forwardto.MAP_NAME].id) as fd:
+            forward_to = forwardto.read(fd)
+    return DecapState(ifname, state.prog_id, state.mode, build, counters, forward_to)
+
+
+@contextlib.contextmanager
+def _map_fd(map_id: int):
+    fd = bpfsys.map_fd_by_id(map_id)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def write_forward_to(prog_id: int, networks: list) -> bool:
+    """Make the program's forward_to hold exactly `networks`; whether it changed."""
+    found = [m for m in bpfsys.program_maps(prog_id) if m.name == forwardto.MAP_NAME]
+    if not found:
+        raise PrepError(f"{DECAP_FUNCTION} has no {forwardto.MAP_NAME} map: an old build")
+    with _map_fd(found[0].id) as fd:
+        return forwardto.write(fd, networks)
 
 
 def counter_summary(counters: dict[str, int]) -> str:
     """One line: what the program did, grouped as kept / forwarded / dropped."""
     kept = {k[len("kept_"):]: v for k, v in counters.items() if k.startswith("kept_")}
+    kept["refused"] = counters.get("forward_refused", 0)   # outside --forward-to
     dropped = {k: counters.get(k, 0) for k in ("forward_failed", "malformed")}
     return (f"ipip {counters.get('ipip', 0)}; GUE kept {sum(kept.values())} ("
             + ", ".join(f"{k} {v}" for k, v in kept.items()) + f"), forwarded "
@@ -267,10 +291,14 @@ def _locked(directory: str):
 
 
 @contextlib.contextmanager
-def decap_program(pin_dir: str | None):
-    """Yields (fd, origin) of lbd_decap: pinned in pin_dir, or compiled now."""
+def decap_program(pin_dir: str | None, forward_to: list):
+    """Yields (fd, origin) of lbd_decap, its forward_to holding `forward_to`:
+    pinned in pin_dir, or compiled now. A pinned program is shared by every
+    interface that attaches it, and so is its forward_to: the last prepare's
+    list holds for all of them."""
     if not pin_dir:
         _bpf, fd = load_decap()
+        write_forward_to(bpfsys.program_id(fd), forward_to)
         yield fd, "compiled"
         return
     require_bpffs(pin_dir)
@@ -280,22 +308,25 @@ def decap_program(pin_dir: str | None):
         if os.path.exists(pin):
             fd = bpfsys.pinned_fd(pin)
             try:
+                write_forward_to(bpfsys.program_id(fd), forward_to)
                 yield fd, f"pinned {pin}"
             finally:
                 os.close(fd)
             return
         _bpf, fd = load_decap()
+        write_forward_to(bpfsys.program_id(fd), forward_to)
         bpfsys.pin(fd, pin)
         yield fd, f"compiled, pinned {pin}"
 
 
-def attach_decap(ifname: str, mode: str, pin_dir: str | None = None) -> str:
-    """Attach lbd_decap to ifname, or replace the program there atomically;
-    returns how: the mode the kernel reports and origin.
+def attach_decap(ifname: str, mode: str, forward_to: list, pin_dir: str | None = None) -> str:
+    """Attach lbd_decap to ifname, or replace the program there atomically,
+    with its forward_to written first; returns how: the mode the kernel
+    reports and origin.
 
     The attachment is made over netlink, so it outlives this process.
     """
-    with decap_program(pin_dir) as (fd, origin):
+    with decap_program(pin_dir, forward_to) as (fd, origin):
         try:
             used = xdplink.attach(fd, ifname, mode)
         except xdplink.XdpError as err:
@@ -334,8 +365,10 @@ def remove_vip(vip: IPAddress) -> None:
 
 # --- the three commands --------------------------------------------------------
 def prepare(mode: str, vips: list[IPAddress], ifname: str, xdp_mode: str = "auto",
-            pin_dir: str | None = None) -> list[str]:
-    """Make the host ready; returns one line per change made (none when already ready)."""
+            pin_dir: str | None = None, forward_to: list | None = None) -> list[str]:
+    """Make the host ready; returns one line per change made (none when already ready).
+    forward_to: where second-chance packets may go on to (lbd.forwardto; None:
+    the interface's own prefixes)."""
     done: list[str] = []
     on_lo = loopback_addresses()
     for vip in vips:
@@ -367,17 +400,24 @@ def prepare(mode: str, vips: list[IPAddress], ifname: str, xdp_mode: str = "auto
             raise PrepError(f"{ifname} already runs XDP program {state.name!r} (id "
                             f"{state.prog_id}); detach it first (`ip link set {ifname} "
                             f"xdp off`) or pick another --interface")
+        wanted = forwardto.interface_prefixes(ifname) if forward_to is None else forward_to
         if state is None:
-            used = attach_decap(ifname, xdp_mode, pin_dir)
-            done.append(f"attached {DECAP_FUNCTION} to {ifname} (xdp mode {used})")
+            used = attach_decap(ifname, xdp_mode, wanted, pin_dir)
+            done.append(f"attached {DECAP_FUNCTION} to {ifname} (xdp mode {used}); it sends "
+                        f"second-chance packets on to {forwardto.describe(wanted)}")
         else:
             old = decap_state(ifname)
             if old is not None and not old.current:
                 # in the mode it runs in: the kernel refuses native beside generic
                 how = old.mode if old.mode in xdplink.MODE_FLAGS else xdp_mode
-                used = attach_decap(ifname, how, pin_dir)
+                used = attach_decap(ifname, how, wanted, pin_dir)
                 done.append(f"replaced {DECAP_FUNCTION} on {ifname} ({old.build_text()}) with "
-                            f"build {decap_source_hash()} (xdp mode {used})")
+                            f"build {decap_source_hash()} (xdp mode {used}); it sends "
+                            f"second-chance packets on to {forwardto.describe(wanted)}")
+            elif old is not None and old.forward_to != wanted:
+                write_forward_to(old.prog_id, wanted)
+                done.append(f"{DECAP_FUNCTION} on {ifname} now sends second-chance packets on "
+                            f"to {forwardto.describe(wanted)} (was {forwardto.describe(old.forward_to)})")
     return done
 
 
@@ -474,6 +514,11 @@ def _decap_findings(ifname: str, again: str) -> list[Finding]:
     found = [Finding(True, what) if decap.current else
              Finding(False, what, f"it predates this lbd (no second-chance forwarding, or "
                                   f"another one): {again} replaces it atomically")]
+    if decap.forward_to is not None:
+        where = f"{DECAP_FUNCTION} sends second-chance packets on to {forwardto.describe(decap.forward_to)}"
+        found.append(Finding(True, where) if decap.forward_to else
+                     Finding(False, where, f"no second choice gets a packet from here: {again} "
+                                           f"with --forward-to CIDR (the other backends' networks)"))
     if decap.counters is not None:
         found.append(Finding(True, f"{DECAP_FUNCTION} counters: {counter_summary(decap.counters)}"))
     return found
@@ -520,6 +565,10 @@ def _parser() -> argparse.ArgumentParser:
                              help="decap attach mode (auto: native, else generic)")
             cmd.add_argument("--pin-dir", help="bpffs directory where the decap program is "
                                                "pinned and reused from (skips compiling)")
+            cmd.add_argument("--forward-to", action="append", metavar="CIDR",
+                             help="where the decap program may send a second-chance packet on "
+                                  "(repeatable; `any` for everywhere; default: the interface's "
+                                  "own prefixes)")
         else:
             cmd.add_argument("--port", action="append", type=int, default=[],
                              help="also check a TCP listener serves the VIPs on this port")
@@ -569,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prepare":
             if args.mode == "ipip" and args.pin_dir:
                 require_bpffs(args.pin_dir)   # before changing anything
-            changes = prepare(args.mode, args.vip, ifname, args.xdp_mode, args.pin_dir)
+            forward_to = None if args.forward_to is None else forwardto.parse(args.forward_to)
+            changes = prepare(args.mode, args.vip, ifname, args.xdp_mode, args.pin_dir, forward_to)
             for line in changes or ["already prepared"]:
                 print(line)
             if args.mode == "ipip":
@@ -581,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         for finding in findings:
             print(finding.line())
         return 0 if all(f.ok for f in findings) else 1
-    except (PrepError, OSError) as err:
+    except (PrepError, OSError, ValueError) as err:
         print(f"lbd-backend: {err}", file=sys.stderr)
         return 2
 

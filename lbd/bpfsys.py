@@ -82,6 +82,7 @@ _libbpf.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_
 _libbpf.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                         ctypes.c_uint64]
 _libbpf.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_libbpf.bpf_map_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 _libbpf.bpf_map_lookup_batch.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                          ctypes.c_void_p, ctypes.c_void_p,
                                          ctypes.POINTER(ctypes.c_uint32), ctypes.c_void_p]
@@ -153,6 +154,26 @@ def delete_u32(fd: int, key: int) -> None:
     """Delete an entry; absent entries are fine."""
     k = ctypes.c_uint32(key)
     _libbpf.bpf_map_delete_elem(fd, ctypes.byref(k))
+
+
+def update_bytes(fd: int, key: bytes, value: bytes) -> None:
+    """Write one entry of any map whose key and value are plain bytes."""
+    _check(_libbpf.bpf_map_update_elem(fd, key, value, BPF_ANY), "bpf_map_update_elem")
+
+
+def delete_bytes(fd: int, key: bytes) -> None:
+    """Delete one entry; an absent one is fine."""
+    _libbpf.bpf_map_delete_elem(fd, key)
+
+
+def map_keys(fd: int, key_size: int) -> list[bytes]:
+    """Every key of a (small) hash-like map: an LPM trie, say."""
+    keys, previous = [], None
+    current = ctypes.create_string_buffer(key_size)
+    while _libbpf.bpf_map_get_next_key(fd, previous, current) == 0:
+        keys.append(current.raw)
+        previous = ctypes.create_string_buffer(current.raw, key_size)
+    return keys
 
 
 def lookup_array_u32(fd: int, size: int) -> array.array:

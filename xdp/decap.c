@@ -19,9 +19,10 @@
  * Everything else passes untouched, UDP to LBD_GUE_PORT that is not lbd's
  * (another version, no magic) included: a service may use that port.
  * Like a kernel ipip device without a fixed remote, it accepts any outer
- * source, and a GUE packet from anyone is sent on once to the address it
- * names (from this host, unamplified): filter IP protocols 4 and 41 and UDP
- * to LBD_GUE_PORT from outside at the edge if that matters to you.
+ * source. A packet is sent on only to an address inside forward_to (by
+ * default the interface's own prefixes: `lbd-backend prepare --forward-to`),
+ * so a forged GUE packet cannot make this host send to anyone else; one
+ * naming an address outside is kept (counted), as if it named none.
  *
  * decap_stats counts what it did (enum lbd_decap_slot, per CPU); decap_build
  * holds the build id lbd-backend writes after loading (0 until then), which
@@ -43,6 +44,9 @@
 
 /* what the program did, per CPU: enum lbd_decap_slot */
 BPF_PERCPU_ARRAY(decap_stats, __u64, LBD_DECAP__MAX);
+/* where a packet may be sent on (struct lbd_forward_prefix; value unused):
+ * empty until lbd-backend writes it, and an empty trie forwards nothing */
+BPF_LPM_TRIE(forward_to, struct lbd_forward_prefix, __u8, LBD_FORWARD_PREFIXES);
 /* one entry: the build id (lbd.backend_prep.decap_source_hash()), written and bound
  * to the program (BPF_PROG_BIND_MAP) after load: the code never reads it */
 BPF_ARRAY(decap_build, __u64, 1);
@@ -66,6 +70,15 @@ static __always_inline int lbd_strip(struct xdp_md *ctx, __u32 l2_len, __u32 out
 	if (bpf_xdp_adjust_head(ctx, (int)outer_len))
 		return XDP_DROP; /* cannot happen: the bytes were checked above */
 	return XDP_PASS;
+}
+
+/* Whether forward_to holds the address (16 bytes: IPv6, or IPv4-mapped). */
+static __always_inline int lbd_may_forward_to(const __u32 addr[4])
+{
+	struct lbd_forward_prefix key = {.prefixlen = 128};
+
+	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
+	return forward_to.lookup(&key) != NULL;
 }
 
 /* Keep a GUE packet: strip outer IP, UDP, GUE and private data. */
@@ -172,6 +185,7 @@ static __always_inline int lbd_gue_v4(struct xdp_md *ctx, __u32 l2_len)
 	struct bpf_fib_lookup fib = {};
 	struct tcphdr *tcp;
 	__u32 outer_len, inner_hlen, slot;
+	__u32 mapped[4] = {0, 0, bpf_htonl(0xffff), 0}; /* ::ffff:second */
 	__be32 self;
 
 	/* Not lbd's unless it is GUE version 0 data with our magic. Outer
@@ -213,6 +227,9 @@ static __always_inline int lbd_gue_v4(struct xdp_md *ctx, __u32 l2_len)
 	slot = lbd_decide(ctx, &tuple, sizeof(tuple.ipv4), inner, sizeof(*inner), tcp);
 	if (slot != LBD_DECAP_FORWARDED)
 		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V4, slot);
+	mapped[3] = second->addr;
+	if (!lbd_may_forward_to(mapped))
+		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V4, LBD_DECAP_FORWARD_REFUSED);
 
 	/* Forward once: from this host (the address it was sent to) to the
 	 * second choice; the UDP source port (the flow's entropy) stays. */
@@ -290,6 +307,8 @@ static __always_inline int lbd_gue_v6(struct xdp_md *ctx, __u32 l2_len)
 	slot = lbd_decide(ctx, &tuple, sizeof(tuple.ipv6), inner, sizeof(*inner), tcp);
 	if (slot != LBD_DECAP_FORWARDED)
 		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V6, slot);
+	if (!lbd_may_forward_to(second->addr))
+		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V6, LBD_DECAP_FORWARD_REFUSED);
 
 	/* Forward once, as for IPv4; the flow label (the flow's entropy) stays.
 	 * UDP checksum 0 (RFC 6935/6936: allowed for tunnels, and lbd's decap

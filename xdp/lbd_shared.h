@@ -137,6 +137,7 @@ enum lbd_decap_slot {
 	LBD_DECAP_FORWARDED,         /* GUE: sent on to the second choice */
 	LBD_DECAP_FORWARD_FAILED,    /* GUE: no way to the second choice: dropped */
 	LBD_DECAP_MALFORMED,         /* GUE to our port and magic, but inconsistent: dropped */
+	LBD_DECAP_FORWARD_REFUSED,   /* GUE: the second choice is outside forward_to: kept */
 	LBD_DECAP__MAX,
 };
 
@@ -300,6 +301,16 @@ struct lbd_gue_second_v6 {
 	__u32 addr[4];
 };
 
+/* A prefix the backend program may send a GUE packet on to (its forward_to
+ * LPM trie, written by `lbd-backend prepare --forward-to`). IPv4 prefixes are
+ * stored IPv4-mapped (::ffff:a.b.c.d, prefixlen + 96), so one trie holds both
+ * families. 20 bytes. */
+#define LBD_FORWARD_PREFIXES 1024
+struct lbd_forward_prefix {
+	__u32 prefixlen; /* in bits, of the 128 (host order: the LPM trie's key) */
+	__u8 addr[16];   /* network order */
+};
+
 /* The sizes the comments above state, held by the compiler. A pinned map is
  * adopted across a restart or upgrade only by a daemon of the same
  * LBD_LAYOUT_VERSION, so a change to any size here must bump it; the unit
@@ -320,6 +331,7 @@ _Static_assert(sizeof(struct lbd_global_stats) == 184, "global stats: 184 bytes"
 _Static_assert(sizeof(struct lbd_gue_hdr) == 4, "GUE header: 4 bytes");
 _Static_assert(sizeof(struct lbd_gue_second_v4) == 8, "GUE private data, IPv4: 8 bytes");
 _Static_assert(sizeof(struct lbd_gue_second_v6) == 20, "GUE private data, IPv6: 20 bytes");
+_Static_assert(sizeof(struct lbd_forward_prefix) == 20, "forward prefix: 20 bytes");
 _Static_assert(LBD_GUE_OVERHEAD_V4 == 20 + 8 + sizeof(struct lbd_gue_hdr) + sizeof(struct lbd_gue_second_v4), "v4 overhead");
 _Static_assert(LBD_GUE_OVERHEAD_V6 == 40 + 8 + sizeof(struct lbd_gue_hdr) + sizeof(struct lbd_gue_second_v6), "v6 overhead");
 

@@ -9,8 +9,8 @@ from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from lbd import bpfsys
-from lbd.backend_prep import load_decap
+from lbd import bpfsys, forwardto
+from lbd.backend_prep import load_decap, write_forward_to
 from tests.bpf import scenario as sc
 
 pytestmark = pytest.mark.bpf
@@ -21,6 +21,8 @@ XDP_PASS, XDP_TX = 2, 3
 @pytest.fixture(scope="module")
 def decap(fib_namespace):
     bpf, fd = load_decap()
+    # the backends' network, as prepare's default would find it on a backend there
+    write_forward_to(bpfsys.program_id(fd), forwardto.parse(["198.18.20.0/24", "fd00:20::/64"]))
     yield fd
     bpf.cleanup()
 

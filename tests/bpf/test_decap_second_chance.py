@@ -36,7 +36,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.utils import checksum
 
-from lbd import backend_prep, bpfsys, layout, xdplink
+from lbd import backend_prep, bpfsys, forwardto, layout, xdplink
 from lbd.backend_prep import load_decap
 from lbd.testing import fibns, gue
 
@@ -125,6 +125,10 @@ class Decap:
         self.bpf, self.fd = load_decap()
         self.stats = self.bpf[b"decap_stats"]
         self.ifindex = ifindex
+        self.allow(forwardto.ANY)   # the forward_to tests narrow it, then give it back
+
+    def allow(self, networks) -> None:
+        backend_prep.write_forward_to(bpfsys.program_id(self.fd), list(networks))
 
     def counters(self) -> dict[str, int]:
         return {name: self.stats.sum(self.stats.Key(slot)).value for name, slot in SLOTS.items()}
@@ -612,8 +616,10 @@ def test_check_and_metrics_read_the_attached_programs_counters(decap, capsys):
         state = backend_prep.decap_state("sc0")
         assert state.counters == want and state.current and state.mode == "generic"
         findings = [f for f in backend_prep.check("ipip", [ip(VIP[4])], "sc0") if "lbd_decap" in f.what]
-        assert [f.ok for f in findings] == [True, True]
-        assert f"kept {sum(v for k, v in want.items() if k.startswith('kept_'))} (" in findings[1].what
+        assert [f.ok for f in findings] == [True, True, True]
+        assert findings[1].what.endswith("sends second-chance packets on to any address")
+        kept = sum(v for k, v in want.items() if k.startswith("kept_") or k == "forward_refused")
+        assert f"kept {kept} (" in findings[2].what
         assert backend_prep.main(["metrics", "--interface", "sc0"]) == 0
     samples = {(s.name, s.labels.get("result")): s.value
                for family in text_string_to_metric_families(capsys.readouterr().out)
@@ -640,7 +646,8 @@ def test_an_old_build_is_reported_by_check_and_replaced_by_prepare(decap):
         changes = backend_prep.prepare("ipip", [ip(VIP[4])], "sc0", "auto")
         assert [c for c in changes if "lbd_decap" in c] == [
             f"replaced lbd_decap on sc0 (an old build (before second chance)) with build "
-            f"{backend_prep.decap_source_hash()} (xdp mode generic, compiled)"]
+            f"{backend_prep.decap_source_hash()} (xdp mode generic, compiled); it sends "
+            f"second-chance packets on to {THIS[4].rsplit('.', 1)[0]}.0/24, fd00:40::/64"]
         state = backend_prep.decap_state("sc0")
         assert state.current and state.mode == "generic"
         assert state.counters == {name: 0 for name in SLOTS}
@@ -651,6 +658,76 @@ def test_an_old_build_is_reported_by_check_and_replaced_by_prepare(decap):
         old.cleanup()
 
 
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_second_choice_outside_forward_to_is_kept_and_counted(decap, version):
+    """A forged GUE packet cannot make this host send anywhere: a second
+    choice outside forward_to is refused, and the packet kept, as if it
+    named none (its kernel has no socket: it answers with a reset)."""
+    inner = inner_packet(REMOTE_CLIENT[version], VIP[version])
+    frame = gue_frame(inner, SECOND[version])
+    other = [ipaddress.ip_network("198.18.51.0/24"), ipaddress.ip_network("fd00:51::/64")]
+    decap.allow(other)
+    try:
+        result, moved = decap.run(frame)
+        assert_kept(result, frame, inner)
+        assert moved == {"forward_refused": 1}
+        # the same packet to a second choice inside goes on
+        result, moved = decap.run(gue_frame(inner, SECOND_OTHER_IF[version]))
+        assert moved == {"forwarded": 1} and result.action == XDP_REDIRECT
+    finally:
+        decap.allow(forwardto.ANY)
+
+
+def _networks():
+    """Prefixes near the addresses below, so that some hold them and some do not."""
+    v4 = st.builds(lambda b, c, n: ipaddress.ip_network(f"198.{b}.{c}.0/{n}", strict=False),
+                   st.integers(18, 19), st.integers(0, 3), st.integers(8, 32))
+    v6 = st.builds(lambda b, n: ipaddress.ip_network(f"fd00:{b:x}::/{n}", strict=False),
+                   st.integers(0, 3), st.integers(8, 128))
+    return st.lists(st.one_of(v4, v6), max_size=6)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(networks=_networks(), version=st.sampled_from([4, 6]), a=st.integers(0, 3), b=st.integers(1, 254))
+def test_forward_to_admits_exactly_the_addresses_inside_its_prefixes(decap, networks, version, a, b):
+    """The oracle: Python's `address in network` over the prefixes (an IPv4
+    prefix never holds an IPv6 address, nor the reverse)."""
+    second = f"198.18.{a}.{b}" if version == 4 else f"fd00:{a:x}::{b:x}"
+    inner = inner_packet(REMOTE_CLIENT[version], VIP[version])
+    decap.allow(networks)
+    try:
+        _, moved = decap.run(gue_frame(inner, second))
+    finally:
+        decap.allow(forwardto.ANY)
+    inside = any(ip(second) in n for n in networks if n.version == version)
+    if inside:
+        assert set(moved) <= {"forwarded", "forward_failed"} and sum(moved.values()) == 1, moved
+    else:
+        assert moved == {"forward_refused": 1}, (networks, second)
+
+
+def test_prepare_writes_forward_to_and_check_reports_it(decap):
+    """The default is the interface's own prefixes; --forward-to replaces
+    them on the running program (no reattach), and check shows the list."""
+    with attached(decap.fd), contextlib.ExitStack() as restore:
+        restore.callback(decap.allow, forwardto.ANY)
+        changes = backend_prep.prepare("ipip", [ip(VIP[4])], "sc0", "auto")
+        assert [c for c in changes if "lbd_decap" in c] == [
+            "lbd_decap on sc0 now sends second-chance packets on to 198.18.40.0/24, fd00:40::/64 "
+            "(was any address)"]
+        assert backend_prep.decap_state("sc0").prog_id == bpfsys.program_id(decap.fd)
+        wanted = forwardto.parse(["10.0.0.0/8", "fd00:50::/48"])
+        backend_prep.prepare("ipip", [ip(VIP[4])], "sc0", "auto", forward_to=wanted)
+        assert backend_prep.decap_state("sc0").forward_to == wanted
+        [finding] = [f for f in backend_prep.check("ipip", [ip(VIP[4])], "sc0") if "sends" in f.what]
+        assert finding.ok and finding.what.endswith("on to 10.0.0.0/8, fd00:50::/48")
+        backend_prep.prepare("ipip", [ip(VIP[4])], "sc0", "auto", forward_to=[])
+        [finding] = [f for f in backend_prep.check("ipip", [ip(VIP[4])], "sc0") if "sends" in f.what]
+        assert not finding.ok and "--forward-to" in finding.fix
+        assert not [c for c in backend_prep.prepare("ipip", [ip(VIP[4])], "sc0", "auto", forward_to=[])
+                    if "lbd_decap" in c], "an unchanged list changes nothing"
+
+
 def test_a_pinned_program_keeps_its_build_id_and_counters(tmp_path):
     """prepare --pin-dir: a later prepare attaches the pinned program (no
     compile), which still names its build and counts."""
@@ -659,9 +736,9 @@ def test_a_pinned_program_keeps_its_build_id_and_counters(tmp_path):
     subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
     try:
         pins = str(bpffs / "decap")
-        first = backend_prep.attach_decap("sc0", "generic", pins)
+        first = backend_prep.attach_decap("sc0", "generic", list(forwardto.ANY), pins)
         xdplink.detach("sc0")
-        again = backend_prep.attach_decap("sc0", "generic", pins)
+        again = backend_prep.attach_decap("sc0", "generic", list(forwardto.ANY), pins)
         assert "compiled, pinned" in first and "compiled" not in again and "pinned" in again
         state = backend_prep.decap_state("sc0")
         assert state.current and state.counters == {name: 0 for name in SLOTS}

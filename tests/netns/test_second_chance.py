@@ -273,8 +273,10 @@ def assert_second_chance_kept_every_stream(outcomes: dict[str, Outcome], what: s
         f"{text}\nno stream needed its second choice: the scenario tested nothing"
     assert sum(len(outcomes[vip].broken) for vip in CONTROL), \
         f"{text}\nthe control (second_chance: false) lost no stream: the scenario tested nothing"
-    # a forwarded packet arrives at the second choice marked, and is kept there
+    # a forwarded packet arrives at the second choice marked, and is kept there;
+    # prepare's default forward list (the backends' subnet) refused none
     assert decap["forwarded"] > 0 and decap["kept_forwarded"] > 0, text
+    assert decap["forward_refused"] == 0, text
 
 
 def _lost_to_a_limit(stream: dict, outcome: Outcome, limits: tuple[Limit, ...]) -> bool:

@@ -3,6 +3,7 @@ collector reads, from what lbd-backend found on the interfaces (the reading of
 a real program is tested in tests/bpf/test_decap_second_chance.py)."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import subprocess
@@ -43,6 +44,18 @@ def test_an_attached_current_program_shows_every_result_and_its_build():
                if name == "lbd_backend_decap_packets_total"}
     assert packets == {name: float(n) for name, n in counters(ipip=7, kept_syn=3, forwarded=2,
                                                                malformed=1).items()}
+    assert ("lbd_backend_decap_forward_prefixes", (("interface", "eth0"),)) not in got, \
+        "a state read from a build without the list has no count"
+
+
+def test_the_forward_to_prefixes_are_counted():
+    """0 tells an operator second chance is off from this backend."""
+    networks = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/48")]
+    states = {"eth0": DecapState("eth0", 1, "native", CURRENT, counters(), networks),
+              "eth1": DecapState("eth1", 2, "native", CURRENT, counters(), [])}
+    got = samples(backend_metrics.text(states, CURRENT))
+    assert got[("lbd_backend_decap_forward_prefixes", (("interface", "eth0"),))] == 2
+    assert got[("lbd_backend_decap_forward_prefixes", (("interface", "eth1"),))] == 0
 
 
 def test_a_missing_program_and_an_old_build_are_visible_as_numbers():
@@ -79,8 +92,8 @@ def test_the_textfile_is_replaced_whole(tmp_path: Path):
 
 def test_counter_summary_groups_kept_forwarded_dropped():
     line = counter_summary(counters(ipip=1, kept_syn=2, kept_socket=3, forwarded=4,
-                                    forward_failed=5, malformed=6))
-    assert line.startswith("ipip 1; GUE kept 5 (syn 2, socket 3, syncookie 0, forwarded 0, other 0)")
+                                    forward_failed=5, malformed=6, forward_refused=7))
+    assert line.startswith("ipip 1; GUE kept 12 (syn 2, socket 3, syncookie 0, forwarded 0, other 0, refused 7)")
     assert line.endswith("forwarded 4, dropped 11 (forward_failed 5, malformed 6)")
 
 

@@ -23,7 +23,10 @@ RELEASED_LAYOUTS = {
     4: {"lbd_vip_key": 20, "lbd_vip_info": 8, "lbd_addr_key": 20, "lbd_addr_info": 16,
         "lbd_backend": 48, "lbd_nexthop": 32, "lbd_flow_key": 40, "lbd_flow_entry": 20,
         "lbd_settings": 28, "lbd_vip_stats": 32, "lbd_backend_stats": 24, "lbd_global_stats": 184,
-        "lbd_gue_hdr": 4, "lbd_gue_second_v4": 8, "lbd_gue_second_v6": 20},
+        "lbd_gue_hdr": 4, "lbd_gue_second_v4": 8, "lbd_gue_second_v6": 20,
+        # the backend program's own (never pinned with the balancer's maps);
+        # added before layout 4 was first released
+        "lbd_forward_prefix": 20},
 }
 _ASSERT = re.compile(r"_Static_assert\(sizeof\(struct (\w+)\) == (\d+),")
 _STRUCT = re.compile(r"^struct (\w+) \{", re.M)

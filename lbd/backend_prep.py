@@ -292,13 +292,19 @@ def _locked(directory: str):
 
 @contextlib.contextmanager
 def decap_program(pin_dir: str | None, forward_to: list):
-    """Yields (fd, origin) of lbd_decap, its forward_to holding `forward_to`:
-    pinned in pin_dir, or compiled now. A pinned program is shared by every
-    interface that attaches it, and so is its forward_to: the last prepare's
-    list holds for all of them."""
+    """Yields (fd, origin) of lbd_decap, its forward_to holding `forward_to`.
+    A pinned program is shared by every interface that attaches it, and so
+    is its forward_to: the last prepare's list holds for all of them."""
+    with _decap_fd(pin_dir) as (fd, origin):
+        write_forward_to(bpfsys.program_id(fd), forward_to)
+        yield fd, origin
+
+
+@contextlib.contextmanager
+def _decap_fd(pin_dir: str | None):
+    """Yields (fd, origin) of lbd_decap: pinned in pin_dir, or compiled now."""
     if not pin_dir:
         _bpf, fd = load_decap()
-        write_forward_to(bpfsys.program_id(fd), forward_to)
         yield fd, "compiled"
         return
     require_bpffs(pin_dir)
@@ -308,13 +314,11 @@ def decap_program(pin_dir: str | None, forward_to: list):
         if os.path.exists(pin):
             fd = bpfsys.pinned_fd(pin)
             try:
-                write_forward_to(bpfsys.program_id(fd), forward_to)
                 yield fd, f"pinned {pin}"
             finally:
                 os.close(fd)
             return
         _bpf, fd = load_decap()
-        write_forward_to(bpfsys.program_id(fd), forward_to)
         bpfsys.pin(fd, pin)
         yield fd, f"compiled, pinned {pin}"
 

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lbd import backend_metrics, layout
 from lbd.backend_prep import DecapState, _parser, counter_summary, decap_source_hash
-from tests.unit.test_packaging import MAX_EXPOSURE, _systemd_analyze, _unit_settings, _verify, _verify_root
+from tests.unit.test_packaging import BACKEND_METRICS, MAX_EXPOSURE, _systemd_analyze, _unit_settings, _verify, _verify_root
 
 pytestmark = pytest.mark.unit
 
@@ -46,6 +46,14 @@ def test_an_attached_current_program_shows_every_result_and_its_build():
                                                                malformed=1).items()}
     assert ("lbd_backend_decap_forward_prefixes", (("interface", "eth0"),)) not in got, \
         "a state read from a build without the list has no count"
+
+
+def test_the_names_are_the_ones_alerts_may_read():
+    """BACKEND_METRICS (what configs/lbd-alerts.yaml may read) is what the text holds."""
+    state = DecapState("eth0", 1, "native", CURRENT, counters(), [ipaddress.ip_network("10.0.0.0/8")])
+    exported = {s.name for family in text_string_to_metric_families(
+        backend_metrics.text({"eth0": state}, CURRENT)) for s in family.samples}
+    assert exported == BACKEND_METRICS
 
 
 def test_the_forward_to_prefixes_are_counted():

@@ -15,8 +15,10 @@ alert expression parses and none is active in the healthy fleet, that every
 query of configs/grafana-dashboard.json (its Grafana variables substituted)
 parses and returns at least one series, and that real failures make the
 alerts they should pending: a backend that one host's checks fail (backend
-down there, and the hosts' tables differ) and a program detached from a
-host (not attached, its VIPs withdrawn). `for:` durations are minutes, so
+down there, and the hosts' tables differ), a backend without its decap
+program (lbd-backend's metrics, served from the backend's namespace as its
+node_exporter would: tests/netns/backend_exporter.py) and a program
+detached from a host (not attached, its VIPs withdrawn). `for:` durations are minutes, so
 the tests see alerts pending; promtool's unit tests
 (configs/lbd-alerts.test.yaml) take them to firing.
 
@@ -50,6 +52,9 @@ RULES = ROOT / "configs" / "lbd-alerts.yaml"
 PROMETHEUS = "/usr/bin/prometheus"
 PROMQUERY = str(Path(__file__).with_name("promquery.py"))
 JOB = "lbd"
+BACKEND_JOB = "node"   # the backends' node_exporter, serving lbd-backend's textfile
+EXPORTER = "tests.netns.backend_exporter"
+EXPORTER_BACKEND, EXPORTER_PORT = "r1", 9101
 # The dashboard's variables as Grafana would fill them with "All" selected and
 # a 1 s scrape interval.
 GRAFANA_VARIABLES = {"instance": ".*", "vip": ".*", "__rate_interval": "10s", "__range": "1m",
@@ -129,11 +134,12 @@ class Prometheus:
         return found
 
 
-def prometheus_config(targets: list[str]) -> str:
+def prometheus_config(targets: list[str], backends: list[str]) -> str:
     return yaml.safe_dump({
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES)],
-        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]}],
+        "scrape_configs": [{"job_name": JOB, "static_configs": [{"targets": targets}]},
+                           {"job_name": BACKEND_JOB, "static_configs": [{"targets": backends}]}],
     }, sort_keys=False)
 
 
@@ -217,19 +223,34 @@ def instances(fleet):
 
 
 @pytest.fixture(scope="module")
-def prometheus(fleet, instances):
+def backend_target(fleet):
+    """lbd-backend's metrics of one ipip backend, served on its lab address as
+    its node_exporter would (tests/netns/backend_exporter.py); the target."""
+    lab, _ = fleet
+    backend = lab.backends[EXPORTER_BACKEND]
+    proc = lab.spawn(backend, [sys.executable, "-m", EXPORTER, str(backend.v4), str(EXPORTER_PORT),
+                               backend.ifname], cwd=str(ROOT))
+    try:
+        yield f"{backend.v4}:{EXPORTER_PORT}"
+    finally:
+        lab.stop(proc, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def prometheus(fleet, instances, backend_target):
     lab, _ = fleet
     directory = tempfile.mkdtemp(prefix="lbd-prometheus-")
     server = Prometheus(lab, "lbd", free_port(lab, "lbd"), directory)
     try:
-        server.start(prometheus_config(list(instances.values())))
+        server.start(prometheus_config(list(instances.values()), [backend_target]))
         yield server
     finally:
         server.stop()
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_prometheus_scrapes_both_hosts_and_loads_every_rule_without_errors(prometheus, instances):
+def test_prometheus_scrapes_both_hosts_and_loads_every_rule_without_errors(prometheus, instances,
+                                                                          backend_target):
     expected = {rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]}
     scrapes = f'min(count_over_time(up{{job="{JOB}"}}[1m]))'
 
@@ -242,10 +263,12 @@ def test_prometheus_scrapes_both_hosts_and_loads_every_rule_without_errors(prome
         rules = alert_rules()
         evaluated = bool(rules) and all(r["health"] != "unknown" for r in rules)
         result = prometheus.api("/api/v1/query", query=scrapes)["result"]
-        return up == set(instances.values()) and evaluated and bool(result) and float(result[0]["value"][1]) >= 3
+        return up == {*instances.values(), backend_target} and evaluated and bool(result) and \
+            float(result[0]["value"][1]) >= 3
 
     try:
-        wait_for(loaded, "both targets up, 3 scrapes of each in, every rule evaluated", timeout=START_S)
+        wait_for(loaded, "both hosts and the backend up, 3 scrapes of each host in, every rule evaluated",
+                 timeout=START_S)
     except AssertionError:
         raise AssertionError(f"targets: {prometheus.api('/api/v1/targets')['activeTargets']}\n"
                              f"rules: {alert_rules()}\n{prometheus.log()}") from None
@@ -340,6 +363,21 @@ def test_a_backend_failing_on_one_host_only_makes_backend_down_and_tables_differ
     finally:
         lab.run(hosts["lbd"].node, ["nft", "delete", "table", "inet", "promtest"])
     wait_for_alerts(prometheus, lambda found: not found, "r1 back on lbd: no alert")
+
+
+def test_a_backend_without_its_decap_program_makes_decap_missing_pending(fleet, prometheus, backend_target):
+    lab, _ = fleet
+    backend = lab.backends[EXPORTER_BACKEND]
+    lab.run(backend, ["ip", "link", "set", "dev", backend.ifname, "xdp", "off"], check=True)
+    try:
+        active = wait_for_alerts(
+            prometheus, lambda found: found == {("LbdBackendDecapMissing", backend_target,
+                                                 (("interface", backend.ifname),))},
+            f"{EXPORTER_BACKEND} without lbd_decap, nothing else")
+        assert {state for _, state, _, _ in active} == {"pending"}, active   # for: 2m
+    finally:
+        lab.prepare_backend(backend)
+    wait_for_alerts(prometheus, lambda found: not found, f"{EXPORTER_BACKEND} prepared again: no alert")
 
 
 def test_a_detached_program_makes_not_attached_and_withdrawn_pending(fleet, prometheus, instances):

@@ -220,7 +220,7 @@ class MapsDouble:
     def __init__(self):
         self.limits = Limits(max_vips=64, max_backends=1024, ring_size=DOUBLE_RING)
         self.vip_entries: dict = {}
-        self.backend_entries: dict[int, SimpleNamespace] = {}
+        self.entries: dict[int, SimpleNamespace] = {}
         self.rings: dict[int, np.ndarray] = {}
         self.second_rings: dict[int, np.ndarray] = {}
         self.vips = self  # adopt() walks dp.vips.items()
@@ -250,19 +250,23 @@ class MapsDouble:
         pass
 
     def set_backend(self, backend_id, entry):
-        self.backend_entries[backend_id] = SimpleNamespace(
+        self.entries[backend_id] = SimpleNamespace(
             addr=struct_words(entry.address), family=family_of(entry.address), state=entry.state,
             generation=entry.generation, vip_id=entry.vip_id, vip_flags=entry.vip_flags,
             ifindex=entry.ifindex, second_until=entry.second_until, address=entry.address)
 
     def set_second_until(self, backend_id, value):
-        self.backend_entries[backend_id].second_until = value
+        self.entries[backend_id].second_until = value
 
     def clear_backend(self, backend_id):
-        self.backend_entries.pop(backend_id, None)  # the kernel's entry: all zero
+        self.entries.pop(backend_id, None)  # the kernel's entry: all zero
+
+    def backend_entries(self):
+        """As Datapath's: the entries that are not all zeros, by id."""
+        return dict(self.entries)
 
     def backend(self, backend_id):
-        return self.backend_entries.get(backend_id) or SimpleNamespace(
+        return self.entries.get(backend_id) or SimpleNamespace(
             addr=bytes(16), family=0, state=0, generation=0, vip_id=0, vip_flags=0, ifindex=0,
             second_until=0, address=None)
 
@@ -289,7 +293,7 @@ class MapsDouble:
         out = {}
         for key, (vip_id, _) in self.vip_entries.items():
             def named(table):
-                return tuple(None if i == 0 else self.backend_entries[int(i)].address for i in table)
+                return tuple(None if i == 0 else self.entries[int(i)].address for i in table)
             second = self.second_rings.get(vip_id)
             out[key] = (named(self.rings[vip_id]), None if second is None else named(second))
         return out
@@ -505,14 +509,14 @@ def test_a_failed_write_puts_back_every_entry_and_table():
     programmer, clock = host(maps)
     view = {vip: {a: (100, False, True) for a in POOL[:4]} for vip in VIP_ADDRESSES}
     programmer.apply(plans_of(view))
-    snapshot = (maps.by_address(), {i: vars(e).copy() for i, e in maps.backend_entries.items()},
+    snapshot = (maps.by_address(), {i: vars(e).copy() for i, e in maps.entries.items()},
                 dict(maps.vip_entries))
     changed = {VIP_ADDRESSES[0]: {a: (100, False, a != POOL[1]) for a in POOL[:3] + POOL[5:7]},
                "198.18.100.3": {POOL[0]: (100, False, True), POOL[1]: (50, False, True)}}
     maps.fail = True
     with pytest.raises(Exception, match="writing the maps failed"):
         programmer.apply(plans_of(changed))
-    assert (maps.by_address(), {i: vars(e) for i, e in maps.backend_entries.items()},
+    assert (maps.by_address(), {i: vars(e) for i, e in maps.entries.items()},
             maps.vip_entries) == snapshot
     assert not programmer.take_events()        # the holds of an apply that did not happen
     programmer.apply(plans_of(changed))        # and the next one goes through
@@ -656,5 +660,5 @@ def test_a_vip_removed_while_lbd_was_stopped_goes_at_the_first_apply():
     del view[VIP_ADDRESSES[0]]
     restarted.apply(plans_of(view))
     assert gone_key not in maps.vip_entries and gone_vip not in maps.rings and gone_vip not in maps.second_rings
-    assert {e.vip_id for e in maps.backend_entries.values()} == {maps.vip_entries[k][0] for k in maps.vip_entries}
+    assert {e.vip_id for e in maps.entries.values()} == {maps.vip_entries[k][0] for k in maps.vip_entries}
     assert restarted.next_deadline() is None           # its hold went with it

@@ -20,7 +20,8 @@ What the package holds:
     /opt/lbd/README.md        the units' Documentation=
     /usr/bin/{lbd,lbctl,lbd-backend} -> /opt/lbd/venv/bin/...
     /lib/systemd/system/{lbd,lbd-bird}.service
-    /lib/systemd/system/lbd-backend-metrics.{service,timer}   for backends; enabled by nobody
+    /lib/systemd/system/lbd-backend.service, lbd-backend-metrics.{service,timer}
+                              for backends; enabled by nobody
                               but the operator (the maintainer scripts leave them alone)
     /etc/lbd/lbd.yaml         conffile, from configs/lbd.yaml
     /etc/default/lbd          conffile, from systemd/lbd.env
@@ -82,7 +83,8 @@ BUILD_LOCK = HERE / "build-requirements.lock"
 PREFIX = Path("/opt/lbd")
 VENV = PREFIX / "venv"
 COMMANDS = ("lbd", "lbctl", "lbd-backend")
-UNITS = ("lbd.service", "lbd-bird.service", "lbd-backend-metrics.service", "lbd-backend-metrics.timer")
+UNITS = ("lbd.service", "lbd-bird.service", "lbd-backend.service", "lbd-backend-metrics.service",
+         "lbd-backend-metrics.timer")
 # Where each of the conffiles (systemd/debian/conffiles) comes from.
 CONFFILE_SOURCES = {"/etc/lbd/lbd.yaml": "configs/lbd.yaml", "/etc/default/lbd": "systemd/lbd.env"}
 MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm")

@@ -141,7 +141,6 @@ Wants=
 [Service]
 StandardOutput=append:{log}
 StandardError=append:{log}
-WatchdogSec=4s
 """
 
 CONFIG = """\
@@ -168,23 +167,26 @@ def _cgroup2_root() -> Path:
 
 
 class PrivateSystemd:
-    """systemd as PID 1 in its own namespaces, running the installed unit."""
+    """systemd as PID 1 in its own namespaces, running one installed unit."""
 
-    def __init__(self, installed: dict):
+    def __init__(self, installed: dict, unit: str = "lbd"):
+        self.unit = unit
         self.scratch: Path = installed["scratch"]
         self.lbd = installed["PREFIX"] / "venv/bin/lbd"
         self.python = installed["PREFIX"] / "venv/bin/python"
         self.config = installed["ETCDIR"] / "lbd/lbd.yaml"
-        self.log = self.scratch / "lbd.log"
-        self.units = self.scratch / "units"
+        # each boot its own units and log: a module's tests boot one after another
+        self.units = Path(tempfile.mkdtemp(prefix=f"units-{unit}-", dir=self.scratch))
+        self.log = self.units / f"{unit}.log"
         self.cgroup = _cgroup2_root() / f"lbd-install-test-{os.getpid()}"
         self.proc: subprocess.Popen | None = None
         self.pid1: int | None = None
 
-        (self.units / "lbd.service.d").mkdir(parents=True)
-        shutil.copy(installed["SYSTEMD_DIR"] / "lbd.service", self.units / "lbd.service")
-        (self.units / "lbd.service.d/test.conf").write_text(TEST_DROP_IN.format(log=self.log))
-        (self.units / "default.target").write_text("[Unit]\nDescription=test\nWants=lbd.service\n")
+        (self.units / f"{unit}.service.d").mkdir(parents=True)
+        shutil.copy(installed["SYSTEMD_DIR"] / f"{unit}.service", self.units / f"{unit}.service")
+        drop_in = TEST_DROP_IN + ("WatchdogSec=4s\n" if unit == "lbd" else "")
+        (self.units / f"{unit}.service.d/test.conf").write_text(drop_in.format(log=self.log))
+        (self.units / "default.target").write_text(f"[Unit]\nDescription=test\nWants={unit}.service\n")
         self.boot = self.scratch / "boot.sh"
         self.boot.write_text(BOOT.format(units=self.units))
         self.boot.chmod(0o755)
@@ -248,7 +250,7 @@ class PrivateSystemd:
         return self.enter("systemctl", "--no-pager", *args, check=check)
 
     def prop(self, name: str) -> str:
-        return self.systemctl("show", "lbd", "-p", name, "--value").stdout.strip()
+        return self.systemctl("show", self.unit, "-p", name, "--value").stdout.strip()
 
     def wait_state(self, active: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -259,7 +261,7 @@ class PrivateSystemd:
             if state == "failed":
                 break
             time.sleep(0.5)
-        pytest.fail(f"lbd.service is {self.prop('ActiveState')}, not {active}:\n{self.daemon_log()}")
+        pytest.fail(f"{self.unit}.service is {self.prop('ActiveState')}, not {active}:\n{self.daemon_log()}")
 
     def daemon_log(self) -> str:
         return self.log.read_text() if self.log.exists() else "(no log)"
@@ -278,15 +280,26 @@ class PrivateSystemd:
 
 
 @pytest.fixture
-def systemd(installed):
+def boot(installed):
+    """boot(unit): a private systemd running that installed unit; stopped after the test."""
     if not shutil.which("nsenter") or not shutil.which("unshare"):
         pytest.fail("nsenter/unshare missing: apt-get install util-linux", pytrace=False)
-    booted = PrivateSystemd(installed)
+    booted = []
+
+    def start(unit: str) -> PrivateSystemd:
+        booted.append(PrivateSystemd(installed, unit))
+        booted[-1].start()
+        return booted[-1]
     try:
-        booted.start()
-        yield booted
+        yield start
     finally:
-        booted.stop()
+        for one in booted:
+            one.stop()
+
+
+@pytest.fixture
+def systemd(boot):
+    return boot("lbd")
 
 
 def test_installed_unit_runs_lbd_under_systemd_with_its_sandbox(systemd):
@@ -350,3 +363,42 @@ def test_installed_unit_runs_lbd_under_systemd_with_its_sandbox(systemd):
     assert result.returncode == 0, result.stdout + result.stderr
     assert not systemd.xdp_attached()
     assert "lbd" not in systemd.enter("ls", "/sys/fs/bpf").stdout.split()
+
+
+BACKEND_VIP = "198.19.250.10"
+
+
+def test_installed_backend_unit_prepares_the_host_at_boot(installed, boot):
+    """lbd-backend.service under its sandbox: the VIP on lo, the decap program
+    on the interface with the interface's prefixes as its forward list, and a
+    stop that leaves both (the backend keeps serving)."""
+    env = installed["ETCDIR"] / "default/lbd-backend"
+    env.write_text(f'LBD_BACKEND_PREPARE_ARGS="--mode ipip --vip {BACKEND_VIP} --interface {IFACE}"\n')
+    try:
+        backend = boot("lbd-backend")
+        backend.wait_state("active")
+        assert backend.prop("Result") == "success", backend.daemon_log()
+        assert f"attached lbd_decap to {IFACE}" in backend.daemon_log(), backend.daemon_log()
+        lo = _run("ip", "-n", HOST_NS, "-o", "addr", "show", "dev", "lo").stdout
+        assert f"inet {BACKEND_VIP}/32" in lo, lo
+        assert backend.xdp_attached()
+        tool = installed["PREFIX"] / "venv/bin/lbd-backend"
+        check = _run("ip", "netns", "exec", HOST_NS, str(tool), "check", "--mode", "ipip", "--vip", BACKEND_VIP,
+                     "--interface", IFACE, check=False)
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert "sends second-chance packets on to 198.19.250.0/24" in check.stdout, check.stdout
+
+        assert backend.systemctl("stop", "lbd-backend").returncode == 0
+        assert backend.prop("ActiveState") == "inactive"
+        assert backend.xdp_attached() and BACKEND_VIP in _run("ip", "-n", HOST_NS, "addr", "show", "dev", "lo").stdout
+    finally:
+        env.unlink(missing_ok=True)
+
+
+def test_the_backend_unit_fails_loudly_without_its_file(installed, boot):
+    backend = boot("lbd-backend")
+    deadline = time.monotonic() + 60
+    while backend.prop("ActiveState") not in ("failed", "active") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert backend.prop("ActiveState") == "failed"
+    assert not backend.xdp_attached()

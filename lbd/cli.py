@@ -24,7 +24,7 @@ import uvloop
 
 from lbd import __version__, bird
 from lbd.config import Config, ConfigError, load_config
-from lbd.control_client import DEFAULT_CONFIG, call, socket_options, socket_path
+from lbd.control_client import DEFAULT_CONFIG, call, second_found_text, socket_options, socket_path
 
 DEFAULT_BPFFS = "/sys/fs/bpf/lbd"  # the config's default bpffs
 
@@ -171,10 +171,8 @@ def run_check(args: argparse.Namespace) -> int:
     if body["refused"]:
         print(f"a reload would be REFUSED: boot-only settings changed: {', '.join(body['refused'])}")
     for vip in body["vips"]:
-        found = vip.get("second_found_share")
-        second = "" if found is None else \
-            f"; for {found * 100:.2f}% of them the second choice is the backend they had"
-        print(f"{vip['name']}: {vip['action']}, {vip['moved_share'] * 100:.2f}% of flows would move{second}")
+        print(f"{vip['name']}: {vip['action']}, {vip['moved_share'] * 100:.2f}% of flows would move"
+              f"{second_found_text(vip)}")
     return 0
 
 

@@ -79,3 +79,10 @@ def call(socket_path: str, method: str, path: str, body: dict | None = None) -> 
                          "control.group")
     finally:
         connection.close()
+
+
+def second_found_text(vip: dict) -> str:
+    """The second-chance part of a VIP's line in `lbd check --diff` and
+    `lbctl reload` (VipResult.second_found_share): "" without one."""
+    found = vip.get("second_found_share")
+    return "" if found is None else f"; for {found * 100:.2f}% of them the second choice is the backend they had"

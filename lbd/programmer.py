@@ -41,7 +41,7 @@ import ipaddress
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -51,7 +51,7 @@ from lbd import layout, maglev, secondchoice
 from lbd.datapath import BackendEntry, Datapath, IPAddress, prefilter_bit
 
 if TYPE_CHECKING:  # plans are built by lbd.plan; this layer only reads them
-    from lbd.plan import BackendPlan, VipKey, VipPlan
+    from lbd.plan import VipKey, VipPlan
 
 log = logging.getLogger("lbd.programmer")
 C = layout.constant
@@ -71,8 +71,9 @@ class VipResult:
     moved_share: float = 0.0  # share of the table's slots that changed backend
     fingerprint: str = ""
     second_fingerprint: str = ""  # of the second-choice table; "" without second chance
-    # preview only, second chance: of the moved slots, the share whose new
-    # second choice is the backend they had (its connections are found)
+    # second chance: of the moved slots, the share whose new second choice is
+    # the backend they had (its connections are found); None: no second
+    # chance, nothing moved, or the second table still waits to be built
     second_found_share: float | None = None
 
 
@@ -503,9 +504,13 @@ class Programmer:
                     self.dp.clear_second_ring(applied.vip_id)
             old = self._applied.get(key)
             moved = 1.0 if old is None else _moved(old.table, applied.table)
+            # ids are stable per (VIP, address), and none freed here is reused in
+            # the same apply: the tables compare by id
+            found = None if old is None or old.table is None or key in self._second_pending \
+                or not applied.plan.second_chance else _found(old.table, applied.table, applied.second)
             results.append(VipResult(applied.plan.name, "changed" if old else "added",
                                      0.0 if old is None else moved, applied.fingerprint,
-                                     applied.second_fingerprint))
+                                     applied.second_fingerprint, found))
             self._applied[key] = applied
         for key in wanted:
             if key not in staged:
@@ -692,13 +697,11 @@ class Programmer:
         ranks = {a: rank for rank, a in enumerate(sorted(addresses, key=lambda a: a.packed), start=1)}
         size = self.limits.ring_size
         before, after = _by_address(old.plan, ranks, size), _by_address(plan, ranks, size)
-        moved = before != after
-        result = VipResult(plan.name, "changed", float(np.count_nonzero(moved)) / size)
-        if candidates and moved.any():
+        result = VipResult(plan.name, "changed", _moved(before, after))
+        if candidates:
             second = secondchoice.second_table(
                 after, [maglev.Backend(a.packed, w, ranks[a]) for a, w in candidates.items()], size)
-            found = moved & (second == before)
-            result.second_found_share = float(np.count_nonzero(found)) / float(np.count_nonzero(moved))
+            result.second_found_share = _found(before, after, second)
         return result
 
     def _preview_candidates(self, key: VipKey, old: AppliedVip, plan: VipPlan) -> dict[IPAddress, int]:
@@ -751,6 +754,15 @@ def _prefilter_words(addresses) -> dict[int, int]:
         bit = prefilter_bit(address)
         words[bit // 64] = words.get(bit // 64, 0) | 1 << (bit % 64)
     return words
+
+
+def _found(before: np.ndarray, after: np.ndarray, second: np.ndarray | None) -> float | None:
+    """Of the slots that moved from `before` to `after`, the share whose
+    second choice is the backend they had; None if none moved (or no second)."""
+    moved = np.asarray(before) != np.asarray(after)
+    if second is None or len(before) != len(after) or not moved.any():
+        return None
+    return float(np.count_nonzero(moved & (np.asarray(second) == before))) / float(np.count_nonzero(moved))
 
 
 def _moved(old: np.ndarray | None, new: np.ndarray) -> float:

@@ -1,6 +1,7 @@
-"""`lbd check --diff` predicts the reload (README: "lbd check --diff ... the
-share of flows that would move ... and, for a second-chance VIP, the share of
-those whose new second choice is the backend they had").
+"""`lbd check --diff` predicts the reload, and `lbctl reload` reports it
+(README: "lbd check --diff ... the share of flows that would move ... and,
+for a second-chance VIP, the share of those whose new second choice is the
+backend they had").
 
 The oracle is what the reload then writes: the kernel's tables before and
 after it, read back and mapped from ids to backend addresses. A slot moved
@@ -74,11 +75,18 @@ def test_check_diff_predicts_what_the_reload_writes(datapath, before, after, sec
             (by_address(datapath.read_ring(vip_id), addresses_of(programmer, old.key)) == first_before).all(), \
             "a preview writes nothing"
 
-        programmer.apply([new])
+        [reloaded] = programmer.apply([new])
         ids = addresses_of(programmer, new.key)
         first_after = by_address(datapath.read_ring(vip_id), ids)
         moved = first_before != first_after
         assert predicted.moved_share == pytest.approx(np.count_nonzero(moved) / len(moved), abs=1e-12)
+        # `lbctl reload` reports what `lbd check --diff` predicted (when the table changed)
+        if predicted.action == "changed" and predicted.moved_share:
+            assert reloaded.moved_share == pytest.approx(predicted.moved_share, abs=1e-12), reloaded
+            if predicted.second_found_share is None:
+                assert reloaded.second_found_share is None, reloaded
+            else:
+                assert reloaded.second_found_share == pytest.approx(predicted.second_found_share, abs=1e-12)
         if not second_chance or not moved.any():
             assert predicted.second_found_share is None, predicted
             return

@@ -2,6 +2,7 @@
 socket taken from the config's control.socket (README: Operations)."""
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import threading
@@ -93,17 +94,25 @@ class _StatusHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def serving(path: str, handler):
+    """A unix socket at path answering as `handler` does, while in the block."""
+    server = UnixHTTPServer(path, handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 @pytest.fixture
 def control_socket(tmp_path):
     """A unix socket answering GET /status the way lbd's control socket does."""
-    path = str(tmp_path / "ctl.sock")
-    server = UnixHTTPServer(path, _StatusHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield path
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serving(str(tmp_path / "ctl.sock"), _StatusHandler) as path:
+        yield path
 
 
 @pytest.mark.parametrize("how", ["socket after", "socket before", "config"])
@@ -115,3 +124,23 @@ def test_lbctl_status_reaches_the_socket(tmp_path, control_socket, capsys, how):
             "config": ["status", "--json", "--config", str(config)]}[how]
     assert lbctl.main(argv) == 0
     assert json.loads(capsys.readouterr().out)["path"] == "/status"
+
+
+class _ReloadHandler(http.server.BaseHTTPRequestHandler):
+    """POST /reload as lbd answers it: one second-chance VIP, one without."""
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        send_json(self, 200, {"result": "success", "vips": [
+            {"name": "web", "action": "changed", "moved_share": 0.2, "second_found_share": 0.9999},
+            {"name": "dns", "action": "changed", "moved_share": 0.25, "second_found_share": None}]})
+
+    def log_message(self, *args):
+        pass
+
+
+def test_lbctl_reload_says_what_moved_and_what_second_chance_finds(tmp_path, capsys):
+    with serving(str(tmp_path / "ctl.sock"), _ReloadHandler) as path:
+        assert lbctl.main(["reload", "--socket", path]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "web: changed, moved 20.00% of flows; for 99.99% of them the second choice is the backend they had",
+        "dns: changed, moved 25.00% of flows"]

@@ -185,7 +185,6 @@ static __always_inline int lbd_gue_v4(struct xdp_md *ctx, __u32 l2_len)
 	struct bpf_fib_lookup fib = {};
 	struct tcphdr *tcp;
 	__u32 outer_len, inner_hlen, slot;
-	__u32 mapped[4] = {0, 0, bpf_htonl(0xffff), 0}; /* ::ffff:second */
 	__be32 self;
 
 	/* Not lbd's unless it is GUE version 0 data with our magic. Outer
@@ -227,8 +226,7 @@ static __always_inline int lbd_gue_v4(struct xdp_md *ctx, __u32 l2_len)
 	slot = lbd_decide(ctx, &tuple, sizeof(tuple.ipv4), inner, sizeof(*inner), tcp);
 	if (slot != LBD_DECAP_FORWARDED)
 		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V4, slot);
-	mapped[3] = second->addr;
-	if (!lbd_may_forward_to(mapped))
+	if (!lbd_may_forward_to((__u32[4]){0, 0, bpf_htonl(0xffff), second->addr})) /* ::ffff:second */
 		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V4, LBD_DECAP_FORWARD_REFUSED);
 
 	/* Forward once: from this host (the address it was sent to) to the

@@ -1,19 +1,19 @@
 """systemd/lbd-backend.service: `lbd-backend prepare` at every boot, from
 /etc/default/lbd-backend (README "Preparing backends"). Checked here without
-a running systemd: systemd-analyze verify and security, and that the
-command line the unit builds is one prepare takes; tests/netns/test_install.py
-boots it under a private systemd."""
+a running systemd: systemd-analyze verify (its security score is checked
+with every unit's in test_packaging.py), and that the command line the unit
+builds is one prepare takes; tests/netns/test_install.py boots it under a
+private systemd."""
 from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from lbd.backend_prep import _parser
-from tests.unit.test_packaging import MAX_EXPOSURE, _systemd_analyze, _unit_settings, _verify, _verify_root
+from tests.unit.test_packaging import _unit_settings, _verify, _verify_root
 
 pytestmark = pytest.mark.unit
 
@@ -27,13 +27,6 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     (root / "etc/default/lbd-backend").write_text('LBD_BACKEND_PREPARE_ARGS="--mode dsr --vip 192.0.2.1"\n')
     result = _verify(root, UNIT.name)
     assert result.returncode == 0 and not (result.stdout + result.stderr).strip(), result.stdout + result.stderr
-
-
-def test_security_exposure_is_ok():
-    result = subprocess.run([_systemd_analyze(), "security", "--offline=yes", "--no-pager", str(UNIT)],
-                            capture_output=True, text=True, timeout=60, check=False)
-    match = re.search(r"Overall exposure level for lbd-backend.service: (\d+\.\d+)", result.stdout)
-    assert match and float(match.group(1)) <= MAX_EXPOSURE, result.stdout + result.stderr
 
 
 def test_it_runs_prepare_once_at_boot_and_stays_active():

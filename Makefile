@@ -53,6 +53,8 @@ clean:
 PREFIX      ?= /opt/lbd
 ETCDIR      ?= /etc
 SYSTEMD_DIR ?= /etc/systemd/system
+# every unit in systemd/ (the Debian package ships the same ones: systemd/debian/build.py UNITS)
+UNITS       := $(notdir $(wildcard systemd/*.service systemd/*.timer))
 BINDIR      ?= /usr/local/bin
 
 install:
@@ -75,7 +77,7 @@ install-lbd:
 	test ! -f README.md || install -m 0644 README.md $(PREFIX)/README.md
 	install -d -m 0755 $(BINDIR) $(SYSTEMD_DIR) $(ETCDIR)/default $(ETCDIR)/lbd
 	for tool in lbd lbctl lbd-backend; do ln -sfn $(PREFIX)/venv/bin/$$tool $(BINDIR)/$$tool; done
-	for unit in lbd.service lbd-bird.service lbd-backend.service lbd-backend-metrics.service lbd-backend-metrics.timer; do \
+	for unit in $(UNITS); do \
 	    sed -e 's|/opt/lbd|$(PREFIX)|g' -e 's|/etc/default/lbd|$(ETCDIR)/default/lbd|g' \
 	        -e 's|/etc/lbd/|$(ETCDIR)/lbd/|g' systemd/$$unit > $(SYSTEMD_DIR)/$$unit.tmp && \
 	    chmod 0644 $(SYSTEMD_DIR)/$$unit.tmp && mv $(SYSTEMD_DIR)/$$unit.tmp $(SYSTEMD_DIR)/$$unit; \
@@ -87,10 +89,10 @@ install-lbd:
 # config ($(ETCDIR)/lbd, $(ETCDIR)/default/lbd) and the Debian packages.
 uninstall:
 	@$(NOT_THE_PACKAGES)
-	if [ -d /run/systemd/system ]; then systemctl disable --now lbd lbd-bird lbd-backend lbd-backend-metrics.timer || true; fi
+	if [ -d /run/systemd/system ]; then systemctl disable --now $(UNITS) || true; fi
 	if [ -x $(PREFIX)/venv/bin/lbd ] && [ -e $(ETCDIR)/lbd/lbd.yaml ]; then \
 	    $(PREFIX)/venv/bin/lbd --teardown --config $(ETCDIR)/lbd/lbd.yaml || true; fi
-	rm -f $(SYSTEMD_DIR)/lbd.service $(SYSTEMD_DIR)/lbd-bird.service $(SYSTEMD_DIR)/lbd-backend.service $(SYSTEMD_DIR)/lbd-backend-metrics.service $(SYSTEMD_DIR)/lbd-backend-metrics.timer $(BINDIR)/lbd $(BINDIR)/lbctl $(BINDIR)/lbd-backend
+	rm -f $(addprefix $(SYSTEMD_DIR)/,$(UNITS)) $(BINDIR)/lbd $(BINDIR)/lbctl $(BINDIR)/lbd-backend
 	rm -rf $(PREFIX)
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 

@@ -116,6 +116,15 @@ def default_interface() -> str:
     raise PrepError("no default route, so no default interface: pass --interface IFACE")
 
 
+def interface_prefixes(ifname: str) -> list:
+    """The networks of the interface's global addresses (IPv4 and IPv6): the
+    default forward list (lbd.forwardto)."""
+    with _ipr() as ipr:
+        found = {ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network
+                 for a in ipr.get_addr(index=_link_index(ipr, ifname)) if a["scope"] == 0}
+    return forwardto.canonical(found)
+
+
 def _link_index(ipr, ifname: str) -> int:
     found = ipr.link_lookup(ifname=ifname)
     if not found:
@@ -404,7 +413,7 @@ def prepare(mode: str, vips: list[IPAddress], ifname: str, xdp_mode: str = "auto
             raise PrepError(f"{ifname} already runs XDP program {state.name!r} (id "
                             f"{state.prog_id}); detach it first (`ip link set {ifname} "
                             f"xdp off`) or pick another --interface")
-        wanted = forwardto.interface_prefixes(ifname) if forward_to is None else forward_to
+        wanted = interface_prefixes(ifname) if forward_to is None else forward_to
         if state is None:
             used = attach_decap(ifname, xdp_mode, wanted, pin_dir)
             done.append(f"attached {DECAP_FUNCTION} to {ifname} (xdp mode {used}); it sends "

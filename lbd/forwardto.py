@@ -42,11 +42,12 @@ def parse(values: list[str]) -> list[IPNetwork]:
             found.append(ipaddress.ip_network(value))
         except ValueError as err:
             raise ValueError(f"--forward-to {value!r}: {err} (a CIDR such as 10.0.0.0/8, or any)") from None
-    return sorted(set(found), key=_order)
+    return canonical(found)
 
 
-def _order(network: IPNetwork) -> tuple:
-    return network.version, network.network_address.packed, network.prefixlen
+def canonical(networks) -> list[IPNetwork]:
+    """Each network once, IPv4 first, in address order: how lists compare."""
+    return sorted(set(networks), key=lambda n: (n.version, n.network_address.packed, n.prefixlen))
 
 
 def key(network: IPNetwork) -> bytes:
@@ -66,21 +67,8 @@ def network_of(raw: bytes) -> IPNetwork:
     return ipaddress.IPv6Network((packed, length))
 
 
-def interface_prefixes(ifname: str) -> list[IPNetwork]:
-    """The networks of the interface's global addresses (IPv4 and IPv6)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        index = ipr.link_lookup(ifname=ifname)
-        if not index:
-            raise ValueError(f"interface {ifname!r} does not exist")
-        found = {ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network
-                 for a in ipr.get_addr(index=index[0]) if a["scope"] == 0}
-    return sorted(found, key=_order)
-
-
 def read(map_fd: int) -> list[IPNetwork]:
-    return sorted((network_of(k) for k in bpfsys.map_keys(map_fd, KEY_SIZE)), key=_order)
+    return canonical(network_of(k) for k in bpfsys.map_keys(map_fd, KEY_SIZE))
 
 
 def write(map_fd: int, networks: list[IPNetwork]) -> bool:

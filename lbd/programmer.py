@@ -268,16 +268,22 @@ class Programmer:
 
     def _candidates(self, key: VipKey, plan: VipPlan, ids: dict[IPAddress, int],
                     untils: dict[int, int]) -> tuple[maglev.Backend, ...]:
-        """The second table's candidates (lbd.secondchoice's Cset): in the
-        table, draining, and down or held with their hold running, each with
-        its configured weight."""
+        """The second table's candidates (lbd.secondchoice's Cset) as written:
+        the plan's backends by the untils they get, and the VIP's held ones."""
+        held = self._held.get(key, {})
+        weights = self._candidate_weights(plan, {b.address: untils[ids[b.address]] for b in plan.backends}, held)
+        id_of = {**{address: h.backend_id for address, h in held.items()}, **ids}
+        return tuple(sorted(maglev.Backend(a.packed, w, id_of[a]) for a, w in weights.items()))
+
+    def _candidate_weights(self, plan: VipPlan, until_of: dict[IPAddress, int],
+                           held: dict[IPAddress, HeldBackend]) -> dict[IPAddress, int]:
+        """Address -> configured weight of every candidate: in the table,
+        draining, and down or held with their hold running (until_of: each
+        plan backend's second_until; active and draining ones have FOREVER)."""
         now = self.now()
-        out = [maglev.Backend(b.address.packed, b.candidate_weight, ids[b.address])
-               for b in plan.backends
-               if b.state in (ACTIVE, DRAINING) or untils[ids[b.address]] > now]
-        out += [maglev.Backend(address.packed, held.weight, held.backend_id)
-                for address, held in self._held.get(key, {}).items() if held.until > now]
-        return tuple(sorted(out))
+        found = {b.address: b.candidate_weight for b in plan.backends if until_of[b.address] > now}
+        found.update({a: h.weight for a, h in held.items() if h.until > now and a not in until_of})
+        return found
 
     def _stage_second(self, key: VipKey, applied: AppliedVip, old: AppliedVip | None,
                       untils: dict[int, int]) -> None:
@@ -705,20 +711,16 @@ class Programmer:
         return result
 
     def _preview_candidates(self, key: VipKey, old: AppliedVip, plan: VipPlan) -> dict[IPAddress, int]:
-        """The second table's candidates (address -> weight) right after
-        apply(plan): as _candidates, with the holds the apply would start."""
-        now, found = self.now(), {}
-        in_plan = {b.address for b in plan.backends}
-        for b in plan.backends:
-            if self._next_until(old.backend_ids.get(b.address), b.state, True) > now:
-                found[b.address] = b.candidate_weight
-        for b in old.plan.backends:   # removed: held if they were candidates
-            if b.address not in in_plan and self._next_until(old.backend_ids[b.address], HELD, True) > now:
-                found[b.address] = b.candidate_weight
-        for address, held in self._held.get(key, {}).items():
-            if address not in in_plan and held.until > now:
-                found[address] = held.weight
-        return found
+        """The candidates right after apply(plan): the untils it would give,
+        and the holds it would start for the backends it removes."""
+        until_of = {b.address: self._next_until(old.backend_ids.get(b.address), b.state, True)
+                    for b in plan.backends}
+        held = dict(self._held.get(key, {}))
+        for b in old.plan.backends:
+            if b.address not in until_of:
+                until = self._next_until(old.backend_ids[b.address], HELD, True)
+                held[b.address] = HeldBackend(old.backend_ids[b.address], b.candidate_weight, until)
+        return self._candidate_weights(plan, until_of, held)
 
     # --- queries ----------------------------------------------------------------
     def vip_id(self, key: VipKey) -> int | None:

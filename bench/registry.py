@@ -1,0 +1,51 @@
+"""Every benchmark, once: what `bench.run` runs and `bench.report` reports, in this order.
+
+A benchmark is a module that measures (`python -m bench.<module> [--quick] [--out FILE]`,
+see bench.machine.arguments) and a module of bench.sections of the same name that turns
+its results into the report's rows, plots and section. Add a benchmark here and it is
+run by `make bench`, given a row (or "missing") in the report's summary, and its section.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from bench.machine import RESULTS
+
+REPO = RESULTS.parent.parent
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str                    # its results: <results>/<name>.json, its plot <name>.png
+    module: str                  # measures: bench.<module>; renders: bench.sections.<module>
+    args: tuple[str, ...] = ()   # beside --quick and --out, in quick and full runs alike
+
+    def results(self, directory: Path) -> Path:
+        return directory / f"{self.name}.json"
+
+    def command(self, out: Path, quick: bool) -> list[str]:
+        """The command line of a full run, or with `quick` one that only checks it works."""
+        return [sys.executable, "-m", f"bench.{self.module}", *self.args, "--out", str(out),
+                *(["--quick"] if quick else [])]
+
+    def section(self) -> ModuleType:
+        return importlib.import_module(f"bench.sections.{self.module}")
+
+
+BENCHMARKS = (
+    Benchmark("datapath", "datapath"),
+    # the same benchmark with TCP segments of established flows
+    Benchmark("datapath_tcp", "datapath", ("--tcp",)),
+    Benchmark("sharedmem", "sharedmem"),
+    Benchmark("control", "control"),
+    # beside today's program, the one before a SYN stopped making entries (a7ccca8^: the
+    # established path before and after issue #13); skipped when it no longer loads
+    Benchmark("xdp_cost", "xdp_cost", ("--before", "a7ccca8^")),
+    Benchmark("decap_cost", "decap_cost"),
+    Benchmark("flowcount", "flowcount"),
+)
+BY_NAME = {b.name: b for b in BENCHMARKS}

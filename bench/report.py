@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from bench.registry import BENCHMARKS, RESULTS, Benchmark
+from bench.sections import notes
 from bench.sections.text import table
 
 REPORT = RESULTS.parent / "REPORT.md"
@@ -53,32 +54,22 @@ def header(data: dict[str, dict | None]) -> list[str]:
     loads = [f"{n} {d['machine']['loadavg_start'][0]} → {d['machine']['loadavg_end'][0]}"
              for n, d in ran.items()
              if d.get("machine", {}).get("loadavg_start") and d["machine"].get("loadavg_end")]
-    lines.append("\nThe machine is shared: other work (other engineers' builds and test runs) "
-                 "ran while these benchmarks ran, so figures move between runs and the spreads "
-                 "below say by how much. Load average (1 min) at each benchmark's start → end: "
-                 + (", ".join(loads) if loads else "not recorded") + ".")
+    lines.append("\n" + notes.say("report", "shared machine",
+                                   {"loads": ", ".join(loads) if loads else "not recorded"}))
     quick = [n for n, d in ran.items() if d.get("quick")]
     if quick:
         lines.append(f"\n**Quick-mode results** (not for decisions): {', '.join(quick)}.")
-    return lines + ["", "Every figure is the median of several runs; spreads (min–max) are in the "
-                    "sections below and in the JSON. All contenders of a benchmark ran side by "
-                    "side in the same run on the same topology."]
+    return lines + ["", notes.say("report", "figures", {})]
 
 
 def reproduce() -> list[str]:
-    return ["## How to reproduce", "",
-            "As root on a Debian 12 host: `make bench` (host packages, the venv, "
-            "then `python -m bench.run`), or one benchmark at a time:", "", "```",
+    return ["## How to reproduce", "", notes.say("report", "how to reproduce", {}), "", "```",
             ".venv/bin/python -m bench.run            # everything, then this report",
             ".venv/bin/python -m bench.run --quick    # quick modes (what the tests run)",
             *(f".venv/bin/python -m bench.run --only {b.name:<13} # "
               f"{' '.join(['bench.' + b.module, *b.args])} into {b.name}.json" for b in BENCHMARKS),
             ".venv/bin/python -m bench.report",
-            "```", "",
-            "Each benchmark module (`python -m bench.<module> --help`) takes `--quick` and "
-            "`--out FILE` and says its own options. Every benchmark builds its own network "
-            "namespaces (`lbdb<pid>-*`, addresses in 198.18.0.0/15) and removes them when it "
-            "ends, also on failure.", ""]
+            "```", "", notes.say("report", "after reproducing", {}), ""]
 
 
 def render(results: Path, out: Path) -> str:

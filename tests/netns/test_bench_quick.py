@@ -101,3 +101,18 @@ def test_decap_cost_quick(tmp_path):
                                     "gue_forwarded_no_listener", "gue_kept_forwarded"}
     assert all(positive(c["ns"]) for c in result["cases"].values())
     assert positive(result["floor_ns"])
+
+
+def test_flowcount_quick(tmp_path):
+    result = run_quick("flowcount", tmp_path / "flowcount.json", 240)
+    check_machine(result)
+    walk = result["walk"]
+    # every entry of the filled table counted once, live or idle
+    assert walk["live"] + walk["idle"] == walk["table_entries"] > 0
+    assert walk["live"] > 0 and walk["idle"] > 0
+    for key in ("sample_s", "backend_flows_s", "before_sample_s"):
+        assert positive(walk[key]["median"]), key
+    cases = result["established"]["cases"]
+    for name in ("after_warm", "before_warm", "after_cold", "before_cold"):
+        assert positive(cases[name]["ns"]), name
+    assert positive(result["established"]["floor_ns"])

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.machine import arguments, loadavg, save
+from bench.xdp_cost import xdp_tree
 from lbd import bpfsys, layout
 from lbd.datapath import Datapath, Limits, addr_words, load_helper, port_word
 from lbd.plan import BackendPlan, VipPlan
@@ -181,15 +182,13 @@ def _summary(values: list[float]) -> dict:
 
 # --- the packet path -----------------------------------------------------------------
 def load_at(rev: str) -> Datapath:
-    """The program of git revision `rev` (its xdp/), loaded by today's Datapath."""
-    workdir = Path(tempfile.mkdtemp(prefix="lbd-xdp-before-"))
-    names = subprocess.run(["git", "ls-tree", "--name-only", rev, "xdp/"], cwd=REPO, check=True,
-                           capture_output=True, text=True).stdout.split()
-    for name in names:
-        (workdir / Path(name).name).write_text(subprocess.run(
-            ["git", "show", f"{rev}:{name}"], cwd=REPO, check=True, capture_output=True, text=True).stdout)
+    """The program of git revision `rev` (its xdp/, with the maps today's Datapath expects
+    declared), loaded by today's Datapath."""
+    tree = xdp_tree(rev, tempfile.mkdtemp(prefix="lbd-xdp-before-"))
+    if tree is None:
+        raise SystemExit(f"--before {rev}: git cannot give that revision's xdp/ here")
     saved = layout.XDP_DIR
-    layout.XDP_DIR = workdir
+    layout.XDP_DIR = tree
     try:
         return Datapath()
     finally:

@@ -75,6 +75,8 @@ install-lbd:
 	# one retry: a busy index sometimes answers "no versions" once
 	$(PREFIX)/venv/bin/python -m pip install -q . || $(PREFIX)/venv/bin/python -m pip install -q .
 	test ! -f README.md || install -m 0644 README.md $(PREFIX)/README.md
+	# the docs beside it (the units' Documentation=; README.md links into docs/)
+	test ! -d docs || { install -d -m 0755 $(PREFIX)/docs && install -m 0644 docs/*.md $(PREFIX)/docs/; }
 	install -d -m 0755 $(BINDIR) $(SYSTEMD_DIR) $(ETCDIR)/default $(ETCDIR)/lbd
 	for tool in lbd lbctl lbd-backend; do ln -sfn $(PREFIX)/venv/bin/$$tool $(BINDIR)/$$tool; done
 	for unit in $(UNITS); do \
@@ -97,7 +99,7 @@ uninstall:
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 # The Debian package lbd_<version>_<arch>.deb, here (`apt install ./lbd_*.deb`
-# on an edge host; README "Installing on an edge host"): lbd in its own venv
+# on an edge host; docs/install.md): lbd in its own venv
 # under /opt/lbd from the pinned systemd/debian/requirements.lock, the units,
 # the conffiles, maintainer scripts; built with dpkg-deb and checked with
 # lintian (systemd/debian/build.py says how). DEB_OUT: where it goes.

@@ -1,6 +1,6 @@
 """When this host announces a VIP over BGP, and the loop that holds BIRD to it.
 
-The rules (README, "Running a fleet"):
+The rules (docs/fleet.md):
   - A VIP is announced only while lbd's program is attached to every
     configured interface, the host is not drained, the VIP has
     `announce: true`, and at least `min_healthy` of its backends are healthy.

@@ -285,7 +285,7 @@ class _Control(_Model):
 
 class _SecondChance(_Model):
     # how long a backend that went down, or was removed from its VIP, stays
-    # a second choice (its connections may live on): README "Second-chance forwarding"
+    # a second choice (its connections may live on): docs/second-chance.md
     hold_s: Duration = Field(120.0, alias="hold")
 
 

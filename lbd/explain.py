@@ -1,7 +1,7 @@
 """`lbctl explain`: which backend a flow's next packets get, and why.
 
 The answer is the kernel's: `explain_flow` takes the steps the XDP program
-takes (README, "Packet and flow rules"), reading every value from the maps
+takes (docs/design.md, "Packet and flow rules"), reading every value from the maps
 the program reads — the prefilter bit, the connection-table entry of the
 flow in its protocol's table, the entry's backend in the `backends` array
 (its state and generation), the VIP entry and the VIP's Maglev table as
@@ -15,7 +15,7 @@ differently: as a SYN (a new connection on that 4-tuple, or a retransmitted
 one) and as any other packet (for UDP, only the latter). `decide` also
 answers for an RST, which the model test uses.
 
-Both choices (second-chance VIPs, README "Second-chance forwarding"): each
+Both choices (second-chance VIPs, docs/second-chance.md): each
 answer also names the second choice the packet carries in its GUE header,
 if any: a packet that follows its entry names the entry's second_id; one the
 table places, the same slot of the VIP's table in `second_rings`. It is
@@ -200,8 +200,8 @@ def named_second(flow: Flow, first: MapBackend, vip_flags: int, second_id: int,
 
 
 def decide(view: FlowView, kind: str) -> Decision:
-    """The program's steps for one packet of kind SYN, RST or PACKET (README
-    table "which backend"), on the values in `view`."""
+    """The program's steps for one packet of kind SYN, RST or PACKET (docs/design.md,
+    table "Which backend"), on the values in `view`."""
     if kind != PACKET and view.flow.proto != TCP:
         raise ValueError(f"{kind} is a TCP packet; {view.flow.proto} flows have only PACKET")
     entry, be = view.entry, view.entry_backend

@@ -20,7 +20,7 @@ of the backend that had it before move on instead of reaching a stranger.
 Ids are read back from the maps when the daemon adopts a running datapath,
 so a restart keeps every flow where it is.
 
-Second chance (README "Second-chance forwarding"; the table's rule is in
+Second chance (docs/second-chance.md; the table's rule is in
 lbd.secondchoice): each backend entry says until when it may be named as a
 second choice (second_until): for ever while active or draining; for the
 hold (second_chance.hold) once it goes down, or once it is removed from a

@@ -4,7 +4,7 @@ that may hold the slot's connections when its first choice does not.
 The balancer sends a packet to its slot's first choice and, for a VIP with
 second chance, names the slot's second choice in the GUE header, so that a
 backend without the flow's connection hands the packet on to the one that
-may have it (README "Second-chance forwarding"). The rule, history-free:
+may have it (docs/second-chance.md). The rule, history-free:
 
     Cset  = the VIP's backends that may hold connections: in the table, draining,
             and down or removed ones whose hold is running, each with its

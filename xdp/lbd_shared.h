@@ -43,7 +43,7 @@
 /* IPv6 extension headers parsed before the upper-layer header: RFC 8200's
  * recommended order (hop-by-hop, destination options, routing, fragment,
  * destination options) plus one. A longer chain to a VIP address is dropped
- * (LBD_DROP_IPV6_EXT_CHAIN). Not overridable: it is a promise of the README. */
+ * (LBD_DROP_IPV6_EXT_CHAIN). Not overridable: it is a promise of docs/design.md. */
 #define LBD_IPV6_MAX_EXT_HDRS 6
 
 /* Prefilter: a bitmap of VIP addresses (xdp/prefilter.h), 1 << LBD_PREFILTER_LOG2
@@ -94,7 +94,7 @@ enum lbd_backend_state {
 /* backend.second_until while the backend is active or draining: no end. */
 #define LBD_SECOND_FOREVER 0xffffffff
 
-/* Second-chance forwarding (ipip VIPs, TCP; README "Second-chance
+/* Second-chance forwarding (ipip VIPs, TCP; docs/second-chance.md
  * forwarding"). A packet whose slot names a second choice travels in GUE
  * (draft-ietf-intarea-gue, variant 0) instead of plain IP-in-IP:
  *

@@ -18,6 +18,7 @@ What the package holds:
                               so it sees Debian's bcc), with every Python dependency pinned
                               by requirements.lock: installing the package needs no network
     /opt/lbd/README.md        the units' Documentation=
+    /opt/lbd/docs/*.md        the rest of the documentation (README.md links into it)
     /usr/bin/{lbd,lbctl,lbd-backend} -> /opt/lbd/venv/bin/...
     /lib/systemd/system/{lbd,lbd-bird}.service
     /lib/systemd/system/lbd-backend.service, lbd-backend-metrics.{service,timer}
@@ -346,7 +347,7 @@ def manpage(command: str, help_text: str) -> str:
             f".SH NAME\n{command} \\- {summary}\n"
             f".SH SYNOPSIS AND OPTIONS\n.nf\n{body}\n.fi\n"
             ".SH SEE ALSO\n"
-            "/opt/lbd/README.md (operating lbd: the units, reload, upgrade, teardown),\n"
+            "/opt/lbd/README.md, /opt/lbd/docs/operating.md (operating lbd: the units, reload, upgrade, teardown),\n"
             ".BR systemctl (1)\n")
 
 
@@ -376,6 +377,8 @@ def stage_files(stage: Path, work: Path) -> None:
     for target in conffiles():
         install(ROOT / CONFFILE_SOURCES[target], stage / target.lstrip("/"))
     install(ROOT / "README.md", stage / "opt/lbd/README.md")
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        install(page, stage / "opt/lbd/docs" / page.name)
     (doc / "copyright").write_text((HERE / "copyright").read_text().replace("@YEARS@", copyright_years()))
     install(HERE / "lintian-overrides", stage / "usr/share/lintian/overrides/lbd")
     with gzip.GzipFile(doc / "changelog.gz", "wb", 9, mtime=0) as out:

@@ -24,7 +24,7 @@ _ETH_V6 = _ETH_V4[:12] + b"\x86\xdd"
 
 def frame(flow: Flow, kind: str = PACKET, payload: bytes = b"hello") -> bytes:
     """A client->VIP frame. kind: SYN, PACKET (an ACK), "fin", RST; UDP
-    flows ignore it. No checksums: lbd checks none (README)."""
+    flows ignore it. No checksums: lbd checks none (docs/design.md)."""
     if flow.proto == TCP:
         l4 = struct.pack("!HHIIBBHHH", flow.sport, flow.dport, 1000, 0 if kind == SYN else 1,
                          5 << 4, FLAGS[kind], 65535, 0, 0)

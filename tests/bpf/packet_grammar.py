@@ -221,9 +221,9 @@ TCI = st.integers(0, 0xFFFF)
 
 
 def l2(draw, ethertype: int, group_dst: bool = False):
-    """(header bytes, note): 0, 1 or 2 tags in the shapes the README parses,
+    """(header bytes, note): 0, 1 or 2 tags in the shapes docs/design.md parses,
     and shapes it does not (a third tag, 802.1ad inside 802.1Q)."""
-    if draw(one_in(8)):   # shapes the README does not parse: the frame passes
+    if draw(one_in(8)):   # shapes docs/design.md does not parse: the frame passes
         shape = draw(choose(["q+q+q", "ad+q+q", "q+ad", "ad+ad"]))
     else:
         shape = draw(choose(["none", "none", "none", "q", "q", "ad", "q+q", "ad+q", "ad+q"]))

@@ -1,4 +1,4 @@
-"""What the balancer must do with a frame, from the README's "Packet and flow
+"""What the balancer must do with a frame, from docs/design.md's "Packet and flow
 rules" and the RFCs (791 IPv4, 8200 IPv6, 793 TCP, 768 UDP, 792 / 1122 3.2.2
 and 4443 2.4 for ICMP errors, 1191 / 8201 for path MTU) -- never from
 xdp/*.c. `expect(world, frame)` parses the bytes itself and answers one of:
@@ -8,7 +8,7 @@ xdp/*.c. `expect(world, frame)` parses the bytes itself and answers one of:
                     over the table the programmer wrote), DSR or ipip
   Drop(reason)      XDP_DROP, counted in lbd_drops_total{reason}
   TooBig(...)       answered with ICMP frag-needed / packet-too-big
-  Unspecified(...)  a frame the README leaves open (see below): any verdict,
+  Unspecified(...)  a frame docs/design.md leaves open (see below): any verdict,
                     but a pass must leave it untouched
 
 `verify(lb, world, frame)` runs the frame through the program and checks the
@@ -17,7 +17,7 @@ reply), the global counters and the connection tables. A disagreement
 raises an AssertionError subclass named after the rule, so Hypothesis shrinks
 and reports each class of disagreement on its own.
 
-Readings chosen where the README is not explicit (a network engineer's):
+Readings chosen where docs/design.md is not explicit (a network engineer's):
 
  1. VLAN: the outer tag may be 802.1ad or 802.1Q, a second tag must be
     802.1Q; one 802.1ad tag alone is parsed; 802.1ad inside a tag (or any
@@ -63,7 +63,7 @@ Readings chosen where the README is not explicit (a network engineer's):
     packet makes an entry (with its backend) unless it is a SYN (SYN without
     ACK) or carries RST; a forwarded ICMP error makes none; passed and
     dropped frames make none. Fragments and too-big answers: not specified.
-11. A forwarded frame to a link-layer group address is fine (the README
+11. A forwarded frame to a link-layer group address is fine (docs/design.md
     singles those out only for ICMP errors).
 12. Counters: a frame moves exactly one action counter; a drop moves its
     reason only; icmp_to_backend / fragments_forwarded count frames really
@@ -202,7 +202,7 @@ def single_host_v6(a: bytes) -> bool:
 
 def l2_header(frame: bytes):
     """(offset of the IP header, ethertype, tags) or None when the frame
-    is not one the README parses (rule 1)."""
+    is not one docs/design.md parses (rule 1)."""
     if len(frame) < 14:
         return None
     ethertype = struct.unpack_from("!H", frame, 12)[0]
@@ -589,7 +589,7 @@ def check_entry(dp, want: Forward, inserted, fail):
     entry = table.get(dp.flow_key(src, dst, sport, dport, proto))
     if want.kind == "icmp":
         if entry is not None or not no_entries(dp, inserted):
-            fail("connection table", detail="an ICMP error is forwarded without making an entry (README)")
+            fail("connection table", detail="an ICMP error is forwarded without making an entry (docs/design.md)")
         return
     if want.entry and entry is None:
         fail("connection table", detail="a non-SYN, non-RST packet (or UDP) makes an entry")

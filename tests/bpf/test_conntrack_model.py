@@ -1,11 +1,11 @@
-"""A model of the connection table: what the README's "Packet and flow
+"""A model of the connection table: what docs/design.md's "Packet and flow
 rules" promise, checked against the real program (BPF_PROG_TEST_RUN) driven
 through the real Programmer by random sequences of backend changes and flow
 packets, for TCP and UDP, dsr and ipip, 5-tuple and client-address hashing.
 
 The model knows nothing of ids, generations or maps. It keeps, per flow,
-what the README says its entry holds: the backend (address and which
-incarnation of it: a backend removed and added again is a new one, README
+what docs/design.md says its entry holds: the backend (address and which
+incarnation of it: a backend removed and added again is a new one, docs/design.md
 "removed, or its id reused") that the flow's last entry-making packet went
 to, or nothing. From that it says, per packet, which backend the packet may
 go to and whether it must be the one before:
@@ -17,7 +17,7 @@ go to and whether it must be the one before:
     so only to a backend that takes new flows, and makes no entry; a SYN
     whose entry's backend takes no new flows removes it;
   * a flow whose backend is down, removed or replaced moves to a live one;
-  * where the README names the table's backend, it is the one the
+  * where docs/design.md names the table's backend, it is the one the
     pure-Python reference picks (lbd/flowhash.py, lbd/maglev.py), and an
     empty slot drops;
   * the handshake's ACK, through an unchanged table, meets its SYN's backend;
@@ -28,7 +28,7 @@ after every step, and the kernel must too: each tracked flow is probed with
 a SYN and an ACK (a datagram for UDP), its entry written back after each
 probe, so the probe changes nothing.
 
-What the README leaves open is not asserted: whether an RST, or a packet
+What docs/design.md leaves open is not asserted: whether an RST, or a packet
 dropped for want of a backend, removes an entry it could not follow (either
 is accepted, and the model takes what the kernel did).
 """
@@ -116,18 +116,18 @@ class FlowModel:
     vip: str
     flow: Flow
     tracked: bool = False
-    # what the README says the flow's entry holds: (address, incarnation) or None
+    # what docs/design.md says the flow's entry holds: (address, incarnation) or None
     pinned: tuple[str, int] | None = None
     # the backend its last table-placed SYN went to, and the table then
     syn_backend: str | None = None
     syn_table: tuple | None = None
 
 
-# What a packet does to the flow's entry, as the README promises it.
+# What a packet does to the flow's entry, as docs/design.md promises it.
 KEEP = "keep"            # the entry stays (and led the packet)
 NO_ENTRY = "no entry"    # none after the packet (a SYN: none made, or removed)
 PLACE = "place"          # an entry for the packet's backend
-UNSAID = "unsaid"        # no new entry; whether an unusable one stays, the README leaves open
+UNSAID = "unsaid"        # no new entry; whether an unusable one stays, docs/design.md leaves open
 
 EXPLAIN_EFFECTS = {KEEP: {KEPT}, NO_ENTRY: {NONE_MADE, REMOVED}, PLACE: {MADE, REPLACED},
                    UNSAID: {LEFT, NONE_MADE}}
@@ -375,7 +375,7 @@ class ConntrackModel(RuleBasedStateMachine):
         if exp.after == KEEP:
             assert after == before, f"entry changed from {before} to {after}: {where}"
         elif exp.after == NO_ENTRY:
-            assert after is None, f"entry {after} after the packet, the README says none: {where}"
+            assert after is None, f"entry {after} after the packet, docs/design.md says none: {where}"
         elif exp.after == PLACE:
             assert after is not None and after != before, f"no new entry ({before} -> {after}): {where}"
         else:
@@ -398,7 +398,7 @@ class ConntrackModel(RuleBasedStateMachine):
         elif exp.after == PLACE:
             model.pinned = (got, self.members[model.vip][got].incarnation)
         elif exp.after == UNSAID and after is None:
-            model.pinned = None  # the kernel removed it, which the README allows
+            model.pinned = None  # the kernel removed it, which docs/design.md allows
         if kind == SYN and exp.new_connection:
             model.syn_backend, model.syn_table = got, self._table_key(model.vip)
         elif kind != SYN:

@@ -1,4 +1,4 @@
-"""The edges issue #11 found, each as the README's packet and flow rules
+"""The edges issue #11 found, each as docs/design.md's packet and flow rules
 state it: a SYN never reaches a backend that takes no new flows through an
 old entry; nothing is read past the IP packet's own length; IPv6 chains up to
 the bound are parsed and longer ones dropped by name; no ICMP error where

@@ -1,5 +1,5 @@
 """Floods against a small connection table (limits.conntrack_size 4096), as
-the README's "Under a flood" promises: 100,000 spoofed SYNs leave every
+docs/design.md's "Under a flood" promises: 100,000 spoofed SYNs leave every
 established flow's entry in place and make none of their own, and a UDP
 flood fills only the UDP table. The program is the real one, compiled with
 the small tables, through BPF_PROG_TEST_RUN."""

@@ -1,7 +1,7 @@
 """The connection tables' fill and each backend's flows, as lbd samples them
 (lbd.flowtable): counted from the maps themselves, an entry counting for a
 backend only while it would still lead a packet there, and as a live flow
-only as the README's Operations section says (a packet within the idle
+only as docs/operating.md's Operations section says (a packet within the idle
 window; once the client sent FIN or RST, within 2 s)."""
 from __future__ import annotations
 

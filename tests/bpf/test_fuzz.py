@@ -40,7 +40,7 @@ V4_VIP_ADDRS = {addr for addr, _ in V4_VIPS}
 
 def oracle_v4(frame: bytes):
     """'pass' (not VIP traffic), 'drop' (malformed or fragment to a VIP),
-    'forward', or None when the frame is not IPv4. The README's rules: up to
+    'forward', or None when the frame is not IPv4. docs/design.md's rules: up to
     two VLAN tags; a packet to a VIP address whose IP header is inconsistent,
     or whose TCP/UDP header ends past the IP packet (its total length, not
     the frame), is malformed, whatever its protocol."""

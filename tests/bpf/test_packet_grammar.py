@@ -1,5 +1,5 @@
 """Issue #11: a packet grammar (tests/bpf/packet_grammar.py) with an oracle
-written from the RFCs and the README's "Packet and flow rules"
+written from the RFCs and docs/design.md's "Packet and flow rules"
 (tests/bpf/rfc_oracle.py), run against the real program.
 
 Every generated frame goes through BPF_PROG_TEST_RUN and must get the

@@ -1,5 +1,5 @@
 """`lbd check --diff` predicts the reload, and `lbctl reload` reports it
-(README: "lbd check --diff ... the share of flows that would move ... and,
+(docs/configuration.md: "lbd check --diff ... the share of flows that would move ... and,
 for a second-chance VIP, the share of those whose new second choice is the
 backend they had").
 

@@ -142,7 +142,13 @@ def test_files_units_links_and_no_bytecode(deb, unpacked):
         assert os.readlink(unpacked / "usr/bin" / command) == f"/opt/lbd/venv/bin/{command}"
         assert (unpacked / f"usr/share/man/man1/{command}.1.gz").exists()
         assert (unpacked / "opt/lbd/venv/bin" / command).read_text().startswith("#!/opt/lbd/venv/bin/python\n")
-    assert (unpacked / "opt/lbd/README.md").exists()  # the units' Documentation=
+    for unit in UNITS:   # every page a unit's Documentation= names ships (systemctl help)
+        for line in (ROOT / "systemd" / unit).read_text().splitlines():
+            if line.startswith("Documentation="):
+                for uri in line.removeprefix("Documentation=").split():
+                    assert (unpacked / uri.removeprefix("file:/")).is_file(), (unit, uri)
+    docs = sorted(page.name for page in (ROOT / "docs").glob("*.md"))
+    assert sorted(page.name for page in (unpacked / "opt/lbd/docs").iterdir()) == docs
     cfg = (unpacked / "opt/lbd/venv/pyvenv.cfg").read_text()
     assert "include-system-site-packages = true" in cfg and "home = /usr/bin" in cfg
     assert not (unpacked / "opt/lbd/venv/bin/pip").exists()  # dpkg owns the venv
@@ -151,8 +157,8 @@ def test_files_units_links_and_no_bytecode(deb, unpacked):
         assert os.access(unpacked / "DEBIAN" / script, os.X_OK)
     # md5sums covers every packaged file but the conffiles
     sums = dict(reversed(line.split("  ", 1)) for line in (unpacked / "DEBIAN/md5sums").read_text().splitlines())
-    readme = unpacked / "opt/lbd/README.md"
-    assert sums["opt/lbd/README.md"] == hashlib.md5(readme.read_bytes()).hexdigest()
+    for page in ("README.md", *(f"docs/{name}" for name in docs)):
+        assert sums[f"opt/lbd/{page}"] == hashlib.md5((unpacked / "opt/lbd" / page).read_bytes()).hexdigest()
     assert not any(c.lstrip("/") in sums for c in CONFFILES)
 
 

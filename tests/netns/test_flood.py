@@ -1,6 +1,6 @@
 """A spoofed SYN flood, then an ordinary reload: no real connection lost.
 
-The README's promise: a connection that never completes its handshake leaves
+docs/design.md's promise: a connection that never completes its handshake leaves
 no state, so a flood evicts no real flow's entry. Without that, the flood
 fills the LRU, the entries of idle connections (the ones an LRU gives up
 first) go, and the next change of the backend set moves every such

@@ -85,6 +85,9 @@ def test_make_install_puts_everything_in_place(installed):
 
     unit = (units / "lbd.service").read_text()
     assert f"ExecStart={lbd} --config ${{LBD_CONFIG}} $LBD_ARGS" in unit
+    documentation = [uri.removeprefix("file:") for line in unit.splitlines() if line.startswith("Documentation=")
+                     for uri in line.removeprefix("Documentation=").split()]
+    assert documentation and all(Path(page).is_file() for page in documentation), documentation  # systemctl help
     assert f"EnvironmentFile=-{etc}/default/lbd" in unit
     # On the real root: ExecStart= now exists, so verify needs no stand-ins.
     result = _run("systemd-analyze", "verify", "--man=no", "--generators=no", str(units / "lbd.service"),

@@ -1,4 +1,4 @@
-"""Operating a running lbd (README: Operations, Running it under systemd):
+"""Operating a running lbd (docs/operating.md: Operations, Running it under systemd):
 `lbd check --diff` on ordinary edits of health-checked VIPs, and which ways of
 reloading a bad file the daemon counts in lbd_reloads_total{result="failure"}."""
 from __future__ import annotations

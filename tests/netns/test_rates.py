@@ -1,4 +1,4 @@
-"""`lbctl status --rate` against real traffic (README: Operations): per VIP
+"""`lbctl status --rate` against real traffic (docs/operating.md: Operations): per VIP
 and per backend, new flows, packets and bytes per second over the daemon's
 last seconds; a VIP that gets traffic shows it, one that gets none shows 0.
 And `--watch`, which redraws that view in place."""

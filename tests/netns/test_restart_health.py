@@ -1,4 +1,4 @@
-"""A restart keeps what lbd knew about its backends' health (README: Operations,
+"""A restart keeps what lbd knew about its backends' health (docs/operating.md: Operations,
 restart / upgrade): a backend that was down before `kill -9` is still down
 after the restart, from the first table the new daemon writes, so no new
 connection meets it; it comes back only after `rise` passing checks.

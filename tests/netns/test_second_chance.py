@@ -15,11 +15,11 @@ map, after the change, so no packet can re-place a flow by the old table in
 between) after a backend is added, after one is removed (its server keeps
 running: the hold keeps it a second choice) and after one is drained; and
 SYN cookies on every backend while packets carry a second choice. A backend
-added while another is drained loses exactly the streams the README's limit
+added while another is drained loses exactly the streams docs/second-chance.md's limit
 ("one second choice per slot") names, and no other; wherever a backend is
 added or two hosts disagree, a stream on one of Maglev's collateral moves
 (a slot that changed between two other backends) whose second choice is not
-its backend may break (the README's limit: here one slot of 65,537 per
+its backend may break (docs/second-chance.md's limit: here one slot of 65,537 per
 family, which a CI run once hit). The fleet:
 the hosts disagree on a backend's health (its health checks from one host
 only are dropped) while every flow crosses from one host to the other and
@@ -225,9 +225,9 @@ def summary(outcomes: dict[str, Outcome]) -> str:
     return "; ".join(o.line() for o in outcomes.values())
 
 
-# --- the README's limits: the only streams second chance may lose ---------------------
+# --- docs/second-chance.md's limits: the only streams second chance may lose ---------------------
 # A limit takes a broken stream's flow's choices now (outcome.choices: first,
-# second, and what else the stage records) and says whether the README lets it
+# second, and what else the stage records) and says whether docs/second-chance.md lets it
 # go: only streams on neither choice can be lost.
 Limit = Callable[[tuple], bool]
 
@@ -241,7 +241,7 @@ def held_one_wins(held: str) -> Limit:
 def collateral_move(added: str) -> Limit:
     """A backend added: each slot it took names its old owner, exactly; a slot
     Maglev moved between two other backends (a collateral move) may not
-    (README: 99.6% of all moved slots do)."""
+    (docs/second-chance.md: 99.6% of all moved slots do)."""
     return lambda choice: choice[0] != added
 
 
@@ -255,7 +255,7 @@ def collateral_disagreement(disputed: str) -> Limit:
 def assert_second_chance_kept_every_stream(outcomes: dict[str, Outcome], what: str,
                                            decap: dict[str, int], limits: tuple[Limit, ...] = ()) -> None:
     """Zero broken streams with second chance, but those on neither choice
-    that one of the README's `limits` names (outcome.choices: each flow's
+    that one of docs/second-chance.md's `limits` names (outcome.choices: each flow's
     choices after the event); the same event broke some without it; and the
     backends forwarded packets to the second choice (`decap`: the backend
     program's counters over the scenario)."""
@@ -460,7 +460,7 @@ class TestOneHost:
         assert any(s["backend"] == "r1" for vip in SECOND_CHANCE for s in outcomes[vip].exercised)
 
     def test_a_backend_added_while_another_is_drained_loses_only_what_the_readme_says(self, one):
-        """The README's limit, held to: a drained backend stays a candidate, so
+        """docs/second-chance.md's limit, held to: a drained backend stays a candidate, so
         the slots it would have back name it (lbd.secondchoice: 16.5% of the
         moved slots, IPv4), and a stream placed there since the drain is on
         neither choice. Every other stream survives, as in the stages above."""

@@ -1,4 +1,4 @@
-"""`lbd --teardown` needs only the pins (README: Running it under systemd,
+"""`lbd --teardown` needs only the pins (docs/operating.md: Running it under systemd,
 Teardown): with a broken config, a missing one, or --bpffs, it detaches lbd's
 program from the interface it is attached to and removes the pins.
 

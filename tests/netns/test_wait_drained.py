@@ -1,4 +1,4 @@
-"""Draining a backend and waiting for its flows, as the README's runbook has
+"""Draining a backend and waiting for its flows, as docs/operating.md's runbook has
 it: drain (reload), `lbctl wait-drained VIP BACKEND`, then stop the backend.
 
 The streams and keep-alive connections are real TCP through lbd to nginx on

@@ -5,7 +5,7 @@ unit tests (configs/lbd-alerts.test.yaml), which hold, for every alert, a case
 where it fires and a case where it does not. Every alert has a severity, a
 `for:`, a summary and a runbook; every metric the rules read is one lbd
 exports (the METRICS set that also checks the dashboard) or lbd-backend
-writes for node_exporter (BACKEND_METRICS), and the README
+writes for node_exporter (BACKEND_METRICS), and docs/monitoring.md
 names every alert. tests/netns/test_prometheus.py loads the same file into a
 real Prometheus scraping the lab.
 """
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.unit
 
 RULES = ROOT / "configs" / "lbd-alerts.yaml"
 RULE_TESTS = ROOT / "configs" / "lbd-alerts.test.yaml"
-README = ROOT / "README.md"
+MONITORING = ROOT / "docs" / "monitoring.md"   # the Alerts table
 SEVERITIES = {"critical", "warning"}
 # Not lbd's: the scrape's own health, which Prometheus records for every target.
 PROMETHEUS_SERIES = {"up"}
@@ -126,11 +126,11 @@ def test_selector_extraction_sees_what_it_must():
     assert _selectors(expr) == {"lbd_drops_total", "up", "node_load1"}
 
 
-def test_readme_names_every_alert_and_the_file():
-    readme = README.read_text()
-    assert "configs/lbd-alerts.yaml" in readme and "rule_files" in readme
-    missing = [rule["alert"] for rule in _alerts() if f"`{rule['alert']}`" not in readme]
+def test_docs_name_every_alert_and_the_file():
+    doc = MONITORING.read_text()
+    assert "configs/lbd-alerts.yaml" in doc and "rule_files" in doc
+    missing = [rule["alert"] for rule in _alerts() if f"`{rule['alert']}`" not in doc]
     assert not missing, missing
     for rule in _alerts():   # its row in the Alerts table says its severity and for: as the rule does
         row = f"| `{rule['alert']}` | {rule['labels']['severity']}, {rule['for']} |"
-        assert row in readme, f"README's Alerts table: {row!r}"
+        assert row in doc, f"{MONITORING.name}'s Alerts table: {row!r}"

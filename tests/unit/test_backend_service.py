@@ -1,5 +1,5 @@
 """systemd/lbd-backend.service: `lbd-backend prepare` at every boot, from
-/etc/default/lbd-backend (README "Preparing backends"). Checked here without
+/etc/default/lbd-backend (docs/operating.md, "Preparing backends"). Checked here without
 a running systemd: systemd-analyze verify (its security score is checked
 with every unit's in test_packaging.py), and that the command line the unit
 builds is one prepare takes; tests/netns/test_install.py boots it under a

@@ -1,5 +1,5 @@
 """lbctl's options: --socket and --config before or after the command, and the
-socket taken from the config's control.socket (README: Operations)."""
+socket taken from the config's control.socket (docs/operating.md: Operations)."""
 from __future__ import annotations
 
 import contextlib

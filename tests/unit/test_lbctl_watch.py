@@ -1,4 +1,4 @@
-"""`lbctl status --rate`, `--watch` and `lbctl wait-drained` as the README's
+"""`lbctl status --rate`, `--watch` and `lbctl wait-drained` as docs/operating.md's
 Operations section describes them: the rates per VIP and per backend over
 the daemon's last seconds, a redraw in place that never scrolls, and a wait
 that ends 0 once the backend has no live flow, 1 with the count at the

@@ -37,7 +37,7 @@ CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.star
 
 # What the daemon needs from the kernel, each measured on Linux 6.18 with bcc
 # (see the unit's comments): the unit, the Dockerfile's run line and the
-# README say the same four.
+# docs/install.md say the same four.
 CAPABILITIES = {"CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON", "CAP_SYS_ADMIN"}
 MAX_EXPOSURE = 3.0
 

@@ -1,6 +1,6 @@
 """Second-chance tables (lbd.secondchoice): the C-backed build agrees with the
 plain-Python rule, and the tables have the properties second chance relies
-on (README "Second-chance forwarding"): after a backend is added, the slots
+on (docs/second-chance.md): after a backend is added, the slots
 that moved name their old owner; a drained, failed or removed backend (held)
 is named on its old slots; two hosts that disagree on one backend's health
 name each other's first choice on its slots; nothing depends on order.

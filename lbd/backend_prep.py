@@ -36,7 +36,9 @@ Every interface that attaches that one pinned program shares its counters.
 
 Addresses this command adds carry their own IFA_PROTO value (76; newer
 iproute2 shows it as `proto 76`), so `undo` removes exactly those and never an
-address an operator added by hand. `undo` leaves sysctls as they are.
+address an operator added by hand. `undo` leaves sysctls as they are, and
+`undo --vip` leaves the program and its pins while another VIP prepare added
+is still on lo (see undo()).
 """
 from __future__ import annotations
 
@@ -538,24 +540,42 @@ def _decap_findings(ifname: str, again: str) -> list[Finding]:
 
 
 def undo(vips: list[IPAddress] | None = None, pin_dir: str | None = None) -> list[str]:
-    """Remove the VIPs prepare put on lo, any lbd_decap program and its pins; sysctls stay."""
+    """Remove the VIPs prepare put on lo (all, or only `vips`); with the last
+    of them, any lbd_decap program and its pins. Sysctls stay.
+
+    Which VIPs remain is read from the host, not from a record of earlier
+    prepares: lo's addresses that carry prepare's IFA_PROTO (LBD_ADDR_PROTO)
+    after the removal. While one remains, everything prepare set up for the
+    VIPs together stays (the program on every interface, with its forward
+    list, and its pins), since which interface and mode each VIP needs is
+    recorded nowhere; a VIP added to lo by hand (no IFA_PROTO) counts for
+    nothing, as prepare did not put it there."""
     done: list[str] = []
     for address, proto in loopback_addresses().items():
         if proto == LBD_ADDR_PROTO and (vips is None or address in vips):
             remove_vip(address)
             done.append(f"removed {address}/{address.max_prefixlen} from lo")
+    remaining = sorted((a for a, proto in loopback_addresses().items() if proto == LBD_ADDR_PROTO),
+                       key=lambda a: (a.version, a))
     with _ipr() as ipr:
         names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
-    for ifname in names:
-        state = xdp_state(ifname)
-        if state and state.name == DECAP_FUNCTION:
-            xdplink.detach(ifname)
-            done.append(f"detached {DECAP_FUNCTION} from {ifname}")
-    if pin_dir and os.path.isdir(pin_dir):
-        for name in os.listdir(pin_dir):
-            if name.startswith(DECAP_FUNCTION + "-"):
-                os.unlink(os.path.join(pin_dir, name))
-                done.append(f"unpinned {os.path.join(pin_dir, name)}")
+    attached = [ifname for ifname in names
+                if (state := xdp_state(ifname)) and state.name == DECAP_FUNCTION]
+    pins = sorted(os.path.join(pin_dir, name) for name in os.listdir(pin_dir)
+                  if name.startswith(DECAP_FUNCTION + "-")) if pin_dir and os.path.isdir(pin_dir) else []
+    if remaining:
+        why = (f"{', '.join(map(str, remaining))} (added by lbd-backend prepare) "
+               f"{'is' if len(remaining) == 1 else 'are'} still on lo and may need it; "
+               f"undo {'it' if len(remaining) == 1 else 'them'} too to remove it")
+        done += [f"kept {DECAP_FUNCTION} on {ifname} and its forward list: {why}" for ifname in attached]
+        done += [f"kept {pin}: {why}" for pin in pins]
+        return done
+    for ifname in attached:
+        xdplink.detach(ifname)
+        done.append(f"detached {DECAP_FUNCTION} from {ifname}")
+    for pin in pins:
+        os.unlink(pin)
+        done.append(f"unpinned {pin}")
     return done
 
 
@@ -595,9 +615,11 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--textfile", metavar="PATH",
                      help="write here (e.g. /var/lib/prometheus/node-exporter/lbd-backend.prom) "
                           "instead of stdout")
-    cmd = sub.add_parser("undo", help="remove the VIPs prepare added and the decap program")
+    cmd = sub.add_parser("undo", help="remove the VIPs prepare added; the decap program and its "
+                                      "pins go with the last of them")
     cmd.add_argument("--vip", action="append", type=ipaddress.ip_address,
-                     help="only these VIPs (default: every one prepare added)")
+                     help="only these VIPs (default: every one prepare added); while other VIPs "
+                          "prepare added stay on lo, the decap program and its pins stay too")
     cmd.add_argument("--pin-dir", help="also remove the decap pins in this directory")
     return parser
 

@@ -1,0 +1,125 @@
+"""`lbd-backend` on one backend host of its own (tests/netns/backendhost.py),
+with real frames from its neighbour; the program runs natively on the veth.
+
+- `undo --vip A` removes A and only what A alone needed: while another VIP
+  prepare added stays on lo, its ipip path (the program, its pin, its forward
+  list) keeps working and `check` stays clean; undo of the last VIP removes
+  everything, as before (issue 19, item 3).
+- `check` does not call a backend fine whose forwarding cannot work: on a veth
+  whose other end takes no XDP frames, the frames the program forwards to
+  second choices (XDP_TX) vanish while it counts them as forwarded; check
+  says so and the metrics count them as lost; with an XDP_PASS program on the
+  other end they arrive and check is clean (issue 21, the backend's view).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from lbd import xdplink
+from lbd.mounts import on_bpffs
+from lbd.testing.netns import BPFFS
+from tests.conftest import require_root
+from tests.netns.backendhost import CLIENT, SECOND_CHOICE, BackendHost
+
+pytestmark = pytest.mark.netns
+
+VIP_A, VIP_B = "198.18.9.100", "198.18.9.101"
+GUE_PORT_FLOWS = 41000
+
+
+@pytest.fixture
+def host(request):
+    require_root("lbd-backend's host tests")
+    built = BackendHost(request.node.name.split("[")[0][-12:].replace("_", ""))
+    try:
+        yield built
+    finally:
+        built.close()
+
+
+@pytest.fixture
+def pin_dir(host):
+    if not on_bpffs(BPFFS):
+        pytest.fail(f"no bpffs at {BPFFS}: mount -t bpf bpf {BPFFS} (make test's setup does)",
+                    pytrace=False)
+    path = os.path.join(BPFFS, host.backend_ns.removesuffix("-be"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _ok(result) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _problems(result) -> list[str]:
+    return [line for line in result.stdout.splitlines() if line.startswith("PROBLEM")]
+
+
+def _lo(host: BackendHost) -> str:
+    import subprocess
+    return subprocess.run(["ip", "-n", host.backend_ns, "-o", "addr", "show", "dev", "lo"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def _answered_from(host: BackendHost, vip: str, sport: int) -> bool:
+    """An IP-in-IP SYN to vip:80 (no listener there) is decapsulated and
+    delivered to the VIP: the backend's kernel answers the client from the
+    VIP with a reset, out of eth0."""
+    seen = host.send(vip, sport=sport)
+    return any(src == vip and dst == CLIENT and dport == sport and "R" in flags
+               for src, dst, proto, _sport, dport, flags in seen if proto == 6)
+
+
+# --- undo of some VIPs (issue 19, item 3) -------------------------------------------
+def test_undo_of_one_vip_keeps_what_the_other_needs_and_undo_of_the_last_removes_all(host, pin_dir):
+    prepared = _ok(host.lbd_backend("prepare", "--mode", "ipip", "--vip", VIP_A, "--vip", VIP_B,
+                                    "--interface", "eth0", "--xdp-mode", "native", "--pin-dir", pin_dir))
+    assert "xdp mode native" in prepared
+    pins = os.listdir(pin_dir)
+    assert len(pins) == 1 and pins[0].startswith("lbd_decap-"), pins
+    program = xdplink.state("eth0", netns=host.backend_ns)
+    assert program is not None and program.mode == "native"
+    assert _answered_from(host, VIP_A, 42001) and _answered_from(host, VIP_B, 42002)
+
+    undone = _ok(host.lbd_backend("undo", "--vip", VIP_A, "--pin-dir", pin_dir))
+    assert f"removed {VIP_A}/32 from lo" in undone
+    assert "detached" not in undone and "unpinned" not in undone, undone
+    # it says what it kept and why
+    assert f"kept lbd_decap on eth0" in undone and VIP_B in undone, undone
+    assert f" {VIP_A}/" not in _lo(host) and f" {VIP_B}/" in _lo(host)
+    assert xdplink.state("eth0", netns=host.backend_ns) == program, "the same program, still attached"
+    assert os.listdir(pin_dir) == pins
+    check = host.lbd_backend("check", "--mode", "ipip", "--vip", VIP_B, "--interface", "eth0")
+    assert check.returncode == 0 and not _problems(check), check.stdout
+    assert "sends second-chance packets on to 198.18.77.0/24" in check.stdout, "the forward list stays"
+    assert _answered_from(host, VIP_B, 42003), "B's packets still reach B"
+    assert not _answered_from(host, VIP_A, 42004), "A is gone from this host"
+
+    undone = _ok(host.lbd_backend("undo", "--vip", VIP_B, "--pin-dir", pin_dir))
+    assert f"removed {VIP_B}/32 from lo" in undone and "detached lbd_decap from eth0" in undone
+    assert f"unpinned {os.path.join(pin_dir, pins[0])}" in undone
+    assert xdplink.state("eth0", netns=host.backend_ns) is None
+    assert os.listdir(pin_dir) == []
+    assert f" {VIP_B}/" not in _lo(host)
+    check = host.lbd_backend("check", "--mode", "ipip", "--vip", VIP_B, "--interface", "eth0")
+    assert check.returncode == 1
+    assert any("not on lo" in line for line in _problems(check)), check.stdout
+    assert any("no XDP program on eth0" in line for line in _problems(check)), check.stdout
+    assert not _answered_from(host, VIP_B, 42005)
+
+
+def test_undo_without_vips_removes_every_vip_and_the_program(host):
+    _ok(host.lbd_backend("prepare", "--mode", "ipip", "--vip", VIP_A, "--vip", VIP_B,
+                         "--interface", "eth0", "--xdp-mode", "native"))
+    undone = _ok(host.lbd_backend("undo"))
+    for vip in (VIP_A, VIP_B):
+        assert f"removed {vip}/32 from lo" in undone
+    assert "detached lbd_decap from eth0" in undone and "kept" not in undone
+    assert xdplink.state("eth0", netns=host.backend_ns) is None

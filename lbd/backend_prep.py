@@ -51,12 +51,13 @@ import os
 import re
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from lbd import bpfsys, forwardto, layout, mounts, xdplink
+from lbd import bpfsys, forwardto, layout, mounts, xdplink, xdpstats
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -64,6 +65,8 @@ LBD_ADDR_PROTO = 76        # IFA_PROTO of addresses we add ('L'); the kernel's o
 DECAP_FUNCTION = "lbd_decap"
 DECAP_STATS_MAP = "decap_stats"   # per-CPU __u64 by enum lbd_decap_slot
 DECAP_BUILD_MAP = "decap_build"   # one __u64: the build id, 0 until written
+# how long check watches an interface that lost XDP_TX frames before, for new losses
+XDP_TX_WATCH_SECONDS = 1.0
 
 
 class PrepError(RuntimeError):
@@ -196,6 +199,7 @@ class DecapState:
     build: str | None               # None: no decap_build map (a build before second chance)
     counters: dict[str, int] | None  # by enum lbd_decap_slot name; None: no decap_stats map
     forward_to: list | None = None   # the prefixes it may send on to; None: a build without the list
+    xdp_tx: xdpstats.XdpTx | None = None  # the interface's XDP_TX frames sent and lost; None: not known
 
     @property
     def current(self) -> bool:
@@ -249,7 +253,8 @@ def decap_state(ifname: str) -> DecapState | None:
     if forwardto.MAP_NAME in maps:
         with _map_fd(maps[forwardto.MAP_NAME].id) as fd:
             forward_to = forwardto.read(fd)
-    return DecapState(ifname, state.prog_id, state.mode, build, counters, forward_to)
+    return DecapState(ifname, state.prog_id, state.mode, build, counters, forward_to,
+                      xdpstats.xdp_tx(ifname))
 
 
 @contextlib.contextmanager
@@ -536,7 +541,49 @@ def _decap_findings(ifname: str, again: str) -> list[Finding]:
                                            f"with --forward-to CIDR (the other backends' networks)"))
     if decap.counters is not None:
         found.append(Finding(True, f"{DECAP_FUNCTION} counters: {counter_summary(decap.counters)}"))
+    if decap.mode == "native" and decap.xdp_tx is not None:
+        found.append(_xdp_tx_finding(ifname, decap.xdp_tx))
     return found
+
+
+def _xdp_tx_finding(ifname: str, first: xdpstats.XdpTx) -> Finding:
+    """Whether the frames lbd_decap sends back out of ifname (XDP_TX: second-chance
+    packets to a second choice reached through the interface they came in on) leave it.
+
+    The driver's counters count since the interface was made, so a loss
+    fixed since stays in them. An interface that lost frames is watched
+    XDP_TX_WATCH_SECONDS: a new loss is a problem; so is a loss with not one
+    frame ever sent (nothing shows it was fixed; a fix clears it with the
+    next frame that leaves). Lost frames with others sent and none lost while
+    watched are reported, not judged: the rate of
+    lbd_backend_xdp_tx_frames_total{result="lost"} (and its alert) tells
+    whether it goes on."""
+    sent_out = f"frames {DECAP_FUNCTION} sent back out (XDP_TX: second-chance packets it forwarded)"
+    if first.lost == 0:
+        return Finding(True, f"{ifname} lost none of the {first.sent} {sent_out}")
+    time.sleep(XDP_TX_WATCH_SECONDS)
+    later = xdpstats.xdp_tx(ifname) or first
+    lost, sent = later.lost - first.lost, later.sent - first.sent
+    if not lost and later.sent:
+        return Finding(True, f"{ifname} lost {later.lost} {sent_out} earlier and sent {later.sent}; "
+                             f"none lost in the last {XDP_TX_WATCH_SECONDS:g} s")
+    if later.peer_ifindex is not None:
+        why = (f"{ifname} is a veth whose other end (ifindex {later.peer_ifindex} in its namespace: "
+               f"the host's side of a container's or VM's veth) takes no XDP frames, so the "
+               f"second-chance packets it forwards vanish and their flows are reset: attach an XDP "
+               f"program to that end (an XDP_PASS one is enough) or turn GRO on there (`ethtool -K "
+               f"PEER gro on`), or run {DECAP_FUNCTION} in generic mode (`ip link set dev {ifname} "
+               f"xdp off`, then lbd-backend prepare with --xdp-mode generic)")
+    else:
+        why = (f"the driver drops them (see `ethtool -S {ifname}`), so the second-chance packets "
+               f"it forwards vanish and their flows are reset: run {DECAP_FUNCTION} in generic "
+               f"mode (`ip link set dev {ifname} xdp off`, then lbd-backend prepare with "
+               f"--xdp-mode generic) or see the driver's XDP support")
+    if lost:
+        return Finding(False, f"{ifname} lost {lost} of the {lost + sent} {sent_out} in the last "
+                              f"{XDP_TX_WATCH_SECONDS:g} s ({later.lost} lost, {later.sent} sent in all)", why)
+    return Finding(False, f"{ifname} lost all {later.lost} {sent_out}; none left", why +
+                   " (a fix made since shows once a frame leaves)")
 
 
 def undo(vips: list[IPAddress] | None = None, pin_dir: str | None = None) -> list[str]:

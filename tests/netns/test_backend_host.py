@@ -23,7 +23,7 @@ from lbd import xdplink
 from lbd.mounts import on_bpffs
 from lbd.testing.netns import BPFFS
 from tests.conftest import require_root
-from tests.netns.backendhost import CLIENT, SECOND_CHOICE, BackendHost
+from tests.netns.backendhost import BACKEND_IP, CLIENT, SECOND_CHOICE, BackendHost
 
 pytestmark = pytest.mark.netns
 
@@ -123,3 +123,53 @@ def test_undo_without_vips_removes_every_vip_and_the_program(host):
         assert f"removed {vip}/32 from lo" in undone
     assert "detached lbd_decap from eth0" in undone and "kept" not in undone
     assert xdplink.state("eth0", netns=host.backend_ns) is None
+
+
+# --- forwarding the interface cannot send (issue 21, the backend's view) ------------
+def _forwarded_frames(seen: list[list]) -> list[list]:
+    """The GUE frames the program sent on to the second choice (from this backend, UDP)."""
+    return [frame for frame in seen if frame[:3] == [BACKEND_IP, SECOND_CHOICE, 17]]
+
+
+def _xdp_tx_frames(host: BackendHost) -> dict[str, float]:
+    text = _ok(host.lbd_backend("metrics", "--interface", "eth0"))
+    found = {s.labels["result"]: s.value for family in text_string_to_metric_families(text)
+             for s in family.samples if s.name == "lbd_backend_xdp_tx_frames_total"}
+    forwarded = [s.value for family in text_string_to_metric_families(text) for s in family.samples
+                 if s.name == "lbd_backend_decap_packets_total" and s.labels["result"] == "forwarded"]
+    return {**found, "program_forwarded": forwarded[0]}
+
+
+def test_check_reports_forwarding_a_veths_other_end_cannot_take_until_it_takes_xdp_frames(host):
+    from lbd.datapath import load_helper
+
+    _ok(host.lbd_backend("prepare", "--mode", "ipip", "--vip", VIP_A, "--interface", "eth0",
+                         "--xdp-mode", "native"))
+    before = host.lbd_backend("check", "--mode", "ipip", "--vip", VIP_A, "--interface", "eth0")
+    assert before.returncode == 0 and "eth0 lost none of the 0 frames" in before.stdout, before.stdout
+
+    # ACKs of connections this backend never had, naming a second choice on eth0's
+    # own network: the program forwards each once, back out of eth0 (XDP_TX)
+    lost = 6
+    seen = host.send(VIP_A, count=lost, flags="A", sport=43000, gue_second=SECOND_CHOICE)
+    assert _forwarded_frames(seen) == [], "p0's side has no XDP program: nothing arrives"
+    check = host.lbd_backend("check", "--mode", "ipip", "--vip", VIP_A, "--interface", "eth0")
+    assert check.returncode == 1, check.stdout
+    assert f"forwarded {lost}," in check.stdout, "the program's own count says all went"
+    problems = _problems(check)
+    assert len(problems) == 1, check.stdout
+    for words in (f"eth0 lost all {lost} frames", "XDP_TX", "is a veth", "XDP_PASS", "generic"):
+        assert words in problems[0], problems[0]
+    assert _xdp_tx_frames(host) == {"sent": 0, "lost": lost, "program_forwarded": lost}
+
+    # the other end takes XDP frames: the same forwarding now arrives
+    bpf, passer = load_helper("lbd_pass")
+    xdplink.attach(passer.fd, "p0", "native", netns=host.neighbour_ns)
+    sent = 4
+    seen = host.send(VIP_A, count=sent, flags="A", sport=44000, gue_second=SECOND_CHOICE)
+    assert len(_forwarded_frames(seen)) == sent, seen
+    check = host.lbd_backend("check", "--mode", "ipip", "--vip", VIP_A, "--interface", "eth0")
+    assert check.returncode == 0 and not _problems(check), check.stdout
+    assert f"eth0 lost {lost} frames" in check.stdout and f"sent {sent}; none lost" in check.stdout
+    assert _xdp_tx_frames(host) == {"sent": sent, "lost": lost, "program_forwarded": lost + sent}
+    del bpf

@@ -65,7 +65,7 @@ LBD_ADDR_PROTO = 76        # IFA_PROTO of addresses we add ('L'); the kernel's o
 DECAP_FUNCTION = "lbd_decap"
 DECAP_STATS_MAP = "decap_stats"   # per-CPU __u64 by enum lbd_decap_slot
 DECAP_BUILD_MAP = "decap_build"   # one __u64: the build id, 0 until written
-# how long check watches an interface that lost XDP_TX frames before, for new losses
+# how long check watches an interface that lost XDP_TX frames before, for new losses (--watch)
 XDP_TX_WATCH_SECONDS = 1.0
 
 
@@ -472,8 +472,10 @@ def _tcp_listeners(port: int) -> set[IPAddress]:
     return found
 
 
-def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = ()) -> list[Finding]:
-    """Diagnose without changing anything."""
+def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = (),
+          watch: float = XDP_TX_WATCH_SECONDS) -> list[Finding]:
+    """Diagnose without changing anything; watch: seconds to watch an interface
+    that lost XDP_TX frames before (_xdp_tx_finding)."""
     findings: list[Finding] = []
     again = f"run `lbd-backend prepare --mode {mode} " + \
         " ".join(f"--vip {v}" for v in vips) + f" --interface {ifname}`"
@@ -512,7 +514,7 @@ def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = ()) 
             findings.append(Finding(False, f"{ifname} runs XDP program {state.name!r}, not "
                                     f"{DECAP_FUNCTION}", f"detach it, then {again}"))
         else:
-            findings += _decap_findings(ifname, again)
+            findings += _decap_findings(ifname, again, watch)
     for port in ports:
         listening = _tcp_listeners(port)
         for vip in vips:
@@ -525,7 +527,7 @@ def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = ()) 
     return findings
 
 
-def _decap_findings(ifname: str, again: str) -> list[Finding]:
+def _decap_findings(ifname: str, again: str, watch: float) -> list[Finding]:
     decap = decap_state(ifname)
     if decap is None:   # detached between the two looks
         return [Finding(False, f"no {DECAP_FUNCTION} on {ifname}", again)]
@@ -542,31 +544,31 @@ def _decap_findings(ifname: str, again: str) -> list[Finding]:
     if decap.counters is not None:
         found.append(Finding(True, f"{DECAP_FUNCTION} counters: {counter_summary(decap.counters)}"))
     if decap.mode == "native" and decap.xdp_tx is not None:
-        found.append(_xdp_tx_finding(ifname, decap.xdp_tx))
+        found.append(_xdp_tx_finding(ifname, decap.xdp_tx, watch))
     return found
 
 
-def _xdp_tx_finding(ifname: str, first: xdpstats.XdpTx) -> Finding:
+def _xdp_tx_finding(ifname: str, first: xdpstats.XdpTx, watch: float) -> Finding:
     """Whether the frames lbd_decap sends back out of ifname (XDP_TX: second-chance
     packets to a second choice reached through the interface they came in on) leave it.
 
     The driver's counters count since the interface was made, so a loss
-    fixed since stays in them. An interface that lost frames is watched
-    XDP_TX_WATCH_SECONDS: a new loss is a problem; so is a loss with not one
+    fixed since stays in them. An interface that lost frames is watched for
+    `watch` seconds: a new loss is a problem; so is a loss with not one
     frame ever sent (nothing shows it was fixed; a fix clears it with the
     next frame that leaves). Lost frames with others sent and none lost while
     watched are reported, not judged: the rate of
     lbd_backend_xdp_tx_frames_total{result="lost"} (and its alert) tells
-    whether it goes on."""
+    whether it goes on; so does a longer --watch while second-chance traffic flows."""
     sent_out = f"frames {DECAP_FUNCTION} sent back out (XDP_TX: second-chance packets it forwarded)"
     if first.lost == 0:
         return Finding(True, f"{ifname} lost none of the {first.sent} {sent_out}")
-    time.sleep(XDP_TX_WATCH_SECONDS)
+    time.sleep(watch)
     later = xdpstats.xdp_tx(ifname) or first
     lost, sent = later.lost - first.lost, later.sent - first.sent
     if not lost and later.sent:
         return Finding(True, f"{ifname} lost {later.lost} {sent_out} earlier and sent {later.sent}; "
-                             f"none lost in the last {XDP_TX_WATCH_SECONDS:g} s")
+                             f"none lost in the last {watch:g} s")
     if later.peer_ifindex is not None:
         why = (f"{ifname} is a veth whose other end (ifindex {later.peer_ifindex} in its namespace: "
                f"the host's side of a container's or VM's veth) takes no XDP frames, so the "
@@ -581,7 +583,7 @@ def _xdp_tx_finding(ifname: str, first: xdpstats.XdpTx) -> Finding:
                f"--xdp-mode generic) or see the driver's XDP support")
     if lost:
         return Finding(False, f"{ifname} lost {lost} of the {lost + sent} {sent_out} in the last "
-                              f"{XDP_TX_WATCH_SECONDS:g} s ({later.lost} lost, {later.sent} sent in all)", why)
+                              f"{watch:g} s ({later.lost} lost, {later.sent} sent in all)", why)
     return Finding(False, f"{ifname} lost all {later.lost} {sent_out}; none left", why +
                    " (a fix made since shows once a frame leaves)")
 
@@ -652,6 +654,10 @@ def _parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("--port", action="append", type=int, default=[],
                              help="also check a TCP listener serves the VIPs on this port")
+            cmd.add_argument("--watch", type=float, default=XDP_TX_WATCH_SECONDS, metavar="SECONDS",
+                             help="ipip: how long to watch an interface that lost frames the "
+                                  "program sent back out (XDP_TX) before, for new losses "
+                                  f"(default {XDP_TX_WATCH_SECONDS:g})")
     cmd = sub.add_parser("metrics", help="the decap program's counters as Prometheus text",
                          description="Print the decap program's counters as Prometheus text, "
                                      "or write them atomically to a file for node_exporter's "
@@ -709,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"decap: {DECAP_FUNCTION} on {ifname}, xdp mode {state.mode}, "
                       f"{state.build_text()}")
             return 0
-        findings = check(args.mode, args.vip, ifname, args.port)
+        findings = check(args.mode, args.vip, ifname, args.port, args.watch)
         for finding in findings:
             print(finding.line())
         return 0 if all(f.ok for f in findings) else 1

@@ -28,7 +28,7 @@ SECOND_CHOICE = "198.18.77.3"  # in eth0's prefix (the default forward list), on
 _SEQUENCE = itertools.count(900)   # the lab's own count from 0
 
 _PROBE = r"""
-import json, sys, threading
+import json, sys, threading, time
 from scapy.all import AsyncSniffer, Ether, IP, TCP, conf, sendp
 from lbd.testing import gue
 conf.verb = 0
@@ -39,7 +39,7 @@ sniffer = AsyncSniffer(iface="p0", store=True, started_callback=ready.set,
 sniffer.start()
 ready.wait(10)
 frames = []
-for i in range(a["count"]):
+for i in range(a["count"] * a["batches"]):
     inner = IP(src=a["client"], dst=a["vip"]) / TCP(sport=a["sport"] + i, dport=a["port"],
                                                    flags=a["flags"], seq=1000, ack=1)
     if a["gue_second"]:
@@ -49,7 +49,10 @@ for i in range(a["count"]):
     else:
         frames.append(bytes(Ether(src=a["neighbour_mac"], dst=a["backend_mac"])
                             / IP(src=a["neighbour"], dst=a["backend"]) / inner))
-sendp(frames, iface="p0")
+for b in range(a["batches"]):
+    if b:
+        time.sleep(a["gap"])
+    sendp(frames[b * a["count"]:(b + 1) * a["count"]], iface="p0")
 sniffer.join(a["wait"])
 if sniffer.running:
     sniffer.stop()
@@ -102,15 +105,17 @@ class BackendHost:
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
 
     def send(self, vip: str, *, count: int = 1, port: int = 80, flags: str = "S",
-             sport: int = 41000, gue_second: str | None = None, wait: float = 2.0) -> list[list]:
-        """Send `count` TCP segments from CLIENT to vip:port, in IP-in-IP (or
-        GUE naming gue_second) from the neighbour to the backend, on p0; returns
+             sport: int = 41000, gue_second: str | None = None, wait: float = 2.0,
+             batches: int = 1, gap: float = 0.0) -> list[list]:
+        """Send `count` TCP segments from CLIENT to vip:port (`batches` times,
+        `gap` seconds apart, each of new ports), in IP-in-IP (or GUE naming
+        gue_second) from the neighbour to the backend, on p0; returns
         what the backend sent back out of eth0 meanwhile, one
         [src, dst, proto, sport, dport, flags] per IP frame."""
         args = {"vip": vip, "port": port, "flags": flags, "sport": sport, "count": count,
                 "client": CLIENT, "backend": BACKEND_IP, "neighbour": NEIGHBOUR_IP,
                 "backend_mac": BACKEND_MAC, "neighbour_mac": NEIGHBOUR_MAC,
-                "gue_second": gue_second, "wait": wait}
+                "gue_second": gue_second, "wait": wait, "batches": batches, "gap": gap}
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         result = subprocess.run(["ip", "netns", "exec", self.neighbour_ns, sys.executable, "-c", _PROBE,
                                  json.dumps(args)], capture_output=True, text=True, timeout=60, env=env)

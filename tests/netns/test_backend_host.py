@@ -14,7 +14,10 @@ with real frames from its neighbour; the program runs natively on the veth.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import threading
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -28,7 +31,6 @@ from tests.netns.backendhost import BACKEND_IP, CLIENT, SECOND_CHOICE, BackendHo
 pytestmark = pytest.mark.netns
 
 VIP_A, VIP_B = "198.18.9.100", "198.18.9.101"
-GUE_PORT_FLOWS = 41000
 
 
 @pytest.fixture
@@ -63,7 +65,6 @@ def _problems(result) -> list[str]:
 
 
 def _lo(host: BackendHost) -> str:
-    import subprocess
     return subprocess.run(["ip", "-n", host.backend_ns, "-o", "addr", "show", "dev", "lo"],
                           capture_output=True, text=True, check=True).stdout
 
@@ -92,7 +93,7 @@ def test_undo_of_one_vip_keeps_what_the_other_needs_and_undo_of_the_last_removes
     assert f"removed {VIP_A}/32 from lo" in undone
     assert "detached" not in undone and "unpinned" not in undone, undone
     # it says what it kept and why
-    assert f"kept lbd_decap on eth0" in undone and VIP_B in undone, undone
+    assert "kept lbd_decap on eth0" in undone and VIP_B in undone, undone
     assert f" {VIP_A}/" not in _lo(host) and f" {VIP_B}/" in _lo(host)
     assert xdplink.state("eth0", netns=host.backend_ns) == program, "the same program, still attached"
     assert os.listdir(pin_dir) == pins
@@ -172,4 +173,25 @@ def test_check_reports_forwarding_a_veths_other_end_cannot_take_until_it_takes_x
     assert check.returncode == 0 and not _problems(check), check.stdout
     assert f"eth0 lost {lost} frames" in check.stdout and f"sent {sent}; none lost" in check.stdout
     assert _xdp_tx_frames(host) == {"sent": sent, "lost": lost, "program_forwarded": lost + sent}
+
+    # taken away again: frames have left before, so only new losses tell; check
+    # watches for them while second-chance traffic flows
+    xdplink.detach("p0", netns=host.neighbour_ns)
     del bpf
+    watched: list = []
+    checker = threading.Thread(target=lambda: watched.append(host.lbd_backend(
+        "check", "--mode", "ipip", "--vip", VIP_A, "--interface", "eth0", "--watch", "10")))
+    checker.start()
+    try:
+        seen = host.send(VIP_A, count=2, batches=5, gap=1.0, flags="A", sport=45000,
+                         gue_second=SECOND_CHOICE)
+    finally:
+        checker.join(60)
+    assert _forwarded_frames(seen) == []
+    check = watched[0]
+    assert check.returncode == 1, check.stdout
+    problems = _problems(check)
+    assert len(problems) == 1 and "in the last 10 s" in problems[0], check.stdout
+    new_losses = int(re.search(r"eth0 lost (\d+) of the (\d+) frames", problems[0]).group(1))
+    assert 0 < new_losses <= 10, problems[0]
+    assert _xdp_tx_frames(host) == {"sent": sent, "lost": lost + 10, "program_forwarded": lost + sent + 10}

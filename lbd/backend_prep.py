@@ -604,6 +604,9 @@ def undo(vips: list[IPAddress] | None = None, pin_dir: str | None = None) -> lis
         if proto == LBD_ADDR_PROTO and (vips is None or address in vips):
             remove_vip(address)
             done.append(f"removed {address}/{address.max_prefixlen} from lo")
+    if done:
+        done.append("sysctls (arp_ignore, arp_announce, rp_filter) stay as they are: undo never "
+                    "changes them, since other services may rely on them")
     remaining = sorted((a for a, proto in loopback_addresses().items() if proto == LBD_ADDR_PROTO),
                        key=lambda a: (a.version, a))
     with _ipr() as ipr:
@@ -629,6 +632,13 @@ def undo(vips: list[IPAddress] | None = None, pin_dir: str | None = None) -> lis
 
 
 # --- command line --------------------------------------------------------------
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{value!r}: seconds from 0 to 3600")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lbd-backend", description="Prepare, check or undo a backend host for lbd.")
@@ -654,7 +664,7 @@ def _parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("--port", action="append", type=int, default=[],
                              help="also check a TCP listener serves the VIPs on this port")
-            cmd.add_argument("--watch", type=float, default=XDP_TX_WATCH_SECONDS, metavar="SECONDS",
+            cmd.add_argument("--watch", type=_seconds, default=XDP_TX_WATCH_SECONDS, metavar="SECONDS",
                              help="ipip: how long to watch an interface that lost frames the "
                                   "program sent back out (XDP_TX) before, for new losses "
                                   f"(default {XDP_TX_WATCH_SECONDS:g})")

@@ -94,6 +94,7 @@ def test_undo_of_one_vip_keeps_what_the_other_needs_and_undo_of_the_last_removes
     assert "detached" not in undone and "unpinned" not in undone, undone
     # it says what it kept and why
     assert "kept lbd_decap on eth0" in undone and VIP_B in undone, undone
+    assert "sysctls (arp_ignore, arp_announce, rp_filter) stay" in undone
     assert f" {VIP_A}/" not in _lo(host) and f" {VIP_B}/" in _lo(host)
     assert xdplink.state("eth0", netns=host.backend_ns) == program, "the same program, still attached"
     assert os.listdir(pin_dir) == pins

@@ -21,6 +21,11 @@ from the VIP. So every backend needs:
     lbd-backend metrics [--textfile /var/lib/prometheus/node-exporter/lbd_backend.prom]
     lbd-backend undo
 
+On a native program, `check` also reads what the interface's driver did with
+the frames the program sent back out (XDP_TX; lbd.xdpstats): a veth whose
+other end takes no XDP frames loses them while the program counts them as
+forwarded, and check says so.
+
 Each load of the program writes its build id (decap_source_hash()) into the
 program's decap_build map: `check` reports a program of another build (an
 older lbd's, without second chance) as a problem, and `prepare` replaces it

@@ -12,6 +12,11 @@ textfile collector (systemd/lbd-backend-metrics.timer refreshes it every 15 s).
         forwarded, forward_failed, malformed, forward_refused
     lbd_backend_decap_forward_prefixes{interface}    how many prefixes it may send on to
                                                      (0: second chance is off from here)
+    lbd_backend_xdp_tx_frames_total{interface,result}  sent, lost: what the interface's driver
+        did with the frames the program sent back out (XDP_TX), from its own statistics
+        (lbd.xdpstats; veth only). The program counts a frame as forwarded when it returns
+        XDP_TX: on a veth whose other end takes no XDP frames every one is lost, and only
+        result="lost" says so.
 
 Interfaces that share one pinned program (--pin-dir) show the same
 counters; program_id in the info tells them apart.
@@ -49,6 +54,11 @@ class _DecapCollector:
                                      "prefixes lbd_decap may send second-chance packets on to "
                                      "(lbd-backend prepare --forward-to; 0: none)",
                                      labels=["interface"])
+        xdp_tx = CounterMetricFamily("lbd_backend_xdp_tx_frames",
+                                     "frames lbd_decap sent back out of the interface (XDP_TX: "
+                                     "second-chance packets it forwarded) by what the driver did: "
+                                     "sent, or lost (a veth whose other end takes no XDP frames)",
+                                     labels=["interface", "result"])
         for ifname, state in sorted(self.states.items()):
             attached.add_metric([ifname], 1 if state else 0)
             if state is None:
@@ -59,7 +69,10 @@ class _DecapCollector:
                 packets.add_metric([ifname, result], value)
             if state.forward_to is not None:
                 prefixes.add_metric([ifname], len(state.forward_to))
-        yield from (attached, current, info, packets, prefixes)
+            if state.xdp_tx is not None:
+                xdp_tx.add_metric([ifname, "sent"], state.xdp_tx.sent)
+                xdp_tx.add_metric([ifname, "lost"], state.xdp_tx.lost)
+        yield from (attached, current, info, packets, prefixes, xdp_tx)
 
 
 def registry(states: dict, current_build: str) -> CollectorRegistry:

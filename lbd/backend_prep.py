@@ -21,6 +21,11 @@ from the VIP. So every backend needs:
     lbd-backend metrics [--textfile /var/lib/prometheus/node-exporter/lbd_backend.prom]
     lbd-backend undo
 
+On a native program, `check` also reads what the interface's driver did with
+the frames the program sent back out (XDP_TX; lbd.xdpstats): a veth whose
+other end takes no XDP frames loses them while the program counts them as
+forwarded, and check says so.
+
 Each load of the program writes its build id (decap_source_hash()) into the
 program's decap_build map: `check` reports a program of another build (an
 older lbd's, without second chance) as a problem, and `prepare` replaces it
@@ -36,7 +41,9 @@ Every interface that attaches that one pinned program shares its counters.
 
 Addresses this command adds carry their own IFA_PROTO value (76; newer
 iproute2 shows it as `proto 76`), so `undo` removes exactly those and never an
-address an operator added by hand. `undo` leaves sysctls as they are.
+address an operator added by hand. `undo` leaves sysctls as they are, and
+`undo --vip` leaves the program and its pins while another VIP prepare added
+is still on lo (see undo()).
 """
 from __future__ import annotations
 
@@ -49,12 +56,13 @@ import os
 import re
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from lbd import bpfsys, forwardto, layout, mounts, xdplink
+from lbd import bpfsys, forwardto, layout, mounts, xdplink, xdpstats
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -62,6 +70,8 @@ LBD_ADDR_PROTO = 76        # IFA_PROTO of addresses we add ('L'); the kernel's o
 DECAP_FUNCTION = "lbd_decap"
 DECAP_STATS_MAP = "decap_stats"   # per-CPU __u64 by enum lbd_decap_slot
 DECAP_BUILD_MAP = "decap_build"   # one __u64: the build id, 0 until written
+# how long check watches an interface that lost XDP_TX frames before, for new losses (--watch)
+XDP_TX_WATCH_SECONDS = 1.0
 
 
 class PrepError(RuntimeError):
@@ -194,6 +204,7 @@ class DecapState:
     build: str | None               # None: no decap_build map (a build before second chance)
     counters: dict[str, int] | None  # by enum lbd_decap_slot name; None: no decap_stats map
     forward_to: list | None = None   # the prefixes it may send on to; None: a build without the list
+    xdp_tx: xdpstats.XdpTx | None = None  # the interface's XDP_TX frames sent and lost; None: not known
 
     @property
     def current(self) -> bool:
@@ -247,7 +258,8 @@ def decap_state(ifname: str) -> DecapState | None:
     if forwardto.MAP_NAME in maps:
         with _map_fd(maps[forwardto.MAP_NAME].id) as fd:
             forward_to = forwardto.read(fd)
-    return DecapState(ifname, state.prog_id, state.mode, build, counters, forward_to)
+    return DecapState(ifname, state.prog_id, state.mode, build, counters, forward_to,
+                      xdpstats.xdp_tx(ifname))
 
 
 @contextlib.contextmanager
@@ -465,8 +477,10 @@ def _tcp_listeners(port: int) -> set[IPAddress]:
     return found
 
 
-def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = ()) -> list[Finding]:
-    """Diagnose without changing anything."""
+def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = (),
+          watch: float = XDP_TX_WATCH_SECONDS) -> list[Finding]:
+    """Diagnose without changing anything; watch: seconds to watch an interface
+    that lost XDP_TX frames before (_xdp_tx_finding)."""
     findings: list[Finding] = []
     again = f"run `lbd-backend prepare --mode {mode} " + \
         " ".join(f"--vip {v}" for v in vips) + f" --interface {ifname}`"
@@ -505,7 +519,7 @@ def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = ()) 
             findings.append(Finding(False, f"{ifname} runs XDP program {state.name!r}, not "
                                     f"{DECAP_FUNCTION}", f"detach it, then {again}"))
         else:
-            findings += _decap_findings(ifname, again)
+            findings += _decap_findings(ifname, again, watch)
     for port in ports:
         listening = _tcp_listeners(port)
         for vip in vips:
@@ -518,7 +532,7 @@ def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = ()) 
     return findings
 
 
-def _decap_findings(ifname: str, again: str) -> list[Finding]:
+def _decap_findings(ifname: str, again: str, watch: float) -> list[Finding]:
     decap = decap_state(ifname)
     if decap is None:   # detached between the two looks
         return [Finding(False, f"no {DECAP_FUNCTION} on {ifname}", again)]
@@ -534,32 +548,102 @@ def _decap_findings(ifname: str, again: str) -> list[Finding]:
                                            f"with --forward-to CIDR (the other backends' networks)"))
     if decap.counters is not None:
         found.append(Finding(True, f"{DECAP_FUNCTION} counters: {counter_summary(decap.counters)}"))
+    if decap.mode == "native" and decap.xdp_tx is not None:
+        found.append(_xdp_tx_finding(ifname, decap.xdp_tx, watch))
     return found
 
 
+def _xdp_tx_finding(ifname: str, first: xdpstats.XdpTx, watch: float) -> Finding:
+    """Whether the frames lbd_decap sends back out of ifname (XDP_TX: second-chance
+    packets to a second choice reached through the interface they came in on) leave it.
+
+    The driver's counters count since the interface was made, so a loss
+    fixed since stays in them. An interface that lost frames is watched for
+    `watch` seconds: a new loss is a problem; so is a loss with not one
+    frame ever sent (nothing shows it was fixed; a fix clears it with the
+    next frame that leaves). Lost frames with others sent and none lost while
+    watched are reported, not judged: the rate of
+    lbd_backend_xdp_tx_frames_total{result="lost"} (and its alert) tells
+    whether it goes on; so does a longer --watch while second-chance traffic flows."""
+    sent_out = f"frames {DECAP_FUNCTION} sent back out (XDP_TX: second-chance packets it forwarded)"
+    if first.lost == 0:
+        return Finding(True, f"{ifname} lost none of the {first.sent} {sent_out}")
+    time.sleep(watch)
+    later = xdpstats.xdp_tx(ifname) or first
+    lost, sent = later.lost - first.lost, later.sent - first.sent
+    if not lost and later.sent:
+        return Finding(True, f"{ifname} lost {later.lost} {sent_out} earlier and sent {later.sent}; "
+                             f"none lost in the last {watch:g} s")
+    if later.peer_ifindex is not None:
+        why = (f"{ifname} is a veth whose other end (ifindex {later.peer_ifindex} in its namespace: "
+               f"the host's side of a container's or VM's veth) takes no XDP frames, so the "
+               f"second-chance packets it forwards vanish and their flows are reset: attach an XDP "
+               f"program to that end (an XDP_PASS one is enough) or turn GRO on there (`ethtool -K "
+               f"PEER gro on`), or run {DECAP_FUNCTION} in generic mode (`ip link set dev {ifname} "
+               f"xdp off`, then lbd-backend prepare with --xdp-mode generic)")
+    else:
+        why = (f"the driver drops them (see `ethtool -S {ifname}`), so the second-chance packets "
+               f"it forwards vanish and their flows are reset: run {DECAP_FUNCTION} in generic "
+               f"mode (`ip link set dev {ifname} xdp off`, then lbd-backend prepare with "
+               f"--xdp-mode generic) or see the driver's XDP support")
+    if lost:
+        return Finding(False, f"{ifname} lost {lost} of the {lost + sent} {sent_out} in the last "
+                              f"{watch:g} s ({later.lost} lost, {later.sent} sent in all)", why)
+    return Finding(False, f"{ifname} lost all {later.lost} {sent_out}; none left", why +
+                   " (a fix made since shows once a frame leaves)")
+
+
 def undo(vips: list[IPAddress] | None = None, pin_dir: str | None = None) -> list[str]:
-    """Remove the VIPs prepare put on lo, any lbd_decap program and its pins; sysctls stay."""
+    """Remove the VIPs prepare put on lo (all, or only `vips`); with the last
+    of them, any lbd_decap program and its pins. Sysctls stay.
+
+    Which VIPs remain is read from the host, not from a record of earlier
+    prepares: lo's addresses that carry prepare's IFA_PROTO (LBD_ADDR_PROTO)
+    after the removal. While one remains, everything prepare set up for the
+    VIPs together stays (the program on every interface, with its forward
+    list, and its pins), since which interface and mode each VIP needs is
+    recorded nowhere; a VIP added to lo by hand (no IFA_PROTO) counts for
+    nothing, as prepare did not put it there."""
     done: list[str] = []
     for address, proto in loopback_addresses().items():
         if proto == LBD_ADDR_PROTO and (vips is None or address in vips):
             remove_vip(address)
             done.append(f"removed {address}/{address.max_prefixlen} from lo")
+    if done:
+        done.append("sysctls (arp_ignore, arp_announce, rp_filter) stay as they are: undo never "
+                    "changes them, since other services may rely on them")
+    remaining = sorted((a for a, proto in loopback_addresses().items() if proto == LBD_ADDR_PROTO),
+                       key=lambda a: (a.version, a))
     with _ipr() as ipr:
         names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
-    for ifname in names:
-        state = xdp_state(ifname)
-        if state and state.name == DECAP_FUNCTION:
-            xdplink.detach(ifname)
-            done.append(f"detached {DECAP_FUNCTION} from {ifname}")
-    if pin_dir and os.path.isdir(pin_dir):
-        for name in os.listdir(pin_dir):
-            if name.startswith(DECAP_FUNCTION + "-"):
-                os.unlink(os.path.join(pin_dir, name))
-                done.append(f"unpinned {os.path.join(pin_dir, name)}")
+    attached = [ifname for ifname in names
+                if (state := xdp_state(ifname)) and state.name == DECAP_FUNCTION]
+    pins = sorted(os.path.join(pin_dir, name) for name in os.listdir(pin_dir)
+                  if name.startswith(DECAP_FUNCTION + "-")) if pin_dir and os.path.isdir(pin_dir) else []
+    if remaining:
+        why = (f"{', '.join(map(str, remaining))} (added by lbd-backend prepare) "
+               f"{'is' if len(remaining) == 1 else 'are'} still on lo and may need it; "
+               f"undo {'it' if len(remaining) == 1 else 'them'} too to remove it")
+        done += [f"kept {DECAP_FUNCTION} on {ifname} and its forward list: {why}" for ifname in attached]
+        done += [f"kept {pin}: {why}" for pin in pins]
+        return done
+    for ifname in attached:
+        xdplink.detach(ifname)
+        done.append(f"detached {DECAP_FUNCTION} from {ifname}")
+    for pin in pins:
+        os.unlink(pin)
+        done.append(f"unpinned {pin}")
     return done
 
 
 # --- command line --------------------------------------------------------------
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{value!r}: seconds from 0 to 3600")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lbd-backend", description="Prepare, check or undo a backend host for lbd.")
@@ -585,6 +669,10 @@ def _parser() -> argparse.ArgumentParser:
         else:
             cmd.add_argument("--port", action="append", type=int, default=[],
                              help="also check a TCP listener serves the VIPs on this port")
+            cmd.add_argument("--watch", type=_seconds, default=XDP_TX_WATCH_SECONDS, metavar="SECONDS",
+                             help="ipip: how long to watch an interface that lost frames the "
+                                  "program sent back out (XDP_TX) before, for new losses "
+                                  f"(default {XDP_TX_WATCH_SECONDS:g})")
     cmd = sub.add_parser("metrics", help="the decap program's counters as Prometheus text",
                          description="Print the decap program's counters as Prometheus text, "
                                      "or write them atomically to a file for node_exporter's "
@@ -595,9 +683,11 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--textfile", metavar="PATH",
                      help="write here (e.g. /var/lib/prometheus/node-exporter/lbd-backend.prom) "
                           "instead of stdout")
-    cmd = sub.add_parser("undo", help="remove the VIPs prepare added and the decap program")
+    cmd = sub.add_parser("undo", help="remove the VIPs prepare added; the decap program and its "
+                                      "pins go with the last of them")
     cmd.add_argument("--vip", action="append", type=ipaddress.ip_address,
-                     help="only these VIPs (default: every one prepare added)")
+                     help="only these VIPs (default: every one prepare added); while other VIPs "
+                          "prepare added stay on lo, the decap program and its pins stay too")
     cmd.add_argument("--pin-dir", help="also remove the decap pins in this directory")
     return parser
 
@@ -640,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"decap: {DECAP_FUNCTION} on {ifname}, xdp mode {state.mode}, "
                       f"{state.build_text()}")
             return 0
-        findings = check(args.mode, args.vip, ifname, args.port)
+        findings = check(args.mode, args.vip, ifname, args.port, args.watch)
         for finding in findings:
             print(finding.line())
         return 0 if all(f.ok for f in findings) else 1

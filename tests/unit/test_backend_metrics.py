@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lbd import backend_metrics, layout
+from lbd import backend_metrics, layout, xdpstats
 from lbd.backend_prep import DecapState, _parser, counter_summary, decap_source_hash
 from tests.unit.test_packaging import BACKEND_METRICS, _unit_settings, _verify, _verify_root
 
@@ -48,7 +48,8 @@ def test_an_attached_current_program_shows_every_result_and_its_build():
 
 def test_the_names_are_the_ones_alerts_may_read():
     """BACKEND_METRICS (what configs/lbd-alerts.yaml may read) is what the text holds."""
-    state = DecapState("eth0", 1, "native", CURRENT, counters(), [ipaddress.ip_network("10.0.0.0/8")])
+    state = DecapState("eth0", 1, "native", CURRENT, counters(), [ipaddress.ip_network("10.0.0.0/8")],
+                       xdpstats.XdpTx(sent=3, lost=2, peer_ifindex=7))
     exported = {s.name for family in text_string_to_metric_families(
         backend_metrics.text({"eth0": state}, CURRENT)) for s in family.samples}
     assert exported == BACKEND_METRICS
@@ -62,6 +63,36 @@ def test_the_forward_to_prefixes_are_counted():
     got = samples(backend_metrics.text(states, CURRENT))
     assert got[("lbd_backend_decap_forward_prefixes", (("interface", "eth0"),))] == 2
     assert got[("lbd_backend_decap_forward_prefixes", (("interface", "eth1"),))] == 0
+
+
+def test_frames_the_interface_lost_after_xdp_tx_are_counted_apart_from_those_sent():
+    """The program says "forwarded 12"; the interface sent 5 and lost 7: the
+    metrics say both, and nothing where the driver keeps no such counters."""
+    lossy = DecapState("veth0", 1, "native", CURRENT, counters(forwarded=12), [],
+                       xdpstats.XdpTx(sent=5, lost=7, peer_ifindex=3))
+    unknown = DecapState("eth1", 2, "native", CURRENT, counters(forwarded=4), [], None)
+    got = samples(backend_metrics.text({"veth0": lossy, "eth1": unknown}, CURRENT))
+    frames = {(dict(labels)["interface"], dict(labels)["result"]): value for (name, labels), value
+              in got.items() if name == "lbd_backend_xdp_tx_frames_total"}
+    assert frames == {("veth0", "sent"): 5, ("veth0", "lost"): 7}
+
+
+# ethtool -S of a veth with two queues, as this kernel (6.18) names its statistics
+VETH_STATISTICS = [("peer_ifindex", 11)] + [
+    (f"rx_queue_{q}_{name}", value) for q, values in ((0, (9, 900, 0, 0, 0, 4, 6)), (1, (2, 200, 0, 0, 0, 1, 1)))
+    for name, value in zip(("xdp_packets", "xdp_bytes", "drops", "xdp_redirect", "xdp_drops", "xdp_tx",
+                            "xdp_tx_errors"), values)] + [
+    ("tx_queue_0_xdp_xmit", 5), ("tx_queue_0_xdp_xmit_errors", 8),
+    ("tx_queue_1_xdp_xmit", 0), ("tx_queue_1_xdp_xmit_errors", 0)]
+
+
+def test_xdp_tx_counters_are_summed_over_a_veths_queues():
+    """Frames sent back out (xdp_tx) and lost (xdp_tx_errors) on every queue,
+    not the frames others redirected into it (tx_queue_*_xdp_xmit*)."""
+    assert xdpstats.from_statistics(VETH_STATISTICS) == xdpstats.XdpTx(sent=5, lost=7, peer_ifindex=11)
+    no_tx_counters = [(name, value) for name, value in VETH_STATISTICS if "xdp_tx" not in name]
+    assert xdpstats.from_statistics(no_tx_counters) is None
+    assert xdpstats.from_statistics([]) is None
 
 
 def test_a_missing_program_and_an_old_build_are_visible_as_numbers():

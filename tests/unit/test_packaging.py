@@ -67,6 +67,7 @@ METRICS = {
 BACKEND_METRICS = {
     "lbd_backend_decap_attached", "lbd_backend_decap_build_current", "lbd_backend_decap_info",
     "lbd_backend_decap_packets_total", "lbd_backend_decap_forward_prefixes",
+    "lbd_backend_xdp_tx_frames_total",
 }
 HISTOGRAMS = {"lbd_health_check_duration_seconds"}
 

@@ -461,6 +461,28 @@ class Datapath:
         total["drops"] = {drops[i]: n for i, n in enumerate(total["drops"])}
         return total
 
+    # --- capture (xdp/capture.h; lbd.capture runs it) ----------------------------
+    # Looked up on first use, so a program without them (an old revision in
+    # bench/) still loads.
+    @functools.cached_property
+    def capture_ctl(self):
+        return self.bpf[b"capture_ctl"]
+
+    @functools.cached_property
+    def capture_events(self):
+        return self.bpf[b"capture_events"]
+
+    def set_capture(self, ctl) -> None:
+        """Write the capture's control entry (struct lbd_capture_ctl): on,
+        its filter, its rate; `capture_off` ends it."""
+        self.capture_ctl[ctypes.c_uint32(0)] = ctl
+
+    def capture_state(self):
+        return self.capture_ctl[ctypes.c_uint32(0)]
+
+    def capture_off(self) -> None:
+        self.capture_ctl[ctypes.c_uint32(0)] = self.capture_ctl.Leaf()
+
     # --- attach ---------------------------------------------------------------
     def attach(self, ifname: str, mode: str = "native") -> str:
         return xdplink.attach(self.prog_fd, ifname, mode)

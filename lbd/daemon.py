@@ -92,6 +92,8 @@ class Daemon:
         self.table_usage: dict = {}  # "tcp"/"udp" -> flowtable.TableUsage, from the last sample
         self.rates = rates.RateRing()  # counter snapshots every second, for `lbctl status --rate`
         self._walk_lock = asyncio.Lock()  # one fresh walk (`lbctl wait-drained`) at a time
+        self.capture_lock = asyncio.Lock()  # one `lbctl capture` at a time (lbd.capture)
+        self.capture_last: dict | None = None  # the last capture's summary, for /status
         self.last_results: list[VipResult] = []
         self.reload_state = {"last_result": None, "last_error": None, "last_success_time": None,
                              "refused": None}
@@ -584,6 +586,10 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
 
 def _interface_exists(name: str) -> bool:

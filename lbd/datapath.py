@@ -146,6 +146,9 @@ class Datapath:
         self.global_stats = self.bpf[b"global_stats"]
         self._clock_fd: int | None = None
         self._clock_lock = threading.Lock()
+        self._capture_lock = threading.Lock()
+        self._captured: list[bytes] | None = None  # records read by poll_capture, not yet taken
+        self._capture_lost = 0
 
     # --- VIPs -----------------------------------------------------------------
     def _vip_key(self, address: IPAddress, port: int, proto: int):
@@ -482,6 +485,29 @@ class Datapath:
 
     def capture_off(self) -> None:
         self.capture_ctl[ctypes.c_uint32(0)] = self.capture_ctl.Leaf()
+
+    CAPTURE_RING_PAGES = 64  # per CPU: 256 KiB, about 600 records between two reads
+
+    def poll_capture(self, timeout_ms: int) -> list[bytes]:
+        """The records the program sent (struct lbd_capture_record, then the
+        frame as it left), waiting up to timeout_ms for the first. The per-CPU
+        rings are opened on first use and kept: a capture costs no setup."""
+        with self._capture_lock:
+            if self._captured is None:
+                self._captured, self._capture_lost = [], 0
+
+                def lost(count):
+                    self._capture_lost += count
+                self.capture_events.open_perf_buffer(
+                    lambda _cpu, data, size: self._captured.append(ctypes.string_at(data, size)),
+                    page_cnt=self.CAPTURE_RING_PAGES, lost_cb=lost)
+            self.bpf.perf_buffer_poll(timeout_ms)
+            records, self._captured[:] = list(self._captured), []
+            return records
+
+    def capture_lost(self) -> int:
+        """Records the rings had no room for since they were opened."""
+        return self._capture_lost
 
     # --- attach ---------------------------------------------------------------
     def attach(self, ifname: str, mode: str = "native") -> str:

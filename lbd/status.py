@@ -58,6 +58,7 @@ def status_view(daemon: "Daemon") -> dict:
                                  "idle_after_s": u.idle_after_s}
                           for name, u in d.table_usage.items()},
             "rate_window_s": d.rates.span_s,
+            "capture": d.capture_last,  # the last `lbctl capture`'s summary (lbd.capture)
             "bgp": d.announcer.status() if d.announcer else None}
 
 

@@ -126,7 +126,7 @@ def control_entry(leaf_type, spec: CaptureSpec):
 
 
 def _address(words, family: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    packed = bytes(ctypes.c_uint32 * 4)(*words)
+    packed = bytes((ctypes.c_uint32 * 4)(*words))
     return ipaddress.ip_address(packed[:4] if family == layout.constant("LBD_FAMILY_V4") else packed)
 
 

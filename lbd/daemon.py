@@ -90,6 +90,7 @@ class Daemon:
         self._pinned_health: dict = {}  # (VIP name, address) -> UP/DOWN read from adopted maps
         self.attached: dict[str, str] = {}
         self.table_usage: dict = {}  # "tcp"/"udp" -> flowtable.TableUsage, from the last sample
+        self.table_sampled_at: float | None = None  # unix time of that sample
         self.rates = rates.RateRing()  # counter snapshots every second, for `lbctl status --rate`
         self._walk_lock = asyncio.Lock()  # one fresh walk (`lbctl wait-drained`) at a time
         self.capture_lock = asyncio.Lock()  # one `lbctl capture` at a time (lbd.capture)
@@ -137,6 +138,7 @@ class Daemon:
         # empty table's at once), so the first scrape and status have one and
         # the adoption log line its count
         self.table_usage = flowtable.sample(self.datapath)
+        self.table_sampled_at = time.time()
         if adopting:
             found = self.programmer.adopt()
             log.info("datapath_adopted pin_dir=%s vips=%d conntrack_entries=%d", pin_dir, found,
@@ -391,6 +393,7 @@ class Daemon:
         second), so neither the datapath nor the event loop waits for it."""
         try:
             self.table_usage = await asyncio.to_thread(flowtable.sample, self.datapath)
+            self.table_sampled_at = time.time()
         except OSError as err:  # the maps are there while we run; say so if not
             log.warning("conntrack_sample_failed error=%s", err)
 

@@ -48,6 +48,7 @@ def format_status(status: dict, stats: bool, rate: bool = False) -> str:
         warn = "  NEAR FULL" if table["used"] >= 0.9 else ""
         lines.append(f"connection table {name}: {table['entries']} of {table['capacity']} entries "
                      f"({table['used']:.0%}){warn}")
+    lines += _sample_lines(status.get("flows_sample"))
     header = "Prot VIP                          Mode Affinity Fingerprint (second choices' after /)"
     lines.append(header)
     backend_header = ("  -> Backend                      Weight State      Health     Flows   Idle   Packets     Bytes"
@@ -69,7 +70,7 @@ def format_status(status: dict, stats: bool, rate: bool = False) -> str:
         for b in vip["backends"]:
             flows = "-" if b.get("flows") is None else b["flows"]  # "-": not sampled yet
             idle = "-" if b.get("idle_flows") is None else b["idle_flows"]
-            row = f"  -> {b['address']:28} {b['weight']:6} {b['state']:10} {b['health']:9} {flows:>6} {idle:>6}"
+            row = f"  -> {b['address']:28} {b['weight']:6} {b['state']:10} {health_word(b):9} {flows:>6} {idle:>6}"
             if stats:
                 row += f" {b.get('packets', 0):9} {b.get('bytes', 0):9}"
             notes = [b["note"]] if b.get("note") else []
@@ -85,6 +86,23 @@ def format_status(status: dict, stats: bool, rate: bool = False) -> str:
                          f"(removed from the config; second choice until {_clock(b['hold_until'])})")
     lines += _format_bgp(status.get("bgp"))
     return "\n".join(lines)
+
+
+def health_word(backend: dict) -> str:
+    """What the Health column says: the check's verdict; "checking" until the
+    first one (the checker's INIT, in which a backend takes traffic: trusted
+    until proven down); "unchecked" where the VIP has no health check."""
+    return {"INIT": "checking", "none": "unchecked"}.get(backend["health"], backend["health"])
+
+
+def _sample_lines(sample: dict | None) -> list[str]:
+    """When Flows and Idle were counted: the tables are walked every few
+    seconds, not at each status."""
+    if not sample or sample.get("at") is None:
+        return []
+    return [f"flows counted at {_clock(sample['at'])} ({sample['age_s']:.0f} s ago; the tables are walked every "
+            f"{sample['every_s']:g} s): Flows are live, Idle had no packet for {sample['idle_after_s']:g} s "
+            f"or {sample['closed_after_s']:g} s after the client's FIN or RST"]
 
 
 def _clock(unix_s: int) -> str:

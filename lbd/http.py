@@ -1,8 +1,9 @@
 """HTTP endpoints.
 
 Public listener (config http.listen, 127.0.0.1:9100 by default), read-only:
-  /metrics (Prometheus), /healthz (the event loop answers), /readyz (program
-  attached and config applied), /status (JSON).
+  / (the status page, lbd.statuspage: a browser's view of /status, redrawn
+  live), /metrics (Prometheus), /healthz (the event loop answers), /readyz
+  (program attached and config applied), /status (JSON).
 Control socket (config control.socket, a unix socket, mode 0660, owned by
 root and the optional control.group): everything above plus the calls that
 change state, reveal flows or cost a walk of a connection table: POST
@@ -30,7 +31,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lbd import capture as capture_mod
-from lbd import flowtable
+from lbd import flowtable, statuspage
 from lbd.config import ConfigError
 from lbd.status import status_view
 from lbd.teardown import teardown as teardown_pins
@@ -78,8 +79,13 @@ def _read_routes(daemon: "Daemon") -> list:
     async def status(_request):
         return _json(status_view(daemon))
 
+    async def page(_request):
+        return web.Response(text=statuspage.PAGE, content_type="text/html",
+                            headers={"Content-Security-Policy": statuspage.CONTENT_SECURITY_POLICY,
+                                     "Cache-Control": "no-store"})
+
     return [web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz),
-            web.get("/status", status)]
+            web.get("/status", status), web.get("/", page)]
 
 
 def _control_routes(daemon: "Daemon") -> list:

@@ -598,7 +598,9 @@ int lbd_balancer(struct xdp_md *ctx)
 		scratch = lbd_capture_arrive(ctx, capture, capture_scratch.lookup(&zero),
 					     global_stats.lookup(&zero));
 	action = lbd_balance(ctx);
-	if (scratch && lbd_capture_keep(ctx, capture, scratch, global_stats.lookup(&zero), action))
+	if (scratch &&
+	    lbd_capture_keep(scratch, global_stats.lookup(&zero), action, ctx->data_end - ctx->data) &&
+	    lbd_capture_within_rate(capture))
 		capture_events.perf_submit_skb(ctx, scratch->record.left_caplen, &scratch->record,
 					       sizeof(scratch->record));
 	return action;

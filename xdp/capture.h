@@ -8,8 +8,8 @@
  *     filter has its first bytes and this CPU's counters copied aside
  *     (capture_scratch).
  *   lbd_capture_keep(): after the decision, whether its action and drop
- *     reason are asked for and the rate allows; the entry then sends the
- *     record and the frame as it left to userspace (capture_events, a perf
+ *     reason are asked for; if the rate allows too (lbd_capture_within_rate),
+ *     the entry sends the record and the frame as it left to userspace (capture_events, a perf
  *     event array: bpf_perf_event_output copies the frame from the context
  *     itself, as xdpdump does).
  * (bcc rewrites map calls in the main file only: the lookups and the output
@@ -35,6 +35,8 @@
 /* What a packet being captured keeps until the decision: per CPU, one entry. */
 struct lbd_capture_scratch {
 	struct lbd_global_stats before; /* this CPU's counters as the packet arrived */
+	__u32 actions;      /* the capture's, as it arrived (capture_ctl's) */
+	__u32 drop_reasons; /* the capture's, as it arrived */
 	struct lbd_capture_record record;
 };
 
@@ -80,6 +82,8 @@ lbd_capture_arrive(struct xdp_md *ctx, const struct lbd_capture_ctl *ctl,
 	lbd_parse(&pkt, data, data_end); /* a second parse, paid only while capturing */
 	if (!lbd_capture_wanted(ctl, &pkt.flow))
 		return NULL;
+	scratch->actions = ctl->actions;
+	scratch->drop_reasons = ctl->drop_reasons;
 	scratch->before = *gs;
 	scratch->record.ktime_ns = bpf_ktime_get_ns();
 	scratch->record.flow = pkt.flow;
@@ -149,24 +153,19 @@ static __always_inline int lbd_capture_within_rate(struct lbd_capture_ctl *ctl)
 	return 1;
 }
 
-/* After the decision: 1 if the packet is to be sent to the daemon (the
- * record in scratch, then left_caplen bytes of the frame as it left). */
-static __always_inline int lbd_capture_keep(struct xdp_md *ctx, struct lbd_capture_ctl *ctl,
-					    struct lbd_capture_scratch *scratch,
-					    const struct lbd_global_stats *gs, int action)
+/* After the decision: 1 if the capture wants the packet (its action, its drop
+ * reason); the record is completed for the frame as it left, `len` bytes. */
+static __always_inline int lbd_capture_keep(struct lbd_capture_scratch *scratch,
+					    const struct lbd_global_stats *gs, int action, __u32 len)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
 	struct lbd_capture_record *rec = &scratch->record;
-	__u32 len = data_end - data, caplen = 0;
+	__u32 caplen = 0;
 
-	if (!gs || action < 0 || action > XDP_REDIRECT || !(ctl->actions & (1u << action)))
+	if (!gs || action < 0 || action > XDP_REDIRECT || !(scratch->actions & (1u << action)))
 		return 0;
 	lbd_capture_decision(rec, &scratch->before, gs);
-	if (ctl->drop_reasons && rec->drop_reason < LBD_DROP__MAX &&
-	    !(ctl->drop_reasons & (1u << rec->drop_reason)))
-		return 0;
-	if (!lbd_capture_within_rate(ctl))
+	if (scratch->drop_reasons && rec->drop_reason < LBD_DROP__MAX &&
+	    !(scratch->drop_reasons & (1u << rec->drop_reason)))
 		return 0;
 	rec->action = action;
 	rec->left_len = len;

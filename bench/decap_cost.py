@@ -14,6 +14,8 @@ Cases, side by side (calls interleaved, so machine noise hits all alike):
                             a FIB lookup, XDP_TX
   gue_forwarded_no_listener the same where nothing listens: a lookup miss
   gue_kept_forwarded        GUE with hops 1 (at the second choice): kept unread
+  gue6_kept_socket          gue_kept_socket in IPv6 (outer and inner)
+  gue6_forwarded            gue_forwarded in IPv6
 
 Every figure is per call (repeat=1, the program strips or rewrites the
 packet) and the median of a run's calls, then the median over runs; each is
@@ -49,6 +51,7 @@ import sys
 import tempfile
 
 from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
 from bench.machine import arguments, loadavg, save
@@ -63,38 +66,45 @@ THIS, LBD = fibns.V4, "198.18.1.200"          # this backend (lbd0's address), t
 SENDER_MAC = "02:00:00:00:01:fd"
 SECOND = "198.18.20.50"                       # behind fibns's resolved next hop
 VIP, CLIENT, REMOTE = "198.18.90.1", "198.18.91.7", "198.19.3.4"
+THIS6, LBD6, SECOND6 = fibns.V6, "fd00:1::c8", "fd00:20::50"   # the same in IPv6
+VIP6, CLIENT6, REMOTE6 = "fd00:90::1", "fd00:91::7", "fd00:93::4"
 PORT, QUIET_PORT = 8080, 8090                 # a listener's, and no listener's
 SLOTS = {name: slot for slot, name in layout.enum_names("LBD_DECAP_").items()}
 EXPECTED = {"ipip": "ipip", "gue_kept_syn": "kept_syn", "gue_kept_socket": "kept_socket",
             "gue_forwarded": "forwarded", "gue_forwarded_no_listener": "forwarded",
-            "gue_kept_forwarded": "kept_forwarded"}
+            "gue_kept_forwarded": "kept_forwarded", "gue6_kept_socket": "kept_socket",
+            "gue6_forwarded": "forwarded"}
 
 
 def gue_frame(inner, hops: int = 0) -> bytes:
-    return gue.frame(inner, second=SECOND, outer_src=LBD, outer_dst=THIS, src_mac=SENDER_MAC,
-                     dst_mac=fibns.MAC, hops=hops)
+    v6 = isinstance(inner, IPv6)
+    return gue.frame(inner, second=SECOND6 if v6 else SECOND, outer_src=LBD6 if v6 else LBD,
+                     outer_dst=THIS6 if v6 else THIS, src_mac=SENDER_MAC, dst_mac=fibns.MAC,
+                     hops=hops)
 
 
 def tcp(src: str, sport: int, dport: int, flags: str):
-    return IP(src=src, dst=VIP) / TCP(sport=sport, dport=dport, flags=flags, ack=99) / (b"x" * 10)
+    l3 = IPv6(src=src, dst=VIP6) if ":" in src else IP(src=src, dst=VIP)
+    return l3 / TCP(sport=sport, dport=dport, flags=flags, ack=99) / (b"x" * 10)
 
 
 @contextlib.contextmanager
-def connection():
-    """An established connection CLIENT -> VIP:PORT on the loopback; yields
-    the client's port."""
-    with socket.socket() as server, socket.socket() as client:
+def connection(vip: str, client_address: str):
+    """An established connection client_address -> vip:PORT on the loopback;
+    yields the client's port."""
+    family = socket.AF_INET6 if ":" in vip else socket.AF_INET
+    with socket.socket(family) as server, socket.socket(family) as client:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((VIP, PORT))
+        server.bind((vip, PORT))
         server.listen(8)
-        client.bind((CLIENT, 0))
-        client.connect((VIP, PORT))
+        client.bind((client_address, 0))
+        client.connect((vip, PORT))
         accepted, _ = server.accept()
         with accepted:
             yield client.getsockname()[1]
 
 
-def frames(client_port: int) -> dict[str, bytes]:
+def frames(client_port: int, client6_port: int) -> dict[str, bytes]:
     ipip = Ether(src=SENDER_MAC, dst=fibns.MAC) / IP(src=LBD, dst=THIS, proto=4) / \
         tcp(REMOTE, 40000, PORT, "A")
     return {"ipip": bytes(ipip),
@@ -102,7 +112,9 @@ def frames(client_port: int) -> dict[str, bytes]:
             "gue_kept_socket": gue_frame(tcp(CLIENT, client_port, PORT, "A")),
             "gue_forwarded": gue_frame(tcp(REMOTE, 40002, PORT, "A")),
             "gue_forwarded_no_listener": gue_frame(tcp(REMOTE, 40003, QUIET_PORT, "A")),
-            "gue_kept_forwarded": gue_frame(tcp(REMOTE, 40004, PORT, "A"), hops=1)}
+            "gue_kept_forwarded": gue_frame(tcp(REMOTE, 40004, PORT, "A"), hops=1),
+            "gue6_kept_socket": gue_frame(tcp(CLIENT6, client6_port, PORT, "A")),
+            "gue6_forwarded": gue_frame(tcp(REMOTE6, 40002, PORT, "A"))}
 
 
 def check_cases(bpf, fd: int, run: Runner, cases: dict[str, bytes]) -> dict:
@@ -129,7 +141,8 @@ def load_program(xdp_dir) -> tuple:
     second choice's prefix; (bpf, fd)."""
     with building_from(xdp_dir):
         bpf, fd = load_decap()
-    write_forward_to(bpfsys.program_id(fd), [ipaddress.ip_network(f"{SECOND}/24", strict=False)])
+    write_forward_to(bpfsys.program_id(fd), [ipaddress.ip_network(f"{SECOND}/24", strict=False),
+                                             ipaddress.ip_network(f"{SECOND6}/64", strict=False)])
     return bpf, fd
 
 
@@ -148,11 +161,12 @@ def measure(calls: int, runs: int, before_rev: str | None = None,
                 raise SystemExit(f"--before {before_rev}: git cannot give its xdp/")
             before = load_program(tree)
     with fibns.fib_namespace(NAMESPACE) as ifindex:
-        for address in (VIP, CLIENT):
-            subprocess.run(["ip", "-n", NAMESPACE, "addr", "add", f"{address}/32", "dev", "lo"],
+        for address in (VIP, CLIENT, VIP6, CLIENT6):
+            prefix = 128 if ":" in address else 32
+            subprocess.run(["ip", "-n", NAMESPACE, "addr", "add", f"{address}/{prefix}", "dev", "lo"],
                            check=True)
-        with connection() as client_port:
-            cases = frames(client_port)
+        with connection(VIP, CLIENT) as client_port, connection(VIP6, CLIENT6) as client6_port:
+            cases = frames(client_port, client6_port)
             run = Runner(ifindex)
             checks = check_cases(bpf, fd, run, cases)
             if before:

@@ -9,8 +9,9 @@ Cases, side by side (calls interleaved, so machine noise hits all alike):
   gue_forwarded             GUE, a packet of a flow no socket has while the
                             service listens on the port (every backend's case):
                             a lookup that finds the listener, the SYN cookie
-                            check, the forward_to lookup (one prefix, as the
-                            default of a backend on one subnet), the rewrite,
+                            check, the forward_to lookup (one prefix a family,
+                            as the default of a backend on one subnet of
+                            each; two since the IPv6 cases came), the rewrite,
                             a FIB lookup, XDP_TX
   gue_forwarded_no_listener the same where nothing listens: a lookup miss
   gue_kept_forwarded        GUE with hops 1 (at the second choice): kept unread

@@ -54,6 +54,7 @@ Writes bench/results/xdp_cost.json:
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import errno
 import ipaddress
@@ -326,18 +327,26 @@ def patched_tree(source: Path, patch: str, workdir: str) -> Path | None:
     return target if done.returncode == 0 else None
 
 
-def load_from(xdp_dir: Path | None, limits: Limits | None = None) -> Datapath | None:
-    """load() with lbd's program built from the sources in `xdp_dir`."""
+@contextlib.contextmanager
+def building_from(xdp_dir: Path):
+    """Programs loaded inside are built from the sources in `xdp_dir` (an
+    xdp_tree() or patched_tree()), not the working tree's."""
     from lbd import layout
 
-    if xdp_dir is None:
-        return None
     saved = layout.XDP_DIR
     layout.XDP_DIR = Path(xdp_dir)
     try:
-        return load(limits)
+        yield
     finally:
         layout.XDP_DIR = saved
+
+
+def load_from(xdp_dir: Path | None, limits: Limits | None = None) -> Datapath | None:
+    """load() with lbd's program built from the sources in `xdp_dir`."""
+    if xdp_dir is None:
+        return None
+    with building_from(xdp_dir):
+        return load(limits)
 
 
 def program_source(rev: str | None) -> dict:

@@ -22,6 +22,24 @@ table places, the same slot of the VIP's table in `second_rings`. It is
 named only where the program names it: an ipip TCP packet of a VIP with the
 flag, a second id that is not the first and whose backend is a second choice
 of the same VIP (second_until not 0). Otherwise the packet is plain IP-in-IP.
+
+Why explain reads the maps and mirrors the program's steps rather than ask
+the program itself (a BPF_PROG_TEST_RUN of a crafted packet against the live
+pinned maps, as Katran's simulator runs its balancer): the program writes as
+it decides, and a test run writes the live maps. A test SYN deletes the
+entry of a flow whose backend takes no new flows (a draining backend's live
+connection would then be placed anew by the table); a test of any other
+packet makes or replaces an entry for a flow that may not exist, taking LRU
+room from real ones; every run counts in the per-CPU counters /metrics
+reports as traffic, stamps the entry's last-seen time that idle-flow reports
+read, and may refresh the next-hop cache. Saving and restoring all that
+around the run races the packets other CPUs forward meanwhile, and a build
+with the writes compiled out would be a second program, not the real one
+(and a second compile per daemon, seconds with bcc). The run itself would be
+cheap (well under a microsecond: bench/xdp_cost.py). Instead the mirror is
+held to the program by tests/bpf/test_explain_kernel.py, which runs the real
+program on the same packets and maps (second-chance VIPs included) and fails
+on any difference in backend, named second choice or entry effect.
 """
 from __future__ import annotations
 

@@ -1,13 +1,15 @@
 """Flows as the connection-table tests drive them (test_explain_kernel,
-test_conntrack_model): client frames built with struct (thousands per test,
-where scapy would cost more than the kernel), the backend an output frame
-went to, and a flow's connection-table entry read, written back and deleted (as an
-LRU eviction would delete it) in its protocol's table."""
+test_conntrack_model, test_second_choice_programmer): client frames built
+with struct (thousands per test, where scapy would cost more than the
+kernel), the backend an output frame went to (and the second choice a GUE
+frame names), and a flow's connection-table entry read, written back and
+deleted (as an LRU eviction would delete it) in its protocol's table."""
 from __future__ import annotations
 
 import ipaddress
 import struct
 
+from lbd import layout
 from lbd.datapath import addr_words, family_of, port_word
 from lbd.explain import PACKET, RST, SYN, Flow
 from tests.bpf.conftest import LBD_MAC
@@ -66,6 +68,30 @@ class Backends:
         return str(address)
 
 
+GUE_PORT, GUE_MAGIC = layout.constant("LBD_GUE_PORT"), layout.constant("LBD_GUE_MAGIC")
+
+
+def carried(result) -> tuple[str, str | None]:
+    """(the outer destination, the second choice the GUE header names or
+    None for plain IP-in-IP) of a frame an ipip VIP forwarded, its GUE
+    fields checked (lbd_shared.h, draft-ietf-intarea-gue variant 0)."""
+    assert result.action in (XDP_TX, XDP_REDIRECT), result.action
+    out = result.packet
+    if struct.unpack_from("!H", out, 12)[0] == 0x0800:
+        proto, first, l4, size = out[14 + 9], ipaddress.IPv4Address(out[30:34]), 14 + 20, 4
+    else:
+        proto, first, l4, size = out[14 + 6], ipaddress.IPv6Address(out[38:54]), 14 + 40, 16
+    if proto in (4, 41):
+        return str(first), None
+    assert proto == 17 and struct.unpack_from("!H", out, l4 + 2)[0] == GUE_PORT
+    gue = l4 + 8
+    assert out[gue] == (2 if size == 4 else 5), "version 0, C 0, Hlen = words of private data"
+    assert out[gue + 1] == (4 if size == 4 else 41) and out[gue + 2:gue + 4] == b"\0\0"
+    magic, hops, pad = struct.unpack_from("!HBB", out, gue + 4)
+    assert (magic, hops, pad) == (GUE_MAGIC, 0, 0)
+    return str(first), str(ipaddress.ip_address(out[gue + 8:gue + 8 + size]))
+
+
 def table(dp, proto: int):
     """The connection table of a protocol (TCP and UDP have one each)."""
     return dp.flow_table(proto)
@@ -90,14 +116,23 @@ def entry(dp, flow: Flow, in_table_of: int | None = None) -> tuple[int, int] | N
     return None if leaf is None else (int(leaf.backend_id), int(leaf.generation))
 
 
-def put_entry(dp, flow: Flow, value: tuple[int, int] | None) -> None:
-    """Make the flow's entry exactly `value` again (None: no entry)."""
+def entry_with_second(dp, flow: Flow) -> tuple[int, int, int] | None:
+    """(backend id, generation, second id) of the flow's entry, or None."""
+    tbl = table(dp, flow.proto)
+    leaf = tbl.get(_key(tbl, flow))
+    return None if leaf is None else (int(leaf.backend_id), int(leaf.generation), int(leaf.second_id))
+
+
+def put_entry(dp, flow: Flow, value: tuple[int, ...] | None) -> None:
+    """Make the flow's entry exactly `value` again: (backend id, generation)
+    or with its second id too (None: no entry)."""
     tbl = table(dp, flow.proto)
     key = _key(tbl, flow)
     if value is None:
         tbl.pop(key, None)
     else:
-        tbl[key] = tbl.Leaf(*value)
+        tbl[key] = tbl.Leaf(backend_id=value[0], generation=value[1],
+                            second_id=value[2] if len(value) > 2 else 0)
 
 
 def evict(dp, flow: Flow) -> bool:

@@ -12,7 +12,10 @@ differ, explain still says what the program will do.
 
 A flow's next packet is answered twice, since the program treats them
 differently: as a SYN (a new connection on that 4-tuple, or a retransmitted
-one) and as any other packet (for UDP, only the latter). `decide` also
+one) and as any other packet (for UDP, only the latter). Whether the entry's
+connection is finished (its client sent FIN or RST, or it has been silent
+longer than LBD_FLOW_FINISHED_IDLE_S) is read from the entry and the kernel's
+clock at the moment of asking: a SYN a minute later may find it otherwise. `decide` also
 answers for an RST, which the model test uses.
 
 Both choices (second-chance VIPs, docs/second-chance.md): each
@@ -61,6 +64,7 @@ C = layout.constant
 TCP, UDP = PROTOCOLS["tcp"], PROTOCOLS["udp"]
 NO_BACKEND = C("LBD_NO_BACKEND")
 SECOND_CHANCE = C("LBD_VIP_SECOND_CHANCE")
+CLIENT_CLOSED = C("LBD_FLOW_CLIENT_CLOSED")
 
 # The kinds of packet explain answers for.
 SYN = "syn"        # TCP, SYN set and ACK clear
@@ -113,6 +117,7 @@ class FlowView:
     entry_second_id: int = 0
     table_second: MapBackend | None = None  # backends[second_rings[vip_id][slot]], second-chance VIPs
     table_second_id: int = 0
+    entry_finished: bool = False            # its client closed it, or it has been silent too long
 
     @property
     def entry_usable(self) -> bool:
@@ -124,6 +129,12 @@ class FlowView:
     @property
     def entry_takes_new_flows(self) -> bool:
         return self.entry_usable and self.entry_backend.state == ACTIVE
+
+    @property
+    def syn_follows_entry(self) -> bool:
+        """A SYN follows a live connection's entry to a backend that takes new
+        flows (README, "A SYN on a finished connection's 4-tuple")."""
+        return self.entry_takes_new_flows and not self.entry_finished
 
 
 @dataclass(frozen=True)
@@ -179,6 +190,7 @@ def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
     maybe_vip = _maybe_vip(datapath, flow.dst)
     entry_backend = vip_id = hashed = slot = table_backend = entry_second = table_second = None
     vip_flags = entry_second_id = table_second_id = 0
+    entry_finished = False
     # the program reads no entry without the prefilter bit; explain does, to
     # say that the packet leaves it as it is
     raw = datapath.flow_entry(flow.src, flow.dst, flow.sport, flow.dport, flow.proto)
@@ -188,6 +200,8 @@ def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
         entry_backend = _map_backend(datapath, entry[0])
         entry_second_id = int(raw.second_id)
         entry_second = _map_backend(datapath, entry_second_id) if entry_second_id else None
+        idle = (datapath.jiffies() - int(raw.seen)) & 0xFFFFFFFF  # seen: jiffies' low 32 bits
+        entry_finished = bool(raw.flags & CLIENT_CLOSED) or idle > datapath.finished_idle_jiffies
     if maybe_vip:
         vip = _vip_entry(datapath, flow)
         if vip is not None:
@@ -201,7 +215,8 @@ def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
                 table_second_id = datapath.second_ring_slot(vip_id, slot)
                 table_second = _map_backend(datapath, table_second_id) if table_second_id else None
     return FlowView(flow, maybe_vip, entry, entry_backend, vip_id, vip_flags, hashed, slot,
-                    table_backend, entry_second, entry_second_id, table_second, table_second_id)
+                    table_backend, entry_second, entry_second_id, table_second, table_second_id,
+                    entry_finished)
 
 
 def named_second(flow: Flow, first: MapBackend, vip_flags: int, second_id: int,
@@ -225,14 +240,16 @@ def decide(view: FlowView, kind: str) -> Decision:
     entry, be = view.entry, view.entry_backend
     if not view.maybe_vip:
         return Decision(kind, "pass", 0, None, "not a VIP address", NONE_MADE if entry is None else LEFT)
-    # 1. the flow's entry, if the packet may follow it: a SYN only to a
-    # backend that takes new flows, anything else while it is active or draining
-    if view.entry_usable and (kind != SYN or view.entry_takes_new_flows):
+    # 1. the flow's entry, if the packet may follow it: a SYN only a live
+    # connection's, to a backend that takes new flows; anything else while
+    # its backend is active or draining
+    if view.entry_usable and (kind != SYN or view.syn_follows_entry):
         second = named_second(view.flow, be, be.vip_flags, view.entry_second_id, view.entry_second)
         return Decision(kind, "forward", be.backend_id, str(be.address), "entry kept", KEPT,
                         *_second_fields(second))
     # 2. otherwise the VIP's table. A SYN removes the entry it did not follow
-    # (a new connection on an old 4-tuple: its ACK must meet the SYN's
+    # (a new connection on an old 4-tuple, its backend closed to new flows or
+    # its connection finished: its ACK must meet the SYN's
     # backend); any other packet overwrites it once placed; an RST makes none.
     # (the SYN's removal comes before the VIP lookup: it holds even when the
     # packet then passes or is dropped)
@@ -336,6 +353,7 @@ def explain_flow(applied: dict, datapath: "Datapath", flow: Flow,
         result["connection_table"] = {
             **describe(view.entry_backend, backend_id), "entry_generation": generation,
             "usable": view.entry_usable, "takes_new_flows": view.entry_takes_new_flows,
+            "finished": view.entry_finished,
             "second": (describe(view.entry_second, view.entry_second_id) if view.entry_second_id
                        else None)}
         if result["vip"] is None and view.entry_usable:
@@ -357,6 +375,8 @@ def explain_flow(applied: dict, datapath: "Datapath", flow: Flow,
         lead = "new flow"
     elif view.entry_usable:
         lead = f"known flow on {view.entry_backend.address} ({STATE_NAMES[view.entry_backend.state]})"
+        if view.entry_finished:
+            lead += ", its connection finished"
     else:
         gone = view.entry_backend
         why = ("its backend id was reused" if gone and gone.state != C("LBD_BACKEND_EMPTY")

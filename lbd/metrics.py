@@ -122,8 +122,8 @@ class DatapathCollector:
                 ("lbd_stateless_forwards", "stateless_forwards",
                  "TCP SYNs and RSTs placed by the Maglev table without making an entry"),
                 ("lbd_conntrack_removed_by_syn", "ct_removed_by_syn",
-                 "Entries a SYN removed: their backend takes no new flows (a new connection on an "
-                 "old 4-tuple)"),
+                 "Entries a SYN removed: their backend takes no new flows, or their connection "
+                 "finished (a new connection on an old 4-tuple)"),
                 ("lbd_second_choice_carried", "second_choice_carried",
                  "Packets sent in GUE naming a second choice (second-chance VIPs)")):
             family = CounterMetricFamily(name, text)

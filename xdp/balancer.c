@@ -143,27 +143,42 @@ static __always_inline struct lbd_flow_entry *lbd_flow_lookup(struct lbd_flow_ke
 	return conntrack_udp.lookup(flow);
 }
 
-/* The daemon tells a live flow from an idle one (lbd/flowtable.py) by two
- * things its entry keeps: when its latest packet came (seen, in jiffies:
+/* Two things an entry keeps tell a live flow from an idle one (the daemon,
+ * lbd/flowtable.py) and a finished connection from a live one (a SYN,
+ * lbd_flow_finished): when its latest packet came (seen, in jiffies:
  * bpf_jiffies64() is one load, inlined by the verifier, where a ns clock is a
  * helper call) and whether its client has ended it with a FIN or an RST (the
  * only direction lbd sees). Both are written only when they change, so a busy
- * flow dirties its entry at most once per jiffy, not once per packet. A SYN
- * that follows the entry (a new connection on the 4-tuple once the old one's
- * TIME_WAIT is over) clears the mark; UDP has no flags and is never marked. */
+ * flow dirties its entry at most once per jiffy, not once per packet. The
+ * mark stays until the entry goes: a SYN never follows a marked entry (it
+ * removes it), and UDP has no flags and is never marked. */
 static __always_inline void lbd_flow_seen(struct lbd_flow_entry *entry,
-					  const struct lbd_packet *pkt, int syn)
+					  const struct lbd_packet *pkt)
 {
 	__u32 now = bpf_jiffies64();
 
 	if (entry->seen != now)
 		entry->seen = now;
-	if (pkt->tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST)) {
-		if (!(entry->flags & LBD_FLOW_CLIENT_CLOSED))
-			entry->flags |= LBD_FLOW_CLIENT_CLOSED;
-	} else if (syn && (entry->flags & LBD_FLOW_CLIENT_CLOSED)) {
-		entry->flags &= ~LBD_FLOW_CLIENT_CLOSED;
-	}
+	if ((pkt->tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST)) && !(entry->flags & LBD_FLOW_CLIENT_CLOSED))
+		entry->flags |= LBD_FLOW_CLIENT_CLOSED;
+}
+
+/* The idle time after which a SYN finds its entry's connection finished, in
+ * jiffies of the highest HZ the kernel may run at: never shorter than stated. */
+#define LBD_FLOW_FINISHED_IDLE_JIFFIES ((__u32)LBD_FLOW_FINISHED_IDLE_S * LBD_KERNEL_HZ_MAX)
+
+/* Asked for SYNs only (README "A SYN on a finished connection's 4-tuple"):
+ * the entry's connection is over, so a SYN on its 4-tuple opens a new one,
+ * which the table places. Over once its client sent FIN or RST, or once the
+ * entry saw nothing for longer than a live handshake's SYNs can be apart
+ * (each SYN that follows the entry stamps it, so a handshake whose first SYN
+ * followed the entry is never split). The age wraps as seen does (49 days
+ * at HZ=1000): an entry idle for a multiple of that looks fresh again. */
+static __always_inline int lbd_flow_finished(const struct lbd_flow_entry *entry)
+{
+	__u32 idle = (__u32)bpf_jiffies64() - entry->seen;
+
+	return (entry->flags & LBD_FLOW_CLIENT_CLOSED) || idle > LBD_FLOW_FINISHED_IDLE_JIFFIES;
 }
 
 static __always_inline void lbd_flow_insert(struct lbd_global_stats *gs,
@@ -524,12 +539,13 @@ int lbd_balancer(struct xdp_md *ctx)
 	if (entry) {
 		backend_id = entry->backend_id;
 		be = backends.lookup(&backend_id);
-		/* a SYN follows only a backend that takes new flows: a retransmitted
-		 * SYN stays with its connection, a new one never joins a drained
-		 * backend through an old connection's entry */
+		/* a SYN follows only a live connection's entry to a backend that
+		 * takes new flows: a retransmitted SYN stays with its handshake, a
+		 * new connection on the 4-tuple of a finished one is placed by the
+		 * table and never joins a drained backend through an old entry */
 		if (be && lbd_backend_usable(be, entry->generation) &&
-		    (!syn || be->state == LBD_BACKEND_ACTIVE)) {
-			lbd_flow_seen(entry, &pkt, syn);
+		    (!syn || (be->state == LBD_BACKEND_ACTIVE && !lbd_flow_finished(entry)))) {
+			lbd_flow_seen(entry, &pkt);
 			vip_id = be->vip_id;
 			vip_flags = be->vip_flags;
 			lbd_count_vip(vip_id, pkt.frame_len);
@@ -543,7 +559,8 @@ int lbd_balancer(struct xdp_md *ctx)
 					   entry->second_id);
 		}
 		if (syn) {
-			/* a new connection on an old 4-tuple: its ACK must meet the
+			/* a new connection on an old 4-tuple (its backend takes no new
+			 * flows, or its connection finished): its ACK must meet the
 			 * SYN's backend, not the old entry's */
 			conntrack.delete(&pkt.flow);
 			gs->ct_removed_by_syn++;

@@ -38,6 +38,16 @@
 #ifndef LBD_KERNEL_HZ
 #define LBD_KERNEL_HZ 100 /* the running kernel's HZ (the loader passes it); the lowest, 100, makes cached next hops expire early, never late */
 #endif
+#ifndef LBD_KERNEL_HZ_MAX
+#define LBD_KERNEL_HZ_MAX 1000 /* the running kernel's HZ where known (the loader passes it), else the highest Linux offers: times that must not be shorter than stated count in it */
+#endif
+/* A TCP SYN finds its entry's connection finished (README "A SYN on a
+ * finished connection's 4-tuple") once its client sent FIN or RST, or once
+ * the entry saw no packet for longer than this: longer than any gap between
+ * two SYNs of one handshake (Linux caps every retransmission timeout at
+ * TCP_RTO_MAX, 120 s) and than a duplicate SYN can trail its handshake's ACK
+ * (RFC 9293's MSL, 2 min). */
+#define LBD_FLOW_FINISHED_IDLE_S 120
 #define LBD_MAX_ADDRS (2 * LBD_MAX_VIPS)
 
 /* IPv6 extension headers parsed before the upper-layer header: RFC 8200's
@@ -223,7 +233,7 @@ struct lbd_flow_key {
 
 /* flow_entry.flags */
 enum lbd_flow_flags {
-	LBD_FLOW_CLIENT_CLOSED = 1 << 0, /* the client sent FIN or RST (cleared by a SYN that follows the entry) */
+	LBD_FLOW_CLIENT_CLOSED = 1 << 0, /* the client sent FIN or RST: a SYN on the 4-tuple is a new connection */
 };
 
 /* Connection-table value (conntrack for TCP, conntrack_udp for UDP). 20 bytes.
@@ -270,7 +280,7 @@ struct lbd_global_stats {
 	__u64 ct_inserts_tcp;         /* entries made (TCP: at a flow's first non-SYN packet) */
 	__u64 ct_inserts_udp;
 	__u64 stateless_forwards;     /* SYNs and RSTs placed by the table, no entry made */
-	__u64 ct_removed_by_syn;      /* a SYN's entry whose backend takes no new flows */
+	__u64 ct_removed_by_syn;      /* a SYN's entry it did not follow: backend takes no new flows, or connection finished */
 	__u64 icmp_too_big_sent;      /* ipip: we told a client to lower its MTU */
 	__u64 icmp_to_backend;        /* ICMP errors about a VIP flow forwarded */
 	__u64 fragments_forwarded;    /* client-affinity VIP fragments */

@@ -2,8 +2,9 @@
 test_conntrack_model, test_second_choice_programmer): client frames built
 with struct (thousands per test, where scapy would cost more than the
 kernel), the backend an output frame went to (and the second choice a GUE
-frame names), and a flow's connection-table entry read, written back and
-deleted (as an LRU eviction would delete it) in its protocol's table."""
+frame names), and a flow's connection-table entry read, written back, aged
+(as time passing would age it) and deleted (as an LRU eviction would delete
+it) in its protocol's table."""
 from __future__ import annotations
 
 import ipaddress
@@ -116,23 +117,34 @@ def entry(dp, flow: Flow, in_table_of: int | None = None) -> tuple[int, int] | N
     return None if leaf is None else (int(leaf.backend_id), int(leaf.generation))
 
 
-def entry_with_second(dp, flow: Flow) -> tuple[int, int, int] | None:
-    """(backend id, generation, second id) of the flow's entry, or None."""
+def snapshot(dp, flow: Flow):
+    """A copy of the flow's whole entry (backend, generation, seen, flags,
+    second choice), or None: what restore() puts back."""
     tbl = table(dp, flow.proto)
     leaf = tbl.get(_key(tbl, flow))
-    return None if leaf is None else (int(leaf.backend_id), int(leaf.generation), int(leaf.second_id))
+    return None if leaf is None else tbl.Leaf.from_buffer_copy(leaf)
 
 
-def put_entry(dp, flow: Flow, value: tuple[int, ...] | None) -> None:
-    """Make the flow's entry exactly `value` again: (backend id, generation)
-    or with its second id too (None: no entry)."""
+def restore(dp, flow: Flow, saved) -> None:
+    """Make the flow's entry exactly what snapshot() saw again (None: no entry)."""
     tbl = table(dp, flow.proto)
     key = _key(tbl, flow)
-    if value is None:
+    if saved is None:
         tbl.pop(key, None)
     else:
-        tbl[key] = tbl.Leaf(backend_id=value[0], generation=value[1],
-                            second_id=value[2] if len(value) > 2 else 0)
+        tbl[key] = saved
+
+
+def silence(dp, flow: Flow, seconds: float) -> int:
+    """Make the flow's entry look as if its latest packet came `seconds` ago,
+    as time passing would; returns that time in jiffies (the entry's clock)."""
+    tbl = table(dp, flow.proto)
+    key = _key(tbl, flow)
+    leaf = tbl[key]
+    seen = dp.jiffies() - int(seconds * dp.hz)
+    leaf.seen = seen & 0xFFFFFFFF  # the entry keeps jiffies' low 32 bits
+    tbl[key] = leaf
+    return seen
 
 
 def evict(dp, flow: Flow) -> bool:

@@ -4,7 +4,9 @@ backends, reusing their ids and removing a VIP, the backend explain names
 for a flow's next SYN and its next other packet (UDP: its next datagram)
 is the one the program
 picks when that packet is run through BPF_PROG_TEST_RUN, and the entry does
-what explain said (kept, made, replaced, removed, none made, left).
+what explain said (kept, made, replaced, removed, none made, left). A third
+of the TCP connections are closed by their client (a FIN), so a SYN also
+meets entries of finished connections.
 
 Each flow is explained first and its packets run after, each on the table
 explain read (the entry as it was is written back between the SYN and the
@@ -197,24 +199,30 @@ def test_explain_names_the_backend_the_kernel_picks(lb):
     seen = collections.Counter()   # (kind, why, entry effect) explain gave
     checked: set[Flow] = set()
     reused_entries = 0
+    finished_on_active = 0  # entries of closed connections whose backend takes new flows
 
     def open_flow(flow: Flow):
         if flow.proto == TCP:
             lb.run(fk.frame(flow, SYN))
         lb.run(fk.frame(flow, PACKET))  # the handshake's ACK / the first datagram
+        if flow.proto == TCP and flow.sport % 3 == 0:
+            lb.run(fk.frame(flow, "fin"))  # the client closes it
 
     def check(flow: Flow, phase: str):
-        nonlocal reused_entries
+        nonlocal reused_entries, finished_on_active
         before = fk.entry(lb.dp, flow)
+        saved = fk.snapshot(lb.dp, flow)
         if before is not None:
             held = lb.dp.backend(before[0])
             reused_entries += held.state != EMPTY and held.generation != before[1]
         said = explain_flow(applied, lb.dp, flow)
+        entry = said["connection_table"]
+        finished_on_active += bool(entry and entry["finished"] and entry["takes_new_flows"])
         kinds = [("next_packet", PACKET)]
         if flow.proto == TCP:
             kinds.insert(0, ("next_syn", SYN))
         for field, kind in kinds:
-            fk.put_entry(lb.dp, flow, before)  # the table explain read
+            fk.restore(lb.dp, flow, saved)  # the table explain read
             predicted = said[field]
             result = lb.run(fk.frame(flow, kind))
             got = backends.of(result)
@@ -258,6 +266,7 @@ def test_explain_names_the_backend_the_kernel_picks(lb):
                    (PACKET, "no backend"), (PACKET, "no VIP"), (PACKET, "not a VIP address")]:
         assert needed in whys, f"no flow met {needed}: {sorted(seen.items())}"
     assert reused_entries > 0, "no entry pointed at a reused backend id"
+    assert finished_on_active > 0, "no SYN met a finished connection's entry on an active backend"
     fk.clear(lb.dp)
 
 
@@ -368,10 +377,10 @@ class SecondChanceRun:
             self.opened.append(flow)
 
     def check(self, flow: Flow, step: str) -> None:
-        before = fk.entry_with_second(self.dp, flow)
+        before = fk.snapshot(self.dp, flow)
         said = explain_flow(self.programmer.applied(), self.dp, flow)
         for field, kind in (("next_syn", SYN), ("next_packet", PACKET)):
-            fk.put_entry(self.dp, flow, before)  # the table explain read
+            fk.restore(self.dp, flow, before)  # the table explain read
             predicted = said[field]
             result = self.lb.run(fk.frame(flow, kind))
             if result.action in (fk.XDP_TX, fk.XDP_REDIRECT):

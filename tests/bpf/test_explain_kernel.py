@@ -377,10 +377,11 @@ class SecondChanceRun:
             self.opened.append(flow)
 
     def check(self, flow: Flow, step: str) -> None:
-        before = fk.snapshot(self.dp, flow)
+        saved = fk.snapshot(self.dp, flow)
+        before = None if saved is None else (int(saved.backend_id), int(saved.generation), int(saved.second_id))
         said = explain_flow(self.programmer.applied(), self.dp, flow)
         for field, kind in (("next_syn", SYN), ("next_packet", PACKET)):
-            fk.restore(self.dp, flow, before)  # the table explain read
+            fk.restore(self.dp, flow, saved)  # the table explain read (its seen time too)
             predicted = said[field]
             result = self.lb.run(fk.frame(flow, kind))
             if result.action in (fk.XDP_TX, fk.XDP_REDIRECT):

@@ -28,6 +28,8 @@ from pydantic_core import PydanticCustomError
 
 from lbd.layout import constant
 from lbd.maglev import is_prime
+from lbd.yamlbounds import BoundedLoader, YamlTooBig, read_bounded
+from lbd.yamlbounds import safe_load as bounded_safe_load
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -387,10 +389,16 @@ _NO_VALUE = object()
 Loc = tuple[str | int, ...]
 
 
-def _show(value: Any) -> str:
-    # JSON spells values the way YAML does (true, null, "text"); long ones are cut.
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _show(value: Any, width: int = 60) -> str:
+    # JSON spells values the way YAML does (true, null, "text"); long ones are
+    # cut. The encoder yields its text piece by piece: a value of millions of
+    # items (an alias shared many times) is read only as far as is shown.
+    text = ""
+    for piece in json.JSONEncoder(default=str).iterencode(value):
+        text += piece
+        if len(text) > width:
+            return text[:width - 3] + "..."
+    return text
 
 
 @functools.cache
@@ -675,7 +683,8 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
     """The config in text, or ConfigError listing every problem in it."""
     checker = _Checker(filename)
     try:
-        loader = yaml.SafeLoader(text)  # rejects control characters already
+        # rejects control characters already; bounds size, nesting and aliases (lbd.yamlbounds)
+        loader = BoundedLoader(text)
         try:
             checker.root = loader.get_single_node()
             if checker.root is not None:
@@ -703,6 +712,8 @@ _UNCLOSED = {"while parsing a flow mapping": "'{'", "while parsing a flow sequen
 
 def _yaml_problem(err: yaml.YAMLError, text: str, filename: str) -> Problem:
     """A YAML syntax error as a Problem on the line where the mistake is."""
+    if isinstance(err, YamlTooBig):  # valid YAML, but more than a config may cost
+        return Problem(filename, err.problem_mark.line + 1, _path(err.loc), None, err.problem)
     context, problem = getattr(err, "context", None), getattr(err, "problem", None)
     context_mark, problem_mark = getattr(err, "context_mark", None), getattr(err, "problem_mark", None)
     if context in _UNCLOSED and context_mark is not None:
@@ -722,7 +733,7 @@ def read_raw(path: str | Path) -> Any:
     cannot be read or parsed: for tools that need one setting (the control
     socket, the bpffs path) even from a file the daemon would refuse."""
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return bounded_safe_load(read_bounded(path))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
 
@@ -737,10 +748,12 @@ def raw_setting(raw: Any, *keys: str) -> Any:
 def load_config(path: str | Path) -> Config:
     """The config in the file at path, or ConfigError listing every problem."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_bounded(path)
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         raise ConfigError([Problem(str(path), None, "", None, f"cannot read: {reason}")]) from None
+    except YamlTooBig as err:
+        raise ConfigError([_yaml_problem(err, "", str(path))]) from None
     return parse_config(text, str(path))
 
 

@@ -223,8 +223,15 @@ class Limits(_Model):
     conntrack_udp_size: Annotated[int, _int_in(1024, 1 << 30)] = constant("LBD_CT_UDP_SIZE")
 
 
+# The protocol each check type speaks to the backend (lbd.health): both
+# connect over TCP. A check of another protocol than its VIP's cannot go to
+# the VIP's port (a UDP service does not listen on that TCP port), so it
+# must name its port.
+CHECK_PROTOCOLS = {"tcp": "tcp", "http": "tcp"}
+
+
 class HealthCheck(_Model):
-    type: Annotated[str, _one_of("tcp", "http")]
+    type: Annotated[str, _one_of(*CHECK_PROTOCOLS)]
     port: CheckPort | None = None  # the loader fills in the VIP's port
     path: Annotated[str, _rooted("a URL path")] = "/"
     expect_status: Annotated[int, _int_in(100, 599)] = 200
@@ -650,8 +657,14 @@ class _Checker:
                 for key in sorted({"path", "expect_status"} & given.keys()):
                     self.add(hloc + (key,), "only for type: http", given[key])
             if health.port is None:
+                speaks = CHECK_PROTOCOLS[health.type]
                 if vip.port == 0:
                     self.add(hloc + ("port",), "is required when the VIP's port is 0 (every port)")
+                elif speaks != vip.protocol:
+                    self.add(hloc + ("port",),
+                             f"is required on a {vip.protocol} VIP: a {health.type} check connects over "
+                             f"{speaks.upper()}, and the VIP's port {vip.port} is a {vip.protocol.upper()} "
+                             f"port; name the backend's {speaks.upper()} port to check")
                 else:
                     health = health.model_copy(update={"port": vip.port})
         second_chance = self.check_second_chance(loc, vip)

@@ -380,6 +380,38 @@ def test_health_port_required_when_vip_port_is_zero(tmp_path):
     assert parse_config(edit("port: 443", "port: 0")).vips[0].port == 0
 
 
+@pytest.mark.parametrize("check", ["tcp", "http"])
+def test_health_check_of_a_udp_vip_must_name_its_port(tmp_path, check):
+    # issue 19: `protocol: udp, port: 4433, health: {type: tcp}` passed `lbd check`, then
+    # TCP-connected to 4433, where a QUIC server does not listen: every backend DOWN
+    udp = GOOD.replace("""  - address: fd00::10
+    port: 53
+    protocol: udp
+    mode: dsr
+""", f"""  - address: fd00::10
+    port: 4433
+    protocol: udp
+    mode: dsr
+    health: {{type: {check}, interval: 2s}}
+""")
+    assert udp != GOOD
+    one_problem(tmp_path, udp, line_of(udp, "health: {type:"), "vips[1].health.port",
+                "is required on a udp VIP", f"a {check} check connects over TCP", "port 4433")
+    # naming the backend's TCP port makes the check what it says
+    named = parse_config(udp.replace("health: {type:", "health: {port: 8443, type:")).vips[1].health
+    assert (named.type, named.port) == (check, 8443)
+
+
+def test_health_check_of_a_tcp_vip_defaults_to_its_port():
+    assert parse_config(edit("      port: 8080\n", "")).vips[0].health.port == 443
+
+
+def test_config_knows_every_check_type_the_checker_runs():
+    from lbd.config import CHECK_PROTOCOLS
+    from lbd.health import CheckType
+    assert set(CHECK_PROTOCOLS) == {t.value for t in CheckType}
+
+
 @pytest.mark.parametrize("family, vip, backend, key", [
     (4, "198.18.0.20", "198.18.1.20", "source_v4"),
     (6, "fd00::20", "fd00::21", "source_v6"),

@@ -7,9 +7,9 @@ values, and a file nested thousands of levels deep exhausts Python's stack.
 This loader counts while it composes, before anything is built or walked:
 
 - the text: at most MAX_BYTES (a config of 1,000 VIPs x 100 backends is
-  about 5 MB);
-- nesting: at most MAX_DEPTH levels (a config uses 6: vips, a VIP, its
-  backends, a backend, a key, a value);
+  about 5 MiB, flow or block style);
+- nesting: at most MAX_DEPTH levels (a config uses 6: the file's mapping,
+  vips, a VIP, its backends, a backend, a value);
 - aliases: everything the aliases in a file stand for, counted node by node
   as if written out, may add at most ALIAS_FACTOR times the nodes the file
   writes itself, plus ALIAS_ALLOWANCE: a health check or `<<: *defaults`

@@ -25,7 +25,7 @@ A fleet lab (`Lab(lbd_hosts=2, bgp=True)`) has a second lbd host, lbd2 on
 (AS 65000) with a session to each host (AS 65001, addresses v4 and v6),
 installs what they announce as ECMP routes and hashes flows over them by
 the 5-tuple in their headers (fib_multipath_hash_policy=3, fields 0x37), so
-`ecmp_hosts` predicts which host a flow crosses. Each host runs lbd and its own
+a flow keeps its host, and `ecmp_hosts` predicts which host an IPv4 flow crosses. Each host runs lbd and its own
 BIRD (`start_bird`) with the config lbd renders. The
 bridges live in a `switch` namespace. Every backend runs nginx on port 80
 (body: its name; /healthz: 200; /whoami: name and client address) and

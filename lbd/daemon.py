@@ -437,9 +437,11 @@ class Daemon:
             found = await asyncio.to_thread(flowtable.backend_flows, self.datapath, vip.protocol,
                                             backend_id, idle_after_s)
         from lbd.status import STATE_NAMES
-        return {"vip": vip.name, "backend": str(address), "state": STATE_NAMES.get(plan.state, "?"),
+        return {"vip": vip.name, "protocol": vip.protocol, "backend": str(address),
+                "state": STATE_NAMES.get(plan.state, "?"),
                 "live": found.live, "idle": found.idle, "idle_after_s": idle_after_s,
-                "closed_after_s": min(idle_after_s, flowtable.CLOSED_AFTER_S),
+                # UDP has no close: its flows end only by going quiet
+                "closed_after_s": None if vip.protocol == "udp" else min(idle_after_s, flowtable.CLOSED_AFTER_S),
                 "walk_seconds": round(found.walk_seconds, 3)}
 
     def find_vip(self, spec: str):

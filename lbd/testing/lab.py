@@ -24,7 +24,8 @@ A fleet lab (`Lab(lbd_hosts=2, bgp=True)`) has a second lbd host, lbd2 on
 198.18.0.3 / fd00:0:0:1::3, and no static VIP route: the router runs BIRD
 (AS 65000) with a session to each host (AS 65001, addresses v4 and v6),
 installs what they announce as ECMP routes and hashes flows over them by
-their 5-tuple (fib_multipath_hash_policy=1). Each host runs lbd and its own
+the 5-tuple in their headers (fib_multipath_hash_policy=3, fields 0x37), so
+a flow keeps its host, and `ecmp_hosts` predicts which host an IPv4 flow crosses. Each host runs lbd and its own
 BIRD (`start_bird`) with the config lbd renders. The
 bridges live in a `switch` namespace. Every backend runs nginx on port 80
 (body: its name; /healthz: 200; /whoami: name and client address) and
@@ -352,9 +353,15 @@ class Lab(Traffic, Servers, Fleet):
         extra = {self.switch_ns: ["net.ipv6.conf.all.disable_ipv6=1",
                                   "net.ipv6.conf.default.disable_ipv6=1"],
                  self.router.ns: ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
-                                  # ECMP by 5-tuple, as routers in front of a fleet hash
-                                  "net.ipv4.fib_multipath_hash_policy=1",
-                                  "net.ipv6.fib_multipath_hash_policy=1"]}
+                                  # ECMP by the 5-tuple in the headers, as routers in front of
+                                  # a fleet hash. Not policy 1: in a namespace it hashes a
+                                  # random value the client's socket leaves on the packet, so
+                                  # neither `ip route get` nor a retransmission follows it.
+                                  # 0x37: addresses, protocol, ports (no flow label).
+                                  "net.ipv4.fib_multipath_hash_policy=3",
+                                  "net.ipv4.fib_multipath_hash_fields=0x37",
+                                  "net.ipv6.fib_multipath_hash_policy=3",
+                                  "net.ipv6.fib_multipath_hash_fields=0x37"]}
         self._parallel({ns: ["sysctl", "-q", "-w", *common, *extra.get(ns, [])]
                         for ns in self._namespaces})
 

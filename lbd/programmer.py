@@ -61,6 +61,7 @@ ACTIVE, DRAINING = C("LBD_BACKEND_ACTIVE"), C("LBD_BACKEND_DRAINING")
 DOWN, HELD = C("LBD_BACKEND_DOWN"), C("LBD_BACKEND_HELD")
 FOREVER = C("LBD_SECOND_FOREVER")  # second_until of an active or draining backend
 NO_HOLD = 0                        # second_until of a backend that is no second choice
+PENDING = C("LBD_VIP_SECOND_PENDING")  # in the VIP entry only: its second table is not yet built
 
 
 @dataclass
@@ -330,9 +331,15 @@ class Programmer:
             self._build_second(key, built[key], self._until)
         self.dp.write_second_rings({a.vip_id: a.second for a in built.values()})
         self._applied.update(built)
-        for key in built:
+        for key, applied in built.items():
             del self._second_pending[key]
+            self.dp.set_vip(key[0], key[1], key[2], applied.vip_id, self._vip_flags(key, applied))
         return len(self._second_pending)
+
+    def _vip_flags(self, key: VipKey, applied: AppliedVip) -> int:
+        """The VIP entry's flags: the plan's, and PENDING while its second
+        table is not the one its first table and candidates make."""
+        return applied.plan.flags | (PENDING if key in self._second_pending else 0)
 
     def second_pending(self, key: VipKey | None = None) -> bool:
         """Whether the VIP's (or any VIP's) second table waits to be built."""
@@ -465,6 +472,15 @@ class Programmer:
         # 2. tables, each swapped atomically (in batches); the second choices beside
         changed = {key: applied for key, applied in staged.items()
                    if rewrite or key not in self._applied or self._applied[key].table is not applied.table}
+        # a kept second-chance VIP whose first table changes is marked pending
+        # first: between the two swaps (and while its second table waits in the
+        # background) the entries it makes read a second of the table before,
+        # and must read it again once the new one is in place (xdp/balancer.c
+        # lbd_entry_second). Step 3 or build_second() clears the mark.
+        for key, applied in changed.items():
+            if applied.plan.second_chance and key in self._applied:
+                self.dp.set_vip(key[0], key[1], key[2], applied.vip_id,
+                                self._applied[key].plan.flags | PENDING)
         self.dp.write_rings({applied.vip_id: applied.table for applied in changed.values()})
         self.dp.write_second_rings({
             applied.vip_id: applied.second for key, applied in staged.items()
@@ -478,7 +494,7 @@ class Programmer:
             wanted_bits = _prefilter_words(plan.address for plan in wanted.values())
             self._write_prefilter({i: bits | self._prefilter.get(i, 0) for i, bits in wanted_bits.items()})
         for key, applied in staged.items():
-            self.dp.set_vip(key[0], key[1], key[2], applied.vip_id, applied.plan.flags)
+            self.dp.set_vip(key[0], key[1], key[2], applied.vip_id, self._vip_flags(key, applied))
         if not same_vips:
             self._write_addrs(wanted, staged)
 

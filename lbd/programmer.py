@@ -76,6 +76,10 @@ class VipResult:
     # the backend they had (its connections are found); None: no second
     # chance, nothing moved, or the second table still waits to be built
     second_found_share: float | None = None
+    # second chance: backends in the table now that were not before (added,
+    # undrained, up again). More than one at once costs moved flows their
+    # second choice (README "Several backends joining at once")
+    joined: int = 0
 
 
 class ApplyError(Exception):
@@ -532,7 +536,9 @@ class Programmer:
                 or not applied.plan.second_chance else _found(old.table, applied.table, applied.second)
             results.append(VipResult(applied.plan.name, "changed" if old else "added",
                                      0.0 if old is None else moved, applied.fingerprint,
-                                     applied.second_fingerprint, found))
+                                     applied.second_fingerprint, found,
+                                     _joined(old.plan, applied.plan)
+                                     if old is not None and applied.plan.second_chance else 0))
             self._applied[key] = applied
         for key in wanted:
             if key not in staged:
@@ -724,6 +730,7 @@ class Programmer:
             second = secondchoice.second_table(
                 after, [maglev.Backend(a.packed, w, ranks[a]) for a, w in candidates.items()], size)
             result.second_found_share = _found(before, after, second)
+            result.joined = _joined(old.plan, plan)
         return result
 
     def _preview_candidates(self, key: VipKey, old: AppliedVip, plan: VipPlan) -> dict[IPAddress, int]:
@@ -763,6 +770,12 @@ def _by_address(plan: VipPlan, ranks: dict[IPAddress, int], ring_size: int) -> n
     entries = [maglev.Backend(b.address.packed, b.weight, ranks[b.address])
                for b in plan.backends if b.in_table]
     return np.frombuffer(maglev.build_table(entries, ring_size), dtype=np.uint32)
+
+
+def _joined(before: VipPlan, after: VipPlan) -> int:
+    """How many backends are in `after`'s table and were not in `before`'s."""
+    was = {b.address for b in before.backends if b.in_table}
+    return sum(1 for b in after.backends if b.in_table and b.address not in was)
 
 
 def _prefilter_words(addresses) -> dict[int, int]:

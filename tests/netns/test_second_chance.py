@@ -606,3 +606,65 @@ class TestFleet:
                                  and s["backend"] != outcome.choices[(s["source"], s["port"])][0]]
         assert_second_chance_kept_every_stream(outcomes, "r5 added on both, lbd2 killed",
                                                counted_since(before, lab), (collateral_move("r5"),))
+
+
+# --- a flow kept by its entry, then its backend fails (issue 19, item 4) ----------------
+@pytest.fixture(scope="class")
+def kept_lab():
+    skip_unless_root()
+    with Lab(vips_v4=[SC4, OFF4], vips_v6=[SC6, OFF6], dsr_backends=0, ipip_backends=5) as lab:
+        socket = os.path.join(lab.tmpdir, "lbd.sock")
+        daemon = LbdUnderTest(lab, "lbd", one_host_config(lab, socket, FIRST_FOUR))
+        try:
+            daemon.start()
+            wait_tables(daemon, lab, FIRST_FOUR)
+            yield lab, daemon
+        finally:
+            daemon.teardown()
+
+
+class TestKeptByEntry:
+    """One host, its connection table intact: the case the slot's rule cannot
+    see, since the flow's backend is neither of its slot's choices."""
+
+    def test_a_backend_failing_after_one_was_added_breaks_no_stream_its_entries_kept(self, kept_lab):
+        """r5 is added while streams run: the streams whose slot r5 took stay
+        on their backend by their entries. Then r4 fails its health checks (its
+        server still has the streams): its streams move to their slot's first
+        choice, and those kept by their entry name r4 as second choice (its
+        hold runs), not the slot's second, which never had them."""
+        lab, daemon = kept_lab
+        before = decap_counters(lab)
+        streams = Streams(daemon, ONE_HOST_S + 4)
+        kept: dict[str, set] = {}
+        try:
+            time.sleep(1)   # every flow has its entry on one of the first four
+            TestOneHost.reload(lab, daemon, ALL_FIVE)
+            for vip in SECOND_CHANCE:
+                flows = streams.flows(vip)
+                kept[vip] = {(f["source"], f["port"]) for f, (first, _) in
+                             zip(flows, choices(lab, daemon, VIPS[vip], flows)) if first == "r5"}
+            block_health_checks(lab, "r4", lab.nodes["lbd"])
+            try:
+                wait_tables(daemon, lab, ("r1", "r2", "r3", "r5"), "r4 down")
+                print(f"{streams.left_s():.1f} s of the streams left after the event")
+                assert streams.left_s() > 3, "the change took most of the streams' time"
+                outcomes = streams.results()
+            finally:
+                unblock_health_checks(lab, "r4")
+        finally:
+            streams.kill()
+        record_choices(lab, daemon, outcomes)
+        for vip in SECOND_CHANCE:
+            outcome = outcomes[vip]
+            outcome.exercised = [s for s in outcome.streams if s["backend"] == "r4"
+                                 and (s["source"], s["port"]) in kept[vip]]
+        for vip in CONTROL:
+            outcomes[vip].exercised = [s for s in outcomes[vip].streams if s["backend"] == "r4"]
+        assert_second_chance_kept_every_stream(outcomes, "r5 added, then r4 failed its health checks",
+                                               counted_since(before, lab))
+        # what they name now: r5 first (their slot's), r4 second (their entry's backend)
+        named = [outcomes[vip].choices[(s["source"], s["port"])] for vip in SECOND_CHANCE
+                 for s in outcomes[vip].exercised]
+        assert all(choice == ("r5", "r4") for choice in named), named
+        wait_tables(daemon, lab, ALL_FIVE, "r4 up again")

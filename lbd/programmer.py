@@ -7,7 +7,11 @@ consistent:
 
   1. backend entries first (a new table may point at them),
   2. then each changed VIP's Maglev table, swapped in one update, and beside
-     it (second-chance VIPs) its second-choice table,
+     it (second-chance VIPs) its second-choice table; a kept second-chance
+     VIP is marked pending in its VIP entry first (LBD_VIP_SECOND_PENDING),
+     until its second table is written (here, or by build_second() in the
+     background), so that the entries made in between read their second
+     again once it is there,
   3. then VIP and address entries (a new VIP appears only once its table is
      there), each address's prefilter bit set before its first VIP entry,
   4. removals last: VIP entries, then tables, then backend slots (a removed
@@ -482,9 +486,10 @@ class Programmer:
         # and must read it again once the new one is in place (xdp/balancer.c
         # lbd_entry_second). Step 3 or build_second() clears the mark.
         for key, applied in changed.items():
-            if applied.plan.second_chance and key in self._applied:
+            if applied.plan.second_chance and applied.vip_id not in fresh_vip_ids:  # its entry is there
+                old = self._applied.get(key)
                 self.dp.set_vip(key[0], key[1], key[2], applied.vip_id,
-                                self._applied[key].plan.flags | PENDING)
+                                (old or applied).plan.flags | PENDING)
         self.dp.write_rings({applied.vip_id: applied.table for applied in changed.values()})
         self.dp.write_second_rings({
             applied.vip_id: applied.second for key, applied in staged.items()

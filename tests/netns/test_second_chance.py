@@ -20,7 +20,10 @@ added while another is drained loses exactly the streams the README's limit
 added or two hosts disagree, a stream on one of Maglev's collateral moves
 (a slot that changed between two other backends) whose second choice is not
 its backend may break (the README's limit: here one slot of 65,537 per
-family, which a CI run once hit). The fleet:
+family, which a CI run once hit). A lab of its own: a backend added while
+streams run (their entries keep them), then one of the old backends fails its
+health checks while its server still serves: the streams its entries kept
+name it as they move, and none breaks. The fleet:
 the hosts disagree on a backend's health (its health checks from one host
 only are dropped) while every flow crosses from one host to the other and
 back; then a backend is added on both and a host dies, so its flows cross to
@@ -319,10 +322,11 @@ def set_syncookies(lab: Lab, value: int) -> None:
         lab.run(backend, ["sysctl", "-q", "-w", f"net.ipv4.tcp_syncookies={value}"], check=True)
 
 
-@pytest.fixture(scope="class")
-def one():
+def one_host_lab(ipip_backends: int):
+    """A lab of `ipip_backends` and one lbd host serving the four VIPs with
+    the first four, for a class's stages (a fixture's generator)."""
     skip_unless_root()
-    with Lab(vips_v4=[SC4, OFF4], vips_v6=[SC6, OFF6], dsr_backends=0, ipip_backends=6) as lab:
+    with Lab(vips_v4=[SC4, OFF4], vips_v6=[SC6, OFF6], dsr_backends=0, ipip_backends=ipip_backends) as lab:
         socket = os.path.join(lab.tmpdir, "lbd.sock")
         daemon = LbdUnderTest(lab, "lbd", one_host_config(lab, socket, FIRST_FOUR))
         try:
@@ -331,6 +335,11 @@ def one():
             yield lab, daemon
         finally:
             daemon.teardown()
+
+
+@pytest.fixture(scope="class")
+def one():
+    yield from one_host_lab(6)
 
 
 class TestOneHost:
@@ -611,16 +620,7 @@ class TestFleet:
 # --- a flow kept by its entry, then its backend fails (issue 19, item 4) ----------------
 @pytest.fixture(scope="class")
 def kept_lab():
-    skip_unless_root()
-    with Lab(vips_v4=[SC4, OFF4], vips_v6=[SC6, OFF6], dsr_backends=0, ipip_backends=5) as lab:
-        socket = os.path.join(lab.tmpdir, "lbd.sock")
-        daemon = LbdUnderTest(lab, "lbd", one_host_config(lab, socket, FIRST_FOUR))
-        try:
-            daemon.start()
-            wait_tables(daemon, lab, FIRST_FOUR)
-            yield lab, daemon
-        finally:
-            daemon.teardown()
+    yield from one_host_lab(5)
 
 
 class TestKeptByEntry:

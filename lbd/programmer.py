@@ -326,10 +326,13 @@ class Programmer:
         """Build and write the pending second tables, for about budget_s at
         most (None: all). Returns how many are still pending.
 
-        A pending VIP's packets name what its second ring held before (the
-        table of its last inputs, or the one an earlier daemon pinned), or,
-        with none, go as plain IP-in-IP: never a wrong first choice, and a
-        stale second is at worst a backend of the VIP without the flow."""
+        A pending VIP's packets name what its second ring holds meanwhile
+        (the interim table apply wrote beside a changed first table: moved
+        slots name the backend they had; or the table of its last inputs, or
+        the one an earlier daemon pinned), or, with none, go as plain
+        IP-in-IP: never a wrong first choice, and a stale second is at worst
+        a backend of the VIP without the flow. Entries made meanwhile are
+        provisional (the VIP entry's PENDING mark, cleared here)."""
         left = self._budget_left(budget_s)
         built: dict[VipKey, AppliedVip] = {}
         for key in list(self._second_pending):
@@ -445,6 +448,12 @@ class Programmer:
                 break
             self._build_second(key, staged[key], now_untils)
             del self._second_pending[key]
+        # the rest, until built: their moved slots name the backend they had
+        for key in [k for k in self._second_pending if k in staged]:
+            old, applied = self._applied.get(key), staged[key]
+            if old is not None and old.table is not None and applied.second is not None \
+                    and applied.table is not old.table:
+                applied.second = _interim_second(old.table, applied.table, applied.second)
 
         # 0. an id taken anew starts its counters at zero: a VIP or backend
         # must not inherit the packets of the one that had the id before
@@ -775,6 +784,20 @@ def _by_address(plan: VipPlan, ranks: dict[IPAddress, int], ring_size: int) -> n
     entries = [maglev.Backend(b.address.packed, b.weight, ranks[b.address])
                for b in plan.backends if b.in_table]
     return np.frombuffer(maglev.build_table(entries, ring_size), dtype=np.uint32)
+
+
+def _interim_second(before: np.ndarray, after: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """A VIP's second table while the rule's one waits to be built: a slot
+    whose first choice changed names the backend it had (the rule's answer
+    there but for Maglev's collateral and overlapping changes: an added
+    backend's slots name their old owner, a failed or removed backend's name
+    it), any other slot the second it had. Entries made meanwhile are
+    provisional and take the rule's second once it is written."""
+    interim = np.array(second, dtype=np.uint32)
+    moved = before != after
+    interim[moved] = before[moved]
+    interim[after == maglev.NO_BACKEND] = maglev.NO_BACKEND
+    return interim
 
 
 def _joined(before: VipPlan, after: VipPlan) -> int:

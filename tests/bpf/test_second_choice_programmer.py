@@ -31,7 +31,6 @@ from tests.bpf import scenario as sc
 pytestmark = pytest.mark.bpf
 
 C = layout.constant
-GUE_PORT, GUE_MAGIC = C("LBD_GUE_PORT"), C("LBD_GUE_MAGIC")
 ip = ipaddress.ip_address
 HOLD = 60.0
 VIP = {4: "198.18.100.70", 6: "fd00:100::70"}
@@ -54,26 +53,6 @@ def plan(version: int, count: int = 4, second_chance: bool = True, states=None):
         members = tuple(dataclasses.replace(m, state=states.get(i, m.state)) for i, m in enumerate(members))
     return dataclasses.replace(sc.vip(VIP[version], 80, sc.TCP_P, ipip=True, members=members),
                                second_chance=second_chance)
-
-
-def carried(result) -> tuple[str, str | None]:
-    """(the outer destination, the second choice the GUE header names or
-    None for plain IP-in-IP) of a forwarded frame, its GUE fields checked."""
-    assert result.action in (fk.XDP_TX, fk.XDP_REDIRECT), result.action
-    out = result.packet
-    if struct.unpack_from("!H", out, 12)[0] == 0x0800:
-        proto, first, l4, size = out[14 + 9], ipaddress.IPv4Address(out[30:34]), 14 + 20, 4
-    else:
-        proto, first, l4, size = out[14 + 6], ipaddress.IPv6Address(out[38:54]), 14 + 40, 16
-    if proto in (4, 41):
-        return str(first), None
-    assert proto == 17 and struct.unpack_from("!H", out, l4 + 2)[0] == GUE_PORT
-    gue = l4 + 8
-    assert out[gue] == (2 if size == 4 else 5), "version 0, C 0, Hlen = words of private data"
-    assert out[gue + 1] == (4 if size == 4 else 41) and out[gue + 2:gue + 4] == b"\0\0"
-    magic, hops, pad = struct.unpack_from("!HBB", out, gue + 4)
-    assert (magic, hops, pad) == (GUE_MAGIC, 0, 0)
-    return str(first), str(ipaddress.ip_address(out[gue + 8:gue + 8 + size]))
 
 
 class Flows:
@@ -111,7 +90,7 @@ def predicted(lb, key, flow: Flow) -> tuple[str, str | None]:
 def send(lb, flow: Flow, kind=PACKET) -> tuple[str, str | None]:
     """The packet through the program, after checking that explain says what it does."""
     said = explain_flow(lb.programmer.applied(), lb.dp, flow)["next_syn" if kind == SYN else "next_packet"]
-    got = carried(lb.run(fk.frame(flow, kind)))
+    got = fk.carried(lb.run(fk.frame(flow, kind)))
     assert (said["backend"], said["second"]) == got, (flow, said)
     return got
 

@@ -23,7 +23,7 @@ its backend may break (the README's limit: here one slot of 65,537 per
 family, which a CI run once hit). A lab of its own: a backend added while
 streams run (their entries keep them), then one of the old backends fails its
 health checks while its server still serves: the streams its entries kept
-name it as they move, and none breaks. The fleet:
+there name it as they move, and none breaks. The fleet:
 the hosts disagree on a backend's health (its health checks from one host
 only are dropped) while every flow crosses from one host to the other and
 back; then a backend is added on both and a host dies, so its flows cross to
@@ -629,42 +629,49 @@ class TestKeptByEntry:
 
     def test_a_backend_failing_after_one_was_added_breaks_no_stream_its_entries_kept(self, kept_lab):
         """r5 is added while streams run: the streams whose slot r5 took stay
-        on their backend by their entries. Then r4 fails its health checks (its
-        server still has the streams): its streams move to their slot's first
-        choice, and those kept by their entry name r4 as second choice (its
-        hold runs), not the slot's second, which never had them."""
+        on their backend by their entries. Then the old backend that keeps the
+        most of them fails its health checks (its server still has the
+        streams): its streams move to their slot's first choice, and those kept
+        by their entry name it as second choice (its hold runs), not the
+        slot's second, which never had them."""
         lab, daemon = kept_lab
+        names = {str(a): n.name for n in lab.ipip_backends for a in (n.v4, n.v6)}
         before = decap_counters(lab)
         streams = Streams(daemon, ONE_HOST_S + 4)
-        kept: dict[str, set] = {}
+        kept: dict[str, dict] = {}   # VIP -> (source, port) -> the backend its entry keeps it on
         try:
             time.sleep(1)   # every flow has its entry on one of the first four
             TestOneHost.reload(lab, daemon, ALL_FIVE)
             for vip in SECOND_CHANCE:
                 flows = streams.flows(vip)
-                kept[vip] = {(f["source"], f["port"]) for f, (first, _) in
-                             zip(flows, choices(lab, daemon, VIPS[vip], flows)) if first == "r5"}
-            block_health_checks(lab, "r4", lab.nodes["lbd"])
+                kept[vip] = {(f["source"], f["port"]): names[e["connection_table"]["backend"]]
+                             for f, e in zip(flows, explain(daemon, VIPS[vip], flows))
+                             if names.get(e["table_backend"]["backend"]) == "r5" and e["connection_table"]}
+            on = [b for by_flow in kept.values() for b in by_flow.values()]
+            victim = max(FIRST_FOUR, key=on.count)
+            assert on.count(victim), f"no stream kept by its entry: {kept}"
+            block_health_checks(lab, victim, lab.nodes["lbd"])
             try:
-                wait_tables(daemon, lab, ("r1", "r2", "r3", "r5"), "r4 down")
-                print(f"{streams.left_s():.1f} s of the streams left after the event")
+                wait_tables(daemon, lab, [n for n in ALL_FIVE if n != victim], f"{victim} down")
+                print(f"{on.count(victim)} streams kept on {victim} by their entries; "
+                      f"{streams.left_s():.1f} s of the streams left after the event")
                 assert streams.left_s() > 3, "the change took most of the streams' time"
                 outcomes = streams.results()
             finally:
-                unblock_health_checks(lab, "r4")
+                unblock_health_checks(lab, victim)
         finally:
             streams.kill()
         record_choices(lab, daemon, outcomes)
         for vip in SECOND_CHANCE:
             outcome = outcomes[vip]
-            outcome.exercised = [s for s in outcome.streams if s["backend"] == "r4"
-                                 and (s["source"], s["port"]) in kept[vip]]
+            outcome.exercised = [s for s in outcome.streams if s["backend"] == victim
+                                 and kept[vip].get((s["source"], s["port"])) == victim]
         for vip in CONTROL:
-            outcomes[vip].exercised = [s for s in outcomes[vip].streams if s["backend"] == "r4"]
-        assert_second_chance_kept_every_stream(outcomes, "r5 added, then r4 failed its health checks",
+            outcomes[vip].exercised = [s for s in outcomes[vip].streams if s["backend"] == victim]
+        assert_second_chance_kept_every_stream(outcomes, f"r5 added, then {victim} failed its health checks",
                                                counted_since(before, lab))
-        # what they name now: r5 first (their slot's), r4 second (their entry's backend)
+        # what they name now: r5 first (their slot's), the victim second (their entry's backend)
         named = [outcomes[vip].choices[(s["source"], s["port"])] for vip in SECOND_CHANCE
                  for s in outcomes[vip].exercised]
-        assert all(choice == ("r5", "r4") for choice in named), named
-        wait_tables(daemon, lab, ALL_FIVE, "r4 up again")
+        assert all(choice == ("r5", victim) for choice in named), named
+        wait_tables(daemon, lab, ALL_FIVE, f"{victim} up again")

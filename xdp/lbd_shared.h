@@ -76,7 +76,9 @@ enum lbd_vip_flags {
 	/* In the vips map only, never in a backend's vip_flags: the VIP's first
 	 * table changed and its second table is not yet the one that goes with
 	 * it (being written, or built in the background). An entry made now gets
-	 * LBD_FLOW_SECOND_PROVISIONAL. */
+	 * LBD_FLOW_SECOND_PROVISIONAL. (This bit and that one came without a
+	 * layout bump: pinned entries made before have them clear, and a program
+	 * from before ignores them, so nothing pinned needs replacing.) */
 	LBD_VIP_SECOND_PENDING  = 1 << 3,
 };
 

@@ -43,6 +43,12 @@ cheap (well under a microsecond: bench/xdp_cost.py). Instead the mirror is
 held to the program by tests/bpf/test_explain_kernel.py, which runs the real
 program on the same packets and maps (second-chance VIPs included) and fails
 on any difference in backend, named second choice or entry effect.
+
+Two refinements, as the program makes them: a flow that moves off its entry's
+backend while that backend is held (down or removed, its hold running, the
+same generation) names that backend instead of its slot's second; and an
+entry made while its VIP's second table was pending (provisional) names its
+slot's second once the VIP is no longer pending.
 """
 from __future__ import annotations
 
@@ -65,6 +71,8 @@ TCP, UDP = PROTOCOLS["tcp"], PROTOCOLS["udp"]
 NO_BACKEND = C("LBD_NO_BACKEND")
 SECOND_CHANCE = C("LBD_VIP_SECOND_CHANCE")
 CLIENT_CLOSED = C("LBD_FLOW_CLIENT_CLOSED")
+SECOND_PENDING = C("LBD_VIP_SECOND_PENDING")
+PROVISIONAL = C("LBD_FLOW_SECOND_PROVISIONAL")
 
 # The kinds of packet explain answers for.
 SYN = "syn"        # TCP, SYN set and ACK clear
@@ -118,6 +126,7 @@ class FlowView:
     table_second: MapBackend | None = None  # backends[second_rings[vip_id][slot]], second-chance VIPs
     table_second_id: int = 0
     entry_finished: bool = False            # its client closed it, or it has been silent too long
+    entry_flags: int = 0                    # the entry's lbd_flow_flags
 
     @property
     def entry_usable(self) -> bool:
@@ -189,7 +198,7 @@ def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
     """Read what the program reads for `flow`, from the maps."""
     maybe_vip = _maybe_vip(datapath, flow.dst)
     entry_backend = vip_id = hashed = slot = table_backend = entry_second = table_second = None
-    vip_flags = entry_second_id = table_second_id = 0
+    vip_flags = entry_second_id = table_second_id = entry_flags = 0
     entry_finished = False
     # the program reads no entry without the prefilter bit; explain does, to
     # say that the packet leaves it as it is
@@ -199,6 +208,7 @@ def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
         entry = (int(raw.backend_id), int(raw.generation))
         entry_backend = _map_backend(datapath, entry[0])
         entry_second_id = int(raw.second_id)
+        entry_flags = int(raw.flags)
         entry_second = _map_backend(datapath, entry_second_id) if entry_second_id else None
         idle = (datapath.jiffies() - int(raw.seen)) & 0xFFFFFFFF  # seen: jiffies' low 32 bits
         entry_finished = bool(raw.flags & CLIENT_CLOSED) or idle > datapath.finished_idle_jiffies
@@ -216,7 +226,7 @@ def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
                 table_second = _map_backend(datapath, table_second_id) if table_second_id else None
     return FlowView(flow, maybe_vip, entry, entry_backend, vip_id, vip_flags, hashed, slot,
                     table_backend, entry_second, entry_second_id, table_second, table_second_id,
-                    entry_finished)
+                    entry_finished, entry_flags)
 
 
 def named_second(flow: Flow, first: MapBackend, vip_flags: int, second_id: int,
@@ -244,7 +254,7 @@ def decide(view: FlowView, kind: str) -> Decision:
     # connection's, to a backend that takes new flows; anything else while
     # its backend is active or draining
     if view.entry_usable and (kind != SYN or view.syn_follows_entry):
-        second = named_second(view.flow, be, be.vip_flags, view.entry_second_id, view.entry_second)
+        second = named_second(view.flow, be, be.vip_flags, *_entry_second(view))
         return Decision(kind, "forward", be.backend_id, str(be.address), "entry kept", KEPT,
                         *_second_fields(second))
     # 2. otherwise the VIP's table. A SYN removes the entry it did not follow
@@ -268,9 +278,37 @@ def decide(view: FlowView, kind: str) -> Decision:
         why, effect = "entry removed", REMOVED
     else:
         why, effect = "moved", REPLACED if kind == PACKET else LEFT
-    second = named_second(view.flow, table, view.vip_flags, view.table_second_id, view.table_second)
+    moved_off = _held_entry_backend(view) if entry is not None and kind != SYN else None
+    second = (named_second(view.flow, table, view.vip_flags, moved_off.backend_id, moved_off) if moved_off
+              else named_second(view.flow, table, view.vip_flags, view.table_second_id, view.table_second))
     return Decision(kind, "forward", table.backend_id, str(table.address), why, effect,
                     *_second_fields(second))
+
+
+def _entry_second(view: FlowView) -> tuple[int, MapBackend | None]:
+    """The second an established flow's packet takes from its entry
+    (xdp/balancer.c lbd_entry_second): the stored one, unless the entry is
+    provisional and its VIP's second table is in place by now, when it is the
+    slot's (which the packet then stores)."""
+    stored = (view.entry_second_id, view.entry_second)
+    if not view.entry_flags & PROVISIONAL or view.vip_id != view.entry_backend.vip_id:
+        return stored
+    if view.vip_flags & SECOND_PENDING:
+        return stored
+    return view.table_second_id, view.table_second
+
+
+def _held_entry_backend(view: FlowView) -> MapBackend | None:
+    """The entry's backend if a flow moving off it names it as its second
+    choice: the same backend as when the flow was placed (generation), still a
+    second choice (down or removed, its hold running), of the VIP that places
+    the flow now, which has second chance."""
+    be = view.entry_backend
+    if be is None or be.generation != view.entry[1] or be.second_until == 0:
+        return None
+    if be.vip_id != view.vip_id or not view.vip_flags & SECOND_CHANCE:
+        return None
+    return be
 
 
 def _second_fields(second: MapBackend | None) -> tuple[int, str | None]:

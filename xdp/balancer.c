@@ -8,7 +8,8 @@
  * flow); on a miss the VIP (its port, else the address's port-0 VIP) and its
  * Maglev table; then the packet goes to the backend by L2 DSR or IP-in-IP
  * (for a second-chance VIP in GUE, naming the second choice its entry or the
- * same slot of second_rings holds).
+ * same slot of second_rings holds, or, for a flow moved off a held backend,
+ * that backend).
  * Packets without a usable 5-tuple (fragments, malformed, ICMP errors) look
  * up the address itself (addrs), which says what such packets may do. */
 #include <uapi/linux/bpf.h>
@@ -184,11 +185,11 @@ static __always_inline int lbd_flow_finished(const struct lbd_flow_entry *entry)
 static __always_inline void lbd_flow_insert(struct lbd_global_stats *gs,
 					    struct lbd_flow_key *flow,
 					    struct lbd_flow_entry *entry,
-					    const struct lbd_packet *pkt)
+					    const struct lbd_packet *pkt, __u32 flags)
 {
 	/* as lbd_flow_seen would leave it (an RST never makes an entry; a FIN may) */
 	entry->seen = bpf_jiffies64();
-	entry->flags = pkt->tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST) ? LBD_FLOW_CLIENT_CLOSED : 0;
+	entry->flags = flags | (pkt->tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST) ? LBD_FLOW_CLIENT_CLOSED : 0);
 	if (flow->proto == IPPROTO_TCP) {
 		long err = conntrack.update(flow, entry);
 
@@ -403,6 +404,34 @@ static __always_inline int lbd_is_vip_address(const struct lbd_flow_key *flow)
 	return addrs.lookup(&key) != NULL;
 }
 
+/* The second choice an established flow names: its entry's. An entry made
+ * while its VIP's second table was pending (LBD_FLOW_SECOND_PROVISIONAL) holds
+ * the second of the table before, which may name nothing or the wrong
+ * backend: once the VIP's second table is in place, the flow's next packet
+ * reads its slot's second, stores it and clears the mark (one VIP lookup,
+ * once per such flow). While the table is still pending, the stored one. */
+static __always_inline __u32 lbd_entry_second(struct lbd_flow_entry *entry,
+					       const struct lbd_flow_key *flow, __u32 vip_id)
+{
+	struct lbd_vip_info *vip;
+	__u32 second;
+
+	if (!(entry->flags & LBD_FLOW_SECOND_PROVISIONAL))
+		return entry->second_id;
+	vip = lbd_vip_lookup(flow, LBD_ADDR_ANY_VIP);
+	if (vip && vip->vip_id == vip_id) {
+		if (vip->flags & LBD_VIP_SECOND_PENDING)
+			return entry->second_id;
+		second = lbd_second_pick(vip_id, vip->flags, lbd_hash_for(flow, vip->flags));
+		entry->second_id = second;
+	} else {
+		/* the VIP that placed it is gone or shadowed: nothing to read */
+		second = entry->second_id;
+	}
+	entry->flags &= ~LBD_FLOW_SECOND_PROVISIONAL;
+	return second;
+}
+
 /* An ICMP too-big error about a VIP flow goes to the backend of that flow,
  * found the way the flow's own non-SYN packets find it (its entry while its
  * backend is usable, else the table), without making an entry. */
@@ -498,6 +527,7 @@ int lbd_balancer(struct xdp_md *ctx)
 	struct lbd_vip_stats *vs;
 	struct lbd_backend *be;
 	__u32 zero = 0, backend_id, vip_id, vip_flags, hash, second_id;
+	__u32 held_id = LBD_NO_BACKEND, held_vip = 0, entry_flags = 0;
 	int parsed, moved = 0, syn, stateless;
 
 	gs = global_stats.lookup(&zero);
@@ -556,7 +586,7 @@ int lbd_balancer(struct xdp_md *ctx)
 			/* the second choice the flow was placed with, whatever its slot
 			 * names now: the entry may be all that knows where its socket is */
 			return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash, 0,
-					   entry->second_id);
+					   lbd_entry_second(entry, &pkt.flow, vip_id));
 		}
 		if (syn) {
 			/* a new connection on an old 4-tuple (its backend takes no new
@@ -566,6 +596,12 @@ int lbd_balancer(struct xdp_md *ctx)
 			gs->ct_removed_by_syn++;
 		} else {
 			moved = 1; /* its backend was removed or failed: place it again */
+			/* the same backend as when the flow was placed, and still a
+			 * second choice (down or removed, its hold running) */
+			if (be && be->generation == entry->generation && be->second_until != 0) {
+				held_id = backend_id;
+				held_vip = be->vip_id;
+			}
 		}
 	}
 
@@ -582,14 +618,25 @@ int lbd_balancer(struct xdp_md *ctx)
 	be = lbd_table_backend(vip_id, hash, &backend_id);
 	if (!be)
 		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
-	second_id = lbd_second_pick(vip_id, vip_flags, hash);
+	/* A flow moved off a held backend names that backend, whatever its slot
+	 * names: the entry is the best knowledge of where its connection lives
+	 * (a slot taken by a backend added since the flow was placed names the
+	 * slot's owner before that, not the flow's). Otherwise the slot's second;
+	 * read from a second table that is not yet the first's, it is provisional. */
+	if (held_id != LBD_NO_BACKEND && held_vip == vip_id && (vip_flags & LBD_VIP_SECOND_CHANCE)) {
+		second_id = held_id;
+	} else {
+		second_id = lbd_second_pick(vip_id, vip_flags, hash);
+		if (vip_flags & LBD_VIP_SECOND_PENDING)
+			entry_flags = LBD_FLOW_SECOND_PROVISIONAL;
+	}
 	if (stateless) {
 		gs->stateless_forwards++;
 	} else {
 		placed.backend_id = backend_id;
 		placed.generation = be->generation;
 		placed.second_id = second_id;
-		lbd_flow_insert(gs, &pkt.flow, &placed, &pkt);
+		lbd_flow_insert(gs, &pkt.flow, &placed, &pkt, entry_flags);
 		if (vs) {
 			if (moved)
 				vs->rescheduled++;

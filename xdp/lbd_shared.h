@@ -83,6 +83,13 @@ enum lbd_vip_flags {
 	LBD_VIP_CLIENT_AFFINITY = 1 << 0, /* hash the client address only */
 	LBD_VIP_MODE_IPIP       = 1 << 1, /* encapsulate; otherwise L2 DSR */
 	LBD_VIP_SECOND_CHANCE   = 1 << 2, /* ipip TCP: packets carry the slot's second choice (GUE) */
+	/* In the vips map only, never in a backend's vip_flags: the VIP's first
+	 * table changed and its second table is not yet the one that goes with
+	 * it (being written, or built in the background). An entry made now gets
+	 * LBD_FLOW_SECOND_PROVISIONAL. (This bit and that one came without a
+	 * layout bump: pinned entries made before have them clear, and a program
+	 * from before ignores them, so nothing pinned needs replacing.) */
+	LBD_VIP_SECOND_PENDING  = 1 << 3,
 };
 
 /* addr_info.flags: what a VIP address as a whole accepts */
@@ -234,6 +241,10 @@ struct lbd_flow_key {
 /* flow_entry.flags */
 enum lbd_flow_flags {
 	LBD_FLOW_CLIENT_CLOSED = 1 << 0, /* the client sent FIN or RST: a SYN on the 4-tuple is a new connection */
+	/* second_id was read from a second table still pending (LBD_VIP_SECOND_PENDING):
+	 * the flow's first packet after the VIP's second table is in place reads
+	 * the slot's second again, stores it and clears this bit */
+	LBD_FLOW_SECOND_PROVISIONAL = 1 << 1,
 };
 
 /* Connection-table value (conntrack for TCP, conntrack_udp for UDP). 20 bytes.
@@ -245,7 +256,7 @@ struct lbd_flow_entry {
 	__u32 generation; /* backend's generation when the flow was placed */
 	__u32 seen;       /* bpf_jiffies64() of the flow's latest packet, low 32 bits (wraps: 49 days at HZ=1000) */
 	__u32 flags;      /* enum lbd_flow_flags */
-	__u32 second_id;  /* the slot's second choice when the flow was placed (0: none); carried with each packet */
+	__u32 second_id;  /* the flow's second choice (0: none), carried with each packet: the slot's when the table placed it, or the backend it moved off while that one is held */
 };
 
 /* Program-wide settings, one entry written by the daemon. 28 bytes. */

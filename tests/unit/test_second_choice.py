@@ -174,6 +174,34 @@ def test_added_while_another_is_held_measured_over_many_pools():
     assert np.mean(shares) >= 0.85 and min(shares) >= 0.6
 
 
+def test_several_added_at_once_measured_over_many_pools():
+    """README "Several backends joining at once": k backends added to N at
+    once, each moved slot names the owner without its new first choice, which
+    on about (k-1)/(N+k-1) of the moved slots is another added backend. The
+    measured shares (equal weights) are the README's; the slots lost name an
+    added backend but for Maglev's collateral; one added at a time keeps
+    the flows placed between the two additions."""
+    rng = random.Random(19)
+    for n, k, readme in ((5, 2, 0.830), (5, 3, 0.712), (10, 2, 0.902)):
+        found, named_added = [], []
+        for _ in range(6):
+            pool = [maglev.Backend(ipaddress.IPv4Address(rng.getrandbits(32)).packed, 100, i)
+                    for i in range(1, n + k + 1)]
+            before, after = table(pool[:n]), table(pool)
+            second = second_table(after, pool, RING)
+            moved = before != after
+            lost = moved & (second != before)
+            found.append((second[moved] == before[moved]).mean())
+            named_added.append(np.isin(second[lost], [b.backend_id for b in pool[n:]]).mean())
+            # the same set reached one addition at a time: flows placed in between are kept
+            middle = table(pool[:-1])
+            moved_last = middle != after
+            assert (second[moved_last] == middle[moved_last]).mean() >= 0.99
+        assert abs(np.mean(found) - readme) < 0.01, (n, k, np.mean(found))
+        assert abs(np.mean(found) - n / (n + k - 1)) < 0.02
+        assert np.mean(named_added) >= 0.85, (n, k, named_added)
+
+
 # --- two hosts that disagree on one backend's health ---------------------------
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -137,6 +137,14 @@ def restore(dp, flow: Flow, saved) -> None:
         tbl[key] = saved
 
 
+def put_entry(dp, flow: Flow, backend_id: int, generation: int, flags: int = 0, second_id: int = 0) -> None:
+    """Write the flow's entry as a live connection's: its latest packet now
+    (an entry with an old time is a finished connection's to a SYN)."""
+    tbl = table(dp, flow.proto)
+    tbl[_key(tbl, flow)] = tbl.Leaf(backend_id=backend_id, generation=generation, seen=dp.jiffies() & 0xFFFFFFFF,
+                                    flags=flags, second_id=second_id)
+
+
 def silence(dp, flow: Flow, seconds: float) -> int:
     """Make the flow's entry look as if its latest packet came `seconds` ago,
     as time passing would; returns that time in jiffies (the entry's clock)."""

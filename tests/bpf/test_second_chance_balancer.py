@@ -345,8 +345,8 @@ def test_the_second_a_packet_names_follows_its_entry(scb, version, kind, state, 
     stored_id = {"none": 0, "c": c, "d": d}[stored]
     flow = Flow(ip(CLIENTS[version].format(1, 2)), ip(TCP_VIP[version]), sport, 80, sc.TCP_P)
     if state is not None:
-        fk.put_entry(scb.dp, flow, (a, generation if same_generation else generation + 1, 0,
-                                    PROVISIONAL if provisional else 0, stored_id))
+        fk.put_entry(scb.dp, flow, a, generation if same_generation else generation + 1,
+                     PROVISIONAL if provisional else 0, stored_id)
 
     usable = state in (ACTIVE, DRAINING) and same_generation
     if usable and (kind != SYN or state == ACTIVE):

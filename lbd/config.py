@@ -26,8 +26,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
-from lbd.layout import constant
-from lbd.maglev import is_prime
+from lbd.dataplane.layout import constant
+from lbd.dataplane.maglev import is_prime
 from lbd.yamlbounds import BoundedLoader, YamlTooBig, read_bounded
 from lbd.yamlbounds import safe_load as bounded_safe_load
 

@@ -57,14 +57,14 @@ import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lbd import flowhash, layout
-from lbd.datapath import addr_words, family_of, port_word, prefilter_bit
+from lbd.dataplane import flowhash, layout
+from lbd.dataplane.maps import addr_words, family_of, port_word, prefilter_bit
 from lbd.config import PROTOCOLS
 from lbd.plan import ACTIVE, DRAINING, STATE_NAMES
 
 if TYPE_CHECKING:
     from lbd.daemon import Daemon
-    from lbd.datapath import Datapath
+    from lbd.dataplane.maps import Datapath
 
 C = layout.constant
 TCP, UDP = PROTOCOLS["tcp"], PROTOCOLS["udp"]

@@ -145,7 +145,7 @@ static __always_inline struct lbd_flow_entry *lbd_flow_lookup(struct lbd_flow_ke
 }
 
 /* Two things an entry keeps tell a live flow from an idle one (the daemon,
- * lbd/flowtable.py) and a finished connection from a live one (a SYN,
+ * lbd/dataplane/flowtable.py) and a finished connection from a live one (a SYN,
  * lbd_flow_finished): when its latest packet came (seen, in jiffies:
  * bpf_jiffies64() is one load, inlined by the verifier, where a ns clock is a
  * helper call) and whether its client has ended it with a FIN or an RST (the
@@ -649,7 +649,7 @@ int lbd_balancer(struct xdp_md *ctx)
 }
 
 /* The daemon's clock for the entries' seen: userspace cannot read jiffies, so
- * lbd/datapath.py runs this (BPF_PROG_TEST_RUN, never attached) on a blank
+ * lbd/dataplane/maps.py runs this (BPF_PROG_TEST_RUN, never attached) on a blank
  * frame and reads bpf_jiffies64() from its first 8 bytes: the clock the
  * packet path stamps entries with, whatever the kernel's HZ. */
 int lbd_clock(struct xdp_md *ctx)

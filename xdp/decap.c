@@ -47,7 +47,7 @@ BPF_PERCPU_ARRAY(decap_stats, __u64, LBD_DECAP__MAX);
 /* where a packet may be sent on (struct lbd_forward_prefix; value unused):
  * empty until lbd-backend writes it, and an empty trie forwards nothing */
 BPF_LPM_TRIE(forward_to, struct lbd_forward_prefix, __u8, LBD_FORWARD_PREFIXES);
-/* one entry: the build id (lbd.backend_prep.decap_source_hash()), written and bound
+/* one entry: the build id (lbd.backend.cli.decap_source_hash()), written and bound
  * to the program (BPF_PROG_BIND_MAP) after load: the code never reads it */
 BPF_ARRAY(decap_build, __u64, 1);
 

@@ -2,7 +2,7 @@
  * XDP program and the Python control plane share. This header is the only
  * definition: Python takes the layouts from bcc's table types (which bcc
  * builds from these declarations) and the enums by parsing this file
- * (lbd/layout.py), never by restating them.
+ * (lbd/dataplane/layout.py), never by restating them.
  *
  * Byte order: addresses and ports are kept in network byte order exactly as
  * they appear on the wire; everything else is host order.
@@ -60,13 +60,13 @@
  * bits in LBD_PREFILTER_WORDS 64-bit words. An address's bit is the top
  * LBD_PREFILTER_LOG2 bits of (the XOR of its four __u32 words, as loaded
  * from memory) * LBD_PREFILTER_HASH_MUL, in 32-bit arithmetic. Fixed here,
- * not overridable: lbd/datapath.py computes the same bits. */
+ * not overridable: lbd/dataplane/maps.py computes the same bits. */
 #define LBD_PREFILTER_LOG2 16
 #define LBD_PREFILTER_WORDS 1024     /* (1 << LBD_PREFILTER_LOG2) / 64 */
 #define LBD_PREFILTER_HASH_MUL 0x9e3779b1 /* 2^32 / golden ratio, odd */
 
 /* Seed of the flow hash (MurmurHash3 x86_32). Fixed, never host-local, so
- * every lbd host picks the same backend for a flow (lbd/flowhash.py). */
+ * every lbd host picks the same backend for a flow (lbd/dataplane/flowhash.py). */
 #define LBD_HASH_SEED 0x6c626431
 
 /* Id 0 means "none" in the Maglev table and in connection-table entries. */
@@ -250,7 +250,7 @@ enum lbd_flow_flags {
 /* Connection-table value (conntrack for TCP, conntrack_udp for UDP). 20 bytes.
  * An entry lives until the LRU needs its room, long after its connection
  * closed: seen and flags are how the daemon tells a live flow from an idle
- * one (lbd/flowtable.py). */
+ * one (lbd/dataplane/flowtable.py). */
 struct lbd_flow_entry {
 	__u32 backend_id;
 	__u32 generation; /* backend's generation when the flow was placed */

@@ -68,7 +68,7 @@ import tempfile
 import threading
 import time
 
-from lbd import xdplink
+from lbd.dataplane import xdplink
 from lbd.testing.fleet import Fleet
 from lbd.testing.netns import BASE_PREFIX, BPFFS, NETNS_DIR, remove_netns, remove_stale, stop_groups
 from lbd.testing.servers import Servers, _Server
@@ -83,7 +83,7 @@ log = logging.getLogger("lbd.testing")
 @functools.cache
 def pass_program():
     """lbd_pass, compiled once per process and attached wherever a lab needs it."""
-    from lbd.datapath import load_helper
+    from lbd.dataplane.maps import load_helper
 
     return load_helper("lbd_pass")
 
@@ -245,7 +245,7 @@ class Lab(Traffic, Servers, Fleet):
     # --- XDP --------------------------------------------------------------------
     def attach_xdp(self, ns: str | Node, ifname: str, fd: int) -> str:
         """Attach a loaded XDP program (its fd) in native mode to a link in a
-        namespace (lbd.xdplink: one load serves every namespace). Returns the
+        namespace (lbd.dataplane.xdplink: one load serves every namespace). Returns the
         mode read back."""
         mode = xdplink.attach(fd, ifname, "native", ipr=self._ipr_for(self.ns(ns)))
         short = self.ns(ns).removeprefix(self.prefix)
@@ -292,7 +292,7 @@ class Lab(Traffic, Servers, Fleet):
     def _build(self) -> None:
         from pyroute2 import netns
 
-        from lbd.mounts import on_bpffs
+        from lbd.dataplane.mounts import on_bpffs
 
         remove_stale(self.base)
         self.tmpdir = tempfile.mkdtemp(prefix=self.prefix)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from lbd import layout
-from lbd.datapath import addr_words, family_of, port_word
+from lbd.dataplane import layout
+from lbd.dataplane.maps import addr_words, family_of, port_word
 from lbd.explain import PACKET, RST, SYN, Flow
 from tests.bpf.conftest import LBD_MAC
 from tests.bpf.scenario import CLIENT_MAC, backend_mac

@@ -25,7 +25,7 @@ may go to and whether it must be the one before:
     so a port-reusing client's new connection meets a changed table;
   * a flow whose backend is down, removed or replaced moves to a live one;
   * where docs/design.md names the table's backend, it is the one the
-    pure-Python reference picks (lbd/flowhash.py, lbd/maglev.py), and an
+    pure-Python reference picks (lbd/dataplane/flowhash.py, lbd/dataplane/maglev.py), and an
     empty slot drops;
   * the handshake's ACK, through an unchanged table, meets its SYN's backend;
   * UDP entries live in their own table.
@@ -53,7 +53,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from lbd import flowhash, maglev
+from lbd.dataplane import flowhash, maglev
 from lbd.explain import KEPT, LEFT, MADE, NONE_MADE, PACKET, REMOVED, REPLACED, RST, SYN, Flow, explain_flow
 from lbd.plan import ACTIVE, DOWN, DRAINING, BackendPlan, VipPlan
 from tests.bpf import flowkit as fk

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from lbd.explain import (KEPT, LEFT, MADE, NONE_MADE, PACKET, REMOVED, REPLACED, SYN, Flow, explain,
                          explain_flow)
 from lbd.plan import ACTIVE, DOWN, DRAINING, STATE_NAMES, BackendPlan, VipPlan
-from lbd.programmer import EMPTY, Programmer
+from lbd.dataplane.programmer import EMPTY, Programmer
 from tests.bpf import flowkit as fk
 from tests.bpf import scenario as sc
 

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lbd.plan import ACTIVE, DOWN, DRAINING
-from lbd.programmer import Programmer
+from lbd.dataplane.programmer import Programmer
 from tests.bpf import scenario as sc
 
 pytestmark = pytest.mark.bpf

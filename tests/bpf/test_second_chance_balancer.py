@@ -29,8 +29,8 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from lbd import flowhash, layout
-from lbd.datapath import BackendEntry
+from lbd.dataplane import flowhash, layout
+from lbd.dataplane.maps import BackendEntry
 from lbd.explain import PACKET, RST, SYN, Flow, decide, read_flow
 from lbd.plan import ACTIVE, DOWN, DRAINING, HELD, BackendPlan
 from tests.bpf import flowkit as fk

@@ -19,11 +19,11 @@ import shutil
 import numpy as np
 import pytest
 
-from lbd import flowhash, layout
-from lbd.datapath import Datapath, Limits
+from lbd.dataplane import flowhash, layout
+from lbd.dataplane.maps import Datapath, Limits
 from lbd.explain import PACKET, SYN, Flow, explain_flow
 from lbd.plan import ACTIVE, DOWN, DRAINING, HELD
-from lbd.programmer import FOREVER, Programmer
+from lbd.dataplane.programmer import FOREVER, Programmer
 from tests.bpf import flowkit as fk
 from tests.bpf import scenario as sc
 

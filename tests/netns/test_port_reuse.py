@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from lbd import flowhash, maglev
+from lbd.dataplane import flowhash, maglev
 from lbd.testing.lab import Lab
 from tests.conftest import require_root
 from tests.netns.lbdrun import LbdUnderTest, backends, host_config

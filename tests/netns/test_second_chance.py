@@ -46,7 +46,7 @@ from typing import Callable
 
 import pytest
 
-from lbd import layout
+from lbd.dataplane import layout
 from lbd.testing.lab import Lab
 from tests.netns.lbdrun import HEALTH, LbdUnderTest, backends, host_config
 from tests.netns.tablelost import empty_pinned_map, pinned_conntrack
@@ -470,7 +470,7 @@ class TestOneHost:
 
     def test_a_backend_added_while_another_is_drained_loses_only_what_the_readme_says(self, one):
         """docs/second-chance.md's limit, held to: a drained backend stays a candidate, so
-        the slots it would have back name it (lbd.secondchoice: 16.5% of the
+        the slots it would have back name it (lbd.dataplane.secondchoice: 16.5% of the
         moved slots, IPv4), and a stream placed there since the drain is on
         neither choice. Every other stream survives, as in the stages above."""
         lab, daemon = one

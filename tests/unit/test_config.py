@@ -11,7 +11,7 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from lbd import layout
+from lbd.dataplane import layout
 from tests import yamlbombs
 from lbd.cli import check_files
 from lbd.config import (

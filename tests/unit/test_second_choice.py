@@ -1,4 +1,4 @@
-"""Second-chance tables (lbd.secondchoice): the C-backed build agrees with the
+"""Second-chance tables (lbd.dataplane.secondchoice): the C-backed build agrees with the
 plain-Python rule, and the tables have the properties second chance relies
 on (docs/second-chance.md): after a backend is added, the slots
 that moved name their old owner; a drained, failed or removed backend (held)
@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbd import maglev
-from lbd.secondchoice import second_table, second_table_reference
+from lbd.dataplane import maglev
+from lbd.dataplane.secondchoice import second_table, second_table_reference
 
 pytestmark = pytest.mark.unit
 
@@ -232,11 +232,11 @@ def test_the_host_that_sees_it_down_names_the_other_hosts_first(pool):
 
 from types import SimpleNamespace  # noqa: E402
 
-from lbd import layout  # noqa: E402
+from lbd.dataplane import layout  # noqa: E402
 from lbd.config import Backend as ConfigBackend, Vip  # noqa: E402
-from lbd.datapath import Limits, addr_words, family_of, port_word  # noqa: E402
+from lbd.dataplane.maps import Limits, addr_words, family_of, port_word  # noqa: E402
 from lbd.plan import vip_plan  # noqa: E402
-from lbd.programmer import FOREVER, HELD, Programmer  # noqa: E402
+from lbd.dataplane.programmer import FOREVER, HELD, Programmer  # noqa: E402
 
 C = layout.constant
 DOUBLE_RING = 1009

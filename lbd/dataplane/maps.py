@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lbd import bpfsys, layout, xdplink
+from lbd.dataplane import bpfsys, layout, xdplink
 
-log = logging.getLogger("lbd.datapath")
+log = logging.getLogger("lbd.dataplane.maps")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 C = layout.constant

@@ -25,7 +25,7 @@ Ids are read back from the maps when the daemon adopts a running datapath,
 so a restart keeps every flow where it is.
 
 Second chance (docs/second-chance.md; the table's rule is in
-lbd.secondchoice): each backend entry says until when it may be named as a
+lbd.dataplane.secondchoice): each backend entry says until when it may be named as a
 second choice (second_until): for ever while active or draining; for the
 hold (second_chance.hold) once it goes down, or once it is removed from a
 kept second-chance VIP, which then keeps its id, address and generation in
@@ -51,13 +51,13 @@ import numpy as np
 
 from typing import TYPE_CHECKING, Callable
 
-from lbd import layout, maglev, secondchoice
-from lbd.datapath import BackendEntry, Datapath, IPAddress, prefilter_bit
+from lbd.dataplane import layout, maglev, secondchoice
+from lbd.dataplane.maps import BackendEntry, Datapath, IPAddress, prefilter_bit
 
 if TYPE_CHECKING:  # plans are built by lbd.plan; this layer only reads them
     from lbd.plan import VipKey, VipPlan
 
-log = logging.getLogger("lbd.programmer")
+log = logging.getLogger("lbd.dataplane.programmer")
 C = layout.constant
 
 EMPTY = C("LBD_BACKEND_EMPTY")  # a backend slot no VIP uses
@@ -277,7 +277,7 @@ class Programmer:
 
     def _candidates(self, key: VipKey, plan: VipPlan, ids: dict[IPAddress, int],
                     untils: dict[int, int]) -> tuple[maglev.Backend, ...]:
-        """The second table's candidates (lbd.secondchoice's Cset) as written:
+        """The second table's candidates (lbd.dataplane.secondchoice's Cset) as written:
         the plan's backends by the untils they get, and the VIP's held ones."""
         held = self._held.get(key, {})
         weights = self._candidate_weights(plan, {b.address: untils[ids[b.address]] for b in plan.backends}, held)
@@ -311,7 +311,7 @@ class Programmer:
             self._second_pending[key] = None
 
     def _build_second(self, key: VipKey, applied: AppliedVip, untils: dict[int, int]) -> None:
-        """Build the VIP's second table from what it is now (lbd.secondchoice)."""
+        """Build the VIP's second table from what it is now (lbd.dataplane.secondchoice)."""
         candidates = self._candidates(key, applied.plan, applied.backend_ids, untils)
         applied.second = secondchoice.second_table(applied.table, candidates, self.limits.ring_size)
         by_id = {b.backend_id: ipaddress.ip_address(b.key) for b in candidates}

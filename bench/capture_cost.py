@@ -35,7 +35,7 @@ from pathlib import Path
 from bench.machine import arguments, loadavg, machine_info
 from bench.xdp_cost import ESTABLISHED, Runner, load_from, packet, xdp_tree
 from lbd import capture
-from lbd.datapath import load_helper
+from lbd.dataplane.maps import load_helper
 from lbd.testing import fibns
 
 XDP_TX, XDP_PASS = 3, 2

@@ -28,8 +28,8 @@ import socket
 import time
 from typing import TYPE_CHECKING
 
-from lbd import layout
-from lbd.datapath import addr_words, family_of, port_word
+from lbd.dataplane import layout
+from lbd.dataplane.maps import addr_words, family_of, port_word
 from lbd.pcapng import INBOUND, OUTBOUND, PcapNgWriter
 
 if TYPE_CHECKING:

@@ -31,7 +31,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lbd import capture as capture_mod
-from lbd import flowtable, statuspage
+from lbd import statuspage
+from lbd.dataplane import flowtable
 from lbd.config import ConfigError
 from lbd.status import status_view
 from lbd.teardown import teardown as teardown_pins

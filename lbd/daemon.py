@@ -569,6 +569,7 @@ class Daemon:
         for task in tasks:
             task.cancel()
         await self.health.stop()
+        self.datapath.close_capture()
         for runner in runners:
             await runner.cleanup()
 

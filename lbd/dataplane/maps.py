@@ -517,6 +517,17 @@ class Datapath:
         """Records the rings had no room for since they were opened."""
         return self._capture_lost
 
+    def close_capture(self) -> None:
+        """Close the per-CPU rings (opened by poll_capture), while the map is
+        still open: left to bcc's destructor at exit, closing them fails
+        with a traceback on stderr."""
+        from bcc.utils import get_online_cpus
+        with self._capture_lock:
+            if self._captured is not None:
+                for cpu in get_online_cpus():
+                    del self.capture_events[cpu]
+                self._captured = None
+
     # --- attach ---------------------------------------------------------------
     def attach(self, ifname: str, mode: str = "native") -> str:
         return xdplink.attach(self.prog_fd, ifname, mode)

@@ -41,7 +41,7 @@ def capturing(lb):
 
     yield lb, start, records
     dp.capture_off()
-    dp.poll_capture(0)
+    dp.close_capture()
 
 
 def test_nothing_is_captured_while_no_capture_runs(capturing):

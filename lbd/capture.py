@@ -202,7 +202,7 @@ class Decoder:
     def _backend(self, vip, left: bytes):
         """The backend a frame went to: its outer destination (ipip), else its
         destination MAC (dsr), among the VIP's backends as last planned."""
-        plan = self.daemon._plans.get(vip.name) if vip else None
+        plan = self.daemon.applied_plan(vip.name) if vip else None
         if plan is None or len(left) < 14:
             return None
         if vip.mode == "ipip":

@@ -355,6 +355,11 @@ class Daemon:
         if self.announcer is not None:
             await self.announcer.reconcile("health")
 
+    def applied_plan(self, vip_name: str):
+        """The VipPlan last written for a VIP (its backends' addresses, MACs,
+        states), or None before its first apply."""
+        return self._plans.get(vip_name)
+
     def plan_is_current(self, vip) -> bool:
         """Whether the VIP's applied plan is what health and neighbours make now."""
         applied = self._plans.get(vip.name)

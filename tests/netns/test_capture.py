@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.utils import PcapNgReader
 
@@ -29,8 +30,13 @@ def lbd(lab):
 
 
 def lbctl_capture(lbd, *args, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "lbd.lbctl", "--socket", lbd.socket, "capture", *args],
+    """lbctl capture, returned once the daemon has turned the capture on."""
+    started = lbd.log().count("capture_started")
+    proc = subprocess.Popen([sys.executable, "-m", "lbd.lbctl", "--socket", lbd.socket, "capture", *args],
                             stderr=subprocess.PIPE, text=False, **popen)
+    wait_for(lambda: lbd.log().count("capture_started") > started or proc.poll() is not None, 20,
+             what="the daemon starts the capture")
+    return proc
 
 
 def decisions(path: Path) -> list[tuple[int, dict, bytes]]:
@@ -48,7 +54,6 @@ def test_a_capture_names_the_backend_that_answered_each_client_and_stops_on_ctrl
     path = tmp_path / "web4.pcapng"
     proc = lbctl_capture(lbd, "-w", str(path), "--vip", "web4", "--count", "100000", "--duration", "5m")
     try:
-        wait_for(lambda: "capture_started" in lbd.log(), 20, what="the daemon starts the capture")
         sources = lab.client.v4s[:8]
         replies = lab.http_get_many(url(VIP, "/whoami"), sources)
         assert all(r.ok for r in replies), replies
@@ -94,7 +99,6 @@ def test_a_capture_into_tcpdump_ends_by_itself_at_its_count(lab, lbd, tmp_path):
                          "--count", "3", "--duration", "60s", stdout=tcpdump.stdin)
     tcpdump.stdin.close()  # lbctl holds the pipe now
     try:
-        wait_for(lambda: lbd.log().count("capture_started") >= 2, 20, what="the second capture starts")
         replies = lab.http_get_many(url(VIP, "/whoami"), [lab.client.v4s[3]] * 3)
         assert all(r.ok for r in replies)
         _, err = proc.communicate(timeout=30)  # ends without a signal: 3 packets were enough
@@ -109,3 +113,28 @@ def test_a_capture_into_tcpdump_ends_by_itself_at_its_count(lab, lbd, tmp_path):
     lines = out.splitlines()
     assert len(lines) == 6, out  # each packet as it arrived and as it left
     assert all(line.split()[2].startswith(f"{lab.client.v4s[3]}.") for line in lines), out
+
+
+def test_an_ipip_capture_names_the_backend_by_the_outer_header(lab, lbd, tmp_path):
+    path = tmp_path / "ipip4.pcapng"
+    proc = lbctl_capture(lbd, "-w", str(path), "--vip", "ipip4", "--count", "100000", "--duration", "5m")
+    try:
+        sources = lab.client.v4s[10:16]
+        replies = lab.http_get_many(url("198.18.100.2", "/whoami"), sources)
+        assert all(r.ok for r in replies), replies
+        wait_for(lambda: path.exists() and path.stat().st_size > 3000, 10, what="packets in the file")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    answered = {r.source: str(lab.backends[r.body.split()[0]].v4) for r in replies}
+    seen = decisions(path)
+    left = [(fields, frame) for direction, fields, frame in seen if direction == OUTBOUND]
+    assert left and all(fields["action"] in ("tx", "redirect") for fields, _ in left)
+    for fields, frame in left:
+        client = fields["client"].rsplit(":", 1)[0]
+        # the outer header goes to the backend that answered; the client's packet rides inside
+        outer = IP(frame[14:])
+        assert fields["backend"] == answered[client] == outer.dst, fields
+        # GUE (second chance) or plain IP-in-IP, the client's packet to the VIP rides inside
+        inner = IP(bytes(outer[UDP].payload)[12:]) if fields.get("second_choice") else outer.payload
+        assert (inner.src, inner.dst) == (client, "198.18.100.2")

@@ -18,7 +18,9 @@
  * a packet to its end on one CPU without preemption, so the difference
  * between the copy and the counters is this packet's alone, and the packet
  * path needs no line of its own for capture. The backend is where the packet
- * went: the daemon reads it from the frame as it left.
+ * went: the daemon reads it from the frame as it left. A way of placing a
+ * packet that moves none of the counters lbd_capture_decision reads shows as
+ * LBD_PLACED_NONE until it is added there.
  */
 #ifndef LBD_CAPTURE_H
 #define LBD_CAPTURE_H

@@ -42,7 +42,9 @@ struct lbd_capture_scratch {
 	struct lbd_capture_record record;
 };
 
-/* one entry: on, the filter and the rate (struct lbd_capture_ctl) */
+/* one entry: on, the filter and the rate (struct lbd_capture_ctl). An array
+ * map, not a global variable (bcc 0.26 has no global data sections): the
+ * verifier inlines the lookup, so reading `on` is a few instructions. */
 BPF_F_TABLE("array", u32, struct lbd_capture_ctl, capture_ctl, 1, 0);
 /* the packet being captured on this CPU, between begin and end */
 BPF_F_TABLE("percpu_array", u32, struct lbd_capture_scratch, capture_scratch, 1, 0);

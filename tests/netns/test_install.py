@@ -71,7 +71,7 @@ def test_make_install_puts_everything_in_place(installed):
         assert (installed["BINDIR"] / tool).resolve() == (prefix / "venv/bin" / tool).resolve()
     # lbd itself, not an editable link back to this checkout, with its C sources
     where = _run(str(prefix / "venv/bin/python"), "-c",
-                 "import lbd, bcc; from lbd import layout; print(lbd.__file__, layout.XDP_DIR)",
+                 "import lbd, bcc; from lbd.dataplane import layout; print(lbd.__file__, layout.XDP_DIR)",
                  cwd="/").stdout
     assert str(prefix) in where and "/work/" not in where.split()[0], where
     assert (prefix / "venv").is_dir() and (prefix / "venv/pyvenv.cfg").read_text().count(

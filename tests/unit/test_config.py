@@ -184,7 +184,8 @@ def test_unknown_key(tmp_path, where, old, new, path):
     allowed = {"top": "interfaces, http, control, bpffs, limits, ipip, vips",
                "vip": "name, address, port, protocol, mode, affinity, health, backends",
                "backend": "address, weight, drain",
-               "health": "type, port, path, expect_status, interval, timeout, rise, fall",
+               "health": "type, port, via, path, expect_status, host, sni, verify, payload, expect, interval, "
+                             "timeout, rise, fall",
                "interface": "name, mode"}[where]
     assert allowed in message
     shown = {"top": "got []", "vip": 'got "client"', "backend": "got 50", "health": 'got "/healthz"',
@@ -653,3 +654,51 @@ def test_config_is_a_plain_frozen_dataclass():
     assert {f.name for f in dataclasses.fields(Config)} == {
         "interfaces", "http_listen", "control_socket", "control_group", "bpffs", "limits",
         "ipip_source_v4", "ipip_source_v6", "vips", "bgp", "second_chance_hold_s"}
+
+
+# --- health checks through the data path (issue 21) -------------------------------
+
+def test_health_checks_go_through_the_vip_by_default():
+    health = parse_config(GOOD).vips[0].health
+    assert health.via == "vip" and health.host is None and health.verify is False
+    assert parse_config(edit("      path: /healthz\n", "      path: /healthz\n      via: address\n")
+                        ).vips[0].health.via == "address"
+
+
+def test_https_and_udp_check_settings_load():
+    https = parse_config(edit("type: http", "type: https", "      path: /healthz\n",
+                              "      path: /healthz\n      host: www.example.com\n      sni: cdn.example.com\n"
+                              "      verify: true\n")).vips[0].health
+    assert (https.type, https.host, https.sni, https.verify) == ("https", "www.example.com",
+                                                                 "cdn.example.com", True)
+    # a DNS query for example.com (id 0x1234) in hex, its id expected back
+    query = "123401000001000000000000076578616d706c650000010001"
+    udp = parse_config(edit("type: http", "type: udp", "      path: /healthz\n",
+                            f"      payload: 'hex:{query}'\n      expect: 'hex:1234'\n")).vips[0].health
+    assert udp.payload == bytes.fromhex(query) and udp.expect == b"\x12\x34"
+    text = parse_config(edit("type: http", "type: udp", "      path: /healthz\n",
+                             "      payload: ping\n      expect: pong\n")).vips[0].health
+    assert (text.payload, text.expect) == (b"ping", b"pong")
+
+
+@pytest.mark.parametrize("old, new, where, words", [
+    ("      path: /healthz\n", "      path: /healthz\n      via: tunnel\n", "via", ["vip, address", '"tunnel"']),
+    ("type: http", "type: udp", "payload", ["required for type: udp"]),
+    ("      path: /healthz\n", "      path: /healthz\n      payload: hi\n", "payload", ["only for type: udp"]),
+    ("      path: /healthz\n", "      path: /healthz\n      sni: a.example\n", "sni", ["only for type: https"]),
+    ("      path: /healthz\n", "      path: /healthz\n      host: 'a b'\n", "host", ["host name", '"a b"']),
+])
+def test_health_check_setting_errors(tmp_path, old, new, where, words):
+    text = edit(old, new)
+    if where == "payload" and "required" in words[0]:
+        text = edit("      path: /healthz\n", "", text=text)
+        line = line_of(text, "health:")
+    else:
+        line = line_of(text, f"{where}:")
+    one_problem(tmp_path, text, line, f"vips[0].health.{where}", *words)
+
+
+def test_udp_payload_must_be_valid_hex(tmp_path):
+    text = edit("type: http", "type: udp", "      path: /healthz\n", "      payload: 'hex:12g4'\n")
+    one_problem(tmp_path, text, line_of(text, "payload:"), "vips[0].health.payload", "hex digits",
+                '"hex:12g4"')

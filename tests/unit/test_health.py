@@ -120,8 +120,8 @@ def test_check_spec_coerces_and_validates():
     assert spec == CheckSpec(CheckType.HTTP, spec.address, 80)
     assert spec.same_check(CheckSpec("http", "10.0.0.1", 80, interval_s=5, timeout_s=2))
     assert not spec.same_check(CheckSpec("http", "10.0.0.1", 80, path="/health"))
-    with pytest.raises(ValueError, match="type: must be 'tcp' or 'http', got 'udp'"):
-        CheckSpec("udp", "10.0.0.1", 80)
+    with pytest.raises(ValueError, match="type: must be one of tcp, http, https, udp, got 'icmp'"):
+        CheckSpec("icmp", "10.0.0.1", 80)
     with pytest.raises(ValueError, match="address: .* got 'web1'"):
         CheckSpec("tcp", "web1", 80)
     with pytest.raises(ValueError, match="port: must be 1..65535, got 70000"):

@@ -59,6 +59,7 @@ PLACEHOLDER_MAC = "00:00:00:00:00:00"
 FILTER_PRIO = 0x6C62  # the egress filter's priority, ours to find and remove
 EGRESS_PARENT = "ffff:fff3"  # clsact's egress hook
 NUD_PERMANENT = 0x80
+LINK_SCOPE = 253  # RT_SCOPE_LINK: the VIP is "on" the interface, no gateway
 SLOTS = layout.enum_names("LBD_HPATH_")
 
 
@@ -175,7 +176,8 @@ class HealthPath:
                 if route.get_attr("RTA_TABLE") == HEALTH_TABLE:
                     with contextlib.suppress(Exception):
                         ipr.route("del", family=family, table=HEALTH_TABLE, dst=route.get_attr("RTA_DST"),
-                                  dst_len=route["dst_len"], oif=route.get_attr("RTA_OIF"))
+                                  dst_len=route["dst_len"], oif=route.get_attr("RTA_OIF"),
+                                  scope=route["scope"])
             for neigh in ipr.get_neighbours(family=family, ifindex=index):
                 if neigh.get_attr("NDA_LLADDR") == PLACEHOLDER_MAC and neigh["state"] & NUD_PERMANENT:
                     with contextlib.suppress(Exception):
@@ -188,7 +190,7 @@ class HealthPath:
         for address in wanted - self._addresses:
             family, plen = (2, 32) if address.version == 4 else (10, 128)
             ipr.route("replace", dst=f"{address}/{plen}", oif=index, table=HEALTH_TABLE, family=family,
-                      scope=253 if family == 2 else 0)
+                      scope=LINK_SCOPE if family == 2 else 0)
             ipr.neigh("replace", dst=str(address), lladdr=PLACEHOLDER_MAC, ifindex=index,
                       state=NUD_PERMANENT, family=family)
         for address in self._addresses - wanted:
@@ -199,7 +201,9 @@ class HealthPath:
         ipr = self._netlink()
         family, plen = (2, 32) if address.version == 4 else (10, 128)
         with contextlib.suppress(Exception):
-            ipr.route("del", dst=f"{address}/{plen}", oif=index, table=HEALTH_TABLE, family=family)
+            # an IPv4 route is found for deletion only with the scope it was made with
+            ipr.route("del", dst=f"{address}/{plen}", oif=index, table=HEALTH_TABLE, family=family,
+                      scope=LINK_SCOPE if family == 2 else 0)
         with contextlib.suppress(Exception):
             ipr.neigh("del", dst=str(address), ifindex=index, family=family)
 

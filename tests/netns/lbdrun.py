@@ -132,6 +132,13 @@ class LbdUnderTest:
                     return sample.value
         return 0.0
 
+    def metric_sum(self, name: str, **labels) -> float:
+        """The sum of every sample of one metric of /metrics whose labels match."""
+        from prometheus_client.parser import text_string_to_metric_families
+        return sum(sample.value for family in text_string_to_metric_families(self.metrics())
+                   for sample in family.samples
+                   if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
+
     def kill9(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)

@@ -81,7 +81,7 @@ def verdict(vip: Vip, backend, checks: Mapping[Any, dict]) -> dict:
     through_vip, at_address = (first, other) if h.via == "vip" else (other, first)
     vip_end = _endpoint(str(vip.address), h.port)
     own_end = _endpoint(str(backend.address), h.port)
-    vip_ok, own_ok = through_vip.get("up"), at_address.get("up")
+    vip_ok, own_ok = _passing(through_vip), _passing(at_address)
     vip_why, own_why = through_vip.get("last_detail"), at_address.get("last_detail")
     if vip_ok is False and own_ok is False:
         kind = "service_down"
@@ -96,10 +96,21 @@ def verdict(vip: Vip, backend, checks: Mapping[Any, dict]) -> dict:
         reason = (f"the backend's own address {own_end} fails ({own_why}) while VIP {vip_end} answers "
                   "through the data path: a listener bound to the VIP only, or a filter on the "
                   "backend's address")
+    elif vip_ok is None and own_ok is None:
+        kind, reason = "unchecked", ""
     else:
         kind, reason = "ok", ""
     return {"via": h.via, "verdict": kind, "reason": reason,
             "vip_check": _brief(through_vip), "address_check": _brief(at_address)}
+
+
+def _passing(check: dict) -> bool | None:
+    """False when a check is down or its latest result failed (the two
+    checks of a backend run apart, so the latest results say at once what
+    a state machine says only after `fall` of them); None: not checked yet."""
+    if not check or (check.get("last_ok") is None and check.get("up") is not False):
+        return None
+    return bool(check.get("up")) and check.get("last_ok") is not False
 
 
 def _path_hint(vip: Vip) -> str:

@@ -35,7 +35,7 @@ class HealthCollector:
         verdicts = GaugeMetricFamily("lbd_health_verdict",
                                      "1 for the backend's current verdict from both checks: ok, path_broken "
                                      "(only the check through the VIP fails), service_down (both fail), "
-                                     "address_failing (only the backend's own address fails)",
+                                     "address_failing (only the backend's own address fails), unchecked",
                                      labels=["vip", "backend", "verdict"])
         for vip in d.config.vips:
             if vip.health is None:

@@ -62,8 +62,9 @@ def test_via_address_makes_the_backends_own_address_decide():
     assert str(targets[second_key(web, web.backends[0])].address) == "198.18.100.1"
 
 
-def _check(up: bool, detail: str, address: str) -> dict:
-    return {"state": "UP" if up else "DOWN", "up": up, "last_detail": detail, "address": address, "port": 443}
+def _check(up: bool, detail: str, address: str, last_ok: bool | None = None) -> dict:
+    return {"state": "UP" if up else "DOWN", "up": up, "last_ok": up if last_ok is None else last_ok,
+            "last_detail": detail, "address": address, "port": 443}
 
 
 @pytest.mark.parametrize("vip_up, own_up, kind, words", [
@@ -110,3 +111,15 @@ def test_a_preview_assigns_nothing():
     book.assign(["a"])
     preview = book.assign(["b"], commit=False)
     assert "b" in preview and book.get("b") is None and book.get("a") is not None
+
+
+def test_the_verdict_follows_the_latest_results_of_both_checks():
+    # the service stopped: the check through the VIP is already DOWN, the one
+    # at the address has failed once (still FALLING, up): both fail now
+    cfg = config()
+    web, b1 = cfg.vips[0], cfg.vips[0].backends[0]
+    checks = {deciding_key(web, b1): _check(False, "connect refused", "198.18.100.1"),
+              second_key(web, b1): _check(True, "connect refused", "198.18.20.11", last_ok=False)}
+    assert verdict(web, b1, checks)["verdict"] == "service_down"
+    # nothing known yet: no verdict either way
+    assert verdict(web, b1, {})["verdict"] == "unchecked"

@@ -33,17 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import arguments, loadavg, save  # noqa: E402
 
 
-def _idle_config(lab):
-    from tests.netns import healthload
-
-    with_health = healthload.config(lab, "bench/health_cost.py")
-
-    def for_socket(socket_path: str) -> str:
-        return "\n".join(line.replace(f", health: {healthload.HEALTH}", "")
-                         for line in with_health(socket_path).splitlines()) + "\n"
-    return for_socket
-
-
 def _window(lbd, window_s: float) -> dict:
     from tests.netns import healthload
 
@@ -61,7 +50,7 @@ def measure(window_s: float, settle_s: float) -> dict:
     from tests.netns.lbdrun import running
 
     with Lab() as lab:
-        with running(lab, _idle_config(lab)) as lbd:
+        with running(lab, healthload.config(lab, "bench/health_cost.py", checked=False)) as lbd:
             time.sleep(settle_s)
             idle = _window(lbd, window_s)
         with running(lab, healthload.config(lab, "bench/health_cost.py")) as lbd:

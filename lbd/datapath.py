@@ -100,6 +100,19 @@ class BackendEntry:
     second_until: int = 0        # unix s until which it may be a second choice (LBD_SECOND_FOREVER: no end)
 
 
+def settings_leaf(leaf_type, ipip_src_v4: ipaddress.IPv4Address | None,
+                  ipip_src_v6: ipaddress.IPv6Address | None):
+    """A struct lbd_settings (bcc's type for it: the balancer's settings, or
+    the health-path program's health_settings) with the ipip outer sources."""
+    leaf = leaf_type()
+    if ipip_src_v4:
+        leaf.ipip_src_v4 = addr_words(ipip_src_v4)[0]
+    if ipip_src_v6:
+        leaf.ipip_src_v6[:] = addr_words(ipip_src_v6)
+    leaf.layout_version = C("LBD_LAYOUT_VERSION")
+    return leaf
+
+
 def backend_leaf(leaf_type, entry: BackendEntry):
     """A struct lbd_backend (bcc's type for it: the balancer's backends map,
     or the health-path program's health_paths) holding `entry`."""
@@ -208,13 +221,7 @@ class Datapath:
 
     def set_settings(self, ipip_src_v4: ipaddress.IPv4Address | None,
                      ipip_src_v6: ipaddress.IPv6Address | None) -> None:
-        leaf = self.settings.Leaf()
-        if ipip_src_v4:
-            leaf.ipip_src_v4 = addr_words(ipip_src_v4)[0]
-        if ipip_src_v6:
-            leaf.ipip_src_v6[:] = addr_words(ipip_src_v6)
-        leaf.layout_version = C("LBD_LAYOUT_VERSION")
-        self.settings[ctypes.c_uint32(0)] = leaf
+        self.settings[ctypes.c_uint32(0)] = settings_leaf(self.settings.Leaf, ipip_src_v4, ipip_src_v6)
 
     # --- backends -------------------------------------------------------------
     def set_backend(self, backend_id: int, entry: BackendEntry) -> None:

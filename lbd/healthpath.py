@@ -37,7 +37,7 @@ import logging
 from collections.abc import Hashable, Iterable, Mapping
 
 from lbd import layout
-from lbd.datapath import addr_words
+from lbd.datapath import settings_leaf
 
 log = logging.getLogger("lbd.healthpath")
 
@@ -210,13 +210,7 @@ class HealthPath:
     # --- maps -------------------------------------------------------------------
     def set_sources(self, v4: ipaddress.IPv4Address | None, v6: ipaddress.IPv6Address | None) -> None:
         """The ipip outer sources (the balancer's settings)."""
-        leaf = self.settings.Leaf()
-        if v4:
-            leaf.ipip_src_v4 = addr_words(v4)[0]
-        if v6:
-            leaf.ipip_src_v6[:] = addr_words(v6)
-        leaf.layout_version = C("LBD_LAYOUT_VERSION")
-        self.settings[ctypes.c_uint32(0)] = leaf
+        self.settings[ctypes.c_uint32(0)] = settings_leaf(self.settings.Leaf, v4, v6)
 
     def set_paths(self, entries: Mapping[int, bytes]) -> None:
         """Make the mark -> backend entry map exactly `entries` (struct

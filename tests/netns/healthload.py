@@ -11,7 +11,7 @@ Shared by tests/netns/test_health_load.py (no false DOWN, nothing counted)
 and bench/health_cost.py (the daemon's CPU per 1,000 checks a second)."""
 from __future__ import annotations
 
-from tests.netns.lbdrun import backends, host_config
+from tests.netns.lbdrun import host_config, vip_entry
 
 INTERVAL = 0.2
 VIPS_PER_KIND = 9
@@ -25,19 +25,18 @@ def checks_per_s() -> float:
     return len(KINDS) * VIPS_PER_KIND * 3 * 2 / INTERVAL
 
 
-def config(lab, written_by: str):
+def config(lab, written_by: str, checked: bool = True):
+    """The config (a function of the control socket's path, as lbdrun.running
+    takes it); checked=False: the same VIPs without health sections."""
     def for_socket(socket_path: str) -> str:
         text = host_config(lab, socket_path, written_by)
-        for kind, (vip, mode, family) in KINDS.items():
+        for kind, (vip, mode, _) in KINDS.items():
             names = ["b1", "b2", "b3"] if mode == "dsr" else ["r1", "r2", "r3"]
-            address = vip if family == 4 else f"'{vip}'"
-            members = backends(lab, names, family)
             # the port-80 VIP the checks are addressed to, itself unchecked
-            text += (f"  - {{name: {kind}-80, address: {address}, port: 80, protocol: tcp, mode: {mode}, "
-                     f"backends: {members}}}\n")
+            text += vip_entry(lab, f"{kind}-80", vip, 80, "tcp", mode, names)
             for i in range(VIPS_PER_KIND):
-                text += (f"  - {{name: {kind}-{8001 + i}, address: {address}, port: {8001 + i}, "
-                         f"protocol: tcp, mode: {mode}, health: {HEALTH}, backends: {members}}}\n")
+                text += vip_entry(lab, f"{kind}-{8001 + i}", vip, 8001 + i, "tcp", mode, names,
+                                  HEALTH if checked else None)
         return text
     return for_socket
 

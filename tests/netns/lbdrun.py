@@ -29,6 +29,17 @@ def backends(lab: Lab, names, family: int = 4, weights=None, drain=()) -> str:
     return "[" + ", ".join(items) + "]"
 
 
+def vip_entry(lab: Lab, name: str, vip: str, port: int, protocol: str, mode: str, names,
+              health: str | None = None) -> str:
+    """One line of `vips:` (flow style) with the named lab backends of the
+    VIP's family, and a health section if given."""
+    family = 6 if ":" in vip else 4
+    address = vip if family == 4 else f"'{vip}'"
+    check = f"health: {health}, " if health else ""
+    return (f"  - {{name: {name}, address: {address}, port: {port}, protocol: {protocol}, mode: {mode}, "
+            f"{check}backends: {backends(lab, names, family)}}}\n")
+
+
 def host_config(lab: Lab, socket_path: str, written_by: str) -> str:
     """Everything of the lab's lbd host config but its VIPs (which follow `vips:`)."""
     return f"""# written by {written_by}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.netns.lbdrun import backends, host_config, running, wait_for
+from tests.netns.lbdrun import host_config, running, vip_entry, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -36,10 +36,8 @@ VIPS = {
 def config(lab):
     def for_socket(socket_path: str) -> str:
         text = host_config(lab, socket_path, "tests/netns/test_health_check_types.py")
-        for name, (vip, port, proto, mode, family, names, health) in VIPS.items():
-            address = vip if family == 4 else f"'{vip}'"
-            text += (f"  - {{name: {name}, address: {address}, port: {port}, protocol: {proto}, mode: {mode}, "
-                     f"health: {health}, backends: {backends(lab, names, family)}}}\n")
+        for name, (vip, port, proto, mode, _, names, health) in VIPS.items():
+            text += vip_entry(lab, name, vip, port, proto, mode, names, health)
         return text
     return for_socket
 

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from tests.netns.lbdrun import backends, host_config, running
+from tests.netns.lbdrun import host_config, running, vip_entry
 
 pytestmark = pytest.mark.netns
 
@@ -35,11 +35,9 @@ VIPS = {"dsr4": ("198.18.100.1", "dsr", 4, "b2"), "dsr6": ("fd00:100::1", "dsr",
 def config(lab):
     def for_socket(socket_path: str) -> str:
         text = host_config(lab, socket_path, "tests/netns/test_health_path.py")
-        for name, (vip, mode, family, _) in VIPS.items():
+        for name, (vip, mode, _, _) in VIPS.items():
             names = ["b1", "b2", "b3"] if mode == "dsr" else ["r1", "r2", "r3"]
-            address = vip if family == 4 else f"'{vip}'"
-            text += (f"  - {{name: {name}, address: {address}, port: 80, protocol: tcp, mode: {mode}, "
-                     f"health: {HEALTH}, backends: {backends(lab, names, family)}}}\n")
+            text += vip_entry(lab, name, vip, 80, "tcp", mode, names, HEALTH)
         return text
     return for_socket
 

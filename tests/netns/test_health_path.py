@@ -15,6 +15,7 @@ CI box)."""
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 
 import pytest
@@ -188,6 +189,24 @@ def test_stopping_lbd_removes_the_checks_routing(lab, lbd):
             assert "0x6c620000" not in lab.run("lbd", ["ip", family, "rule"], check=True).stdout
             assert "00:00:00:00:00:00" not in lab.run("lbd", ["ip", family, "neigh"], check=True).stdout
             assert lab.run("lbd", ["ip", family, "route", "show", "table", "27746"]).stdout.strip() == ""
+        assert "lbd_health_egress" not in lab.run("lbd", ["tc", "filter", "show", "dev", "eth0",
+                                                          "egress"]).stdout
+    finally:
+        lbd.start()
+
+
+def test_teardown_removes_what_a_killed_daemon_left(lab, lbd):
+    lbd.kill9()
+    # kill -9: nothing removed the checks' routing; forwarding goes on
+    assert "0x6c620000/0xffff0000" in lab.run("lbd", ["ip", "rule"], check=True).stdout
+    try:
+        # lbd --teardown on the lbd host, as an operator runs it there
+        lab.run("lbd", [sys.executable, "-m", "lbd.cli", "--teardown", "--config", lbd.config_path],
+                host_mounts=True, check=True)
+        assert "0x6c620000" not in lab.run("lbd", ["ip", "-6", "rule"], check=True).stdout
+        assert "0x6c620000" not in lab.run("lbd", ["ip", "rule"], check=True).stdout
+        assert "00:00:00:00:00:00" not in lab.run("lbd", ["ip", "neigh"], check=True).stdout
+        assert lab.run("lbd", ["ip", "route", "show", "table", "27746"]).stdout.strip() == ""
         assert "lbd_health_egress" not in lab.run("lbd", ["tc", "filter", "show", "dev", "eth0",
                                                           "egress"]).stdout
     finally:

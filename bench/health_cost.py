@@ -20,17 +20,14 @@ rewrites them) and half to the backends' own addresses, as lbd runs them.
 The XDP path is not touched by the checks (they leave by egress, and the
 answers are not VIP packets): bench/xdp_cost.py measures it, unchanged.
 
-Writes bench/results/health_cost.json.
+Run: python -m bench.health_cost [--quick]. Writes bench/results/health_cost.json.
 """
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.machine import arguments, loadavg, save  # noqa: E402
+from bench.machine import arguments, loadavg, save
 
 
 def _window(lbd, window_s: float) -> dict:

@@ -324,6 +324,16 @@ def decap_cost_rows(dc: dict | None) -> list[list[str]]:
              "–", "measured"] for case, v in dc["cases"].items()]
 
 
+def health_cost_rows(hc: dict | None) -> list[list[str]]:
+    """Health checks through the data path: the daemon's CPU per 1,000 checks a second."""
+    if not hc:
+        return [["health_cost", "–", "no results", "–", "missing"]]
+    return [["health_cost", "CPU per 1,000 checks/s (half through the VIP's path)",
+             f"{fmt(hc['cpu_per_1000_checks_per_s'], 3)} CPU s/s ({fmt(hc['us_per_check'], 0)} µs a check, "
+             f"{fmt(hc['checks']['checks_per_s'], 0)} checks/s, {hc['backends_down']} backends down)",
+             "–", "measured"]]
+
+
 def xdp_cost_misses(xc: dict) -> list[str]:
     notes = read_notes("xdp_cost")
     out = []
@@ -515,6 +525,7 @@ def summary_rows(data: dict) -> list[list[str]]:
     xc = data.get("xdp_cost")
     rows += xdp_cost_rows(xc) if xc else [["xdp_cost", "–", "no results", "–", "missing"]]
     rows += decap_cost_rows(data.get("decap_cost"))
+    rows += health_cost_rows(data.get("health_cost"))
     return rows
 
 
@@ -660,7 +671,7 @@ def noise_line(dp: dict) -> str:
 
 def render(results: Path, out: Path) -> str:
     data = {n: load(results, n) for n in ("datapath", "datapath_tcp", "sharedmem", "control",
-                                          "xdp_cost", "decap_cost")}
+                                          "xdp_cost", "decap_cost", "health_cost")}
     made = plots(results, data)
     machine = next((d["machine"] for d in data.values() if d and "machine" in d), {})
     rel = os.path.relpath(results, out.parent)

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parent.parent
 XDP_COST_EXTRA = ["--before", "a7ccca8^"]
 BENCHMARKS = {"xdp_cost": ("xdp_cost", XDP_COST_EXTRA), "datapath": ("datapath", []),
               "datapath_tcp": ("datapath", ["--tcp"]), "control": ("control", []),
-              "sharedmem": ("sharedmem", []), "decap_cost": ("decap_cost", [])}
+              "sharedmem": ("sharedmem", []), "decap_cost": ("decap_cost", []),
+              "health_cost": ("health_cost", [])}
 
 
 def main(argv: list[str] | None = None) -> int:

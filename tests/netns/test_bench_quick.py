@@ -101,3 +101,11 @@ def test_decap_cost_quick(tmp_path):
                                     "gue_forwarded_no_listener", "gue_kept_forwarded"}
     assert all(positive(c["ns"]) for c in result["cases"].values())
     assert positive(result["floor_ns"])
+
+
+def test_health_cost_quick(tmp_path):
+    result = run_quick("health_cost", tmp_path / "health_cost.json", 300)
+    check_machine(result)
+    assert positive(result["checks"]["checks_per_s"]) and positive(result["checks"]["cpu_s_per_s"])
+    assert positive(result["cpu_per_1000_checks_per_s"]) and positive(result["us_per_check"])
+    assert result["backends_down"] == 0

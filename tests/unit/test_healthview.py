@@ -123,3 +123,24 @@ def test_the_verdict_follows_the_latest_results_of_both_checks():
     assert verdict(web, b1, checks)["verdict"] == "service_down"
     # nothing known yet: no verdict either way
     assert verdict(web, b1, {})["verdict"] == "unchecked"
+
+
+def test_lbctl_status_prints_the_reason_under_the_backend():
+    from lbd.lbctl import format_status
+    cfg = config()
+    web, b1 = cfg.vips[0], cfg.vips[0].backends[0]
+    view = verdict(web, b1, {deciding_key(web, b1): _check(False, "timeout after 0.5s", "198.18.100.1"),
+                             second_key(web, b1): _check(True, "status 200", "198.18.20.11")})
+    backend = {"address": "198.18.20.11", "weight": 100, "state": "down", "health": "DOWN", "flows": 0,
+               "idle_flows": 0, "note": "health check failing", "hold_until": None, "checks": view}
+    healthy = dict(backend, address="198.18.20.12", state="active", health="UP", note="",
+                   checks={**view, "verdict": "ok", "reason": ""})
+    vip = {"name": "web", "address": "198.18.100.1", "port": 443, "protocol": "tcp", "mode": "ipip",
+           "affinity": "flow", "fingerprint": "aaaa", "fail_open": False, "second_chance": True,
+           "second_fingerprint": "bbbb", "second_pending": False, "held": [], "backends": [backend, healthy]}
+    lines = format_status({"ready": True, "attached": {}, "reload": {}, "vips": [vip]}, stats=False).splitlines()
+    row = next(i for i, line in enumerate(lines) if "198.18.20.11" in line and "->" in line)
+    assert lines[row + 1].strip().startswith("VIP 198.18.100.1:443 unreachable through ipip (GUE, second chance)")
+    assert "own address 198.18.20.11:443 answers" in lines[row + 1]
+    after = next(i for i, line in enumerate(lines) if "198.18.20.12" in line)
+    assert after == row + 2  # a passing backend gets no reason line

@@ -270,10 +270,14 @@ class Daemon:
                 results = await loop.run_in_executor(None, self.programmer.apply, list(plans.values()))
             finally:
                 self._log_holds()
-            try:
-                await loop.run_in_executor(None, self._sync_health_paths, config)
-            except Exception:  # the checks through the VIP then fail and say so; forwarding is applied
-                log.exception("health_path_sync_failed")
+            # A health change (only_vip) changes a backend's state, which the
+            # checks' program does not read: only applies that can change
+            # addresses, MACs, flags or VIPs copy the entries again.
+            if only_vip is None:
+                try:
+                    await loop.run_in_executor(None, self._sync_health_paths, config)
+                except Exception:  # the checks through the VIP then fail and say so; forwarding is applied
+                    log.exception("health_path_sync_failed")
             self._plans = plans
             self.vip_status = statuses
         self._holds_changed.set()

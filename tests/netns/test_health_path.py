@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -177,6 +178,25 @@ def test_metrics_name_the_failing_check(lab, lbd):
     assert lbd.metric("lbd_health_path_packets_total", result="gue") > 0
     for result in ("unknown_mark", "unparsed", "no_route", "no_neighbour", "too_big", "encap_failed"):
         assert lbd.metric("lbd_health_path_packets_total", result=result) == 0, result
+
+
+def test_a_reload_routes_checks_for_a_new_vip_and_forgets_a_removed_one(lab, lbd):
+    original = Path(lbd.config_path).read_text()
+    added = original + vip_entry(lab, "extra", "198.18.100.3", 80, "tcp", "dsr", ["b1", "b3"],
+                                 HEALTH.replace("}", ", via: address}"))
+    lbd.write_config(added)
+    try:
+        lbd.lbctl("reload")
+        assert "198.18.100.3" in lab.run("lbd", ["ip", "route", "show", "table", "27746"]).stdout
+        wait_until(lambda: all(b["checks"]["verdict"] == "ok" and b["checks"]["vip_check"]["up"]
+                               for b in lbd.vip("extra")["backends"]), (RISE + 1) * INTERVAL,
+                   "the new VIP's checks, both ways, passing")
+        assert {b["checks"]["via"] for b in lbd.vip("extra")["backends"]} == {"address"}
+    finally:
+        lbd.write_config(original)
+        lbd.lbctl("reload")
+    assert "198.18.100.3" not in lab.run("lbd", ["ip", "route", "show", "table", "27746"]).stdout
+    assert "198.18.100.3 " not in lab.run("lbd", ["ip", "neigh"]).stdout
 
 
 def test_stopping_lbd_removes_the_checks_routing(lab, lbd):

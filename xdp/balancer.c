@@ -298,7 +298,7 @@ static __always_inline int lbd_forward_ipip(struct xdp_md *ctx, struct lbd_globa
 	if (nh->generation != be->generation || now >= nh->expires_jiffies) {
 		struct lbd_nexthop fresh;
 
-		route = lbd_route_to_backend(ctx, pkt, be, st, &fresh, overhead, gue_vip);
+		route = lbd_route_to_backend(ctx, ctx->ingress_ifindex, pkt, be, st, &fresh, overhead, gue_vip);
 		if (route == LBD_ROUTE_TOO_BIG)
 			return lbd_too_big(ctx, gs, pkt, fresh.mtu, overhead);
 		if (route == LBD_ROUTE_NO_NEIGH)

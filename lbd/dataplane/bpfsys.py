@@ -265,6 +265,43 @@ def test_run(prog_fd: int, packet: bytes, ingress_ifindex: int = 0, repeat: int 
     return TestRun(opts.retval, data_out.raw[:opts.data_size_out], opts.duration)
 
 
+class _SkBuff(ctypes.Structure):
+    # The start of struct __sk_buff (uapi/linux/bpf.h) as BPF_PROG_TEST_RUN of
+    # a TC program takes it: of these only mark, priority, ingress_ifindex and
+    # ifindex may be non-zero; the kernel zero-fills the rest of the struct.
+    _fields_ = [
+        ("len", ctypes.c_uint32),
+        ("pkt_type", ctypes.c_uint32),
+        ("mark", ctypes.c_uint32),
+        ("queue_mapping", ctypes.c_uint32),
+        ("protocol", ctypes.c_uint32),
+        ("vlan_present", ctypes.c_uint32),
+        ("vlan_tci", ctypes.c_uint32),
+        ("vlan_proto", ctypes.c_uint32),
+        ("priority", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+    ]
+
+
+def test_run_skb(prog_fd: int, packet: bytes, mark: int = 0, ifindex: int = 0) -> TestRun:
+    """Run a TC (SCHED_CLS) program once on `packet` (an Ethernet frame) as
+    an skb carrying `mark`, on interface `ifindex` (0: loopback). `action` is
+    the TC verdict."""
+    data_in = ctypes.create_string_buffer(packet, len(packet))
+    data_out = ctypes.create_string_buffer(len(packet) + 512)  # room for encapsulation
+    skb = _SkBuff(mark=mark, ifindex=ifindex)
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts),
+        data_in=ctypes.addressof(data_in), data_size_in=len(packet),
+        data_out=ctypes.addressof(data_out), data_size_out=len(data_out),
+        ctx_in=ctypes.addressof(skb), ctx_size_in=ctypes.sizeof(skb),
+        repeat=1,
+    )
+    _check(_libbpf.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
+    return TestRun(opts.retval, data_out.raw[:opts.data_size_out], opts.duration)
+
+
 # --- which program is attached where (lbd.bgp announces only while ours is) ----
 _libbpf.bpf_xdp_query_id.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)]
 _libbpf.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p,

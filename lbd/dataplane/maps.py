@@ -100,6 +100,36 @@ class BackendEntry:
     second_until: int = 0        # unix s until which it may be a second choice (LBD_SECOND_FOREVER: no end)
 
 
+def settings_leaf(leaf_type, ipip_src_v4: ipaddress.IPv4Address | None,
+                  ipip_src_v6: ipaddress.IPv6Address | None):
+    """A struct lbd_settings (bcc's type for it: the balancer's settings, or
+    the health-path program's health_settings) with the ipip outer sources."""
+    leaf = leaf_type()
+    if ipip_src_v4:
+        leaf.ipip_src_v4 = addr_words(ipip_src_v4)[0]
+    if ipip_src_v6:
+        leaf.ipip_src_v6[:] = addr_words(ipip_src_v6)
+    leaf.layout_version = C("LBD_LAYOUT_VERSION")
+    return leaf
+
+
+def backend_leaf(leaf_type, entry: BackendEntry):
+    """A struct lbd_backend (bcc's type for it: the balancer's backends map,
+    or the health-path program's health_paths) holding `entry`."""
+    leaf = leaf_type()
+    leaf.addr[:] = addr_words(entry.address)
+    leaf.dst_mac[:] = entry.dst_mac
+    leaf.src_mac[:] = entry.src_mac
+    leaf.ifindex = entry.ifindex
+    leaf.generation = entry.generation
+    leaf.state = entry.state
+    leaf.family = family_of(entry.address)
+    leaf.vip_id = entry.vip_id
+    leaf.vip_flags = entry.vip_flags
+    leaf.second_until = entry.second_until
+    return leaf
+
+
 class Datapath:
     """The balancer program loaded in the kernel, and its maps.
 
@@ -194,28 +224,11 @@ class Datapath:
 
     def set_settings(self, ipip_src_v4: ipaddress.IPv4Address | None,
                      ipip_src_v6: ipaddress.IPv6Address | None) -> None:
-        leaf = self.settings.Leaf()
-        if ipip_src_v4:
-            leaf.ipip_src_v4 = addr_words(ipip_src_v4)[0]
-        if ipip_src_v6:
-            leaf.ipip_src_v6[:] = addr_words(ipip_src_v6)
-        leaf.layout_version = C("LBD_LAYOUT_VERSION")
-        self.settings[ctypes.c_uint32(0)] = leaf
+        self.settings[ctypes.c_uint32(0)] = settings_leaf(self.settings.Leaf, ipip_src_v4, ipip_src_v6)
 
     # --- backends -------------------------------------------------------------
     def set_backend(self, backend_id: int, entry: BackendEntry) -> None:
-        leaf = self.backends.Leaf()
-        leaf.addr[:] = addr_words(entry.address)
-        leaf.dst_mac[:] = entry.dst_mac
-        leaf.src_mac[:] = entry.src_mac
-        leaf.ifindex = entry.ifindex
-        leaf.generation = entry.generation
-        leaf.state = entry.state
-        leaf.family = family_of(entry.address)
-        leaf.vip_id = entry.vip_id
-        leaf.vip_flags = entry.vip_flags
-        leaf.second_until = entry.second_until
-        self.backends[ctypes.c_uint32(backend_id)] = leaf
+        self.backends[ctypes.c_uint32(backend_id)] = backend_leaf(self.backends.Leaf, entry)
 
     def set_second_until(self, backend_id: int, value: int) -> None:
         """Change only a backend's second_until (a hold starts or ends); the

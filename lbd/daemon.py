@@ -13,6 +13,11 @@ Lifecycle
            BGP (with a bgp section), wait, then detach and unpin all.
   BGP:     with a bgp section, lbd.bgp decides which VIPs this host
            announces and holds BIRD's config to it (see lbd/bgp.py).
+
+Length (over 450 lines, on purpose): the lifecycle above is one object's,
+sharing its state and the apply lock; each thing it drives has its own
+module (plan, dataplane.programmer, health, neighbours, bgp, http, metrics,
+status).
 """
 from __future__ import annotations
 

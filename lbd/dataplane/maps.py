@@ -3,6 +3,11 @@
 `Datapath` owns the loaded program and is the only place that reads or writes
 its maps. Struct layouts come from bcc's table types (built from
 xdp/lbd_shared.h); this module only converts Python values into them.
+
+Length (over 450 lines, on purpose): Datapath is the one owner of the
+program's maps, so every map's reads and writes, and the conversion of
+Python values into the structs, stay in one class; the Programmer sees only
+its MapWriter calls.
 """
 from __future__ import annotations
 

@@ -42,6 +42,10 @@ one place, copied whole to undo a failed apply), ids (ids, generations,
 adopt), holds (pure), second (the second-table queue, budget and interim
 tables), tables (pure table math), addrs (address entries and prefilter),
 preview (pure). This module keeps the order of the writes.
+
+Length (over 450 lines, on purpose): the order of the writes (_apply) and
+its undo (_restore) stay together in this one module: it is the order every
+packet relies on, and reading it whole is how a change to it is checked.
 """
 from __future__ import annotations
 

@@ -265,9 +265,10 @@ def views(draw):
     return view
 
 
-def plans_of(view, order=None):
+def plans_of(view, order=None, hold_s=None):
     """The view's plans through lbd.plan, VIPs and backends in `order` (a
-    Random) or as given: a config file's order must not matter."""
+    Random) or as given: a config file's order must not matter. hold_s:
+    second_chance.hold (default HOLD)."""
     plans = []
     vips = list(view)
     if order:
@@ -279,7 +280,7 @@ def plans_of(view, order=None):
         config_vip = Vip(address=vip, port=443, protocol="tcp", mode="ipip", name=vip, second_chance=True,
                          backends=tuple(ConfigBackend(address=a, weight=w, drain=d) for a, (w, d, _) in members))
         up = {a for a, (_, _, u) in members if u}
-        plans.append(vip_plan(config_vip, lambda v, b: str(b.address) in up, {}, HOLD)[0])
+        plans.append(vip_plan(config_vip, lambda v, b: str(b.address) in up, {}, hold_s or HOLD)[0])
     return plans
 
 
@@ -289,6 +290,22 @@ HOLD = 120.0
 def host(maps=None, clock=None):
     clock = clock or Clock()
     return Programmer(maps or FakeMaps(), clock=clock), clock
+
+
+@pytest.mark.parametrize("hold_s", [30.0, 600.0])
+def test_a_backend_that_goes_down_is_held_for_its_plans_hold(hold_s):
+    """The hold is the one the plans carry (the config's second_chance.hold
+    at that apply), for a backend gone down and for one removed."""
+    programmer, clock = host()
+    vip = VIP_ADDRESSES[0]
+    view = {vip: {a: (100, False, True) for a in POOL[:4]}}
+    programmer.apply(plans_of(view, hold_s=hold_s))
+    key = programmer.applied().popitem()[0]
+    down, removed = (programmer.backend_id(key, ipaddress.ip_address(a)) for a in POOL[:2])
+    view[vip][POOL[0]] = (100, False, False)
+    del view[vip][POOL[1]]
+    programmer.apply(plans_of(view, hold_s=hold_s))
+    assert programmer.second_until(down) == programmer.second_until(removed) == clock.now + hold_s
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

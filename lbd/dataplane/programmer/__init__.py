@@ -25,12 +25,13 @@ Ids are read back from the maps when the daemon adopts a running datapath,
 so a restart keeps every flow where it is.
 
 Second chance (docs/second-chance.md; the table's rule is in
-lbd.dataplane.secondchoice): each backend entry says until when it may be named as a
-second choice (second_until): for ever while active or draining; for the
-hold (second_chance.hold, carried by each VipPlan) once it goes down, or once it is removed from a
-kept second-chance VIP, which then keeps its id, address and generation in
-state HELD. `expire()` ends the holds that are over (zeroes second_until,
-frees HELD ids) and rebuilds the second tables they were part of. Holds live
+lbd.dataplane.secondchoice): each backend entry says until when it may be
+named as a second choice (second_until): for ever while active or draining;
+for the hold (second_chance.hold, carried by each VipPlan as hold_s) once it
+goes down, or once it is removed from a kept second-chance VIP, which then
+keeps its id, address and generation in state HELD. `expire()` ends the
+holds that are over (zeroes second_until, frees HELD ids) and rebuilds the
+second tables they were part of. Holds live
 in the pinned backends map, so `adopt()` takes them over too.
 
 All checks and table builds happen before the first write; if a write still

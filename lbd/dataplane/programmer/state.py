@@ -123,21 +123,29 @@ class Books:
 
 def _copy(value):
     """Containers copied down to their records (mutable dataclasses, copied
-    with replace); everything else is immutable here and shared. A dict's
-    values are all of one kind, so a dict of plain values is copied at C
-    speed (100,000 backend ids in a few ms)."""
+    field by field); everything else is immutable here and shared. A dict's
+    values are all of one kind, so its first value says how to copy it: a
+    dict of plain values at C speed (100,000 backend ids in a few ms)."""
     if isinstance(value, dict):
         first = next(iter(value.values()), None)
-        if isinstance(first, (dict, list)) or _is_record(first):
+        if _is_record(first):
+            return {k: _copy_record(v) for k, v in value.items()}
+        if isinstance(first, (dict, list)):
             return {k: _copy(v) for k, v in value.items()}
         return dict(value)
     if isinstance(value, list):
         return [_copy(v) for v in value] if value and _is_record(value[0]) else list(value)
-    if _is_record(value):
-        return dataclasses.replace(value)
-    return value
+    return _copy_record(value) if _is_record(value) else value
 
 
 def _is_record(value) -> bool:
     return (dataclasses.is_dataclass(value) and not isinstance(value, type)
             and not value.__dataclass_params__.frozen)
+
+
+def _copy_record(record):
+    """A shallow copy of a record: what dataclasses.replace makes, without
+    running __init__ again (an apply at 1,000 VIPs copies 1,000 of them)."""
+    new = object.__new__(type(record))
+    new.__dict__.update(record.__dict__)
+    return new

@@ -47,5 +47,7 @@ BENCHMARKS = (
     Benchmark("xdp_cost", "xdp_cost", ("--before", "a7ccca8^")),
     Benchmark("decap_cost", "decap_cost"),
     Benchmark("flowcount", "flowcount"),
+    # `lbctl capture`: off beside the program before it (main), on per packet kept
+    Benchmark("capture_cost", "capture_cost"),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}

@@ -33,6 +33,7 @@
 #include "csum.h"
 #include "encap.h"
 #include "icmp.h"
+#include "capture.h"
 
 /* 1 only in the tests' control runs: SYNs make entries as they did before
  * lbd left no state for unproven flows, to show what a flood then breaks. */
@@ -519,7 +520,7 @@ static __always_inline struct lbd_vip_stats *lbd_count_vip(__u32 vip_id, __u32 f
 	return vs;
 }
 
-int lbd_balancer(struct xdp_md *ctx)
+static __always_inline int lbd_balance(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -650,6 +651,27 @@ int lbd_balancer(struct xdp_md *ctx)
 	}
 	return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash, !stateless && !moved,
 			   second_id);
+}
+
+/* The entry point: the balancer between capture.h's two hooks, which cost a
+ * packet one array read while no `lbctl capture` runs. */
+int lbd_balancer(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct lbd_capture_ctl *capture = capture_ctl.lookup(&zero);
+	struct lbd_capture_scratch *scratch = NULL;
+	int action;
+
+	if (capture && capture->on)
+		scratch = lbd_capture_arrive(ctx, capture, capture_scratch.lookup(&zero),
+					     global_stats.lookup(&zero));
+	action = lbd_balance(ctx);
+	if (scratch &&
+	    lbd_capture_keep(scratch, global_stats.lookup(&zero), action, ctx->data_end - ctx->data) &&
+	    lbd_capture_within_rate(capture))
+		capture_events.perf_submit_skb(ctx, scratch->record.left_caplen, &scratch->record,
+					       sizeof(scratch->record));
+	return action;
 }
 
 /* The daemon's clock for the entries' seen: userspace cannot read jiffies, so

@@ -28,6 +28,9 @@ RELEASED_LAYOUTS = {
         # added before layout 4 was first released
         "lbd_forward_prefix": 20},
 }
+# Structs of maps that are never pinned (a capture belongs to the daemon that
+# runs it, xdp/capture.h): held to their sizes, but no reason for a new layout.
+NEVER_PINNED = {"lbd_capture_ctl": 72, "lbd_capture_record": 328}
 _ASSERT = re.compile(r"_Static_assert\(sizeof\(struct (\w+)\) == (\d+),")
 _STRUCT = re.compile(r"^struct (\w+) \{", re.M)
 
@@ -45,7 +48,10 @@ def test_sizes_change_only_with_a_new_layout_version():
     version = layout.constant("LBD_LAYOUT_VERSION")
     assert version in RELEASED_LAYOUTS, (
         f"LBD_LAYOUT_VERSION {version} has no recorded sizes: add them to RELEASED_LAYOUTS")
-    assert header_sizes() == RELEASED_LAYOUTS[version], (
+    sizes = header_sizes()
+    assert {name: sizes.get(name) for name in NEVER_PINNED} == NEVER_PINNED
+    assert {name: size for name, size in sizes.items() if name not in NEVER_PINNED} == \
+        RELEASED_LAYOUTS[version], (
         "a shared struct changed size: bump LBD_LAYOUT_VERSION (pinned maps of the old layout "
         "must not be adopted) and record the new sizes")
 

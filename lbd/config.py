@@ -9,6 +9,10 @@ pydantic checks each field; the loader then checks what spans fields (address
 families, duplicates, limits) and maps every problem back to its YAML line
 through the composed node tree. `lbd check FILE...` (lbd.cli) runs the same
 code without touching a running daemon.
+
+Length (over 450 lines, on purpose): the whole schema is in one place, so a
+reader sees every key beside its default, its validation and its error
+message, and the checks that span fields read the same models.
 """
 from __future__ import annotations
 

@@ -13,6 +13,11 @@ Lifecycle
            BGP (with a bgp section), wait, then detach and unpin all.
   BGP:     with a bgp section, lbd.bgp decides which VIPs this host
            announces and holds BIRD's config to it (see lbd/bgp.py).
+
+Length (over 450 lines, on purpose): the lifecycle above is one object's,
+sharing its state and the apply lock; each thing it drives has its own
+module (plan, dataplane.programmer, health, neighbours, bgp, http, metrics,
+status).
 """
 from __future__ import annotations
 
@@ -136,8 +141,8 @@ class Daemon:
                                    "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_ADMIN (to reopen "
                                    "pinned maps by id)") from err
             raise
-        self.programmer = Programmer(self.datapath, hold_s=self.config.second_chance_hold_s,
-                                     second_budget_s=SECOND_BUDGET_S)
+        # second_chance.hold rides in each VipPlan (lbd.plan), not here
+        self.programmer = Programmer(self.datapath, second_budget_s=SECOND_BUDGET_S)
         # the tables' first sample (a batched walk: 0.38 s at 1M entries, an
         # empty table's at once), so the first scrape and status have one and
         # the adoption log line its count
@@ -264,7 +269,8 @@ class Daemon:
             # second would write back the first VIP's older plan.)
             vip = next((v for v in config.vips if v.name == only_vip), None)
             if vip is not None and vip.name in self._plans:
-                plan, status = vip_plan(vip, self._health_up, self.resolutions)
+                plan, status = vip_plan(vip, self._health_up, self.resolutions,
+                                        config.second_chance_hold_s)
                 plans = {**self._plans, vip.name: plan}
                 statuses = {**self.vip_status, vip.name: status}
             else:
@@ -293,7 +299,7 @@ class Daemon:
         for event in self.programmer.take_events():
             if event.event == "started":
                 log.info("hold_started vip=%s backend=%s state=%s until=%d hold_s=%g", event.vip,
-                         event.backend, event.state, event.until, self.programmer.hold_s)
+                         event.backend, event.state, event.until, self.config.second_chance_hold_s)
             else:
                 log.info("hold_ended vip=%s backend=%s state=%s released=%s", event.vip, event.backend,
                          event.state, "yes" if event.released else "no")
@@ -421,7 +427,8 @@ class Daemon:
     def plan_is_current(self, vip) -> bool:
         """Whether the VIP's applied plan is what health and neighbours make now."""
         applied = self._plans.get(vip.name)
-        return applied is not None and vip_plan(vip, self._health_up, self.resolutions)[0] == applied
+        return applied is not None and vip_plan(vip, self._health_up, self.resolutions,
+                                                    self.config.second_chance_hold_s)[0] == applied
 
     def _on_health_result(self, key, result) -> None:
         spec = self.health.spec(key)
@@ -553,7 +560,6 @@ class Daemon:
         old_config = self.config
         self.config = new
         loop = asyncio.get_running_loop()
-        self.programmer.hold_s = new.second_chance_hold_s
         try:
             self.datapath.set_settings(new.ipip_source_v4, new.ipip_source_v6)
             self._ipip_forwarding()
@@ -564,7 +570,6 @@ class Daemon:
             results = await self._apply(new)
         except Exception as err:  # ApplyError: the programmer restored the previous plans
             self.config = old_config
-            self.programmer.hold_s = old_config.second_chance_hold_s
             self.datapath.set_settings(old_config.ipip_source_v4, old_config.ipip_source_v6)
             self._health_path_sources(old_config)
             self.health.set_targets(self._health_targets(old_config))

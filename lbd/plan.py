@@ -73,6 +73,10 @@ class VipPlan:
     backends: tuple[BackendPlan, ...] = ()
     name: str = ""
     second_chance: bool = False  # ipip TCP: packets name their slot's second choice
+    # second_chance.hold: how long a backend that goes down or leaves this VIP
+    # stays a second choice. It rides in the plan, so an apply (or a reload's
+    # restore) uses the hold of the config it was made from.
+    hold_s: float = Config.second_chance_hold_s
 
     @property
     def key(self) -> VipKey:
@@ -121,7 +125,8 @@ def backend_plan(vip: Vip, backend: Backend, up: bool, resolved: Resolved | None
                        configured_weight=backend.weight), note
 
 
-def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict) -> tuple[VipPlan, VipStatus]:
+def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict,
+             hold_s: float = Config.second_chance_hold_s) -> tuple[VipPlan, VipStatus]:
     status = VipStatus()
     planned = []
     for backend in vip.backends:
@@ -143,13 +148,13 @@ def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict) -> tuple[VipPlan,
     return VipPlan(vip.address, vip.port, PROTOCOLS[vip.protocol], ipip=vip.mode == "ipip",
                    client_affinity=vip.affinity == "client",
                    backends=tuple(p for _, p, _, _ in planned), name=vip.name,
-                   second_chance=bool(vip.second_chance)), status
+                   second_chance=bool(vip.second_chance), hold_s=hold_s), status
 
 
 def plans_for(config: Config, health_up: HealthUp, resolutions: dict) -> tuple[list[VipPlan], dict[str, VipStatus]]:
     plans, statuses = [], {}
     for vip in config.vips:
-        plan, status = vip_plan(vip, health_up, resolutions)
+        plan, status = vip_plan(vip, health_up, resolutions, config.second_chance_hold_s)
         plans.append(plan)
         statuses[vip.name] = status
     return plans, statuses

@@ -3,6 +3,11 @@
 `Datapath` owns the loaded program and is the only place that reads or writes
 its maps. Struct layouts come from bcc's table types (built from
 xdp/lbd_shared.h); this module only converts Python values into them.
+
+Length (over 450 lines, on purpose): Datapath is the one owner of the
+program's maps, so every map's reads and writes, and the conversion of
+Python values into the structs, stay in one class; the Programmer sees only
+its MapWriter calls.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -130,6 +136,33 @@ def backend_leaf(leaf_type, entry: BackendEntry):
     return leaf
 
 
+@runtime_checkable
+class MapWriter(Protocol):
+    """Exactly the calls lbd.dataplane.programmer makes on the maps: what
+    Datapath offers it, and what a double of the maps must offer
+    (tests/unit/fakes.py, held to this by tests/unit/test_fakes.py)."""
+    limits: Limits
+
+    def vip_ids(self) -> dict[tuple[IPAddress, int, int], int]: ...
+    def backend_entries(self) -> dict: ...
+    def read_prefilter(self) -> list[int]: ...
+    def write_prefilter(self, words: dict[int, int]) -> None: ...
+    def set_vip(self, address: IPAddress, port: int, proto: int, vip_id: int, flags: int) -> None: ...
+    def delete_vip(self, address: IPAddress, port: int, proto: int) -> None: ...
+    def set_addr(self, address: IPAddress, proto: int, flags: int,
+                 frag_vip_id: int = 0, frag_vip_flags: int = 0) -> None: ...
+    def delete_addr(self, address: IPAddress, proto: int) -> None: ...
+    def set_backend(self, backend_id: int, entry: BackendEntry) -> None: ...
+    def set_second_until(self, backend_id: int, value: int) -> None: ...
+    def clear_backend(self, backend_id: int) -> None: ...
+    def write_rings(self, tables: dict) -> None: ...
+    def write_second_rings(self, tables: dict) -> None: ...
+    def clear_ring(self, vip_id: int) -> None: ...
+    def clear_second_ring(self, vip_id: int) -> None: ...
+    def clear_vip_counters(self, vip_id: int) -> None: ...
+    def clear_backend_counters(self, backend_id: int) -> None: ...
+
+
 class Datapath:
     """The balancer program loaded in the kernel, and its maps.
 
@@ -201,6 +234,16 @@ class Datapath:
 
     def delete_vip(self, address: IPAddress, port: int, proto: int) -> None:
         self.vips.pop(self._vip_key(address, port, proto), None)
+
+    def vip_ids(self) -> dict[tuple[IPAddress, int, int], int]:
+        """(address, port, protocol) -> VIP id of every VIP entry (adoption)."""
+        found = {}
+        for key, leaf in self.vips.items():
+            raw = bytes(key.addr)
+            address = ipaddress.ip_address(raw[:4] if key.family == C("LBD_FAMILY_V4") else raw)
+            port = int.from_bytes(int(key.port).to_bytes(2, "little"), "big")
+            found[(address, port, int(key.proto))] = int(leaf.vip_id)
+        return found
 
     def set_addr(self, address: IPAddress, proto: int, flags: int,
                  frag_vip_id: int = 0, frag_vip_flags: int = 0) -> None:

@@ -27,7 +27,7 @@ import time
 import urllib.parse
 
 from lbd.cli import check_arguments, run_check
-from lbd.control_client import call, second_found_text, socket_options, socket_path
+from lbd.control_client import call, quic_moved_text, second_found_text, socket_options, socket_path
 
 WAIT_EVERY_S = 2.0  # wait-drained asks this often (or every 5 walks' time, if a walk takes longer)
 
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         for vip in body["vips"]:
             print(f"{vip['name']}: {vip['action']}, moved {vip['moved_share'] * 100:.2f}% of flows"
-                  f"{second_found_text(vip)}")
+                  f"{second_found_text(vip)}{quic_moved_text(vip)}")
         return 0
     if args.command == "explain" and args.batch:
         with (sys.stdin if args.batch == "-" else open(args.batch, encoding="utf-8")) as f:

@@ -75,6 +75,9 @@ class VipResult:
     # the backend they had (its connections are found); None: no second
     # chance, nothing moved, or the second table still waits to be built
     second_found_share: float | None = None
+    # QUIC VIPs: backends whose QUIC connections move (their server ID changed
+    # or went away): address -> "old -> new" server ID in hex ("-" for none)
+    quic_moved: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 class ApplyError(Exception):
@@ -438,6 +441,7 @@ class Programmer:
             self.dp.clear_vip_counters(vip_id)
         for backend_id in fresh_ids:
             self.dp.clear_backend_counters(backend_id)
+            self.dp.clear_quic_routed(backend_id)
         # 1. backend entries of new and changed VIPs (only the backends that
         # changed; all of a VIP's when its flags changed: each entry holds them)
         for key, applied in staged.items():
@@ -457,6 +461,10 @@ class Programmer:
                     src_mac=b.src_mac, ifindex=b.ifindex, vip_flags=applied.plan.flags,
                     second_until=until))
                 self._until[backend_id] = until
+        # 1b. QUIC VIPs: their CID format and server IDs, which name the
+        # backend entries written just above (xdp/quic.h)
+        for key, applied in staged.items():
+            self._write_quic(applied, self._applied.get(key), rewrite)
         if rewrite:  # the held entries as they were
             for key, held in self._held.items():
                 if key in staged:
@@ -487,6 +495,7 @@ class Programmer:
         for key in [k for k in self._applied if k not in wanted]:
             gone = self._applied.pop(key)
             self.dp.delete_vip(*key)
+            self._clear_quic(gone.vip_id)
             self.dp.clear_ring(gone.vip_id)
             self.dp.clear_second_ring(gone.vip_id)
             for address, backend_id in gone.backend_ids.items():
@@ -516,7 +525,8 @@ class Programmer:
                 or not applied.plan.second_chance else _found(old.table, applied.table, applied.second)
             results.append(VipResult(applied.plan.name, "changed" if old else "added",
                                      0.0 if old is None else moved, applied.fingerprint,
-                                     applied.second_fingerprint, found))
+                                     applied.second_fingerprint, found,
+                                     _quic_moved(old.plan, applied.plan) if old else {}))
             self._applied[key] = applied
         for key in wanted:
             if key not in staged:
@@ -534,6 +544,7 @@ class Programmer:
         while lbd was stopped): gone with its tables, backends and holds."""
         vip_id = self._vip_ids.pop(key)
         self.dp.delete_vip(*key)
+        self._clear_quic(vip_id)
         self.dp.clear_ring(vip_id)
         self.dp.clear_second_ring(vip_id)
         for address, backend_id in self._adopted.pop(key, {}).items():
@@ -541,6 +552,35 @@ class Programmer:
         for address, held in self._held.pop(key, {}).items():
             self._release_backend(key, address, held.backend_id)
         self._free_vip_ids.append(vip_id)
+
+    # --- QUIC by connection ID ----------------------------------------------------
+    def _write_quic(self, applied: AppliedVip, old: AppliedVip | None, rewrite: bool) -> None:
+        """The VIP's CID format and (server ID -> backend id) entries, writing
+        only what differs from what is there: from the old plan, or, on the
+        first apply after an adopt and on a restore, from the map itself."""
+        plan, vip_id = applied.plan, applied.vip_id
+        wanted = {_sid_key(sid): applied.backend_ids[address] for sid, address in plan.server_ids().items()}
+        if old is None or rewrite:
+            there = self.dp.quic_servers_of(vip_id)
+        else:
+            there = {_sid_key(sid): old.backend_ids[address] for sid, address in old.plan.server_ids().items()}
+        if plan.quic:
+            if rewrite or old is None or old.plan.quic != plan.quic:
+                self.dp.set_quic_config(vip_id, plan.quic.config_id, plan.quic.server_id_len,
+                                        plan.quic.cid_len)
+        elif old is None or rewrite or old.plan.quic:
+            self.dp.clear_quic_config(vip_id)
+        for sid in there.keys() - wanted.keys():
+            self.dp.delete_quic_server(vip_id, sid)
+        for sid, backend_id in wanted.items():
+            if there.get(sid) != backend_id:
+                self.dp.set_quic_server(vip_id, sid, backend_id)
+
+    def _clear_quic(self, vip_id: int) -> None:
+        """A removed VIP's CID format and server IDs (its id may be reused)."""
+        self.dp.clear_quic_config(vip_id)
+        for sid in self.dp.quic_servers_of(vip_id):
+            self.dp.delete_quic_server(vip_id, sid)
 
     def _stage_removed(self, key: VipKey, plan: VipPlan, ids: dict[IPAddress, int],
                        old: AppliedVip | None, to_hold: dict, to_release: dict) -> None:
@@ -686,9 +726,11 @@ class Programmer:
                 results.append(VipResult(plan.name, "added", 0.0))
             elif old.plan.table_input() == plan.table_input():
                 results.append(VipResult(plan.name, "unchanged" if old.plan == plan else "changed",
-                                         0.0, old.fingerprint))
+                                         0.0, old.fingerprint, quic_moved=_quic_moved(old.plan, plan)))
             else:
-                results.append(self._preview_change(key, old, plan))
+                result = self._preview_change(key, old, plan)
+                result.quic_moved = _quic_moved(old.plan, plan)
+                results.append(result)
         for key, old in self._applied.items():
             if key not in wanted:
                 results.append(VipResult(old.plan.name, "removed", 1.0))
@@ -747,6 +789,24 @@ def _by_address(plan: VipPlan, ranks: dict[IPAddress, int], ring_size: int) -> n
     entries = [maglev.Backend(b.address.packed, b.weight, ranks[b.address])
                for b in plan.backends if b.in_table]
     return np.frombuffer(maglev.build_table(entries, ring_size), dtype=np.uint32)
+
+
+def _sid_key(server_id: bytes) -> bytes:
+    """A server ID as quic_servers' key holds it: zero-padded to 16 octets."""
+    return server_id.ljust(16, b"\0")
+
+
+def _quic_moved(old: VipPlan, new: VipPlan) -> dict[str, str]:
+    """Kept backends whose QUIC connections move once `new` is applied: the
+    server ID their clients' CIDs carry is no longer theirs (changed, or the
+    VIP's CID format or quic: section changed, which moves every one)."""
+    if old.quic is None:
+        return {}
+    after = {b.address: b.server_id for b in new.backends} if new.quic == old.quic else {}
+    kept = {b.address for b in new.backends}
+    return {str(b.address): f"{b.server_id.hex()} -> {after[b.address].hex() if after.get(b.address) else '-'}"
+            for b in old.backends
+            if b.server_id is not None and b.address in kept and after.get(b.address) != b.server_id}
 
 
 def _prefilter_words(addresses) -> dict[int, int]:

@@ -28,6 +28,7 @@
 #include "csum.h"
 #include "encap.h"
 #include "icmp.h"
+#include "quic.h"
 
 /* 1 only in the tests' control runs: SYNs make entries as they did before
  * lbd left no state for unproven flows, to show what a flood then breaks. */
@@ -471,6 +472,65 @@ static __always_inline struct lbd_vip_stats *lbd_count_vip(__u32 vip_id, __u32 f
 	return vs;
 }
 
+/* Which lbd_quic_slot a UDP packet to QUIC VIP vip_id takes (quic.h). A
+ * routed slot comes with *backend_id and *be: the backend with the CID's
+ * server ID, of this VIP, active or draining; never one that does not own it. */
+static __always_inline int lbd_quic_classify(const struct lbd_packet *pkt, void *data_end,
+					     __u32 vip_id, __u32 *backend_id, struct lbd_backend **be)
+{
+	struct lbd_quic_server_key key = {};
+	struct lbd_quic_config *cfg = quic_configs.lookup(&vip_id);
+	__u32 *id;
+	int slot;
+
+	if (!cfg || cfg->server_id_len == 0 || cfg->server_id_len > LBD_QUIC_MAX_SERVER_ID)
+		return LBD_QUIC_PKT_FB_NOT_QUIC; /* no format written (yet) */
+	slot = lbd_quic_read_server_id(pkt, data_end, cfg, &key);
+	if (!lbd_quic_routed(slot))
+		return slot;
+	key.vip_id = vip_id;
+	id = quic_servers.lookup(&key);
+	if (!id)
+		return LBD_QUIC_PKT_FB_UNKNOWN_SERVER;
+	*backend_id = *id;
+	*be = backends.lookup(backend_id);
+	if (!*be || (*be)->vip_id != vip_id ||
+	    ((*be)->state != LBD_BACKEND_ACTIVE && (*be)->state != LBD_BACKEND_DRAINING))
+		return LBD_QUIC_PKT_FB_UNUSABLE_SERVER;
+	return slot;
+}
+
+/* What the UDP path does with a QUIC VIP's packet (lbd_quic_check): three
+ * values only, so that the verifier's states for the rest of the program do
+ * not multiply by the eleven slots. */
+enum lbd_quic_way {
+	LBD_QUIC_UNCHECKED = -1, /* not a QUIC VIP's UDP packet, or not looked at yet */
+	LBD_QUIC_TODAY = 0,      /* a fallback under today's UDP rule: entry, then table, entry made */
+	LBD_QUIC_NO_ENTRY,       /* a fallback that leaves no state (lbd_quic_stateless) */
+	LBD_QUIC_BY_CID,         /* to *backend_id, *be: the CID's server */
+};
+
+/* lbd_quic_classify, counted (lbd_quic_packets_total; a routed packet also
+ * in its backend's quic_routed), as the way the UDP path takes. */
+static __always_inline int lbd_quic_check(const struct lbd_packet *pkt, void *data_end, __u32 vip_id,
+					  __u32 *backend_id, struct lbd_backend **be)
+{
+	__u32 zero = 0;
+	struct lbd_quic_stats *qs = quic_stats.lookup(&zero);
+	int slot = lbd_quic_classify(pkt, data_end, vip_id, backend_id, be);
+	__u64 *routed;
+
+	if (qs && slot >= 0 && slot < LBD_QUIC_PKT__MAX)
+		qs->packets[slot]++;
+	if (lbd_quic_routed(slot) && *be) {
+		routed = quic_routed.lookup(backend_id);
+		if (routed)
+			(*routed)++;
+		return LBD_QUIC_BY_CID;
+	}
+	return lbd_quic_stateless(slot) ? LBD_QUIC_NO_ENTRY : LBD_QUIC_TODAY;
+}
+
 int lbd_balancer(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -483,7 +543,9 @@ int lbd_balancer(struct xdp_md *ctx)
 	struct lbd_vip_stats *vs;
 	struct lbd_backend *be;
 	__u32 zero = 0, backend_id, vip_id, vip_flags, hash, second_id;
-	int parsed, moved = 0, syn, stateless;
+	struct lbd_backend *quic_be = NULL, *kept = NULL;
+	__u32 quic_id = 0;
+	int parsed, moved = 0, syn, stateless, quic = LBD_QUIC_UNCHECKED;
 
 	gs = global_stats.lookup(&zero);
 	if (!gs)
@@ -524,31 +586,40 @@ int lbd_balancer(struct xdp_md *ctx)
 	if (entry) {
 		backend_id = entry->backend_id;
 		be = backends.lookup(&backend_id);
-		/* a SYN follows only a backend that takes new flows: a retransmitted
-		 * SYN stays with its connection, a new one never joins a drained
-		 * backend through an old connection's entry */
-		if (be && lbd_backend_usable(be, entry->generation) &&
-		    (!syn || be->state == LBD_BACKEND_ACTIVE)) {
-			lbd_flow_seen(entry, &pkt, syn);
-			vip_id = be->vip_id;
-			vip_flags = be->vip_flags;
-			lbd_count_vip(vip_id, pkt.frame_len);
-			gs->ct_hits++;
-			/* only the ipip IPv6 flow label needs the hash of an established flow */
-			hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
-			       lbd_hash_for(&pkt.flow, vip_flags) : 0;
-			/* the second choice the flow was placed with, whatever its slot
-			 * names now: the entry may be all that knows where its socket is */
-			return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash, 0,
-					   entry->second_id);
-		}
-		if (syn) {
-			/* a new connection on an old 4-tuple: its ACK must meet the
-			 * SYN's backend, not the old entry's */
-			conntrack.delete(&pkt.flow);
-			gs->ct_removed_by_syn++;
+		if (be && (be->vip_flags & LBD_VIP_QUIC) && pkt.flow.proto == IPPROTO_UDP) {
+			/* a QUIC VIP's packet goes by its CID whatever its entry says:
+			 * the entry is kept for a fallback under today's rule (below) */
+			if (lbd_backend_usable(be, entry->generation))
+				kept = be;
+			else
+				moved = 1;
 		} else {
-			moved = 1; /* its backend was removed or failed: place it again */
+			/* a SYN follows only a backend that takes new flows: a retransmitted
+			 * SYN stays with its connection, a new one never joins a drained
+			 * backend through an old connection's entry */
+			if (be && lbd_backend_usable(be, entry->generation) &&
+			    (!syn || be->state == LBD_BACKEND_ACTIVE)) {
+				lbd_flow_seen(entry, &pkt, syn);
+				vip_id = be->vip_id;
+				vip_flags = be->vip_flags;
+				lbd_count_vip(vip_id, pkt.frame_len);
+				gs->ct_hits++;
+				/* only the ipip IPv6 flow label needs the hash of an established flow */
+				hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
+				       lbd_hash_for(&pkt.flow, vip_flags) : 0;
+				/* the second choice the flow was placed with, whatever its slot
+				 * names now: the entry may be all that knows where its socket is */
+				return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash, 0,
+						   entry->second_id);
+			}
+			if (syn) {
+				/* a new connection on an old 4-tuple: its ACK must meet the
+				 * SYN's backend, not the old entry's */
+				conntrack.delete(&pkt.flow);
+				gs->ct_removed_by_syn++;
+			} else {
+				moved = 1; /* its backend was removed or failed: place it again */
+			}
 		}
 	}
 
@@ -559,16 +630,40 @@ int lbd_balancer(struct xdp_md *ctx)
 		gs->ct_misses++;
 	vip_id = vip->vip_id;
 	vip_flags = vip->flags;
+	if ((vip_flags & LBD_VIP_QUIC) && pkt.flow.proto == IPPROTO_UDP) {
+		quic = lbd_quic_check(&pkt, data_end, vip_id, &quic_id, &quic_be);
+		/* a CID-routed packet needs no entry; quic.h says which fallbacks
+		 * leave no state either (docs/design.md) */
+		stateless = quic != LBD_QUIC_TODAY;
+	}
 	vs = lbd_count_vip(vip_id, pkt.frame_len);
 
-	hash = lbd_hash_for(&pkt.flow, vip_flags);
-	be = lbd_table_backend(vip_id, hash, &backend_id);
-	if (!be)
-		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
-	second_id = lbd_second_pick(vip_id, vip_flags, hash);
-	if (stateless) {
-		gs->stateless_forwards++;
+	if ((quic == LBD_QUIC_BY_CID && quic_be) || (quic == LBD_QUIC_TODAY && kept && entry)) {
+		if (quic == LBD_QUIC_BY_CID && quic_be) {
+			backend_id = quic_id;
+			be = quic_be;
+			second_id = LBD_NO_BACKEND; /* UDP: no second chance */
+		} else {
+			/* a fallback of an established flow: its entry, as above */
+			lbd_flow_seen(entry, &pkt, 0);
+			gs->ct_hits++;
+			be = kept;
+			second_id = entry->second_id;
+		}
+		stateless = 1;
+		/* only the ipip IPv6 flow label needs a hash here, as for an established flow */
+		hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
+		       lbd_hash_for(&pkt.flow, vip_flags) : 0;
 	} else {
+		hash = lbd_hash_for(&pkt.flow, vip_flags);
+		be = lbd_table_backend(vip_id, hash, &backend_id);
+		if (!be)
+			return lbd_drop(gs, LBD_DROP_NO_BACKEND);
+		second_id = lbd_second_pick(vip_id, vip_flags, hash);
+		if (stateless)
+			gs->stateless_forwards++;
+	}
+	if (!stateless) {
 		placed.backend_id = backend_id;
 		placed.generation = be->generation;
 		placed.second_id = second_id;

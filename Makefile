@@ -13,7 +13,7 @@ host:
 	/usr/bin/python3 -m lbd.hostsetup install
 
 # A venv that sees Debian's bcc; lbd installed editable with its test extras.
-$(STAMP): pyproject.toml lbd/_maglev.c
+$(STAMP): pyproject.toml lbd/dataplane/_maglev.c
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench]'

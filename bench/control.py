@@ -1,7 +1,7 @@
 """Control-plane scale: what the daemon's apply path costs at 10..1,000 VIPs.
 
-Measured on the layer the daemon calls (lbd.programmer.Programmer over a real
-loaded lbd.datapath.Datapath, Maglev tables from lbd.maglev), not through the
+Measured on the layer the daemon calls (lbd.dataplane.programmer.Programmer over a real
+loaded lbd.dataplane.maps.Datapath, Maglev tables from lbd.dataplane.maglev), not through the
 daemon process itself (which was being written when this was):
 
   cold_start_s     compile + load the program (bcc), first apply of a 10x10
@@ -75,9 +75,9 @@ def rss_mb() -> tuple[float, float]:
 def cold_start(runs: int) -> dict:
     """Compile + load + first apply + attach, each run a fresh Datapath."""
     from lbd.testing import fibns
-    from lbd import xdplink
-    from lbd.datapath import Datapath
-    from lbd.programmer import Programmer
+    from lbd.dataplane import xdplink
+    from lbd.dataplane.maps import Datapath
+    from lbd.dataplane.programmer import Programmer
 
     totals, parts = [], []
     with fibns.fib_namespace(f"lbdb-ctl-{os.getpid()}"):
@@ -101,9 +101,9 @@ def cold_start(runs: int) -> dict:
 
 
 def measure(sizes, runs: int, health_runs: int) -> dict:
-    from lbd.datapath import Datapath, Limits
+    from lbd.dataplane.maps import Datapath, Limits
     from lbd.plan import DOWN
-    from lbd.programmer import Programmer
+    from lbd.dataplane.programmer import Programmer
 
     limits = Limits(max_vips=1024, max_backends=131072)
     result: dict = {"limits": dataclasses.asdict(limits), "runs": runs}
@@ -188,8 +188,8 @@ def breakdown(vips: int = 100, backends: int = 10) -> dict:
     import cProfile
     import pstats
 
-    from lbd.datapath import Datapath
-    from lbd.programmer import Programmer
+    from lbd.dataplane.maps import Datapath
+    from lbd.dataplane.programmer import Programmer
 
     dp = Datapath()
     prog = Programmer(dp)
@@ -208,7 +208,7 @@ def breakdown(vips: int = 100, backends: int = 10) -> dict:
     total = sum(v[3] for k, v in stats.items() if k[2] == "apply")
     out = {"config": f"{vips}x{backends}", "total_s": round(total, 4), "per_vip_ms": {}}
     for (_file, _line, func), (_cc, _nc, _tt, cum, _callers) in stats.items():
-        name = func.rsplit(".", 1)[-1].rstrip(">")   # "<built-in method lbd._maglev.build>"
+        name = func.rsplit(".", 1)[-1].rstrip(">")   # "<built-in method lbd.dataplane._maglev.build>"
         if name in steps:
             out["per_vip_ms"][steps[name]] = round(1000 * cum / vips, 3)
     dp.bpf.cleanup()
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         result = measure(SIZES_FULL, runs=3, health_runs=15)
     result["breakdown"] = breakdown(20 if args.quick else 100, 10)
-    result["method"] = ("lbd.programmer.Programmer on a loaded lbd.datapath.Datapath, "
+    result["method"] = ("lbd.dataplane.programmer.Programmer on a loaded lbd.dataplane.maps.Datapath, "
                         "median of runs; the daemon calls this layer")
     save(result, args, result["cold_start"]["xdp_mode"], load_start)
     print(f"cold start {result['cold_start']['s']}s; health->map {result['health_to_map_ms']} ms; "

@@ -60,7 +60,7 @@ from pathlib import Path
 
 from bench.machine import arguments, loadavg, save
 from bench.netline import NamespaceLine, nsx, sh
-from lbd import bpfsys
+from lbd.dataplane import bpfsys
 from lbd.testing.netns import stop_groups
 
 NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"
@@ -219,7 +219,7 @@ def _run_stats(prog_fd: int) -> dict:
 
 class Bench:
     def __init__(self, line: Line, tcp: bool, window: float, warmup: float):
-        from lbd.datapath import load_helper
+        from lbd.dataplane.maps import load_helper
 
         self.line, self.tcp, self.window, self.warmup = line, tcp, window, warmup
         self.count_bpf, count_fn = load_helper("lbd_count")
@@ -308,8 +308,8 @@ class Bench:
 
     def _lbd(self):
         if self.dp is None:
-            from lbd.datapath import Datapath
-            from lbd.programmer import Programmer
+            from lbd.dataplane.maps import Datapath
+            from lbd.dataplane.programmer import Programmer
 
             self.dp = Datapath()
             self.dp.set_settings(ipaddress.ip_address("198.18.2.1"), None)

@@ -4,8 +4,8 @@ of a full connection table, and the packet path's upkeep of an entry's
 
   walk         a 1M-entry TCP table filled through the map (bpf_map_update_batch:
                100 backends, a third of the entries idle, a tenth closed by
-               their client), then lbd.flowtable.sample (both tables, what the
-               daemon does every 10 s) and lbd.flowtable.backend_flows (one
+               their client), then lbd.dataplane.flowtable.sample (both tables, what the
+               daemon does every 10 s) and lbd.dataplane.flowtable.backend_flows (one
                backend's flows, what `lbctl wait-drained` asks for), several runs
                each, median; beside them the walk as it was before (the
                flowtable.py of --before, which counted every entry), same table.
@@ -47,10 +47,10 @@ import numpy as np
 
 from bench.machine import arguments, loadavg, save
 from bench.xdp_cost import xdp_tree
-from lbd import bpfsys, layout
-from lbd.datapath import Datapath, Limits, addr_words, load_helper, port_word
+from lbd.dataplane import bpfsys, layout
+from lbd.dataplane.maps import Datapath, Limits, addr_words, load_helper, port_word
 from lbd.plan import BackendPlan, VipPlan
-from lbd.programmer import Programmer
+from lbd.dataplane.programmer import Programmer
 
 REPO = Path(__file__).resolve().parent.parent
 BEFORE = "0aa4a46"  # the last revision whose entries held only (backend_id, generation)
@@ -132,8 +132,8 @@ def entries(dp: Datapath) -> int:
 
 
 def old_flowtable(rev: str):
-    """lbd/flowtable.py as it was at `rev`, imported beside today's."""
-    text = subprocess.run(["git", "show", f"{rev}:lbd/flowtable.py"], cwd=REPO, check=True,
+    """lbd/dataplane/flowtable.py as it was at `rev`, imported beside today's."""
+    text = subprocess.run(["git", "show", f"{rev}:lbd/dataplane/flowtable.py"], cwd=REPO, check=True,
                           capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp(prefix="lbd-flowtable-")) / "flowtable_before.py"
     path.write_text(text)
@@ -145,7 +145,7 @@ def old_flowtable(rev: str):
 
 
 def measure_walk(runs: int, size: int, before: str) -> dict:
-    from lbd import flowtable
+    from lbd.dataplane import flowtable
     dp = Datapath(Limits(conntrack_size=size))
     ids = program(dp, 100)
     t0 = time.monotonic()

@@ -73,7 +73,7 @@ class NamespaceLine:
     def attach(self, node: str, dev: str, fd: int) -> str:
         """Attach a program (its fd) in native mode, or detach with fd -1;
         returns the mode the kernel reports ("none" once detached)."""
-        from lbd import xdplink
+        from lbd.dataplane import xdplink
 
         if fd < 0:
             xdplink.detach(dev, netns=self.names[node])

@@ -15,8 +15,8 @@ one worker per core, the same clients and request mix in every arm, in one run:
 Topology (own namespaces): cli eth0 -- in0 lb out1 -- eth0 be1, out2 -- eth0 be2.
 Every arm crosses lb: by kernel forwarding (the first two, route to be1) or
 by lbd's XDP program on in0 (the third); replies go back through lb's
-kernel forwarding in every arm. lbd is driven through lbd.datapath /
-lbd.programmer in this process, as the daemon would drive it.
+kernel forwarding in every arm. lbd is driven through lbd.dataplane.maps /
+lbd.dataplane.programmer in this process, as the daemon would drive it.
 
 Clients: a 2-process asyncio (uvloop) HTTP/1.1 client in `cli` with 64
 source addresses, 4 concurrent connections each, a new connection for every
@@ -263,7 +263,7 @@ def run_clients(net: Net, duration: float, warmup: float, procs: int, conns: int
 
 class Arms:
     def __init__(self, net: Net, tmpdir: str):
-        from lbd.datapath import load_helper
+        from lbd.dataplane.maps import load_helper
 
         self.net, self.tmpdir = net, tmpdir
         self.pass_bpf, pass_fn = load_helper("lbd_pass")
@@ -287,9 +287,9 @@ class Arms:
         return procs
 
     def lbd_on(self) -> None:
-        from lbd.datapath import Datapath
+        from lbd.dataplane.maps import Datapath
         from lbd.plan import BackendPlan, VipPlan
-        from lbd.programmer import Programmer
+        from lbd.dataplane.programmer import Programmer
 
         if self.dp is None:
             self.dp = Datapath()

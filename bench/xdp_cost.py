@@ -54,6 +54,7 @@ Writes bench/results/xdp_cost.json:
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import errno
 import ipaddress
@@ -69,10 +70,10 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from bench.machine import arguments, loadavg, machine_info
-from lbd import bpfsys
-from lbd.datapath import BackendEntry, Datapath, Limits, load_helper
+from lbd.dataplane import bpfsys
+from lbd.dataplane.maps import BackendEntry, Datapath, Limits, load_helper
 from lbd.plan import BackendPlan, VipPlan
-from lbd.programmer import Programmer
+from lbd.dataplane.programmer import Programmer
 from lbd.testing import fibns
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,7 +172,7 @@ class Flows:
 class Runner:
     """BPF_PROG_TEST_RUN, one call per packet. `lean`: buffers made once, so
     two cores overlap their program runs more of the time (the both-cores
-    measurement). Otherwise fresh buffers every call, as lbd.bpfsys.test_run
+    measurement). Otherwise fresh buffers every call, as lbd.dataplane.bpfsys.test_run
     does and as this benchmark measured before: the floor reads ~10 ns lower
     in the lean loop (the timer's own path stays warmer), so ratios taken one
     way are not compared with ratios taken the other."""
@@ -258,7 +259,7 @@ def give_second_chance(dp: Datapath, programmer: Programmer, vip: tuple[str, int
     the datapath's own API (whatever the control plane would compute): the flag
     in its VIP and backend entries, every backend a second choice for ever, and
     a second table naming, in each slot, another backend than the first."""
-    from lbd import layout
+    from lbd.dataplane import layout
 
     flag, forever = layout.constant("LBD_VIP_SECOND_CHANCE"), layout.constant("LBD_SECOND_FOREVER")
     key = (ip(vip[0]), vip[1], 6)
@@ -284,7 +285,7 @@ def xdp_tree(rev: str | None, workdir: str) -> Path | None:
     by its code."""
     import subprocess
 
-    from lbd import layout
+    from lbd.dataplane import layout
 
     if rev is None:
         return layout.XDP_DIR
@@ -326,18 +327,26 @@ def patched_tree(source: Path, patch: str, workdir: str) -> Path | None:
     return target if done.returncode == 0 else None
 
 
-def load_from(xdp_dir: Path | None, limits: Limits | None = None) -> Datapath | None:
-    """load() with lbd's program built from the sources in `xdp_dir`."""
-    from lbd import layout
+@contextlib.contextmanager
+def building_from(xdp_dir: Path):
+    """Programs loaded inside are built from the sources in `xdp_dir` (an
+    xdp_tree() or patched_tree()), not the working tree's."""
+    from lbd.dataplane import layout
 
-    if xdp_dir is None:
-        return None
     saved = layout.XDP_DIR
     layout.XDP_DIR = Path(xdp_dir)
     try:
-        return load(limits)
+        yield
     finally:
         layout.XDP_DIR = saved
+
+
+def load_from(xdp_dir: Path | None, limits: Limits | None = None) -> Datapath | None:
+    """load() with lbd's program built from the sources in `xdp_dir`."""
+    if xdp_dir is None:
+        return None
+    with building_from(xdp_dir):
+        return load(limits)
 
 
 def program_source(rev: str | None) -> dict:
@@ -698,7 +707,7 @@ def _measure(calls, runs, quick, flows, ifindex, floor_fd, dp, dp_flood, mapcost
     floor = statistics.median(per_run["floor"])
     result = {"floor_ns": round(floor, 1), "cases": {}, "runs": runs, "calls_per_run": calls,
               "method": "BPF_PROG_TEST_RUN per call (repeat=1), fresh buffers per call as "
-                        "lbd.bpfsys.test_run makes them; every case and the floor interleaved "
+                        "lbd.dataplane.bpfsys.test_run makes them; every case and the floor interleaved "
                         "call by call; median per run, median of runs",
               "quick": quick, "before": BEFORE, "reference": REFERENCE,
               "floor_spread_ns": [round(min(per_run["floor"]), 1), round(max(per_run["floor"]), 1)],

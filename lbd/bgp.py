@@ -34,7 +34,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
-from lbd import bird, bpfsys
+from lbd import bird
+from lbd.dataplane import bpfsys
 from lbd.config import Config, Vip
 from lbd.health import HealthState
 

@@ -26,8 +26,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
 
-from lbd.layout import constant
-from lbd.maglev import is_prime
+from lbd.dataplane.layout import constant
+from lbd.dataplane.maglev import is_prime
+from lbd.yamlbounds import BoundedLoader, YamlTooBig, read_bounded
+from lbd.yamlbounds import safe_load as bounded_safe_load
 
 IPAddress = IPv4Address | IPv6Address
 
@@ -221,8 +223,15 @@ class Limits(_Model):
     conntrack_udp_size: Annotated[int, _int_in(1024, 1 << 30)] = constant("LBD_CT_UDP_SIZE")
 
 
+# The protocol each check type speaks to the backend (lbd.health): both
+# connect over TCP. A check of another protocol than its VIP's cannot go to
+# the VIP's port (a UDP service does not listen on that TCP port), so it
+# must name its port.
+CHECK_PROTOCOLS = {"tcp": "tcp", "http": "tcp"}
+
+
 class HealthCheck(_Model):
-    type: Annotated[str, _one_of("tcp", "http")]
+    type: Annotated[str, _one_of(*CHECK_PROTOCOLS)]
     port: CheckPort | None = None  # the loader fills in the VIP's port
     path: Annotated[str, _rooted("a URL path")] = "/"
     expect_status: Annotated[int, _int_in(100, 599)] = 200
@@ -415,10 +424,16 @@ _NO_VALUE = object()
 Loc = tuple[str | int, ...]
 
 
-def _show(value: Any) -> str:
-    # JSON spells values the way YAML does (true, null, "text"); long ones are cut.
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _show(value: Any, width: int = 60) -> str:
+    # JSON spells values the way YAML does (true, null, "text"); long ones are
+    # cut. The encoder yields its text piece by piece: a value of millions of
+    # items (an alias shared many times) is read only as far as is shown.
+    text = ""
+    for piece in json.JSONEncoder(default=str).iterencode(value):
+        text += piece
+        if len(text) > width:
+            return text[:width - 3] + "..."
+    return text
 
 
 @functools.cache
@@ -670,8 +685,14 @@ class _Checker:
                 for key in sorted({"path", "expect_status"} & given.keys()):
                     self.add(hloc + (key,), "only for type: http", given[key])
             if health.port is None:
+                speaks = CHECK_PROTOCOLS[health.type]
                 if vip.port == 0:
                     self.add(hloc + ("port",), "is required when the VIP's port is 0 (every port)")
+                elif speaks != vip.protocol:
+                    self.add(hloc + ("port",),
+                             f"is required on a {vip.protocol} VIP: a {health.type} check connects over "
+                             f"{speaks.upper()}, and the VIP's port {vip.port} is a {vip.protocol.upper()} "
+                             f"port; name the backend's {speaks.upper()} port to check")
                 else:
                     health = health.model_copy(update={"port": vip.port})
         second_chance = self.check_second_chance(loc, vip)
@@ -738,7 +759,8 @@ def parse_config(text: str, filename: str = "<string>") -> Config:
     """The config in text, or ConfigError listing every problem in it."""
     checker = _Checker(filename)
     try:
-        loader = yaml.SafeLoader(text)  # rejects control characters already
+        # rejects control characters already; bounds size, nesting and aliases (lbd.yamlbounds)
+        loader = BoundedLoader(text)
         try:
             checker.root = loader.get_single_node()
             if checker.root is not None:
@@ -766,6 +788,8 @@ _UNCLOSED = {"while parsing a flow mapping": "'{'", "while parsing a flow sequen
 
 def _yaml_problem(err: yaml.YAMLError, text: str, filename: str) -> Problem:
     """A YAML syntax error as a Problem on the line where the mistake is."""
+    if isinstance(err, YamlTooBig):  # valid YAML, but more than a config may cost
+        return Problem(filename, err.problem_mark.line + 1, _path(err.loc), None, err.problem)
     context, problem = getattr(err, "context", None), getattr(err, "problem", None)
     context_mark, problem_mark = getattr(err, "context_mark", None), getattr(err, "problem_mark", None)
     if context in _UNCLOSED and context_mark is not None:
@@ -785,7 +809,7 @@ def read_raw(path: str | Path) -> Any:
     cannot be read or parsed: for tools that need one setting (the control
     socket, the bpffs path) even from a file the daemon would refuse."""
     try:
-        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        return bounded_safe_load(read_bounded(path))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
 
@@ -800,10 +824,12 @@ def raw_setting(raw: Any, *keys: str) -> Any:
 def load_config(path: str | Path) -> Config:
     """The config in the file at path, or ConfigError listing every problem."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_bounded(path)
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         raise ConfigError([Problem(str(path), None, "", None, f"cannot read: {reason}")]) from None
+    except YamlTooBig as err:
+        raise ConfigError([_yaml_problem(err, "", str(path))]) from None
     return parse_config(text, str(path))
 
 

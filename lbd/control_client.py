@@ -96,4 +96,11 @@ def second_found_text(vip: dict) -> str:
     """The second-chance part of a VIP's line in `lbd check --diff` and
     `lbctl reload` (VipResult.second_found_share): "" without one."""
     found = vip.get("second_found_share")
-    return "" if found is None else f"; for {found * 100:.2f}% of them the second choice is the backend they had"
+    if found is None:
+        return ""
+    text = f"; for {found * 100:.2f}% of them the second choice is the backend they had"
+    if vip.get("joined", 0) > 1:
+        # README "Several backends joining at once": the rest name another of them
+        text += (f"; {vip['joined']} backends join its table at once: add one per reload, and let "
+                 "the connections open at the previous reload end before the next")
+    return text

@@ -30,14 +30,15 @@ from pathlib import Path
 
 from lbd import config as config_mod
 from lbd import bgp as bgp_mod
-from lbd import flowtable, hostsetup, layout, mounts, rates
+from lbd import hostsetup, rates
+from lbd.dataplane import flowtable, layout, mounts
 from lbd.config import Config, ConfigError
-from lbd.datapath import Datapath, Limits
+from lbd.dataplane.maps import Datapath, Limits
 from lbd.health import CheckSpec, HealthChecker, HealthState, format_key
 from lbd.metrics import Metrics
 from lbd.neighbours import NeighbourResolver
 from lbd.plan import ACTIVE, DOWN, VipStatus, plans_for, vip_plan
-from lbd.programmer import ApplyError, Programmer, VipResult
+from lbd.dataplane.programmer import ApplyError, Programmer, VipResult
 
 log = logging.getLogger("lbd")
 NEIGHBOUR_REFRESH_S = 30.0
@@ -250,7 +251,7 @@ class Daemon:
         return results
 
     def _log_holds(self) -> None:
-        """Second-chance holds that started or ended (lbd.programmer)."""
+        """Second-chance holds that started or ended (lbd.dataplane.programmer)."""
         for event in self.programmer.take_events():
             if event.event == "started":
                 log.info("hold_started vip=%s backend=%s state=%s until=%d hold_s=%g", event.vip,
@@ -437,9 +438,11 @@ class Daemon:
             found = await asyncio.to_thread(flowtable.backend_flows, self.datapath, vip.protocol,
                                             backend_id, idle_after_s)
         from lbd.status import STATE_NAMES
-        return {"vip": vip.name, "backend": str(address), "state": STATE_NAMES.get(plan.state, "?"),
+        return {"vip": vip.name, "protocol": vip.protocol, "backend": str(address),
+                "state": STATE_NAMES.get(plan.state, "?"),
                 "live": found.live, "idle": found.idle, "idle_after_s": idle_after_s,
-                "closed_after_s": min(idle_after_s, flowtable.CLOSED_AFTER_S),
+                # UDP has no close: its flows end only by going quiet
+                "closed_after_s": None if vip.protocol == "udp" else min(idle_after_s, flowtable.CLOSED_AFTER_S),
                 "walk_seconds": round(found.walk_seconds, 3)}
 
     def find_vip(self, spec: str):

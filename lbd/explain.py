@@ -12,7 +12,10 @@ differ, explain still says what the program will do.
 
 A flow's next packet is answered twice, since the program treats them
 differently: as a SYN (a new connection on that 4-tuple, or a retransmitted
-one) and as any other packet (for UDP, only the latter). `decide` also
+one) and as any other packet (for UDP, only the latter). Whether the entry's
+connection is finished (its client sent FIN or RST, or it has been silent
+longer than LBD_FLOW_FINISHED_IDLE_S) is read from the entry and the kernel's
+clock at the moment of asking: a SYN a minute later may find it otherwise. `decide` also
 answers for an RST, which the model test uses.
 
 Both choices (second-chance VIPs, docs/second-chance.md): each
@@ -22,6 +25,30 @@ table places, the same slot of the VIP's table in `second_rings`. It is
 named only where the program names it: an ipip TCP packet of a VIP with the
 flag, a second id that is not the first and whose backend is a second choice
 of the same VIP (second_until not 0). Otherwise the packet is plain IP-in-IP.
+
+Why explain reads the maps and mirrors the program's steps rather than ask
+the program itself (a BPF_PROG_TEST_RUN of a crafted packet against the live
+pinned maps, as Katran's simulator runs its balancer): the program writes as
+it decides, and a test run writes the live maps. A test SYN deletes the
+entry of a flow whose backend takes no new flows (a draining backend's live
+connection would then be placed anew by the table); a test of any other
+packet makes or replaces an entry for a flow that may not exist, taking LRU
+room from real ones; every run counts in the per-CPU counters /metrics
+reports as traffic, stamps the entry's last-seen time that idle-flow reports
+read, and may refresh the next-hop cache. Saving and restoring all that
+around the run races the packets other CPUs forward meanwhile, and a build
+with the writes compiled out would be a second program, not the real one
+(and a second compile per daemon, seconds with bcc). The run itself would be
+cheap (well under a microsecond: bench/xdp_cost.py). Instead the mirror is
+held to the program by tests/bpf/test_explain_kernel.py, which runs the real
+program on the same packets and maps (second-chance VIPs included) and fails
+on any difference in backend, named second choice or entry effect.
+
+Two refinements, as the program makes them: a flow that moves off its entry's
+backend while that backend is held (down or removed, its hold running, the
+same generation) names that backend instead of its slot's second; and an
+entry made while its VIP's second table was pending (provisional) names its
+slot's second once the VIP is no longer pending.
 """
 from __future__ import annotations
 
@@ -30,19 +57,22 @@ import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lbd import flowhash, layout
-from lbd.datapath import addr_words, family_of, port_word, prefilter_bit
+from lbd.dataplane import flowhash, layout
+from lbd.dataplane.maps import addr_words, family_of, port_word, prefilter_bit
 from lbd.config import PROTOCOLS
 from lbd.plan import ACTIVE, DRAINING, STATE_NAMES
 
 if TYPE_CHECKING:
     from lbd.daemon import Daemon
-    from lbd.datapath import Datapath
+    from lbd.dataplane.maps import Datapath
 
 C = layout.constant
 TCP, UDP = PROTOCOLS["tcp"], PROTOCOLS["udp"]
 NO_BACKEND = C("LBD_NO_BACKEND")
 SECOND_CHANCE = C("LBD_VIP_SECOND_CHANCE")
+CLIENT_CLOSED = C("LBD_FLOW_CLIENT_CLOSED")
+SECOND_PENDING = C("LBD_VIP_SECOND_PENDING")
+PROVISIONAL = C("LBD_FLOW_SECOND_PROVISIONAL")
 
 # The kinds of packet explain answers for.
 SYN = "syn"        # TCP, SYN set and ACK clear
@@ -95,6 +125,8 @@ class FlowView:
     entry_second_id: int = 0
     table_second: MapBackend | None = None  # backends[second_rings[vip_id][slot]], second-chance VIPs
     table_second_id: int = 0
+    entry_finished: bool = False            # its client closed it, or it has been silent too long
+    entry_flags: int = 0                    # the entry's lbd_flow_flags
 
     @property
     def entry_usable(self) -> bool:
@@ -106,6 +138,12 @@ class FlowView:
     @property
     def entry_takes_new_flows(self) -> bool:
         return self.entry_usable and self.entry_backend.state == ACTIVE
+
+    @property
+    def syn_follows_entry(self) -> bool:
+        """A SYN follows a live connection's entry to a backend that takes new
+        flows (README, "A SYN on a finished connection's 4-tuple")."""
+        return self.entry_takes_new_flows and not self.entry_finished
 
 
 @dataclass(frozen=True)
@@ -160,7 +198,8 @@ def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
     """Read what the program reads for `flow`, from the maps."""
     maybe_vip = _maybe_vip(datapath, flow.dst)
     entry_backend = vip_id = hashed = slot = table_backend = entry_second = table_second = None
-    vip_flags = entry_second_id = table_second_id = 0
+    vip_flags = entry_second_id = table_second_id = entry_flags = 0
+    entry_finished = False
     # the program reads no entry without the prefilter bit; explain does, to
     # say that the packet leaves it as it is
     raw = datapath.flow_entry(flow.src, flow.dst, flow.sport, flow.dport, flow.proto)
@@ -169,7 +208,10 @@ def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
         entry = (int(raw.backend_id), int(raw.generation))
         entry_backend = _map_backend(datapath, entry[0])
         entry_second_id = int(raw.second_id)
+        entry_flags = int(raw.flags)
         entry_second = _map_backend(datapath, entry_second_id) if entry_second_id else None
+        idle = (datapath.jiffies() - int(raw.seen)) & 0xFFFFFFFF  # seen: jiffies' low 32 bits
+        entry_finished = bool(raw.flags & CLIENT_CLOSED) or idle > datapath.finished_idle_jiffies
     if maybe_vip:
         vip = _vip_entry(datapath, flow)
         if vip is not None:
@@ -183,7 +225,8 @@ def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
                 table_second_id = datapath.second_ring_slot(vip_id, slot)
                 table_second = _map_backend(datapath, table_second_id) if table_second_id else None
     return FlowView(flow, maybe_vip, entry, entry_backend, vip_id, vip_flags, hashed, slot,
-                    table_backend, entry_second, entry_second_id, table_second, table_second_id)
+                    table_backend, entry_second, entry_second_id, table_second, table_second_id,
+                    entry_finished, entry_flags)
 
 
 def named_second(flow: Flow, first: MapBackend, vip_flags: int, second_id: int,
@@ -207,14 +250,16 @@ def decide(view: FlowView, kind: str) -> Decision:
     entry, be = view.entry, view.entry_backend
     if not view.maybe_vip:
         return Decision(kind, "pass", 0, None, "not a VIP address", NONE_MADE if entry is None else LEFT)
-    # 1. the flow's entry, if the packet may follow it: a SYN only to a
-    # backend that takes new flows, anything else while it is active or draining
-    if view.entry_usable and (kind != SYN or view.entry_takes_new_flows):
-        second = named_second(view.flow, be, be.vip_flags, view.entry_second_id, view.entry_second)
+    # 1. the flow's entry, if the packet may follow it: a SYN only a live
+    # connection's, to a backend that takes new flows; anything else while
+    # its backend is active or draining
+    if view.entry_usable and (kind != SYN or view.syn_follows_entry):
+        second = named_second(view.flow, be, be.vip_flags, *_entry_second(view))
         return Decision(kind, "forward", be.backend_id, str(be.address), "entry kept", KEPT,
                         *_second_fields(second))
     # 2. otherwise the VIP's table. A SYN removes the entry it did not follow
-    # (a new connection on an old 4-tuple: its ACK must meet the SYN's
+    # (a new connection on an old 4-tuple, its backend closed to new flows or
+    # its connection finished: its ACK must meet the SYN's
     # backend); any other packet overwrites it once placed; an RST makes none.
     # (the SYN's removal comes before the VIP lookup: it holds even when the
     # packet then passes or is dropped)
@@ -233,9 +278,37 @@ def decide(view: FlowView, kind: str) -> Decision:
         why, effect = "entry removed", REMOVED
     else:
         why, effect = "moved", REPLACED if kind == PACKET else LEFT
-    second = named_second(view.flow, table, view.vip_flags, view.table_second_id, view.table_second)
+    moved_off = _held_entry_backend(view) if entry is not None and kind != SYN else None
+    second = (named_second(view.flow, table, view.vip_flags, moved_off.backend_id, moved_off) if moved_off
+              else named_second(view.flow, table, view.vip_flags, view.table_second_id, view.table_second))
     return Decision(kind, "forward", table.backend_id, str(table.address), why, effect,
                     *_second_fields(second))
+
+
+def _entry_second(view: FlowView) -> tuple[int, MapBackend | None]:
+    """The second an established flow's packet takes from its entry
+    (xdp/balancer.c lbd_entry_second): the stored one, unless the entry is
+    provisional and its VIP's second table is in place by now, when it is the
+    slot's (which the packet then stores)."""
+    stored = (view.entry_second_id, view.entry_second)
+    if not view.entry_flags & PROVISIONAL or view.vip_id != view.entry_backend.vip_id:
+        return stored
+    if view.vip_flags & SECOND_PENDING:
+        return stored
+    return view.table_second_id, view.table_second
+
+
+def _held_entry_backend(view: FlowView) -> MapBackend | None:
+    """The entry's backend if a flow moving off it names it as its second
+    choice: the same backend as when the flow was placed (generation), still a
+    second choice (down or removed, its hold running), of the VIP that places
+    the flow now, which has second chance."""
+    be = view.entry_backend
+    if be is None or be.generation != view.entry[1] or be.second_until == 0:
+        return None
+    if be.vip_id != view.vip_id or not view.vip_flags & SECOND_CHANCE:
+        return None
+    return be
 
 
 def _second_fields(second: MapBackend | None) -> tuple[int, str | None]:
@@ -318,6 +391,7 @@ def explain_flow(applied: dict, datapath: "Datapath", flow: Flow,
         result["connection_table"] = {
             **describe(view.entry_backend, backend_id), "entry_generation": generation,
             "usable": view.entry_usable, "takes_new_flows": view.entry_takes_new_flows,
+            "finished": view.entry_finished,
             "second": (describe(view.entry_second, view.entry_second_id) if view.entry_second_id
                        else None)}
         if result["vip"] is None and view.entry_usable:
@@ -339,6 +413,8 @@ def explain_flow(applied: dict, datapath: "Datapath", flow: Flow,
         lead = "new flow"
     elif view.entry_usable:
         lead = f"known flow on {view.entry_backend.address} ({STATE_NAMES[view.entry_backend.state]})"
+        if view.entry_finished:
+            lead += ", its connection finished"
     else:
         gone = view.entry_backend
         why = ("its backend id was reused" if gone and gone.state != C("LBD_BACKEND_EMPTY")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from lbd import flowtable
+from lbd.dataplane import flowtable
 from lbd.config import ConfigError
 from lbd.status import status_view
 from lbd.teardown import teardown as teardown_pins

@@ -198,8 +198,8 @@ def _wait_drained(socket, vip, backend, timeout_s, idle_s, every_s, out, sleep, 
             return 2
         where = f"{body['backend']} of {body['vip']} ({body['state']})"
         if body["live"] == 0:
-            print(f"{where}: drained, no live flow ({body['idle']} idle entries: no packet for "
-                  f"{idle_s:g} s, or {body['closed_after_s']:g} s after the client's FIN or RST)", file=out)
+            print(f"{where}: drained, no live flow ({body['idle']} idle entries: {_idle_means(body, idle_s)})",
+                  file=out)
             return 0
         now = clock()
         if now >= deadline:
@@ -210,6 +210,14 @@ def _wait_drained(socket, vip, backend, timeout_s, idle_s, every_s, out, sleep, 
             print(f"{where}: {body['live']} live flows, waiting", file=out, flush=True)
             last = body["live"]
         sleep(min(max(every_s, 5 * body.get("walk_seconds", 0)), deadline - now))
+
+
+def _idle_means(body: dict, idle_s: float) -> str:
+    """What made the backend's entries idle, in its VIP's protocol's words."""
+    if body.get("protocol") == "udp":
+        # no close in UDP: a flow ends only by going quiet
+        return f"no packet for {idle_s:g} s; a UDP flow has no close, only silence"
+    return f"no packet for {idle_s:g} s, or {body['closed_after_s']:g} s after the client's FIN or RST"
 
 
 def _format_bgp(bgp: dict | None) -> list[str]:

@@ -122,8 +122,8 @@ class DatapathCollector:
                 ("lbd_stateless_forwards", "stateless_forwards",
                  "TCP SYNs and RSTs placed by the Maglev table without making an entry"),
                 ("lbd_conntrack_removed_by_syn", "ct_removed_by_syn",
-                 "Entries a SYN removed: their backend takes no new flows (a new connection on an "
-                 "old 4-tuple)"),
+                 "Entries a SYN removed: their backend takes no new flows, or their connection "
+                 "finished (a new connection on an old 4-tuple)"),
                 ("lbd_second_choice_carried", "second_choice_carried",
                  "Packets sent in GUE naming a second choice (second-chance VIPs)")):
             family = CounterMetricFamily(name, text)
@@ -144,7 +144,7 @@ class DatapathCollector:
 
 
 def _our_program_id(dp) -> int:
-    from lbd import bpfsys
+    from lbd.dataplane import bpfsys
     try:
         return bpfsys.program_id(dp.prog_fd)
     except (OSError, AttributeError):
@@ -157,7 +157,7 @@ def _attached_program(ifname: str) -> int:
     shows as 0 (the lbd_xdp_attached alert in configs/lbd-alerts.yaml)."""
     import socket
 
-    from lbd import bpfsys
+    from lbd.dataplane import bpfsys
     try:
         return bpfsys.xdp_program_id(socket.if_nametoindex(ifname))
     except OSError:
@@ -165,7 +165,7 @@ def _attached_program(ifname: str) -> int:
 
 
 def _table_usage_metrics(usage):
-    """The connection tables' fill, from the daemon's last sample (lbd.flowtable)."""
+    """The connection tables' fill, from the daemon's last sample (lbd.dataplane.flowtable)."""
     entries = GaugeMetricFamily("lbd_conntrack_entries", "Connection-table entries in use at the last sample",
                                 labels=["table"])
     capacity = GaugeMetricFamily("lbd_conntrack_capacity", "Connection-table size (limits.*)",

@@ -21,19 +21,19 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable
 
-from lbd import layout
+from lbd.dataplane import layout
 from lbd.config import PROTOCOLS, Backend, Config, Vip
 from lbd.neighbours import Resolved
 
 C = layout.constant
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# --- what a plan says: the programmer's input (lbd.programmer writes it) ------
+# --- what a plan says: the programmer's input (lbd.dataplane.programmer writes it) ------
 # The states are the header's (enum lbd_backend_state).
 ACTIVE = C("LBD_BACKEND_ACTIVE")
 DRAINING = C("LBD_BACKEND_DRAINING")
 DOWN = C("LBD_BACKEND_DOWN")
-HELD = C("LBD_BACKEND_HELD")  # removed from the config, a second choice until its hold ends (lbd.programmer)
+HELD = C("LBD_BACKEND_HELD")  # removed from the config, a second choice until its hold ends (lbd.dataplane.programmer)
 STATE_NAMES = layout.enum_names("LBD_BACKEND_")  # active, draining, down, empty, held
 
 VipKey = tuple[IPAddress, int, int]  # address, port, protocol number
@@ -57,7 +57,7 @@ class BackendPlan:
 
     @property
     def candidate_weight(self) -> int:
-        """Its weight among a second table's candidates (lbd.secondchoice):
+        """Its weight among a second table's candidates (lbd.dataplane.secondchoice):
         the configured one, so a drained backend keeps the share it had, and
         at least 1 (a backend configured with weight 0 may still hold flows)."""
         return max(1, self.weight if self.configured_weight is None else self.configured_weight)

@@ -3,7 +3,7 @@ packets and bytes per second, per VIP and per backend, over the last few
 seconds.
 
 The daemon snapshots the program's counters every RATE_EVERY_S (one batched
-read of each per-CPU counter array: lbd.datapath.counter_arrays) into a
+read of each per-CPU counter array: lbd.dataplane.maps.counter_arrays) into a
 small ring; a rate is the difference between the newest snapshot and the
 oldest one at most RATE_WINDOW_S before it, over the time between them.
 Nothing here depends on Prometheus.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from lbd import layout
+from lbd.dataplane import layout
 from lbd.plan import VipStatus
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def held_backends(daemon: "Daemon", entry) -> list[dict]:
 
 def flows_of(daemon: "Daemon", backend_id: int, idle: bool = False) -> int | None:
     """The backend's live flows (or, with idle, its idle entries) at the last
-    sample (None before one); lbd.flowtable says which are which."""
+    sample (None before one); lbd.dataplane.flowtable says which are which."""
     if not daemon.table_usage:
         return None
     return sum((u.idle_by_backend if idle else u.by_backend).get(backend_id, 0)

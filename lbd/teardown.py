@@ -11,7 +11,7 @@ import socket
 from types import SimpleNamespace
 
 from lbd import bgp as bgp_mod
-from lbd import bpfsys, xdplink
+from lbd.dataplane import bpfsys, xdplink
 from lbd.config import Bgp
 
 

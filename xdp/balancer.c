@@ -8,7 +8,8 @@
  * flow); on a miss the VIP (its port, else the address's port-0 VIP) and its
  * Maglev table; then the packet goes to the backend by L2 DSR or IP-in-IP
  * (for a second-chance VIP in GUE, naming the second choice its entry or the
- * same slot of second_rings holds).
+ * same slot of second_rings holds, or, for a flow moved off a held backend,
+ * that backend).
  * Packets without a usable 5-tuple (fragments, malformed, ICMP errors) look
  * up the address itself (addrs), which says what such packets may do. */
 #include <uapi/linux/bpf.h>
@@ -144,37 +145,52 @@ static __always_inline struct lbd_flow_entry *lbd_flow_lookup(struct lbd_flow_ke
 	return conntrack_udp.lookup(flow);
 }
 
-/* The daemon tells a live flow from an idle one (lbd/flowtable.py) by two
- * things its entry keeps: when its latest packet came (seen, in jiffies:
+/* Two things an entry keeps tell a live flow from an idle one (the daemon,
+ * lbd/dataplane/flowtable.py) and a finished connection from a live one (a SYN,
+ * lbd_flow_finished): when its latest packet came (seen, in jiffies:
  * bpf_jiffies64() is one load, inlined by the verifier, where a ns clock is a
  * helper call) and whether its client has ended it with a FIN or an RST (the
  * only direction lbd sees). Both are written only when they change, so a busy
- * flow dirties its entry at most once per jiffy, not once per packet. A SYN
- * that follows the entry (a new connection on the 4-tuple once the old one's
- * TIME_WAIT is over) clears the mark; UDP has no flags and is never marked. */
+ * flow dirties its entry at most once per jiffy, not once per packet. The
+ * mark stays until the entry goes: a SYN never follows a marked entry (it
+ * removes it), and UDP has no flags and is never marked. */
 static __always_inline void lbd_flow_seen(struct lbd_flow_entry *entry,
-					  const struct lbd_packet *pkt, int syn)
+					  const struct lbd_packet *pkt)
 {
 	__u32 now = bpf_jiffies64();
 
 	if (entry->seen != now)
 		entry->seen = now;
-	if (pkt->tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST)) {
-		if (!(entry->flags & LBD_FLOW_CLIENT_CLOSED))
-			entry->flags |= LBD_FLOW_CLIENT_CLOSED;
-	} else if (syn && (entry->flags & LBD_FLOW_CLIENT_CLOSED)) {
-		entry->flags &= ~LBD_FLOW_CLIENT_CLOSED;
-	}
+	if ((pkt->tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST)) && !(entry->flags & LBD_FLOW_CLIENT_CLOSED))
+		entry->flags |= LBD_FLOW_CLIENT_CLOSED;
+}
+
+/* The idle time after which a SYN finds its entry's connection finished, in
+ * jiffies of the highest HZ the kernel may run at: never shorter than stated. */
+#define LBD_FLOW_FINISHED_IDLE_JIFFIES ((__u32)LBD_FLOW_FINISHED_IDLE_S * LBD_KERNEL_HZ_MAX)
+
+/* Asked for SYNs only (README "A SYN on a finished connection's 4-tuple"):
+ * the entry's connection is over, so a SYN on its 4-tuple opens a new one,
+ * which the table places. Over once its client sent FIN or RST, or once the
+ * entry saw nothing for longer than a live handshake's SYNs can be apart
+ * (each SYN that follows the entry stamps it, so a handshake whose first SYN
+ * followed the entry is never split). The age wraps as seen does (49 days
+ * at HZ=1000): an entry idle for a multiple of that looks fresh again. */
+static __always_inline int lbd_flow_finished(const struct lbd_flow_entry *entry)
+{
+	__u32 idle = (__u32)bpf_jiffies64() - entry->seen;
+
+	return (entry->flags & LBD_FLOW_CLIENT_CLOSED) || idle > LBD_FLOW_FINISHED_IDLE_JIFFIES;
 }
 
 static __always_inline void lbd_flow_insert(struct lbd_global_stats *gs,
 					    struct lbd_flow_key *flow,
 					    struct lbd_flow_entry *entry,
-					    const struct lbd_packet *pkt)
+					    const struct lbd_packet *pkt, __u32 flags)
 {
 	/* as lbd_flow_seen would leave it (an RST never makes an entry; a FIN may) */
 	entry->seen = bpf_jiffies64();
-	entry->flags = pkt->tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST) ? LBD_FLOW_CLIENT_CLOSED : 0;
+	entry->flags = flags | (pkt->tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST) ? LBD_FLOW_CLIENT_CLOSED : 0);
 	if (flow->proto == IPPROTO_TCP) {
 		long err = conntrack.update(flow, entry);
 
@@ -389,6 +405,34 @@ static __always_inline int lbd_is_vip_address(const struct lbd_flow_key *flow)
 	return addrs.lookup(&key) != NULL;
 }
 
+/* The second choice an established flow names: its entry's. An entry made
+ * while its VIP's second table was pending (LBD_FLOW_SECOND_PROVISIONAL) holds
+ * the second of the table before, which may name nothing or the wrong
+ * backend: once the VIP's second table is in place, the flow's next packet
+ * reads its slot's second, stores it and clears the mark (one VIP lookup,
+ * once per such flow). While the table is still pending, the stored one. */
+static __always_inline __u32 lbd_entry_second(struct lbd_flow_entry *entry,
+					       const struct lbd_flow_key *flow, __u32 vip_id)
+{
+	struct lbd_vip_info *vip;
+	__u32 second;
+
+	if (!(entry->flags & LBD_FLOW_SECOND_PROVISIONAL))
+		return entry->second_id;
+	vip = lbd_vip_lookup(flow, LBD_ADDR_ANY_VIP);
+	if (vip && vip->vip_id == vip_id) {
+		if (vip->flags & LBD_VIP_SECOND_PENDING)
+			return entry->second_id;
+		second = lbd_second_pick(vip_id, vip->flags, lbd_hash_for(flow, vip->flags));
+		entry->second_id = second;
+	} else {
+		/* the VIP that placed it is gone or shadowed: nothing to read */
+		second = entry->second_id;
+	}
+	entry->flags &= ~LBD_FLOW_SECOND_PROVISIONAL;
+	return second;
+}
+
 /* An ICMP too-big error about a VIP flow goes to the backend of that flow,
  * found the way the flow's own non-SYN packets find it (its entry while its
  * backend is usable, else the table), without making an entry. */
@@ -543,8 +587,8 @@ int lbd_balancer(struct xdp_md *ctx)
 	struct lbd_vip_stats *vs;
 	struct lbd_backend *be;
 	__u32 zero = 0, backend_id, vip_id, vip_flags, hash, second_id;
-	struct lbd_backend *quic_be = NULL, *kept = NULL;
-	__u32 quic_id = 0;
+	__u32 held_id = LBD_NO_BACKEND, held_vip = 0, entry_flags = 0, quic_id = 0;
+	struct lbd_backend *quic_be = NULL;
 	int parsed, moved = 0, syn, stateless, quic = LBD_QUIC_UNCHECKED;
 
 	gs = global_stats.lookup(&zero);
@@ -586,39 +630,38 @@ int lbd_balancer(struct xdp_md *ctx)
 	if (entry) {
 		backend_id = entry->backend_id;
 		be = backends.lookup(&backend_id);
-		if (be && (be->vip_flags & LBD_VIP_QUIC) && pkt.flow.proto == IPPROTO_UDP) {
-			/* a QUIC VIP's packet goes by its CID whatever its entry says:
-			 * the entry is kept for a fallback under today's rule (below) */
-			if (lbd_backend_usable(be, entry->generation))
-				kept = be;
-			else
-				moved = 1;
+		/* a SYN follows only a live connection's entry to a backend that
+		 * takes new flows: a retransmitted SYN stays with its handshake, a
+		 * new connection on the 4-tuple of a finished one is placed by the
+		 * table and never joins a drained backend through an old entry */
+		if (be && lbd_backend_usable(be, entry->generation) &&
+		    (!syn || (be->state == LBD_BACKEND_ACTIVE && !lbd_flow_finished(entry)))) {
+			lbd_flow_seen(entry, &pkt);
+			vip_id = be->vip_id;
+			vip_flags = be->vip_flags;
+			lbd_count_vip(vip_id, pkt.frame_len);
+			gs->ct_hits++;
+			/* only the ipip IPv6 flow label needs the hash of an established flow */
+			hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
+			       lbd_hash_for(&pkt.flow, vip_flags) : 0;
+			/* the second choice the flow was placed with, whatever its slot
+			 * names now: the entry may be all that knows where its socket is */
+			return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash, 0,
+					   lbd_entry_second(entry, &pkt.flow, vip_id));
+		}
+		if (syn) {
+			/* a new connection on an old 4-tuple (its backend takes no new
+			 * flows, or its connection finished): its ACK must meet the
+			 * SYN's backend, not the old entry's */
+			conntrack.delete(&pkt.flow);
+			gs->ct_removed_by_syn++;
 		} else {
-			/* a SYN follows only a backend that takes new flows: a retransmitted
-			 * SYN stays with its connection, a new one never joins a drained
-			 * backend through an old connection's entry */
-			if (be && lbd_backend_usable(be, entry->generation) &&
-			    (!syn || be->state == LBD_BACKEND_ACTIVE)) {
-				lbd_flow_seen(entry, &pkt, syn);
-				vip_id = be->vip_id;
-				vip_flags = be->vip_flags;
-				lbd_count_vip(vip_id, pkt.frame_len);
-				gs->ct_hits++;
-				/* only the ipip IPv6 flow label needs the hash of an established flow */
-				hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
-				       lbd_hash_for(&pkt.flow, vip_flags) : 0;
-				/* the second choice the flow was placed with, whatever its slot
-				 * names now: the entry may be all that knows where its socket is */
-				return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash, 0,
-						   entry->second_id);
-			}
-			if (syn) {
-				/* a new connection on an old 4-tuple: its ACK must meet the
-				 * SYN's backend, not the old entry's */
-				conntrack.delete(&pkt.flow);
-				gs->ct_removed_by_syn++;
-			} else {
-				moved = 1; /* its backend was removed or failed: place it again */
+			moved = 1; /* its backend was removed or failed: place it again */
+			/* the same backend as when the flow was placed, and still a
+			 * second choice (down or removed, its hold running) */
+			if (be && be->generation == entry->generation && be->second_until != 0) {
+				held_id = backend_id;
+				held_vip = be->vip_id;
 			}
 		}
 	}
@@ -630,6 +673,8 @@ int lbd_balancer(struct xdp_md *ctx)
 		gs->ct_misses++;
 	vip_id = vip->vip_id;
 	vip_flags = vip->flags;
+	/* QUIC by CID, for flows without a usable entry (those went above:
+	 * docs/design.md says why the entry comes first) */
 	if ((vip_flags & LBD_VIP_QUIC) && pkt.flow.proto == IPPROTO_UDP) {
 		quic = lbd_quic_check(&pkt, data_end, vip_id, &quic_id, &quic_be);
 		/* a CID-routed packet needs no entry; quic.h says which fallbacks
@@ -638,19 +683,10 @@ int lbd_balancer(struct xdp_md *ctx)
 	}
 	vs = lbd_count_vip(vip_id, pkt.frame_len);
 
-	if ((quic == LBD_QUIC_BY_CID && quic_be) || (quic == LBD_QUIC_TODAY && kept && entry)) {
-		if (quic == LBD_QUIC_BY_CID && quic_be) {
-			backend_id = quic_id;
-			be = quic_be;
-			second_id = LBD_NO_BACKEND; /* UDP: no second chance */
-		} else {
-			/* a fallback of an established flow: its entry, as above */
-			lbd_flow_seen(entry, &pkt, 0);
-			gs->ct_hits++;
-			be = kept;
-			second_id = entry->second_id;
-		}
-		stateless = 1;
+	if (quic == LBD_QUIC_BY_CID && quic_be) {
+		backend_id = quic_id;
+		be = quic_be;
+		second_id = LBD_NO_BACKEND; /* UDP: no second chance */
 		/* only the ipip IPv6 flow label needs a hash here, as for an established flow */
 		hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
 		       lbd_hash_for(&pkt.flow, vip_flags) : 0;
@@ -659,7 +695,18 @@ int lbd_balancer(struct xdp_md *ctx)
 		be = lbd_table_backend(vip_id, hash, &backend_id);
 		if (!be)
 			return lbd_drop(gs, LBD_DROP_NO_BACKEND);
-		second_id = lbd_second_pick(vip_id, vip_flags, hash);
+		/* A flow moved off a held backend names that backend, whatever its slot
+		 * names: the entry is the best knowledge of where its connection lives
+		 * (a slot taken by a backend added since the flow was placed names the
+		 * slot's owner before that, not the flow's). Otherwise the slot's second;
+		 * read from a second table that is not yet the first's, it is provisional. */
+		if (held_id != LBD_NO_BACKEND && held_vip == vip_id && (vip_flags & LBD_VIP_SECOND_CHANCE)) {
+			second_id = held_id;
+		} else {
+			second_id = lbd_second_pick(vip_id, vip_flags, hash);
+			if (vip_flags & LBD_VIP_SECOND_PENDING)
+				entry_flags = LBD_FLOW_SECOND_PROVISIONAL;
+		}
 		if (stateless)
 			gs->stateless_forwards++;
 	}
@@ -667,7 +714,7 @@ int lbd_balancer(struct xdp_md *ctx)
 		placed.backend_id = backend_id;
 		placed.generation = be->generation;
 		placed.second_id = second_id;
-		lbd_flow_insert(gs, &pkt.flow, &placed, &pkt);
+		lbd_flow_insert(gs, &pkt.flow, &placed, &pkt, entry_flags);
 		if (vs) {
 			if (moved)
 				vs->rescheduled++;
@@ -680,7 +727,7 @@ int lbd_balancer(struct xdp_md *ctx)
 }
 
 /* The daemon's clock for the entries' seen: userspace cannot read jiffies, so
- * lbd/datapath.py runs this (BPF_PROG_TEST_RUN, never attached) on a blank
+ * lbd/dataplane/maps.py runs this (BPF_PROG_TEST_RUN, never attached) on a blank
  * frame and reads bpf_jiffies64() from its first 8 bytes: the clock the
  * packet path stamps entries with, whatever the kernel's HZ. */
 int lbd_clock(struct xdp_md *ctx)

@@ -47,7 +47,7 @@ BPF_PERCPU_ARRAY(decap_stats, __u64, LBD_DECAP__MAX);
 /* where a packet may be sent on (struct lbd_forward_prefix; value unused):
  * empty until lbd-backend writes it, and an empty trie forwards nothing */
 BPF_LPM_TRIE(forward_to, struct lbd_forward_prefix, __u8, LBD_FORWARD_PREFIXES);
-/* one entry: the build id (lbd.backend_prep.decap_source_hash()), written and bound
+/* one entry: the build id (lbd.backend.cli.decap_source_hash()), written and bound
  * to the program (BPF_PROG_BIND_MAP) after load: the code never reads it */
 BPF_ARRAY(decap_build, __u64, 1);
 
@@ -171,85 +171,88 @@ static __always_inline int lbd_send(struct xdp_md *ctx, __u32 l2_len, int rc,
 	return XDP_DROP;
 }
 
-/* GUE in IPv4: outer IPv4 (no options) | UDP | lbd_gue_hdr | lbd_gue_second_v4 | IPv4 */
-static __always_inline int lbd_gue_v4(struct xdp_md *ctx, __u32 l2_len)
+/* One family's reading of a GUE packet of lbd's, for the policy
+ * (lbd_gue): the family's differences live in the helpers below, which take
+ * is_ipv6 as a constant, so each family's copy of the policy compiles to
+ * straight code over its own headers (as Katran's decap process_packet). */
+struct lbd_gue_packet {
+	void *outer;        /* outer IPv4 (no options) or IPv6 header */
+	struct udphdr *udp;
+	void *second;       /* the private data: struct lbd_gue_second_v4 or _v6 */
+	void *inner;        /* the client's IP header */
+	__u32 outer_len;    /* the outer IP packet's bytes, as its header says */
+};
+
+/* Whether the frame at l2_len is GUE of lbd's, and consistent:
+ * XDP_PASS (not ours), XDP_DROP (ours, malformed) or 0, g filled in.
+ *   IPv4: outer IPv4 (no options) | UDP | lbd_gue_hdr | lbd_gue_second_v4 | IPv4
+ *   IPv6: outer IPv6 (UDP right after it) | UDP | lbd_gue_hdr | lbd_gue_second_v6 | IPv6 */
+static __always_inline int lbd_gue_parse(struct xdp_md *ctx, __u32 l2_len,
+					 struct lbd_gue_packet *g, const int is_ipv6)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct iphdr *outer = data + l2_len;
-	struct udphdr *udp = (void *)(outer + 1);
-	struct lbd_gue_hdr *gue = (void *)(udp + 1);
-	struct lbd_gue_second_v4 *second = (void *)(gue + 1);
-	struct iphdr *inner = (void *)(second + 1);
-	struct bpf_sock_tuple tuple = {};
-	struct bpf_fib_lookup fib = {};
-	struct tcphdr *tcp;
-	__u32 outer_len, inner_hlen, slot;
-	__be32 self;
 
-	/* Not lbd's unless it is GUE version 0 data with our magic. Outer
-	 * options and later fragments (no UDP header in them) cannot be told
-	 * from anyone's, and lbd's balancer sends neither: they pass. */
-	if ((void *)(udp + 1) > data_end || outer->ihl != 5 ||
-	    (outer->frag_off & bpf_htons(0x1fff)) || udp->dest != bpf_htons(LBD_GUE_PORT))
-		return XDP_PASS;
-	if ((void *)&second->hops > data_end ||
-	    (gue->ver_c_hlen & LBD_GUE_VERSION_MASK) || second->magic != bpf_htons(LBD_GUE_MAGIC))
-		return XDP_PASS;
-	/* Ours from here on: what does not add up is dropped and counted. A
-	 * first fragment too (its rest would wait for reassembly, after which
-	 * the kernel has nothing that takes GUE: a port-unreachable to lbd). */
-	outer_len = bpf_ntohs(outer->tot_len);
-	if ((void *)(inner + 1) > data_end || (outer->frag_off & bpf_htons(0x2000)) ||
-	    gue->ver_c_hlen != sizeof(*second) / 4 || gue->proto != IPPROTO_IPIP || gue->flags ||
-	    (void *)outer + outer_len > data_end ||
-	    bpf_ntohs(udp->len) != outer_len - sizeof(*outer) ||
-	    inner->version != 4 || inner->ihl < 5 ||
-	    bpf_ntohs(inner->tot_len) != outer_len - LBD_GUE_OVERHEAD_V4)
-		return lbd_malformed();
+	if (!is_ipv6) {
+		struct iphdr *outer = data + l2_len;
+		struct udphdr *udp = (void *)(outer + 1);
+		struct lbd_gue_hdr *gue = (void *)(udp + 1);
+		struct lbd_gue_second_v4 *second = (void *)(gue + 1);
+		struct iphdr *inner = (void *)(second + 1);
 
-	if (second->hops)
-		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V4, LBD_DECAP_KEPT_FORWARDED);
-	/* a non-first fragment has no ports; and the kernel reassembles fragments */
-	if (inner->protocol != IPPROTO_TCP || (inner->frag_off & bpf_htons(0x3fff)) ||
-	    second->addr == 0 || second->addr == outer->daddr)
-		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V4, LBD_DECAP_KEPT_OTHER);
-	inner_hlen = (inner->ihl & 0xf) * 4;
-	tcp = (void *)inner + inner_hlen;
-	if ((void *)(tcp + 1) > data_end || bpf_ntohs(inner->tot_len) < inner_hlen + sizeof(*tcp))
-		return lbd_malformed();
+		/* Not lbd's unless it is GUE version 0 data with our magic. Outer
+		 * options and later fragments (no UDP header in them) cannot be told
+		 * from anyone's, and lbd's balancer sends neither: they pass. */
+		if ((void *)(udp + 1) > data_end || outer->ihl != 5 ||
+		    (outer->frag_off & bpf_htons(0x1fff)) || udp->dest != bpf_htons(LBD_GUE_PORT))
+			return XDP_PASS;
+		if ((void *)&second->hops > data_end || (gue->ver_c_hlen & LBD_GUE_VERSION_MASK) ||
+		    second->magic != bpf_htons(LBD_GUE_MAGIC))
+			return XDP_PASS;
+		/* Ours from here on: what does not add up is dropped and counted. A
+		 * first fragment too (its rest would wait for reassembly, after which
+		 * the kernel has nothing that takes GUE: a port-unreachable to lbd). */
+		g->outer_len = bpf_ntohs(outer->tot_len);
+		if ((void *)(inner + 1) > data_end || (outer->frag_off & bpf_htons(0x2000)) ||
+		    gue->ver_c_hlen != sizeof(*second) / 4 || gue->proto != IPPROTO_IPIP || gue->flags ||
+		    (void *)outer + g->outer_len > data_end ||
+		    bpf_ntohs(udp->len) != g->outer_len - sizeof(*outer) ||
+		    inner->version != 4 || inner->ihl < 5 ||
+		    bpf_ntohs(inner->tot_len) != g->outer_len - LBD_GUE_OVERHEAD_V4)
+			return XDP_DROP;
+		g->outer = outer, g->udp = udp, g->second = second, g->inner = inner;
+		return 0;
+	} else {
+		struct ipv6hdr *outer = data + l2_len;
+		struct udphdr *udp = (void *)(outer + 1);
+		struct lbd_gue_hdr *gue = (void *)(udp + 1);
+		struct lbd_gue_second_v6 *second = (void *)(gue + 1);
+		struct ipv6hdr *inner = (void *)(second + 1);
+		__u32 payload;
 
-	tuple.ipv4.saddr = inner->saddr;
-	tuple.ipv4.daddr = inner->daddr;
-	tuple.ipv4.sport = tcp->source;
-	tuple.ipv4.dport = tcp->dest;
-	slot = lbd_decide(ctx, &tuple, sizeof(tuple.ipv4), inner, sizeof(*inner), tcp);
-	if (slot != LBD_DECAP_FORWARDED)
-		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V4, slot);
-	if (!lbd_may_forward_to((__u32[4]){0, 0, bpf_htonl(0xffff), second->addr})) /* ::ffff:second */
-		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V4, LBD_DECAP_FORWARD_REFUSED);
+		if ((void *)&second->hops > data_end || udp->dest != bpf_htons(LBD_GUE_PORT) ||
+		    (gue->ver_c_hlen & LBD_GUE_VERSION_MASK) || second->magic != bpf_htons(LBD_GUE_MAGIC))
+			return XDP_PASS;
+		payload = bpf_ntohs(outer->payload_len);
+		if ((void *)(inner + 1) > data_end ||
+		    gue->ver_c_hlen != sizeof(*second) / 4 || gue->proto != IPPROTO_IPV6 || gue->flags ||
+		    (void *)(outer + 1) + payload > data_end || bpf_ntohs(udp->len) != payload ||
+		    inner->version != 6 ||
+		    bpf_ntohs(inner->payload_len) + sizeof(*inner) + LBD_GUE_OVERHEAD_V6 !=
+			    payload + sizeof(*outer))
+			return XDP_DROP;
+		g->outer_len = payload + sizeof(*outer);
+		g->outer = outer, g->udp = udp, g->second = second, g->inner = inner;
+		return 0;
+	}
+}
 
-	/* Forward once: from this host (the address it was sent to) to the
-	 * second choice; the UDP source port (the flow's entropy) stays. */
-	self = outer->daddr;
-	outer->daddr = second->addr;
-	outer->saddr = self;
-	outer->ttl = LBD_FORWARD_TTL;
-	outer->check = 0;
-	outer->check = lbd_ipv4_csum(outer);
-	udp->check = 0; /* none in IPv4 (RFC 768); lbd never sends one */
-	second->hops = 1;
-
-	fib.family = AF_INET;
-	fib.tos = outer->tos;
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.sport = udp->source;
-	fib.dport = udp->dest;
-	fib.tot_len = outer_len;
-	fib.ipv4_src = outer->saddr;
-	fib.ipv4_dst = outer->daddr;
-	fib.ifindex = ctx->ingress_ifindex;
-	return lbd_send(ctx, l2_len, bpf_fib_lookup(ctx, &fib, sizeof(fib), 0), &fib);
+/* The private data's hop count: 0 until a backend forwarded the packet once. */
+static __always_inline __u8 *lbd_gue_hops(struct lbd_gue_packet *g, const int is_ipv6)
+{
+	if (!is_ipv6)
+		return &((struct lbd_gue_second_v4 *)g->second)->hops;
+	return &((struct lbd_gue_second_v6 *)g->second)->hops;
 }
 
 static __always_inline int lbd_same_v6(const struct in6_addr *a, const __u32 b[4])
@@ -258,137 +261,209 @@ static __always_inline int lbd_same_v6(const struct in6_addr *a, const __u32 b[4
 	       a->s6_addr32[2] == b[2] && a->s6_addr32[3] == b[3];
 }
 
-/* GUE in IPv6: outer IPv6 (UDP right after it) | UDP | lbd_gue_hdr | lbd_gue_second_v6 | IPv6 */
-static __always_inline int lbd_gue_v6(struct xdp_md *ctx, __u32 l2_len)
+/* Whether the packet may be another host's: TCP whose ports are in this
+ * packet, naming a second choice that is not this host. IPv4: a fragment
+ * has no ports to look a socket up by (a non-first one) or is the kernel's
+ * to reassemble; IPv6: TCP right after the fixed header, as the balancer
+ * sends it (a chain of extension headers is the kernel's to read). */
+static __always_inline int lbd_gue_names_another(struct lbd_gue_packet *g, const int is_ipv6)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ipv6hdr *outer = data + l2_len;
-	struct udphdr *udp = (void *)(outer + 1);
-	struct lbd_gue_hdr *gue = (void *)(udp + 1);
-	struct lbd_gue_second_v6 *second = (void *)(gue + 1);
-	struct ipv6hdr *inner = (void *)(second + 1);
-	struct bpf_sock_tuple tuple = {};
-	struct bpf_fib_lookup fib = {};
-	struct in6_addr self;
-	struct tcphdr *tcp;
-	__u32 payload, slot;
+	if (!is_ipv6) {
+		struct iphdr *outer = g->outer, *inner = g->inner;
+		struct lbd_gue_second_v4 *second = g->second;
 
-	if ((void *)&second->hops > data_end || udp->dest != bpf_htons(LBD_GUE_PORT) ||
-	    (gue->ver_c_hlen & LBD_GUE_VERSION_MASK) || second->magic != bpf_htons(LBD_GUE_MAGIC))
-		return XDP_PASS;
-	payload = bpf_ntohs(outer->payload_len);
-	if ((void *)(inner + 1) > data_end ||
-	    gue->ver_c_hlen != sizeof(*second) / 4 || gue->proto != IPPROTO_IPV6 || gue->flags ||
-	    (void *)(outer + 1) + payload > data_end || bpf_ntohs(udp->len) != payload ||
-	    inner->version != 6 ||
-	    bpf_ntohs(inner->payload_len) + sizeof(*inner) + LBD_GUE_OVERHEAD_V6 !=
-		    payload + sizeof(*outer))
-		return lbd_malformed();
+		return inner->protocol == IPPROTO_TCP && !(inner->frag_off & bpf_htons(0x3fff)) &&
+		       second->addr != 0 && second->addr != outer->daddr;
+	} else {
+		struct ipv6hdr *outer = g->outer, *inner = g->inner;
+		struct lbd_gue_second_v6 *second = g->second;
 
-	if (second->hops)
-		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V6, LBD_DECAP_KEPT_FORWARDED);
-	/* TCP right after the fixed header, as the balancer sends it; a chain
-	 * of extension headers is the kernel's to read */
-	if (inner->nexthdr != IPPROTO_TCP ||
-	    !(second->addr[0] | second->addr[1] | second->addr[2] | second->addr[3]) ||
-	    lbd_same_v6(&outer->daddr, second->addr))
-		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V6, LBD_DECAP_KEPT_OTHER);
-	tcp = (void *)(inner + 1);
-	if ((void *)(tcp + 1) > data_end || bpf_ntohs(inner->payload_len) < sizeof(*tcp))
-		return lbd_malformed();
-
-	__builtin_memcpy(tuple.ipv6.saddr, &inner->saddr, 16);
-	__builtin_memcpy(tuple.ipv6.daddr, &inner->daddr, 16);
-	tuple.ipv6.sport = tcp->source;
-	tuple.ipv6.dport = tcp->dest;
-	slot = lbd_decide(ctx, &tuple, sizeof(tuple.ipv6), inner, sizeof(*inner), tcp);
-	if (slot != LBD_DECAP_FORWARDED)
-		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V6, slot);
-	if (!lbd_may_forward_to(second->addr))
-		return lbd_keep(ctx, l2_len, LBD_GUE_OVERHEAD_V6, LBD_DECAP_FORWARD_REFUSED);
-
-	/* Forward once, as for IPv4; the flow label (the flow's entropy) stays.
-	 * UDP checksum 0 (RFC 6935/6936: allowed for tunnels, and lbd's decap
-	 * reads none). */
-	__builtin_memcpy(&self, &outer->daddr, sizeof(self));
-	__builtin_memcpy(&outer->daddr, second->addr, sizeof(self));
-	__builtin_memcpy(&outer->saddr, &self, sizeof(self));
-	outer->hop_limit = LBD_FORWARD_TTL;
-	udp->check = 0;
-	second->hops = 1;
-
-	fib.family = AF_INET6;
-	fib.flowinfo = *(__be32 *)outer & bpf_htonl(0x0fffffff);
-	fib.l4_protocol = IPPROTO_UDP;
-	fib.sport = udp->source;
-	fib.dport = udp->dest;
-	fib.tot_len = payload + sizeof(*outer);
-	__builtin_memcpy(fib.ipv6_src, &outer->saddr, 16);
-	__builtin_memcpy(fib.ipv6_dst, &outer->daddr, 16);
-	fib.ifindex = ctx->ingress_ifindex;
-	return lbd_send(ctx, l2_len, bpf_fib_lookup(ctx, &fib, sizeof(fib), 0), &fib);
+		return inner->nexthdr == IPPROTO_TCP &&
+		       (second->addr[0] | second->addr[1] | second->addr[2] | second->addr[3]) &&
+		       !lbd_same_v6(&outer->daddr, second->addr);
+	}
 }
 
-int lbd_decap(struct xdp_md *ctx)
+/* The inner TCP header and the socket tuple of its flow; NULL if the TCP
+ * header does not fit in the inner packet. *iph_len: the inner IP header's
+ * fixed part (what the SYN cookie check reads addresses from). */
+static __always_inline struct tcphdr *lbd_gue_flow(struct lbd_gue_packet *g, void *data_end,
+						  struct bpf_sock_tuple *tuple, __u32 *tuple_len,
+						  __u32 *iph_len, const int is_ipv6)
+{
+	struct tcphdr *tcp;
+
+	if (!is_ipv6) {
+		struct iphdr *inner = g->inner;
+		__u32 inner_hlen = (inner->ihl & 0xf) * 4;
+
+		tcp = g->inner + inner_hlen;
+		if ((void *)(tcp + 1) > data_end ||
+		    bpf_ntohs(inner->tot_len) < inner_hlen + sizeof(*tcp))
+			return NULL;
+		tuple->ipv4.saddr = inner->saddr;
+		tuple->ipv4.daddr = inner->daddr;
+		tuple->ipv4.sport = tcp->source;
+		tuple->ipv4.dport = tcp->dest;
+		*tuple_len = sizeof(tuple->ipv4);
+		*iph_len = sizeof(*inner);
+	} else {
+		struct ipv6hdr *inner = g->inner;
+
+		tcp = (void *)(inner + 1);
+		if ((void *)(tcp + 1) > data_end || bpf_ntohs(inner->payload_len) < sizeof(*tcp))
+			return NULL;
+		__builtin_memcpy(tuple->ipv6.saddr, &inner->saddr, 16);
+		__builtin_memcpy(tuple->ipv6.daddr, &inner->daddr, 16);
+		tuple->ipv6.sport = tcp->source;
+		tuple->ipv6.dport = tcp->dest;
+		*tuple_len = sizeof(tuple->ipv6);
+		*iph_len = sizeof(*inner);
+	}
+	return tcp;
+}
+
+/* Whether forward_to holds the second choice (IPv4 as ::ffff:a.b.c.d). */
+static __always_inline int lbd_gue_may_forward(struct lbd_gue_packet *g, const int is_ipv6)
+{
+	if (!is_ipv6)
+		return lbd_may_forward_to(
+			(__u32[4]){0, 0, bpf_htonl(0xffff), ((struct lbd_gue_second_v4 *)g->second)->addr});
+	return lbd_may_forward_to(((struct lbd_gue_second_v6 *)g->second)->addr);
+}
+
+/* Rewrite the packet to go once more, from this host (the address it was
+ * sent to) to the second choice, and ask the FIB the way there. The UDP
+ * source port (IPv4) and the flow label (IPv6), the flow's entropy, stay.
+ * UDP checksum 0: none in IPv4 (RFC 768), and in IPv6 allowed for tunnels
+ * (RFC 6935/6936); lbd's decap reads none. */
+static __always_inline long lbd_gue_redirect(struct xdp_md *ctx, struct lbd_gue_packet *g,
+					     struct bpf_fib_lookup *fib, const int is_ipv6)
+{
+	struct udphdr *udp = g->udp;
+
+	if (!is_ipv6) {
+		struct iphdr *outer = g->outer;
+		struct lbd_gue_second_v4 *second = g->second;
+		__be32 self = outer->daddr;
+
+		outer->daddr = second->addr;
+		outer->saddr = self;
+		outer->ttl = LBD_FORWARD_TTL;
+		outer->check = 0;
+		outer->check = lbd_ipv4_csum(outer);
+		fib->family = AF_INET;
+		fib->tos = outer->tos;
+		fib->ipv4_src = outer->saddr;
+		fib->ipv4_dst = outer->daddr;
+	} else {
+		struct ipv6hdr *outer = g->outer;
+		struct lbd_gue_second_v6 *second = g->second;
+		struct in6_addr self;
+
+		__builtin_memcpy(&self, &outer->daddr, sizeof(self));
+		__builtin_memcpy(&outer->daddr, second->addr, sizeof(self));
+		__builtin_memcpy(&outer->saddr, &self, sizeof(self));
+		outer->hop_limit = LBD_FORWARD_TTL;
+		fib->family = AF_INET6;
+		fib->flowinfo = *(__be32 *)outer & bpf_htonl(0x0fffffff);
+		__builtin_memcpy(fib->ipv6_src, &outer->saddr, 16);
+		__builtin_memcpy(fib->ipv6_dst, &outer->daddr, 16);
+	}
+	udp->check = 0;
+	*lbd_gue_hops(g, is_ipv6) = 1;
+	fib->l4_protocol = IPPROTO_UDP;
+	fib->sport = udp->source;
+	fib->dport = udp->dest;
+	fib->tot_len = g->outer_len;
+	fib->ifindex = ctx->ingress_ifindex;
+	return bpf_fib_lookup(ctx, fib, sizeof(*fib), 0);
+}
+
+/* The keep-or-forward policy of a GUE packet, written once for both
+ * families (the file's head comment says what it keeps and why). */
+static __always_inline int lbd_gue(struct xdp_md *ctx, __u32 l2_len, const int is_ipv6)
+{
+	__u32 overhead = is_ipv6 ? LBD_GUE_OVERHEAD_V6 : LBD_GUE_OVERHEAD_V4;
+	struct lbd_gue_packet g;
+	struct bpf_sock_tuple tuple = {};
+	struct bpf_fib_lookup fib = {};
+	struct tcphdr *tcp;
+	__u32 tuple_len, iph_len, slot;
+	int rc;
+
+	rc = lbd_gue_parse(ctx, l2_len, &g, is_ipv6);
+	if (rc == XDP_PASS)
+		return XDP_PASS;
+	if (rc)
+		return lbd_malformed();
+	if (*lbd_gue_hops(&g, is_ipv6))
+		return lbd_keep(ctx, l2_len, overhead, LBD_DECAP_KEPT_FORWARDED);
+	if (!lbd_gue_names_another(&g, is_ipv6))
+		return lbd_keep(ctx, l2_len, overhead, LBD_DECAP_KEPT_OTHER);
+	tcp = lbd_gue_flow(&g, (void *)(long)ctx->data_end, &tuple, &tuple_len, &iph_len, is_ipv6);
+	if (!tcp)
+		return lbd_malformed();
+	slot = lbd_decide(ctx, &tuple, tuple_len, g.inner, iph_len, tcp);
+	if (slot != LBD_DECAP_FORWARDED)
+		return lbd_keep(ctx, l2_len, overhead, slot);
+	if (!lbd_gue_may_forward(&g, is_ipv6))
+		return lbd_keep(ctx, l2_len, overhead, LBD_DECAP_FORWARD_REFUSED);
+	rc = lbd_gue_redirect(ctx, &g, &fib, is_ipv6);
+	return lbd_send(ctx, l2_len, rc, &fib);
+}
+
+/* One family's outer header: GUE to the policy; plain IP-in-IP stripped,
+ * unless fragmented (left to the kernel to reassemble); the rest passes. */
+static __always_inline int lbd_decap_family(struct xdp_md *ctx, __u32 l2_len, const int is_ipv6)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	__u32 l2_len = sizeof(*eth);
-	__u16 proto;
 
-	if ((void *)(eth + 1) > data_end)
-		return XDP_PASS;
-	proto = eth->h_proto;
-	/* as the balancer parses it: an outer 802.1ad or 802.1Q tag, then at most one 802.1Q */
-	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(0x88A8)) {
-		__be16 *inner_proto = data + sizeof(*eth) + 2;
-
-		if ((void *)(inner_proto + 1) > data_end)
-			return XDP_PASS;
-		proto = *inner_proto;
-		l2_len += 4;
-		if (proto == bpf_htons(ETH_P_8021Q)) {
-			inner_proto = data + sizeof(*eth) + 6;
-			if ((void *)(inner_proto + 1) > data_end)
-				return XDP_PASS;
-			proto = *inner_proto;
-			l2_len += 4;
-		}
-	}
-	if (proto == bpf_htons(ETH_P_IP)) {
+	if (!is_ipv6) {
 		struct iphdr *outer = data + l2_len;
 		struct iphdr *inner;
 
 		if ((void *)(outer + 1) > data_end || outer->ihl < 5)
 			return XDP_PASS;
 		if (outer->protocol == IPPROTO_UDP)
-			return lbd_gue_v4(ctx, l2_len);
-		if (outer->protocol != IPPROTO_IPIP)
-			return XDP_PASS;
-		/* fragmented tunnel packets are left to the kernel to reassemble */
-		if (outer->frag_off & bpf_htons(0x3fff))
+			return lbd_gue(ctx, l2_len, is_ipv6);
+		if (outer->protocol != IPPROTO_IPIP || (outer->frag_off & bpf_htons(0x3fff)))
 			return XDP_PASS;
 		inner = (void *)outer + outer->ihl * 4;
 		if ((void *)(inner + 1) > data_end || inner->version != 4)
 			return XDP_PASS;
 		lbd_count(LBD_DECAP_IPIP);
 		return lbd_strip(ctx, l2_len, outer->ihl * 4);
-	}
-	if (proto == bpf_htons(ETH_P_IPV6)) {
+	} else {
 		struct ipv6hdr *outer = data + l2_len;
 		struct ipv6hdr *inner = (void *)(outer + 1);
 
 		if ((void *)(outer + 1) > data_end)
 			return XDP_PASS;
 		if (outer->nexthdr == IPPROTO_UDP)
-			return lbd_gue_v6(ctx, l2_len);
+			return lbd_gue(ctx, l2_len, is_ipv6);
 		if ((void *)(inner + 1) > data_end || outer->nexthdr != IPPROTO_IPV6 ||
 		    inner->version != 6)
 			return XDP_PASS;
 		lbd_count(LBD_DECAP_IPIP);
 		return lbd_strip(ctx, l2_len, sizeof(*outer));
 	}
+}
+
+int lbd_decap(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 l2_len;
+	__u16 proto;
+
+	/* the balancer's own L2 walk (frame.h): the frames it sends are read alike */
+	if (lbd_parse_l2(data, data_end, &l2_len, &proto))
+		return XDP_PASS;
+	if (proto == bpf_htons(ETH_P_IP))
+		return lbd_decap_family(ctx, l2_len, 0);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return lbd_decap_family(ctx, l2_len, 1);
 	return XDP_PASS;
 }

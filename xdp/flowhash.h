@@ -1,5 +1,5 @@
 /* flowhash.h: the flow hash, MurmurHash3 x86_32 over 32-bit little-endian
- * words of the flow's bytes as they sit in the packet. lbd/flowhash.py is the
+ * words of the flow's bytes as they sit in the packet. lbd/dataplane/flowhash.py is the
  * reference; tests check the kernel and Python pick the same backend. */
 #ifndef LBD_FLOWHASH_H
 #define LBD_FLOWHASH_H

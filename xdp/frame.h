@@ -1,6 +1,7 @@
-/* frame.h: what both XDP programs (balancer.c and decap.c) need to rewrite a
- * frame's headers in place: the address-family numbers bpf_fib_lookup()
- * takes, and moving the L2 header over (or in front of) outer headers. */
+/* frame.h: what both XDP programs (balancer.c and decap.c) need of a frame's
+ * L2 header: the walk over Ethernet and its VLAN tags to the IP header, the
+ * address-family numbers bpf_fib_lookup() takes, and moving the L2 header
+ * over (or in front of) outer headers to rewrite a frame in place. */
 #ifndef LBD_FRAME_H
 #define LBD_FRAME_H
 
@@ -12,6 +13,38 @@
 #ifndef AF_INET6
 #define AF_INET6 10
 #endif
+#define LBD_ETH_P_8021AD 0x88A8
+
+/* The L2 header: Ethernet, then an outer tag (802.1ad service tag or 802.1Q)
+ * and at most one 802.1Q inside it. Sets *l2_len (14, 18 or 22) and *proto
+ * (the ethertype after the tags, network order); -1 if the frame ends inside
+ * them. Both programs take the same frames as IP: what the balancer sends a
+ * backend on, the backend's program reads. */
+static __always_inline int lbd_parse_l2(void *data, void *data_end, __u32 *l2_len, __u16 *proto)
+{
+	struct ethhdr *eth = data;
+	struct lbd_vlan_hdr { __be16 tci; __be16 proto; } *vlan;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	*proto = eth->h_proto;
+	*l2_len = sizeof(*eth);
+	if (*proto == bpf_htons(ETH_P_8021Q) || *proto == bpf_htons(LBD_ETH_P_8021AD)) {
+		vlan = data + sizeof(*eth);
+		if ((void *)(vlan + 1) > data_end)
+			return -1;
+		*proto = vlan->proto;
+		*l2_len += sizeof(*vlan);
+		if (*proto == bpf_htons(ETH_P_8021Q)) {
+			vlan = data + sizeof(*eth) + sizeof(*vlan);
+			if ((void *)(vlan + 1) > data_end)
+				return -1;
+			*proto = vlan->proto;
+			*l2_len += sizeof(*vlan);
+		}
+	}
+	return 0;
+}
 
 /* Copy the L2 header (14, 18 or 22 bytes: 0-2 VLAN tags) from `from` to
  * `to`, both packet memory, at least 20 bytes apart (an outer header). Only

@@ -2,7 +2,7 @@
  * XDP program and the Python control plane share. This header is the only
  * definition: Python takes the layouts from bcc's table types (which bcc
  * builds from these declarations) and the enums by parsing this file
- * (lbd/layout.py), never by restating them.
+ * (lbd/dataplane/layout.py), never by restating them.
  *
  * Byte order: addresses and ports are kept in network byte order exactly as
  * they appear on the wire; everything else is host order.
@@ -38,6 +38,16 @@
 #ifndef LBD_KERNEL_HZ
 #define LBD_KERNEL_HZ 100 /* the running kernel's HZ (the loader passes it); the lowest, 100, makes cached next hops expire early, never late */
 #endif
+#ifndef LBD_KERNEL_HZ_MAX
+#define LBD_KERNEL_HZ_MAX 1000 /* the running kernel's HZ where known (the loader passes it), else the highest Linux offers: times that must not be shorter than stated count in it */
+#endif
+/* A TCP SYN finds its entry's connection finished (README "A SYN on a
+ * finished connection's 4-tuple") once its client sent FIN or RST, or once
+ * the entry saw no packet for longer than this: longer than any gap between
+ * two SYNs of one handshake (Linux caps every retransmission timeout at
+ * TCP_RTO_MAX, 120 s) and than a duplicate SYN can trail its handshake's ACK
+ * (RFC 9293's MSL, 2 min). */
+#define LBD_FLOW_FINISHED_IDLE_S 120
 #define LBD_MAX_ADDRS (2 * LBD_MAX_VIPS)
 
 /* IPv6 extension headers parsed before the upper-layer header: RFC 8200's
@@ -50,13 +60,13 @@
  * bits in LBD_PREFILTER_WORDS 64-bit words. An address's bit is the top
  * LBD_PREFILTER_LOG2 bits of (the XOR of its four __u32 words, as loaded
  * from memory) * LBD_PREFILTER_HASH_MUL, in 32-bit arithmetic. Fixed here,
- * not overridable: lbd/datapath.py computes the same bits. */
+ * not overridable: lbd/dataplane/maps.py computes the same bits. */
 #define LBD_PREFILTER_LOG2 16
 #define LBD_PREFILTER_WORDS 1024     /* (1 << LBD_PREFILTER_LOG2) / 64 */
 #define LBD_PREFILTER_HASH_MUL 0x9e3779b1 /* 2^32 / golden ratio, odd */
 
 /* Seed of the flow hash (MurmurHash3 x86_32). Fixed, never host-local, so
- * every lbd host picks the same backend for a flow (lbd/flowhash.py). */
+ * every lbd host picks the same backend for a flow (lbd/dataplane/flowhash.py). */
 #define LBD_HASH_SEED 0x6c626431
 
 /* Id 0 means "none" in the Maglev table and in connection-table entries. */
@@ -73,7 +83,14 @@ enum lbd_vip_flags {
 	LBD_VIP_CLIENT_AFFINITY = 1 << 0, /* hash the client address only */
 	LBD_VIP_MODE_IPIP       = 1 << 1, /* encapsulate; otherwise L2 DSR */
 	LBD_VIP_SECOND_CHANCE   = 1 << 2, /* ipip TCP: packets carry the slot's second choice (GUE) */
-	LBD_VIP_QUIC            = 1 << 3, /* UDP: QUIC placed by the server ID in its CID (xdp/quic.h) */
+	/* In the vips map only, never in a backend's vip_flags: the VIP's first
+	 * table changed and its second table is not yet the one that goes with
+	 * it (being written, or built in the background). An entry made now gets
+	 * LBD_FLOW_SECOND_PROVISIONAL. (This bit and that one came without a
+	 * layout bump: pinned entries made before have them clear, and a program
+	 * from before ignores them, so nothing pinned needs replacing.) */
+	LBD_VIP_SECOND_PENDING  = 1 << 3,
+	LBD_VIP_QUIC            = 1 << 4, /* UDP: QUIC placed by the server ID in its CID (xdp/quic.h) */
 };
 
 /* addr_info.flags: what a VIP address as a whole accepts */
@@ -224,19 +241,23 @@ struct lbd_flow_key {
 
 /* flow_entry.flags */
 enum lbd_flow_flags {
-	LBD_FLOW_CLIENT_CLOSED = 1 << 0, /* the client sent FIN or RST (cleared by a SYN that follows the entry) */
+	LBD_FLOW_CLIENT_CLOSED = 1 << 0, /* the client sent FIN or RST: a SYN on the 4-tuple is a new connection */
+	/* second_id was read from a second table still pending (LBD_VIP_SECOND_PENDING):
+	 * the flow's first packet after the VIP's second table is in place reads
+	 * the slot's second again, stores it and clears this bit */
+	LBD_FLOW_SECOND_PROVISIONAL = 1 << 1,
 };
 
 /* Connection-table value (conntrack for TCP, conntrack_udp for UDP). 20 bytes.
  * An entry lives until the LRU needs its room, long after its connection
  * closed: seen and flags are how the daemon tells a live flow from an idle
- * one (lbd/flowtable.py). */
+ * one (lbd/dataplane/flowtable.py). */
 struct lbd_flow_entry {
 	__u32 backend_id;
 	__u32 generation; /* backend's generation when the flow was placed */
 	__u32 seen;       /* bpf_jiffies64() of the flow's latest packet, low 32 bits (wraps: 49 days at HZ=1000) */
 	__u32 flags;      /* enum lbd_flow_flags */
-	__u32 second_id;  /* the slot's second choice when the flow was placed (0: none); carried with each packet */
+	__u32 second_id;  /* the flow's second choice (0: none), carried with each packet: the slot's when the table placed it, or the backend it moved off while that one is held */
 };
 
 /* Program-wide settings, one entry written by the daemon. 28 bytes. */
@@ -271,7 +292,7 @@ struct lbd_global_stats {
 	__u64 ct_inserts_tcp;         /* entries made (TCP: at a flow's first non-SYN packet) */
 	__u64 ct_inserts_udp;
 	__u64 stateless_forwards;     /* SYNs and RSTs placed by the table, no entry made */
-	__u64 ct_removed_by_syn;      /* a SYN's entry whose backend takes no new flows */
+	__u64 ct_removed_by_syn;      /* a SYN's entry it did not follow: backend takes no new flows, or connection finished */
 	__u64 icmp_too_big_sent;      /* ipip: we told a client to lower its MTU */
 	__u64 icmp_to_backend;        /* ICMP errors about a VIP flow forwarded */
 	__u64 fragments_forwarded;    /* client-affinity VIP fragments */

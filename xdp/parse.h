@@ -1,5 +1,6 @@
-/* parse.h: Ethernet (up to two VLAN tags), IPv4 (with options), IPv6 (with
- * a bounded extension-header chain), the TCP/UDP ports and TCP's flags.
+/* parse.h: Ethernet (up to two VLAN tags: frame.h's walk, shared with
+ * decap.c), IPv4 (with options), IPv6 (with a bounded extension-header
+ * chain), the TCP/UDP ports and TCP's flags.
  *
  * Two bounds hold for every read: the frame (data_end, which the verifier
  * needs) and the IP packet as its own header declares it (IPv4 total length,
@@ -11,6 +12,7 @@
 #define LBD_PARSE_H
 
 #include "lbd_shared.h"
+#include "frame.h"
 
 #ifndef IP_MF
 #define IP_MF 0x2000
@@ -18,7 +20,6 @@
 #ifndef IP_OFFSET
 #define IP_OFFSET 0x1fff
 #endif
-#define LBD_ETH_P_8021AD 0x88A8
 #define LBD_TCP_FIN 0x01
 #define LBD_TCP_SYN 0x02
 #define LBD_TCP_RST 0x04
@@ -185,30 +186,11 @@ static __always_inline int lbd_parse_ipv6(struct lbd_packet *pkt, void *data_end
 /* Parse from the Ethernet header down to the ports. */
 static __always_inline int lbd_parse(struct lbd_packet *pkt, void *data, void *data_end)
 {
-	struct ethhdr *eth = data;
-	struct lbd_vlan_hdr { __be16 tci; __be16 proto; } *vlan;
 	__u16 proto;
 
 	pkt->frame_len = data_end - data;
-	if ((void *)(eth + 1) > data_end)
+	if (lbd_parse_l2(data, data_end, &pkt->l2_len, &proto))
 		return LBD_NOT_IP;
-	proto = eth->h_proto;
-	pkt->l2_len = sizeof(*eth);
-	/* an outer tag (802.1ad service tag or 802.1Q), then at most one 802.1Q */
-	if (proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(LBD_ETH_P_8021AD)) {
-		vlan = data + sizeof(*eth);
-		if ((void *)(vlan + 1) > data_end)
-			return LBD_NOT_IP;
-		proto = vlan->proto;
-		pkt->l2_len += sizeof(*vlan);
-		if (proto == bpf_htons(ETH_P_8021Q)) {
-			vlan = data + sizeof(*eth) + sizeof(*vlan);
-			if ((void *)(vlan + 1) > data_end)
-				return LBD_NOT_IP;
-			proto = vlan->proto;
-			pkt->l2_len += sizeof(*vlan);
-		}
-	}
 	pkt->l3 = data + pkt->l2_len;
 	if (proto == bpf_htons(ETH_P_IP))
 		return lbd_parse_ipv4(pkt, data_end);

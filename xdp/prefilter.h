@@ -9,7 +9,7 @@
  * only costs the hash lookups that every packet paid before.
  *
  * Hash: multiplicative (Fibonacci) over the XOR of the address's four words,
- * so IPv4 (words 1-3 zero) and IPv6 need no branch. lbd/datapath.py
+ * so IPv4 (words 1-3 zero) and IPv6 need no branch. lbd/dataplane/maps.py
  * (prefilter_bit) is the Python side of the same formula. The map access
  * itself is in balancer.c: bcc rewrites map calls in the main file only. */
 #ifndef LBD_PREFILTER_H

@@ -6,11 +6,12 @@
  * server ID (quic_configs[vip].server_id_len octets), then a nonce. A packet
  * whose destination CID the server chose (a short header, a long-header
  * Handshake) and that carries the VIP's config ID goes to the usable backend
- * with that server ID: whatever its 4-tuple, the Maglev table or the
- * connection table say, so a connection survives client migration, NAT
- * rebinding, backend changes and host changes with no state anywhere.
- * Everything else falls back to the UDP path (balancer.c decides whether that
- * makes an entry: lbd_quic_stateless).
+ * with that server ID: whatever its 4-tuple and the Maglev table say, so a
+ * connection survives client migration, NAT rebinding, backend changes and
+ * host changes with no state anywhere. Everything else falls back to the UDP
+ * path (lbd_quic_stateless says which fallbacks make an entry). The check
+ * runs after the connection-table lookup, on flows that have no entry
+ * (docs/design.md says why).
  *
  * Reads: the UDP payload (the datagram) ends at the UDP length or the IP
  * packet's end, whichever is first; nothing past it is read, and each read

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 from lbd.testing.netns import _WAIT_STEP, remove_netns
-from lbd.testing.topology import HOST_AS, ROUTER_AS, Node
+from lbd.testing.topology import HOST_AS, ROUTER_AS, ROUTER_IFACES, Node
 
 
 class Fleet:
@@ -69,6 +69,27 @@ class Fleet:
                 gateways.add(route["gateway"])
             gateways.update(hop["gateway"] for hop in route.get("nexthops", []) if "gateway" in hop)
         return gateways
+
+    def ecmp_hosts(self, flows, vip: str, port: int, protocol: str = "tcp") -> list[str | None]:
+        """The lbd host (name) the router forwards each flow (client address,
+        client port) to VIP:port through, as the kernel answers `ip route get
+        ... iif cli0 sport .. dport .. ipproto ..` for it: the path a packet
+        from the client net takes, by the 5-tuple hash the lab sets. None for
+        a flow routed through no lbd host (no route to the VIP).
+
+        IPv4 only: for IPv6 this kernel (6.18) answers `ip route get` with
+        another hash than it forwards by (7 of 20 TCP flows took the other
+        path, each the same path every time, in a two-nexthop namespace
+        test), so an IPv6 prediction would be wrong, not merely unsure."""
+        if ":" in str(vip):
+            raise ValueError("ecmp_hosts predicts IPv4 flows only (see its docstring)")
+        by_gateway = {str(host.v4): host.name for host in self.lbd_hosts}
+        batch = "".join(f"route get {vip} from {source} iif {ROUTER_IFACES['clients']} ipproto {protocol} "
+                        f"sport {sport} dport {port}\n" for source, sport in flows)
+        result = self.run(self.router, ["ip", "-j", "-batch", "-"], input=batch, check=False)
+        answers = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+        assert len(answers) == len(flows), f"ip route get answered {len(answers)} of {len(flows)}: {result.stderr}"
+        return [by_gateway.get(answer[0].get("gateway")) if answer else None for answer in answers]
 
     def kill_host(self, host: str | Node) -> None:
         """A host dies: every process in it ends and its links are gone."""

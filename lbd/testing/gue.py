@@ -16,7 +16,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1AD, Dot1Q, Ether
 
-from lbd import layout
+from lbd.dataplane import layout
 
 PORT, MAGIC = layout.constant("LBD_GUE_PORT"), layout.constant("LBD_GUE_MAGIC")
 

@@ -24,7 +24,8 @@ A fleet lab (`Lab(lbd_hosts=2, bgp=True)`) has a second lbd host, lbd2 on
 198.18.0.3 / fd00:0:0:1::3, and no static VIP route: the router runs BIRD
 (AS 65000) with a session to each host (AS 65001, addresses v4 and v6),
 installs what they announce as ECMP routes and hashes flows over them by
-their 5-tuple (fib_multipath_hash_policy=1). Each host runs lbd and its own
+the 5-tuple in their headers (fib_multipath_hash_policy=3, fields 0x37), so
+a flow keeps its host, and `ecmp_hosts` predicts which host an IPv4 flow crosses. Each host runs lbd and its own
 BIRD (`start_bird`) with the config lbd renders. The
 bridges live in a `switch` namespace. Every backend runs nginx on port 80
 (body: its name; /healthz: 200; /whoami: name and client address) and
@@ -67,7 +68,7 @@ import tempfile
 import threading
 import time
 
-from lbd import xdplink
+from lbd.dataplane import xdplink
 from lbd.testing.fleet import Fleet
 from lbd.testing.netns import BASE_PREFIX, BPFFS, NETNS_DIR, remove_netns, remove_stale, stop_groups
 from lbd.testing.servers import Servers, _Server
@@ -82,7 +83,7 @@ log = logging.getLogger("lbd.testing")
 @functools.cache
 def pass_program():
     """lbd_pass, compiled once per process and attached wherever a lab needs it."""
-    from lbd.datapath import load_helper
+    from lbd.dataplane.maps import load_helper
 
     return load_helper("lbd_pass")
 
@@ -244,7 +245,7 @@ class Lab(Traffic, Servers, Fleet):
     # --- XDP --------------------------------------------------------------------
     def attach_xdp(self, ns: str | Node, ifname: str, fd: int) -> str:
         """Attach a loaded XDP program (its fd) in native mode to a link in a
-        namespace (lbd.xdplink: one load serves every namespace). Returns the
+        namespace (lbd.dataplane.xdplink: one load serves every namespace). Returns the
         mode read back."""
         mode = xdplink.attach(fd, ifname, "native", ipr=self._ipr_for(self.ns(ns)))
         short = self.ns(ns).removeprefix(self.prefix)
@@ -291,7 +292,7 @@ class Lab(Traffic, Servers, Fleet):
     def _build(self) -> None:
         from pyroute2 import netns
 
-        from lbd.mounts import on_bpffs
+        from lbd.dataplane.mounts import on_bpffs
 
         remove_stale(self.base)
         self.tmpdir = tempfile.mkdtemp(prefix=self.prefix)
@@ -352,9 +353,15 @@ class Lab(Traffic, Servers, Fleet):
         extra = {self.switch_ns: ["net.ipv6.conf.all.disable_ipv6=1",
                                   "net.ipv6.conf.default.disable_ipv6=1"],
                  self.router.ns: ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1",
-                                  # ECMP by 5-tuple, as routers in front of a fleet hash
-                                  "net.ipv4.fib_multipath_hash_policy=1",
-                                  "net.ipv6.fib_multipath_hash_policy=1"]}
+                                  # ECMP by the 5-tuple in the headers, as routers in front of
+                                  # a fleet hash. Not policy 1: in a namespace it hashes a
+                                  # random value the client's socket leaves on the packet, so
+                                  # neither `ip route get` nor a retransmission follows it.
+                                  # 0x37: addresses, protocol, ports (no flow label).
+                                  "net.ipv4.fib_multipath_hash_policy=3",
+                                  "net.ipv4.fib_multipath_hash_fields=0x37",
+                                  "net.ipv6.fib_multipath_hash_policy=3",
+                                  "net.ipv6.fib_multipath_hash_fields=0x37"]}
         self._parallel({ns: ["sysctl", "-q", "-w", *common, *extra.get(ns, [])]
                         for ns in self._namespaces})
 

@@ -120,7 +120,7 @@ http {{
         it with host_mounts=True, as prepare_backend() does.
         """
         backend = self.node(backend)
-        argv = [sys.executable, "-m", "lbd.backend_prep", command]
+        argv = [sys.executable, "-m", "lbd.backend.cli", command]
         if command in ("prepare", "check"):
             argv += ["--mode", backend.mode, "--interface", backend.ifname]
             for vip in vips or (*self.vips_v4, *self.vips_v6):

@@ -93,7 +93,7 @@ MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
 PIP_TOOLS = "pip-tools==7.6.2"
 
 sys.path.insert(0, str(ROOT))
-from lbd import hostsetup  # noqa: E402  (standard library only: runs before any venv exists)
+from lbd import hostsetup  # noqa: E402  (standard library only: runs before any venv exists
 
 
 STARTED = time.monotonic()
@@ -320,7 +320,7 @@ def fill_venv(work: Path) -> None:
     # dependencies from the venv (not from the build host's /usr/lib/python3).
     run(VENV / "bin/lbd", "--version", env=env, cwd="/")
     run(VENV / "bin/python", "-c",
-        "import bcc, yaml, numpy, lbd, lbd._maglev, pkgutil, sys; "
+        "import bcc, yaml, numpy, lbd, lbd.dataplane._maglev, pkgutil, sys; "
         "assert all(m.__file__.startswith('/opt/lbd/venv/') for m in (yaml, numpy, lbd)), sys.modules; "
         "[__import__(m.name) for m in pkgutil.walk_packages(lbd.__path__, 'lbd.')]",  # every module imports
         env=env, cwd="/")

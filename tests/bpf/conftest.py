@@ -9,8 +9,8 @@ import os
 import pytest
 
 from lbd.testing import fibns
-from lbd.datapath import Datapath
-from lbd.programmer import Programmer
+from lbd.dataplane.maps import Datapath
+from lbd.dataplane.programmer import Programmer
 from lbd.testing.fibns import GW_MAC, MAC as LBD_MAC, V4 as IPIP_SRC_V4, V6 as IPIP_SRC_V6  # noqa: F401
 from tests.conftest import require_root
 

@@ -1,14 +1,17 @@
 """Flows as the connection-table tests drive them (test_explain_kernel,
-test_conntrack_model): client frames built with struct (thousands per test,
-where scapy would cost more than the kernel), the backend an output frame
-went to, and a flow's connection-table entry read, written back and deleted (as an
-LRU eviction would delete it) in its protocol's table."""
+test_conntrack_model, test_second_choice_programmer): client frames built
+with struct (thousands per test, where scapy would cost more than the
+kernel), the backend an output frame went to (and the second choice a GUE
+frame names), and a flow's connection-table entry read, written back, aged
+(as time passing would age it) and deleted (as an LRU eviction would delete
+it) in its protocol's table."""
 from __future__ import annotations
 
 import ipaddress
 import struct
 
-from lbd.datapath import addr_words, family_of, port_word
+from lbd.dataplane import layout
+from lbd.dataplane.maps import addr_words, family_of, port_word
 from lbd.explain import PACKET, RST, SYN, Flow
 from tests.bpf.conftest import LBD_MAC
 from tests.bpf.scenario import CLIENT_MAC, backend_mac
@@ -17,6 +20,8 @@ XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 1, 2, 3, 4
 TCP, UDP = 6, 17
 FIN, SYN_FLAG, RST_FLAG, PSH, ACK_FLAG = 0x01, 0x02, 0x04, 0x08, 0x10
 FLAGS = {SYN: SYN_FLAG, PACKET: ACK_FLAG, "fin": FIN | ACK_FLAG, RST: RST_FLAG | ACK_FLAG}
+
+GUE_PORT, GUE_MAGIC = layout.constant("LBD_GUE_PORT"), layout.constant("LBD_GUE_MAGIC")
 
 _ETH_V4 = bytes.fromhex(LBD_MAC.replace(":", "")) + bytes.fromhex(CLIENT_MAC.replace(":", "")) + b"\x08\x00"
 _ETH_V6 = _ETH_V4[:12] + b"\x86\xdd"
@@ -66,6 +71,30 @@ class Backends:
         return str(address)
 
 
+GUE_PORT, GUE_MAGIC = layout.constant("LBD_GUE_PORT"), layout.constant("LBD_GUE_MAGIC")
+
+
+def carried(result) -> tuple[str, str | None]:
+    """(the outer destination, the second choice the GUE header names or
+    None for plain IP-in-IP) of a frame an ipip VIP forwarded, its GUE
+    fields checked (lbd_shared.h, draft-ietf-intarea-gue variant 0)."""
+    assert result.action in (XDP_TX, XDP_REDIRECT), result.action
+    out = result.packet
+    if struct.unpack_from("!H", out, 12)[0] == 0x0800:
+        proto, first, l4, size = out[14 + 9], ipaddress.IPv4Address(out[30:34]), 14 + 20, 4
+    else:
+        proto, first, l4, size = out[14 + 6], ipaddress.IPv6Address(out[38:54]), 14 + 40, 16
+    if proto in (4, 41):
+        return str(first), None
+    assert proto == 17 and struct.unpack_from("!H", out, l4 + 2)[0] == GUE_PORT
+    gue = l4 + 8
+    assert out[gue] == (2 if size == 4 else 5), "version 0, C 0, Hlen = words of private data"
+    assert out[gue + 1] == (4 if size == 4 else 41) and out[gue + 2:gue + 4] == b"\0\0"
+    magic, hops, pad = struct.unpack_from("!HBB", out, gue + 4)
+    assert (magic, hops, pad) == (GUE_MAGIC, 0, 0)
+    return str(first), str(ipaddress.ip_address(out[gue + 8:gue + 8 + size]))
+
+
 def table(dp, proto: int):
     """The connection table of a protocol (TCP and UDP have one each)."""
     return dp.flow_table(proto)
@@ -90,14 +119,42 @@ def entry(dp, flow: Flow, in_table_of: int | None = None) -> tuple[int, int] | N
     return None if leaf is None else (int(leaf.backend_id), int(leaf.generation))
 
 
-def put_entry(dp, flow: Flow, value: tuple[int, int] | None) -> None:
-    """Make the flow's entry exactly `value` again (None: no entry)."""
+def snapshot(dp, flow: Flow):
+    """A copy of the flow's whole entry (backend, generation, seen, flags,
+    second choice), or None: what restore() puts back."""
+    tbl = table(dp, flow.proto)
+    leaf = tbl.get(_key(tbl, flow))
+    return None if leaf is None else tbl.Leaf.from_buffer_copy(leaf)
+
+
+def restore(dp, flow: Flow, saved) -> None:
+    """Make the flow's entry exactly what snapshot() saw again (None: no entry)."""
     tbl = table(dp, flow.proto)
     key = _key(tbl, flow)
-    if value is None:
+    if saved is None:
         tbl.pop(key, None)
     else:
-        tbl[key] = tbl.Leaf(*value)
+        tbl[key] = saved
+
+
+def put_entry(dp, flow: Flow, backend_id: int, generation: int, flags: int = 0, second_id: int = 0) -> None:
+    """Write the flow's entry as a live connection's: its latest packet now
+    (an entry with an old time is a finished connection's to a SYN)."""
+    tbl = table(dp, flow.proto)
+    tbl[_key(tbl, flow)] = tbl.Leaf(backend_id=backend_id, generation=generation, seen=dp.jiffies() & 0xFFFFFFFF,
+                                    flags=flags, second_id=second_id)
+
+
+def silence(dp, flow: Flow, seconds: float) -> int:
+    """Make the flow's entry look as if its latest packet came `seconds` ago,
+    as time passing would; returns that time in jiffies (the entry's clock)."""
+    tbl = table(dp, flow.proto)
+    key = _key(tbl, flow)
+    leaf = tbl[key]
+    seen = dp.jiffies() - int(seconds * dp.hz)
+    leaf.seen = seen & 0xFFFFFFFF  # the entry keeps jiffies' low 32 bits
+    tbl[key] = leaf
+    return seen
 
 
 def evict(dp, flow: Flow) -> bool:
@@ -107,3 +164,23 @@ def evict(dp, flow: Flow) -> bool:
 
 def clear(dp) -> None:
     dp.clear_flows()
+
+
+def carried(result) -> tuple[str, str | None]:
+    """(the outer destination, the second choice the GUE header names or
+    None for plain IP-in-IP) of a forwarded frame, its GUE fields checked."""
+    assert result.action in (XDP_TX, XDP_REDIRECT), result.action
+    out = result.packet
+    if struct.unpack_from("!H", out, 12)[0] == 0x0800:
+        proto, first, l4, size = out[14 + 9], ipaddress.IPv4Address(out[30:34]), 14 + 20, 4
+    else:
+        proto, first, l4, size = out[14 + 6], ipaddress.IPv6Address(out[38:54]), 14 + 40, 16
+    if proto in (4, 41):
+        return str(first), None
+    assert proto == 17 and struct.unpack_from("!H", out, l4 + 2)[0] == GUE_PORT
+    gue = l4 + 8
+    assert out[gue] == (2 if size == 4 else 5), "version 0, C 0, Hlen = words of private data"
+    assert out[gue + 1] == (4 if size == 4 else 41) and out[gue + 2:gue + 4] == b"\0\0"
+    magic, hops, pad = struct.unpack_from("!HBB", out, gue + 4)
+    assert (magic, hops, pad) == (GUE_MAGIC, 0, 0)
+    return str(first), str(ipaddress.ip_address(out[gue + 8:gue + 8 + size]))

@@ -4,7 +4,7 @@ and 4443 2.4 for ICMP errors, 1191 / 8201 for path MTU) -- never from
 xdp/*.c. `expect(world, frame)` parses the bytes itself and answers one of:
 
   Pass()            untouched XDP_PASS: output bytes == input
-  Forward(...)      to the backend the Python reference picks (lbd.flowhash
+  Forward(...)      to the backend the Python reference picks (lbd.dataplane.flowhash
                     over the table the programmer wrote), DSR or ipip
   Drop(reason)      XDP_DROP, counted in lbd_drops_total{reason}
   TooBig(...)       answered with ICMP frag-needed / packet-too-big
@@ -81,7 +81,7 @@ from dataclasses import dataclass, field
 from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 
-from lbd import flowhash
+from lbd.dataplane import flowhash
 from tests.bpf.conftest import GW_MAC, IPIP_SRC_V4, IPIP_SRC_V6, LBD_MAC, NAMESPACE
 from tests.bpf.packet_grammar import csum, pseudo
 

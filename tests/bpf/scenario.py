@@ -1,7 +1,7 @@
 """The VIPs and backends the bpf-tier tests program, and how to predict what
 the balancer must do with a packet (which backend, what bytes come out).
 
-Predictions use lbd.flowhash (the Python reference of the flow hash) over the
+Predictions use lbd.dataplane.flowhash (the Python reference of the flow hash) over the
 table the programmer wrote; the kernel-vs-Python test builds its own table
 with the pure-Python Maglev reference instead.
 """
@@ -13,7 +13,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from lbd import flowhash
+from lbd.dataplane import flowhash
 from lbd.plan import ACTIVE, BackendPlan, VipPlan
 from tests.bpf.conftest import GW_MAC, IPIP_SRC_V4, IPIP_SRC_V6, LBD_MAC
 

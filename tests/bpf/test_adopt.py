@@ -6,8 +6,8 @@ import shutil
 import pytest
 from scapy.layers.l2 import Ether
 
-from lbd.datapath import Datapath, Limits
-from lbd.programmer import Programmer
+from lbd.dataplane.maps import Datapath, Limits
+from lbd.dataplane.programmer import Programmer
 from tests.bpf import scenario as sc
 
 pytestmark = pytest.mark.bpf

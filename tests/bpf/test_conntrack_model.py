@@ -7,26 +7,35 @@ The model knows nothing of ids, generations or maps. It keeps, per flow,
 what docs/design.md says its entry holds: the backend (address and which
 incarnation of it: a backend removed and added again is a new one, docs/design.md
 "removed, or its id reused") that the flow's last entry-making packet went
-to, or nothing. From that it says, per packet, which backend the packet may
-go to and whether it must be the one before:
+to, or nothing; whether the client closed the connection (a FIN or an RST
+that went by the entry, or a FIN that made it); and when the entry last saw
+a packet. Time is the kernel's clock (jiffies), and a rule makes the entries'
+latest packets lie far back, past the README's 120 s or well within them, as
+time passing would. From that it says, per packet, which backend the packet
+may go to and whether it must be the one before:
 
   * an established flow keeps its backend while that backend is active or
-    draining (a SYN of it only while active: a retransmitted SYN must not
-    move a live connection);
+    draining (a SYN of it only while active and its connection is not
+    finished: a retransmitted SYN must not move a live connection);
   * a new connection (a SYN without such an entry) goes by the VIP's table,
     so only to a backend that takes new flows, and makes no entry; a SYN
-    whose entry's backend takes no new flows removes it;
+    whose entry's backend takes no new flows, or whose connection finished
+    (its client sent FIN or RST, or the entry saw no packet for more than
+    120 s: README "A SYN on a finished connection's 4-tuple"), removes it,
+    so a port-reusing client's new connection meets a changed table;
   * a flow whose backend is down, removed or replaced moves to a live one;
   * where docs/design.md names the table's backend, it is the one the
-    pure-Python reference picks (lbd/flowhash.py, lbd/maglev.py), and an
+    pure-Python reference picks (lbd/dataplane/flowhash.py, lbd/dataplane/maglev.py), and an
     empty slot drops;
   * the handshake's ACK, through an unchanged table, meets its SYN's backend;
   * UDP entries live in their own table.
 
 `explain` (lbd/explain.py) must agree with the model for every tracked flow
 after every step, and the kernel must too: each tracked flow is probed with
-a SYN and an ACK (a datagram for UDP), its entry written back after each
-probe, so the probe changes nothing.
+a SYN and an ACK (a datagram for UDP), and a TCP flow with an entry also
+with a SYN as if its client had paused past 120 s just then, and with a FIN
+and then a SYN (a port-reusing client's next connection); its entry and
+model are put back after each probe, so the probe changes nothing.
 
 What docs/design.md leaves open is not asserted: whether an RST, or a packet
 dropped for want of a backend, removes an entry it could not follow (either
@@ -34,6 +43,8 @@ is accepted, and the model takes what the kernel did).
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 
@@ -42,7 +53,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from lbd import flowhash, maglev
+from lbd.dataplane import flowhash, maglev
 from lbd.explain import KEPT, LEFT, MADE, NONE_MADE, PACKET, REMOVED, REPLACED, RST, SYN, Flow, explain_flow
 from lbd.plan import ACTIVE, DOWN, DRAINING, BackendPlan, VipPlan
 from tests.bpf import flowkit as fk
@@ -53,6 +64,9 @@ pytestmark = pytest.mark.bpf
 ip = ipaddress.ip_address
 TCP, UDP = fk.TCP, fk.UDP
 FIN = "fin"
+# README "A SYN on a finished connection's 4-tuple": a connection is finished
+# once its entry has seen no packet for more than this
+FINISHED_AFTER_S = 120
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,9 @@ class FlowModel:
     # the backend its last table-placed SYN went to, and the table then
     syn_backend: str | None = None
     syn_table: tuple | None = None
+    # the entry's connection: its client sent FIN or RST; its latest packet (jiffies)
+    closed: bool = False
+    last_seen: int = 0
 
 
 # What a packet does to the flow's entry, as docs/design.md promises it.
@@ -141,11 +158,12 @@ class Expect:
     stays: bool = False      # must be the flow's backend before
     new_connection: bool = False
     moved: bool = False
+    finished: str | None = None  # why the entry's connection is finished (a SYN's), if it is
 
 
 # (packet kind, state of the flow's entry's backend) each promise was checked
 # in, over the whole run: the test fails if a state it is about was never met
-MET: set[tuple[str, str | None]] = set()
+MET: set[tuple] = set()
 # reference tables by their input: a pure-Python build costs tens of ms and
 # the same backend sets recur across steps and examples
 _TABLES: dict[tuple, list] = {}
@@ -232,6 +250,21 @@ class ConntrackModel(RuleBasedStateMachine):
             backend.weight = weight
             self._apply()
 
+    @rule(flow=st.sampled_from(TCP_FLOWS), weight=st.integers(1, 3))
+    def change_table_around(self, flow, weight):
+        """The flow's table changes while its own backend stays as it is
+        (capacity added under load): a backend is added beside it (the first
+        pool address not in the VIP) or, with the pool full, the next backend
+        after its own gets `weight`."""
+        vip, own = self._backend_of(flow)
+        absent = [a for a in VIPS[vip].pool if a not in self.members[vip]]
+        if absent:
+            self._add(vip, absent[0], weight)
+        else:
+            others = [b for b in self.members[vip].values() if b is not own]
+            others[0].weight = weight
+        self._apply()
+
     @rule(flow=st.sampled_from(sorted(FLOWS)))
     def remove_backend_of(self, flow):
         vip, backend = self._backend_of(flow)
@@ -297,6 +330,15 @@ class ConntrackModel(RuleBasedStateMachine):
     def datagram(self, flow):
         self._packet(flow, PACKET)
 
+    @rule(long=st.booleans())
+    def time_passes(self, long):
+        """The clients pause: every TCP entry's latest packet comes to lie 30 s
+        past the README's 120 s, or (long=False) 30 s within them."""
+        seconds = FINISHED_AFTER_S + 30 if long else FINISHED_AFTER_S - 30
+        for model in self.flows.values():
+            if model.pinned is not None and model.flow.proto == TCP:
+                model.last_seen = fk.silence(self.dp, model.flow, seconds)
+
     @rule(flow=st.sampled_from(sorted(FLOWS)))
     def evict(self, flow):
         """The LRU takes the entry (whatever the flow's state)."""
@@ -325,17 +367,34 @@ class ConntrackModel(RuleBasedStateMachine):
             return "gone"
         return backend.state
 
+    def _silent_s(self, model: FlowModel) -> float:
+        """How long ago the flow's entry saw its latest packet."""
+        return (self.dp.jiffies() - model.last_seen) / self.dp.hz
+
+    def _finished(self, model: FlowModel) -> str | None:
+        """Why the README calls the entry's connection finished, or None."""
+        if model.pinned is None:
+            return None
+        if model.closed:
+            return "closed"
+        return "silent" if self._silent_s(model) > FINISHED_AFTER_S else None
+
     def expect(self, model: FlowModel, kind: str) -> Expect:
         state = self._pinned_state(model)
         pinned = model.pinned[0] if model.pinned else None
         table = self._table_pick(model)
         if kind == SYN:
-            if state == "active":
-                return Expect(pinned, "a SYN of an established flow on an active backend stays there",
+            finished = self._finished(model)
+            if state == "active" and not finished:
+                return Expect(pinned, "a SYN of a live connection on an active backend stays there",
                               KEEP, stays=True)
-            return Expect(table, "a new connection goes by the table and makes no entry"
-                          + ("; the old entry, whose backend takes no new flows, goes" if state else ""),
-                          NO_ENTRY, new_connection=True)
+            why = ""
+            if state in ("draining", "down", "gone"):
+                why = "; the old entry, whose backend takes no new flows, goes"
+            elif state == "active":
+                why = f"; the old entry, whose connection finished ({finished}), goes"
+            return Expect(table, "a new connection goes by the table and makes no entry" + why,
+                          NO_ENTRY, new_connection=True, finished=finished if state else None)
         if state in ("active", "draining"):
             return Expect(pinned, f"an established flow keeps its backend while it is {state}", KEEP,
                           stays=True)
@@ -352,7 +411,9 @@ class ConntrackModel(RuleBasedStateMachine):
     def _context(self, name: str, kind: str, exp: Expect) -> str:
         model = self.flows[name]
         backends = {a: (b.state, b.weight, b.incarnation) for a, b in self.members[model.vip].items()}
-        return (f"{kind} of {name} {model.flow}: promise: {exp.promise}; model entry {model.pinned}; "
+        entry = (f"{model.pinned}, client closed {model.closed}, silent {self._silent_s(model):.0f} s"
+                 if model.pinned else "none")
+        return (f"{kind} of {name} {model.flow}: promise: {exp.promise}; model entry {entry}; "
                 f"{model.vip} backends (state, weight, incarnation) {backends}")
 
     def _check_kernel(self, name: str, kind: str, exp: Expect, got, before, after) -> None:
@@ -360,6 +421,11 @@ class ConntrackModel(RuleBasedStateMachine):
         MET.add((kind if kind in (SYN, RST) else PACKET, self._pinned_state(model)))
         if exp.to is None:
             MET.add(("dropped", None))
+        if exp.finished and self._pinned_state(model) == "active":
+            MET.add(("SYN on a finished connection's entry", exp.finished,
+                     "its slot moved" if exp.to != model.pinned[0] else "its slot did not"))
+        if kind == SYN and exp.stays and self._silent_s(model) > FINISHED_AFTER_S / 2:
+            MET.add(("SYN on a quiet live connection's entry", "stays", None))
         active = {a for a, b in self.members[model.vip].items() if b.state == "active"}
         where = self._context(name, kind, exp)
         if exp.stays:
@@ -390,6 +456,7 @@ class ConntrackModel(RuleBasedStateMachine):
     def _packet(self, name: str, kind: str) -> None:
         model = self.flows[name]
         exp = self.expect(model, kind)
+        now = self.dp.jiffies()
         got, before, after = self._send(name, kind)
         self._check_kernel(name, kind, exp, got, before, after)
         model.tracked = True
@@ -397,6 +464,9 @@ class ConntrackModel(RuleBasedStateMachine):
             model.pinned = None
         elif exp.after == PLACE:
             model.pinned = (got, self.members[model.vip][got].incarnation)
+            model.closed, model.last_seen = kind == FIN, now  # an RST never makes one
+        elif exp.after == KEEP:
+            model.closed, model.last_seen = model.closed or kind in (FIN, RST), now
         elif exp.after == UNSAID and after is None:
             model.pinned = None  # the kernel removed it, which docs/design.md allows
         if kind == SYN and exp.new_connection:
@@ -410,27 +480,53 @@ class ConntrackModel(RuleBasedStateMachine):
         for name, model in self.flows.items():
             if not model.tracked:
                 continue
-            said = explain_flow(applied, self.dp, model.flow)
-            kinds = [("next_packet", PACKET)]
-            if model.flow.proto == TCP:
-                kinds.insert(0, ("next_syn", SYN))
-            for field_name, kind in kinds:
-                exp = self.expect(model, kind)
-                where = self._context(name, kind, exp)
-                predicted = said[field_name]
-                action = "forward" if exp.to else "drop"
-                assert predicted["backend"] == exp.to and predicted["action"] == action, \
-                    f"explain says {predicted['action']} to {predicted['backend']} ({predicted['why']}): {where}"
-                assert predicted["entry"] in EXPLAIN_EFFECTS[exp.after], \
-                    f"explain says entry {predicted['entry']}, the promise is {exp.after}: {where}"
-                # the kernel, on a copy of this moment: the entry is put back
-                before = fk.entry(self.dp, model.flow)
-                got, _, after = self._send(name, kind)
-                fk.put_entry(self.dp, model.flow, before)
-                self._check_kernel(name, kind, exp, got, before, after)
+            kinds = [("next_syn", SYN), ("next_packet", PACKET)] if model.flow.proto == TCP \
+                else [("next_packet", PACKET)]
+            self._probe(applied, name, kinds)
+            if model.flow.proto == TCP and model.pinned is not None:
+                # a new connection on the 4-tuple, had its client paused past
+                # the README's 120 s just now, or closed it just now
+                with self._what_if(name) as paused:
+                    paused.last_seen = fk.silence(self.dp, model.flow, FINISHED_AFTER_S + 30)
+                    self._probe(applied, name, [("next_syn", SYN)])
+                with self._what_if(name):
+                    self._packet(name, FIN)
+                    self._probe(applied, name, [("next_syn", SYN)])
             if model.flow.proto == UDP:
                 assert fk.entry(self.dp, model.flow, in_table_of=TCP) is None, \
                     f"{name}: a UDP flow's entry in the TCP table (a UDP flood could evict TCP entries)"
+
+    @contextlib.contextmanager
+    def _what_if(self, name: str):
+        """Whatever happens to the flow inside (to its model: the copy this
+        yields), its entry and its model are put back as they were."""
+        saved, model = fk.snapshot(self.dp, self.flows[name].flow), self.flows[name]
+        self.flows[name] = dataclasses.replace(model)
+        try:
+            yield self.flows[name]
+        finally:
+            fk.restore(self.dp, model.flow, saved)
+            self.flows[name] = model
+
+    def _probe(self, applied, name: str, kinds) -> None:
+        """explain's answer and the kernel's for the flow's next packets of
+        `kinds` ((explain's field, kind)), each on a copy of this moment: the
+        entry is put back whole after each."""
+        model = self.flows[name]
+        said = explain_flow(applied, self.dp, model.flow)
+        for field_name, kind in kinds:
+            exp = self.expect(model, kind)
+            where = self._context(name, kind, exp)
+            predicted = said[field_name]
+            action = "forward" if exp.to else "drop"
+            assert predicted["backend"] == exp.to and predicted["action"] == action, \
+                f"explain says {predicted['action']} to {predicted['backend']} ({predicted['why']}): {where}"
+            assert predicted["entry"] in EXPLAIN_EFFECTS[exp.after], \
+                f"explain says entry {predicted['entry']}, the promise is {exp.after}: {where}"
+            saved = fk.snapshot(self.dp, model.flow)
+            got, before, after = self._send(name, kind)
+            fk.restore(self.dp, model.flow, saved)
+            self._check_kernel(name, kind, exp, got, before, after)
 
 
 def test_connection_table_keeps_the_readme_promises(lb):
@@ -450,3 +546,7 @@ def test_connection_table_keeps_the_readme_promises(lb):
               | {(RST, None), (RST, "active"), ("dropped", None)})
     assert wanted <= MET, f"promises never checked in these states: {sorted(wanted - MET, key=str)}"
     assert {(RST, "down"), (RST, "gone")} & MET, "no RST met an entry it could not follow"
+    # a port-reusing client: a closed (or long silent) connection's 4-tuple reused after the table changed
+    finished = {("SYN on a finished connection's entry", why, "its slot moved") for why in ("closed", "silent")}
+    finished.add(("SYN on a quiet live connection's entry", "stays", None))
+    assert finished <= MET, f"never checked: {sorted(finished - MET, key=str)}"

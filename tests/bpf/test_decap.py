@@ -9,8 +9,9 @@ from scapy.layers.inet import IP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
-from lbd import bpfsys, forwardto
-from lbd.backend_prep import load_decap, write_forward_to
+from lbd.backend import forwardto
+from lbd.dataplane import bpfsys
+from lbd.backend.cli import load_decap, write_forward_to
 from tests.bpf import scenario as sc
 
 pytestmark = pytest.mark.bpf

@@ -36,8 +36,9 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.utils import checksum
 
-from lbd import backend_prep, bpfsys, forwardto, layout, xdplink
-from lbd.backend_prep import load_decap
+from lbd.backend import cli as backend_prep, forwardto
+from lbd.dataplane import bpfsys, layout, xdplink
+from lbd.backend.cli import load_decap
 from lbd.testing import fibns, gue
 
 pytestmark = pytest.mark.bpf

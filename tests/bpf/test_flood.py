@@ -11,8 +11,8 @@ import struct
 import pytest
 from scapy.layers.l2 import Ether
 
-from lbd.datapath import Datapath, Limits
-from lbd.programmer import Programmer
+from lbd.dataplane.maps import Datapath, Limits
+from lbd.dataplane.programmer import Programmer
 from tests.bpf import scenario as sc
 from tests.bpf.conftest import IPIP_SRC_V4, IPIP_SRC_V6
 

@@ -10,7 +10,7 @@ import random
 import pytest
 from scapy.layers.l2 import Ether
 
-from lbd import flowhash, maglev
+from lbd.dataplane import flowhash, maglev
 from lbd.plan import DOWN, DRAINING, BackendPlan
 from tests.bpf import scenario as sc
 

@@ -1,5 +1,5 @@
 """The connection tables' fill and each backend's flows, as lbd samples them
-(lbd.flowtable): counted from the maps themselves, an entry counting for a
+(lbd.dataplane.flowtable): counted from the maps themselves, an entry counting for a
 backend only while it would still lead a packet there, and as a live flow
 only as docs/operating.md's Operations section says (a packet within the idle
 window; once the client sent FIN or RST, within 2 s)."""
@@ -11,7 +11,7 @@ import time
 import pytest
 from scapy.layers.l2 import Ether
 
-from lbd import flowtable
+from lbd.dataplane import flowtable
 from lbd.plan import DOWN
 from tests.bpf import scenario as sc
 

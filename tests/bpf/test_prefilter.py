@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from lbd import layout
-from lbd.datapath import prefilter_bit
+from lbd.dataplane import layout
+from lbd.dataplane.maps import prefilter_bit
 from tests.bpf import scenario as sc
 
 pytestmark = pytest.mark.bpf

@@ -1,7 +1,7 @@
 """Issue 22: QUIC by connection ID, through the real program (BPF_PROG_TEST_RUN).
 
 The QUIC-LB draft's plaintext test vectors reach the backends that own their
-server IDs, and the Python encoder/decoder (lbd.quiclb) agrees; a packet
+server IDs, and the Python encoder/decoder (lbd.dataplane.quiclb) agrees; a packet
 grammar (long and short headers, v1, v2 and unknown versions, every CID
 length, truncated anywhere, bad fixed bit, a UDP length shorter than the IP
 payload) is held to an oracle written from RFC 9000/9001/9369 and the draft
@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbd import flowhash
+from lbd.dataplane import flowhash
 from lbd.plan import ACTIVE, DOWN, DRAINING, QuicPlan, VipPlan
-from lbd.quiclb import CidFormat
+from lbd.dataplane.quiclb import CidFormat
 from tests.bpf import packet_grammar as g
 from tests.bpf import quic_oracle as oracle
 from tests.bpf import rfc_oracle
@@ -153,18 +153,23 @@ def test_draft_vectors_reach_the_server_id_owner_from_any_client(quic_lb, vip, f
     assert quic_lb.dp.quic_routed_count(owner_id) == 120
 
 
-def test_an_entry_does_not_outrank_the_cid(quic_lb):
-    """A flow that made an entry under today's rule (a datagram whose CID was
-    unroutable) then sends a routable CID: the CID's owner gets it."""
+def test_a_datagram_under_todays_rule_makes_an_entry_that_its_4_tuple_follows(quic_lb):
+    """docs/design.md: an unroutable CID (0b111) makes an entry, as any UDP
+    flow's first datagram; the 4-tuple then follows its entry, also with a
+    routable CID of another backend (the entry is looked up first)."""
     plan = plan_of(quic_lb, QUIC_V4)
     sport = next(p for p in range(40000, 41000)
                  if table_backend(quic_lb, plan, sc.CLIENT_V4, p).server_id.hex() != "c4605e")
     unroutable = bytes([0xE7]) + os.urandom(7)
     first = quic_lb.run(frame(QUIC_V4, short_packet(unroutable), sport=sport))
-    assert backend_of(first, plan) == table_backend(quic_lb, plan, sc.CLIENT_V4, sport)
+    placed = table_backend(quic_lb, plan, sc.CLIENT_V4, sport)
+    assert backend_of(first, plan) == placed
     assert udp_entry(quic_lb, QUIC_V4, sc.CLIENT_V4, sport) is not None
-    routed = quic_lb.run(frame(QUIC_V4, short_packet(bytes.fromhex(VECTORS[0][3])), sport=sport))
-    assert backend_of(routed, plan).server_id.hex() == "c4605e"
+    again = quic_lb.run(frame(QUIC_V4, short_packet(bytes.fromhex(VECTORS[0][3])), sport=sport))
+    assert backend_of(again, plan) == placed
+    # another port of the same client has no entry: the CID places it
+    other = quic_lb.run(frame(QUIC_V4, short_packet(bytes.fromhex(VECTORS[0][3])), sport=sport + 1))
+    assert backend_of(other, plan).server_id.hex() == "c4605e"
 
 
 def test_the_control_vip_without_quic_places_by_the_table(quic_lb):

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lbd.plan import ACTIVE, DOWN, DRAINING
-from lbd.programmer import Programmer
+from lbd.dataplane.programmer import Programmer
 from tests.bpf import scenario as sc
 
 pytestmark = pytest.mark.bpf
@@ -79,6 +79,9 @@ def test_check_diff_predicts_what_the_reload_writes(datapath, before, after, sec
         ids = addresses_of(programmer, new.key)
         first_after = by_address(datapath.read_ring(vip_id), ids)
         moved = first_before != first_after
+        # the backends that joined the table (README: more than one at once costs second choices)
+        joined = len(set(first_after) - set(first_before)) if second_chance else 0
+        assert (predicted.joined, reloaded.joined) == (joined, joined), (predicted, reloaded)
         assert predicted.moved_share == pytest.approx(np.count_nonzero(moved) / len(moved), abs=1e-12)
         # `lbctl reload` reports what `lbd check --diff` predicted (when the table changed)
         if predicted.action == "changed" and predicted.moved_share:
@@ -108,5 +111,41 @@ def test_a_removed_backend_with_the_lowest_address_moves_only_its_own_slots(data
         assert 0.30 < predicted.moved_share < 0.37, predicted
         # held, the removed backend is the second choice on every slot it had
         assert predicted.second_found_share == 1.0, predicted
+    finally:
+        programmer.apply([])
+
+
+@pytest.mark.parametrize("added", [1, 2])
+def test_backends_added_at_once_are_counted_and_cost_what_the_readme_says(datapath, added):
+    """README "Several backends joining at once": five backends and one more
+    keep 99.9% of the moved flows' backends as second choice; two more at
+    once, about 83%, the rest naming the other added backend (but for
+    Maglev's collateral). `lbd check --diff` (preview) and the reload count
+    them and say the same share as the kernel's tables."""
+    programmer = Programmer(datapath, hold_s=HOLD, clock=Clock())
+    five = [(i, (100, ACTIVE)) for i in range(5)]
+    more = five + [(5 + i, (100, ACTIVE)) for i in range(added)]
+    try:
+        programmer.apply([vip(five, True)])
+        vip_id = programmer.vip_id(vip(five, True).key)
+        first_before = by_address(datapath.read_ring(vip_id), addresses_of(programmer, vip(five, True).key))
+        [predicted] = programmer.preview([vip(more, True)])
+        [reloaded] = programmer.apply([vip(more, True)])
+        ids = addresses_of(programmer, vip(more, True).key)
+        first_after = by_address(datapath.read_ring(vip_id), ids)
+        second_after = by_address(datapath.read_second_ring(vip_id), ids)
+        moved = first_before != first_after
+        lost = moved & (second_after != first_before)
+        found = 1 - np.count_nonzero(lost) / np.count_nonzero(moved)
+        print(f"5 + {added}: {moved.mean() * 100:.2f}% of flows move, {found * 100:.2f}% keep their "
+              f"backend as second choice")
+        assert predicted.joined == reloaded.joined == added
+        assert predicted.second_found_share == pytest.approx(found, abs=1e-12)
+        if added == 1:
+            assert found >= 0.998
+        else:
+            assert 0.80 <= found <= 0.86
+            newcomers = {str(POOL[5 + i].address) for i in range(added)}
+            assert np.isin(second_after[lost], list(newcomers)).mean() >= 0.9
     finally:
         programmer.apply([])

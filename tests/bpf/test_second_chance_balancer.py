@@ -29,9 +29,11 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6PacketTooBig, IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from lbd import flowhash, layout
-from lbd.datapath import BackendEntry
-from lbd.plan import DOWN, HELD, BackendPlan
+from lbd.dataplane import flowhash, layout
+from lbd.dataplane.maps import BackendEntry
+from lbd.explain import PACKET, RST, SYN, Flow, decide, read_flow
+from lbd.plan import ACTIVE, DOWN, DRAINING, HELD, BackendPlan
+from tests.bpf import flowkit as fk
 from tests.bpf import scenario as sc
 from tests.bpf.conftest import GW_MAC, IPIP_SRC_V4, IPIP_SRC_V6, LBD_MAC
 
@@ -303,6 +305,70 @@ def test_a_held_backend_is_a_second_choice(scb):
     scb.set_member(plan, b, scb.address_of(b), state=HELD, second_until=int(time.time()) + 120)
     scb.constant_tables(plan, a, b)
     check_forwarded(scb, client(4, 4, TCP_VIP[4], flags="S"), a, b, plan)
+
+
+# --- what an entry names (README "What an entry names") ---------------------------------
+PENDING, PROVISIONAL = C("LBD_VIP_SECOND_PENDING"), C("LBD_FLOW_SECOND_PROVISIONAL")
+EMPTY = C("LBD_BACKEND_EMPTY")
+
+
+@settings(max_examples=80, deadline=None, print_blob=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(version=st.sampled_from([4, 6]), kind=st.sampled_from([SYN, PACKET, RST]),
+       state=st.sampled_from([None, ACTIVE, DRAINING, DOWN, HELD, EMPTY]), same_generation=st.booleans(),
+       hold=st.booleans(), provisional=st.booleans(), pending=st.booleans(),
+       stored=st.sampled_from(["none", "c", "d"]), sport=st.integers(1024, 65535))
+def test_the_second_a_packet_names_follows_its_entry(scb, version, kind, state, same_generation, hold,
+                                                     provisional, pending, stored, sport):
+    """The flow's entry on backend a (any state; None: no entry), its slot's
+    first choice b and second c. Oracle, from the README: a packet that
+    follows its entry names the entry's second, except that a provisional
+    entry whose VIP is no longer pending names its slot's (and keeps it); a
+    packet the table places names its slot's second, except that a non-SYN
+    one moving off a held backend (down or removed, hold running, the same
+    generation) names that backend; a provisional entry is made while the VIP
+    is pending, unless it names its held backend. `lbctl explain` says the same."""
+    scb.dp.clear_flows()
+    plan = scb.plan(TCP_VIP[version])
+    scb.set_second_chance(plan)
+    a, b, c, d = scb.ids(plan)
+    vip_id, flags = scb.vip_id(plan), plan.flags | SECOND_CHANCE
+    scb.constant_tables(plan, b, c)
+    scb.dp.set_vip(plan.address, plan.port, plan.proto, vip_id, flags | (PENDING if pending else 0))
+    generation = 7
+    if state == EMPTY:
+        scb.dp.clear_backend(a)
+    else:
+        until = FOREVER if state in (ACTIVE, DRAINING) else (int(time.time()) + 120 if hold else 0)
+        scb.dp.set_backend(a, BackendEntry(vip_id, scb.address_of(a), state=state or ACTIVE,
+                                           generation=generation, vip_flags=flags, second_until=until))
+    stored_id = {"none": 0, "c": c, "d": d}[stored]
+    flow = Flow(ip(CLIENTS[version].format(1, 2)), ip(TCP_VIP[version]), sport, 80, sc.TCP_P)
+    if state is not None:
+        fk.put_entry(scb.dp, flow, a, generation if same_generation else generation + 1,
+                     PROVISIONAL if provisional else 0, stored_id)
+
+    usable = state in (ACTIVE, DRAINING) and same_generation
+    if usable and (kind != SYN or state == ACTIVE):
+        first = a
+        second = c if provisional and not pending else stored_id
+    else:
+        first = b
+        held = state in (DOWN, HELD) and same_generation and hold
+        second = a if held and kind != SYN else c
+    address = {i: str(scb.address_of(i)) for i in (a, b, c, d)}
+    want = (address[first], address[second] if second not in (0, first) else None)
+
+    said = decide(read_flow(scb.dp, flow), kind)
+    got = fk.carried(scb.lb.run(fk.frame(flow, kind)))
+    assert got == want
+    assert (said.backend, said.second) == got
+    if kind == PACKET:      # the entry the packet followed or made
+        entry = scb.dp.flow_entry(flow.src, flow.dst, flow.sport, flow.dport, flow.proto)
+        made_provisional = first == b and pending and second == c
+        kept_provisional = first == a and provisional and pending
+        assert (entry.backend_id, entry.second_id) == (first, second)
+        assert bool(entry.flags & PROVISIONAL) == (made_provisional or kept_provisional)
 
 
 # --- no valid second: plain IP-in-IP exactly as before ----------------------------------

@@ -15,23 +15,21 @@ import ipaddress
 import os
 import random
 import shutil
-import struct
 
 import numpy as np
 import pytest
 
-from lbd import flowhash, layout
-from lbd.datapath import Datapath, Limits
+from lbd.dataplane import flowhash, layout
+from lbd.dataplane.maps import Datapath, Limits
 from lbd.explain import PACKET, SYN, Flow, explain_flow
-from lbd.plan import ACTIVE, DOWN, HELD
-from lbd.programmer import FOREVER, Programmer
+from lbd.plan import ACTIVE, DOWN, DRAINING, HELD
+from lbd.dataplane.programmer import FOREVER, Programmer
 from tests.bpf import flowkit as fk
 from tests.bpf import scenario as sc
 
 pytestmark = pytest.mark.bpf
 
 C = layout.constant
-GUE_PORT, GUE_MAGIC = C("LBD_GUE_PORT"), C("LBD_GUE_MAGIC")
 ip = ipaddress.ip_address
 HOLD = 60.0
 VIP = {4: "198.18.100.70", 6: "fd00:100::70"}
@@ -54,26 +52,6 @@ def plan(version: int, count: int = 4, second_chance: bool = True, states=None):
         members = tuple(dataclasses.replace(m, state=states.get(i, m.state)) for i, m in enumerate(members))
     return dataclasses.replace(sc.vip(VIP[version], 80, sc.TCP_P, ipip=True, members=members),
                                second_chance=second_chance)
-
-
-def carried(result) -> tuple[str, str | None]:
-    """(the outer destination, the second choice the GUE header names or
-    None for plain IP-in-IP) of a forwarded frame, its GUE fields checked."""
-    assert result.action in (fk.XDP_TX, fk.XDP_REDIRECT), result.action
-    out = result.packet
-    if struct.unpack_from("!H", out, 12)[0] == 0x0800:
-        proto, first, l4, size = out[14 + 9], ipaddress.IPv4Address(out[30:34]), 14 + 20, 4
-    else:
-        proto, first, l4, size = out[14 + 6], ipaddress.IPv6Address(out[38:54]), 14 + 40, 16
-    if proto in (4, 41):
-        return str(first), None
-    assert proto == 17 and struct.unpack_from("!H", out, l4 + 2)[0] == GUE_PORT
-    gue = l4 + 8
-    assert out[gue] == (2 if size == 4 else 5), "version 0, C 0, Hlen = words of private data"
-    assert out[gue + 1] == (4 if size == 4 else 41) and out[gue + 2:gue + 4] == b"\0\0"
-    magic, hops, pad = struct.unpack_from("!HBB", out, gue + 4)
-    assert (magic, hops, pad) == (GUE_MAGIC, 0, 0)
-    return str(first), str(ipaddress.ip_address(out[gue + 8:gue + 8 + size]))
 
 
 class Flows:
@@ -111,7 +89,7 @@ def predicted(lb, key, flow: Flow) -> tuple[str, str | None]:
 def send(lb, flow: Flow, kind=PACKET) -> tuple[str, str | None]:
     """The packet through the program, after checking that explain says what it does."""
     said = explain_flow(lb.programmer.applied(), lb.dp, flow)["next_syn" if kind == SYN else "next_packet"]
-    got = carried(lb.run(fk.frame(flow, kind)))
+    got = fk.carried(lb.run(fk.frame(flow, kind)))
     assert (said["backend"], said["second"]) == got, (flow, said)
     return got
 
@@ -253,3 +231,101 @@ def test_a_restart_keeps_every_hold_and_writes_the_same_tables(fib_namespace):
         assert not np.isin(np.asarray(second.read_second_ring(adopted.vip_id(v4.key))), [gone_id]).any()
     finally:
         shutil.rmtree(pin_dir, ignore_errors=True)
+
+
+# --- a flow kept by its entry, then its backend fails or goes (issue 19, item 4) -------
+def entry_backend(lb, key, flow: Flow) -> str:
+    entry = lb.dp.flow_entry(flow.src, flow.dst, flow.sport, flow.dport, flow.proto)
+    return names(lb, key)[int(entry.backend_id)]
+
+
+@pytest.mark.parametrize("how", ["down", "removed"])
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_flow_kept_by_its_entry_names_its_backend_when_it_must_move(clocked, version, how):
+    """README: a flow whose backend failed or was removed moves to its slot's
+    first choice, naming the backend its entry had while that backend is held.
+    The case the slot's rule cannot see: a fifth backend takes the slot, the
+    entry keeps the flow on its old backend X, then X fails or is removed.
+    The slot's second is then the owner without the new backend, not X; the
+    entry knows X has the connection."""
+    lb, clock = clocked
+    four = plan(version, count=4)
+    lb.apply([four])
+    flows = Flows(version, seed=40 + version).new(800)
+    for flow in flows:
+        send(lb, flow)                                # every flow has its entry
+    five = plan(version, count=5)
+    lb.apply([five])
+    newcomer = str(five.backends[4].address)
+    kept = [f for f in flows if predicted(lb, five.key, f)[0] == newcomer]
+    assert kept and all(send(lb, f)[0] != newcomer for f in kept)    # kept by their entries
+    victim = max((b for b in five.backends[:4]),
+                 key=lambda b: sum(entry_backend(lb, five.key, f) == str(b.address) for f in kept))
+    on_victim = [f for f in kept if entry_backend(lb, five.key, f) == str(victim.address)]
+    index = five.backends.index(victim)
+    if how == "down":
+        after = plan(version, count=5, states={index: DOWN})
+    else:
+        after = dataclasses.replace(five, backends=tuple(b for b in five.backends if b is not victim))
+    lb.apply([after])
+    slot_names_it = sum(predicted(lb, after.key, f)[1] == str(victim.address) for f in on_victim)
+    moved = [send(lb, f) for f in on_victim]
+    print(f"{len(on_victim)} flows kept by their entry on {victim.address} ({how}); "
+          f"their slot names it for {slot_names_it}, their packets name it for "
+          f"{sum(s == str(victim.address) for _, s in moved)}")
+    assert all(first == newcomer for first, _ in moved)
+    assert all(second == str(victim.address) for _, second in moved), moved
+    # their new entries go on naming it while the hold runs, and not after
+    assert all(send(lb, f) == (newcomer, str(victim.address)) for f in on_victim)
+    clock.now += HOLD
+    assert lb.programmer.expire() is None
+    assert all(send(lb, f)[1] != str(victim.address) for f in on_victim)
+
+
+def test_a_flow_on_a_drained_backend_stays_and_a_syn_does_not_name_it(clocked):
+    """Drained: the entry is still followed (no move). A SYN on the 4-tuple of
+    a flow whose backend is down starts a new connection: it names its slot's
+    second, not the old entry's backend."""
+    lb, _ = clocked
+    four = plan(4, count=4)
+    lb.apply([four])
+    flows = Flows(4, seed=47).new(200)
+    for flow in flows:
+        send(lb, flow)
+    on_first = flows_on(lb, four.key, flows, str(four.backends[0].address))
+    lb.apply([plan(4, count=4, states={0: DRAINING})])
+    assert all(send(lb, f)[0] == str(four.backends[0].address) for f in on_first)
+    lb.apply([plan(4, count=4, states={0: DOWN})])
+    assert all(send(lb, f, SYN) == predicted(lb, four.key, f) for f in on_first)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_flow_placed_while_the_second_table_is_pending_names_it_once_built(clocked, version):
+    """README: the first table is never delayed; the second one may be built
+    in the background. Meanwhile the slots that moved name the backend they
+    had; and a flow placed in between (no entry here: it crossed from another
+    host, or its entry was evicted) must not keep that interim second (or the
+    table before's) for ever: once the second table is built, its packets
+    name the slot's second, as every host's do."""
+    lb, _ = clocked
+    four = plan(version, count=4)
+    lb.apply([four])
+    flows = Flows(version, seed=60 + version).new(600)
+    before = {f: predicted(lb, four.key, f)[0] for f in flows}
+    lb.programmer.second_budget_s = 0.0       # the daemon's background queue, held
+    failed = plan(version, count=4, states={3: DOWN})
+    lb.apply([failed])
+    assert lb.programmer.second_pending(failed.key)
+    during = [send(lb, f) for f in flows]      # entries made while the second table is pending
+    assert all(first == predicted(lb, failed.key, f)[0] for f, (first, _) in zip(flows, during))
+    # meanwhile a slot that moved names the backend it had (the rule's answer there)
+    down = str(four.backends[3].address)
+    assert all(second == down for f, (_, second) in zip(flows, during) if before[f] == down)
+    assert lb.programmer.build_second() == 0    # the queue runs
+    after = [send(lb, f) for f in flows]
+    wrong = [f for f, got in zip(flows, after) if got != predicted(lb, failed.key, f)]
+    print(f"{len(wrong)} of {len(flows)} flows placed while pending name another second than "
+          f"their slot's once it is built")
+    assert not wrong
+    on_down = [f for f in flows if before[f] == down]
+    assert on_down and all(send(lb, f)[1] == down for f in on_down)   # and it sticks

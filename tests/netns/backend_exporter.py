@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
-from lbd import backend_metrics
-from lbd.backend_prep import decap_source_hash, decap_state
+from lbd.backend import metrics as backend_metrics
+from lbd.backend.cli import decap_source_hash, decap_state
 
 
 def main(address: str, port: int, interface: str) -> None:

@@ -100,7 +100,7 @@ class BackendHost:
         """`lbd-backend ARGS` in the backend namespace, with the host's mounts
         (its bpffs, for --pin-dir): this worktree's lbd, as tests run it."""
         argv = ["nsenter", f"--net={NETNS_DIR}/{self.backend_ns}", "--",
-                sys.executable, "-m", "lbd.backend_prep", *args]
+                sys.executable, "-m", "lbd.backend.cli", *args]
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
 

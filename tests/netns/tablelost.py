@@ -1,13 +1,13 @@
 """Lose lbd's TCP connection table on purpose, as an eviction, a full table or
 a flood would: delete every entry of the pinned map, from the test, with
-libbpf through lbd.bpfsys (no lbd command does this; none should)."""
+libbpf through lbd.dataplane.bpfsys (no lbd command does this; none should)."""
 from __future__ import annotations
 
 import ctypes
 import os
 from pathlib import Path
 
-from lbd import bpfsys
+from lbd.dataplane import bpfsys
 
 
 class _MapInfo(ctypes.Structure):

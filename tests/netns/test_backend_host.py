@@ -22,8 +22,8 @@ import threading
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from lbd import xdplink
-from lbd.mounts import on_bpffs
+from lbd.dataplane import xdplink
+from lbd.dataplane.mounts import on_bpffs
 from lbd.testing.netns import BPFFS
 from tests.conftest import require_root
 from tests.netns.backendhost import BACKEND_IP, CLIENT, SECOND_CHOICE, BackendHost
@@ -143,7 +143,7 @@ def _xdp_tx_frames(host: BackendHost) -> dict[str, float]:
 
 
 def test_check_reports_forwarding_a_veths_other_end_cannot_take_until_it_takes_xdp_frames(host):
-    from lbd.datapath import load_helper
+    from lbd.dataplane.maps import load_helper
 
     _ok(host.lbd_backend("prepare", "--mode", "ipip", "--vip", VIP_A, "--interface", "eth0",
                          "--xdp-mode", "native"))

@@ -24,8 +24,9 @@ def _root():
         pytest.skip("benchmarks need root (namespaces, XDP)")
 
 
-def run_quick(module: str, out: Path, timeout: float) -> dict:
-    proc = subprocess.run([sys.executable, "-m", f"bench.{module}", "--quick", "--out", str(out)],
+def run_quick(module: str, out: Path, timeout: float, *options: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", f"bench.{module}", "--quick", "--out", str(out),
+                           *options],
                           cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return json.loads(out.read_text())
@@ -94,13 +95,17 @@ def test_xdp_cost_quick_and_report(tmp_path):
 
 
 def test_decap_cost_quick(tmp_path):
-    result = run_quick("decap_cost", tmp_path / "decap_cost.json", 240)
+    # --before: the program of a git revision timed beside today's (HEAD: always there)
+    result = run_quick("decap_cost", tmp_path / "decap_cost.json", 240, "--before", "HEAD")
     check_machine(result)
-    # each case's frame did what its name says before it was timed
-    assert set(result["cases"]) == {"ipip", "gue_kept_syn", "gue_kept_socket", "gue_forwarded",
-                                    "gue_forwarded_no_listener", "gue_kept_forwarded"}
+    # each case's frame did what its name says before it was timed, on both programs
+    cases = {"ipip", "gue_kept_syn", "gue_kept_socket", "gue_forwarded", "gue_forwarded_no_listener",
+             "gue_kept_forwarded", "gue6_kept_socket", "gue6_forwarded"}
+    assert set(result["cases"]) == cases
     assert all(positive(c["ns"]) for c in result["cases"].values())
     assert positive(result["floor_ns"])
+    assert set(result["before"]["cases"]) == cases and result["before"]["commit"]
+    assert all(positive(c["now_over_before"]) for c in result["before"]["cases"].values())
 
 
 def test_flowcount_quick(tmp_path):

@@ -175,7 +175,7 @@ def test_venv_imports_lbd_and_the_locked_versions_at_opt_lbd(unpacked):
     _at_opt_lbd(unpacked, "/opt/lbd/venv/bin/lbd", "check", str(config))
     probe = textwrap.dedent("""\
         import importlib.metadata, json, pkgutil, sys
-        import bcc, lbd, lbd._maglev
+        import bcc, lbd, lbd.dataplane._maglev
         site = [p for p in sys.path if p.startswith('/opt/lbd/venv/lib/')]
         for info in pkgutil.walk_packages(lbd.__path__, 'lbd.'):  # every module the wheel has
             __import__(info.name)

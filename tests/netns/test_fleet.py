@@ -145,6 +145,7 @@ def test_a_thousand_flows_get_the_same_backend_from_either_host(fleet):
     assert not failed, f"{len(failed)} of 1000 requests failed, first: {failed[0]}"
     flows = list(zip(map(str, sources), ports))
     explained = {name: host.explain(flows) for name, host in hosts.items()}
+    predicted = lab.ecmp_hosts(flows, VIP4, 80)
     by_address = {str(lab.backends[name].v4): name for name in BACKENDS}
     carried = {name: 0 for name in hosts}
     for i, reply in enumerate(replies):
@@ -153,8 +154,10 @@ def test_a_thousand_flows_get_the_same_backend_from_either_host(fleet):
         picks = {name: by_address[e[i]["table_backend"]["backend"]] for name, e in explained.items()}
         assert set(picks.values()) == {served_by}, f"flow {flows[i]}: hosts pick {picks}, " \
                                                    f"{served_by} answered"
-        for name, e in explained.items():
-            carried[name] += e[i]["connection_table"] is not None
+        through = [name for name, e in explained.items() if e[i]["connection_table"] is not None]
+        # the router's 5-tuple hash sent it through the host `ip route get` names, and only that one
+        assert through == [predicted[i]], f"flow {flows[i]}: predicted via {predicted[i]}, went via {through}"
+        carried[through[0]] += 1
     # ECMP spread the flows over both hosts, each flow through exactly one
     assert all(count >= 200 for count in carried.values()), carried
     assert sum(carried.values()) == 1000, carried
@@ -174,11 +177,15 @@ def run_streams_across(lab, hosts, leaving: str, make_it_leave, sources) -> int:
         # not seen go through the leaving one
         before = staying.explain(flows)
         through_leaving = [flow for flow, e in zip(flows, before) if e["connection_table"] is None]
+        predicted = lab.ecmp_hosts(flows, VIP4, 80)
+        assert through_leaving == [flow for flow, host in zip(flows, predicted) if host == leaving], \
+            f"the streams through {leaving} are the ones the router's hash sends there: {predicted}"
         tables = {name: h.lbd.vip("web4")["fingerprint"] for name, h in hosts.items()}
         assert len(set(tables.values())) == 1, f"the hosts' Maglev tables differ: {tables}"
         make_it_leave()
         wait_for(lambda: lab.router_nexthops(f"{VIP4}/32") == {str(staying.node.v4)},
                  f"the router routes the VIP only via {staying.node.name}", timeout=15)
+        assert set(lab.ecmp_hosts(flows, VIP4, 80)) == {staying.node.name}, "every stream crosses now"
         results = LbdUnderTest.stream_results(streams, timeout=40)
     finally:
         if streams.poll() is None:
@@ -189,9 +196,11 @@ def run_streams_across(lab, hosts, leaving: str, make_it_leave, sources) -> int:
         f"{staying.explain([(r['source'], r['port']) for r in broken])}"
     # 14 s at nginx's 32 KB/s pace, less the seconds of the switch-over
     assert all(r["bytes"] > 32_000 * 8 for r in results), results
-    after = staying.explain(through_leaving)
-    assert all(e["connection_table"] is not None for e in after), \
-        "every stream that went through the leaving host now goes through the staying one"
+    after = staying.explain(flows)
+    crossed = [flow for flow, e, b in zip(flows, after, before)
+               if e["connection_table"] is not None and b["connection_table"] is None]
+    assert crossed == through_leaving, \
+        "every stream that went through the leaving host, and only those, crossed to the staying one"
     return len(through_leaving)
 
 

@@ -162,7 +162,7 @@ def test_undo_removes_only_what_prepare_added(lab):
     manual = "198.18.100.250"
     lab.run("r2", ["ip", "addr", "add", f"{manual}/32", "dev", "lo"], check=True)
     try:
-        undo = lab.run("r2", [sys.executable, "-m", "lbd.backend_prep", "undo"], check=True)
+        undo = lab.run("r2", [sys.executable, "-m", "lbd.backend.cli", "undo"], check=True)
         assert "detached lbd_decap from eth0" in undo.stdout
         addresses = lab.run("r2", ["ip", "-o", "addr", "show", "dev", "lo"]).stdout
         assert manual in addresses

@@ -20,7 +20,10 @@ added while another is drained loses exactly the streams docs/second-chance.md's
 added or two hosts disagree, a stream on one of Maglev's collateral moves
 (a slot that changed between two other backends) whose second choice is not
 its backend may break (docs/second-chance.md's limit: here one slot of 65,537 per
-family, which a CI run once hit). The fleet:
+family, which a CI run once hit). A lab of its own: a backend added while
+streams run (their entries keep them), then one of the old backends fails its
+health checks while its server still serves: the streams its entries kept
+there name it as they move, and none breaks. The fleet:
 the hosts disagree on a backend's health (its health checks from one host
 only are dropped) while every flow crosses from one host to the other and
 back; then a backend is added on both and a host dies, so its flows cross to
@@ -43,7 +46,7 @@ from typing import Callable
 
 import pytest
 
-from lbd import layout
+from lbd.dataplane import layout
 from lbd.testing.lab import Lab
 from tests.netns.lbdrun import HEALTH, LbdUnderTest, backends, host_config
 from tests.netns.tablelost import empty_pinned_map, pinned_conntrack
@@ -319,10 +322,11 @@ def set_syncookies(lab: Lab, value: int) -> None:
         lab.run(backend, ["sysctl", "-q", "-w", f"net.ipv4.tcp_syncookies={value}"], check=True)
 
 
-@pytest.fixture(scope="class")
-def one():
+def one_host_lab(ipip_backends: int):
+    """A lab of `ipip_backends` and one lbd host serving the four VIPs with
+    the first four, for a class's stages (a fixture's generator)."""
     skip_unless_root()
-    with Lab(vips_v4=[SC4, OFF4], vips_v6=[SC6, OFF6], dsr_backends=0, ipip_backends=6) as lab:
+    with Lab(vips_v4=[SC4, OFF4], vips_v6=[SC6, OFF6], dsr_backends=0, ipip_backends=ipip_backends) as lab:
         socket = os.path.join(lab.tmpdir, "lbd.sock")
         daemon = LbdUnderTest(lab, "lbd", one_host_config(lab, socket, FIRST_FOUR))
         try:
@@ -331,6 +335,11 @@ def one():
             yield lab, daemon
         finally:
             daemon.teardown()
+
+
+@pytest.fixture(scope="class")
+def one():
+    yield from one_host_lab(6)
 
 
 class TestOneHost:
@@ -461,7 +470,7 @@ class TestOneHost:
 
     def test_a_backend_added_while_another_is_drained_loses_only_what_the_readme_says(self, one):
         """docs/second-chance.md's limit, held to: a drained backend stays a candidate, so
-        the slots it would have back name it (lbd.secondchoice: 16.5% of the
+        the slots it would have back name it (lbd.dataplane.secondchoice: 16.5% of the
         moved slots, IPv4), and a stream placed there since the drain is on
         neither choice. Every other stream survives, as in the stages above."""
         lab, daemon = one
@@ -587,6 +596,12 @@ class TestFleet:
                 entries = explain(lbd, address, flows)
                 through_lbd2[vip] = {(f["source"], f["port"]) for f, e in zip(flows, entries)
                                      if e["connection_table"] is None}
+                # ... which are the ones the router's 5-tuple hash sends there (IPv4:
+                # `ip route get` does not predict IPv6 on this kernel, Fleet.ecmp_hosts)
+                if ":" not in address:
+                    predicted = lab.ecmp_hosts([(f["source"], f["port"]) for f in flows], address, 80)
+                    assert through_lbd2[vip] == {(f["source"], f["port"]) for f, host in zip(flows, predicted)
+                                                 if host == "lbd2"}, (vip, predicted)
             assert all(through_lbd2.values()), f"ECMP sent no stream through lbd2: {through_lbd2}"
             for name, host in hosts.items():
                 host.lbd.write_config(fleet_host_config(lab, host, [*orders[name], "r5"]))
@@ -600,9 +615,73 @@ class TestFleet:
             outcomes = streams.results()
         finally:
             streams.kill()
+        # the streams that were on lbd2 are the ones that crossed: lbd has entries for them now
+        for vip, address in VIPS.items():
+            crossed = [{"source": s, "port": p} for s, p in sorted(through_lbd2[vip])]
+            assert all(e["connection_table"] is not None for e in explain(lbd, address, crossed)), vip
         record_choices(lab, lbd, outcomes)
         for vip, outcome in outcomes.items():
             outcome.exercised = [s for s in outcome.streams if (s["source"], s["port"]) in through_lbd2[vip]
                                  and s["backend"] != outcome.choices[(s["source"], s["port"])][0]]
         assert_second_chance_kept_every_stream(outcomes, "r5 added on both, lbd2 killed",
                                                counted_since(before, lab), (collateral_move("r5"),))
+
+
+# --- a flow kept by its entry, then its backend fails (issue 19, item 4) ----------------
+@pytest.fixture(scope="class")
+def kept_lab():
+    yield from one_host_lab(5)
+
+
+class TestKeptByEntry:
+    """One host, its connection table intact: the case the slot's rule cannot
+    see, since the flow's backend is neither of its slot's choices."""
+
+    def test_a_backend_failing_after_one_was_added_breaks_no_stream_its_entries_kept(self, kept_lab):
+        """r5 is added while streams run: the streams whose slot r5 took stay
+        on their backend by their entries. Then the old backend that keeps the
+        most of them fails its health checks (its server still has the
+        streams): its streams move to their slot's first choice, and those kept
+        by their entry name it as second choice (its hold runs), not the
+        slot's second, which never had them."""
+        lab, daemon = kept_lab
+        names = {str(a): n.name for n in lab.ipip_backends for a in (n.v4, n.v6)}
+        before = decap_counters(lab)
+        streams = Streams(daemon, ONE_HOST_S + 4)
+        kept: dict[str, dict] = {}   # VIP -> (source, port) -> the backend its entry keeps it on
+        try:
+            time.sleep(1)   # every flow has its entry on one of the first four
+            TestOneHost.reload(lab, daemon, ALL_FIVE)
+            for vip in SECOND_CHANCE:
+                flows = streams.flows(vip)
+                kept[vip] = {(f["source"], f["port"]): names[e["connection_table"]["backend"]]
+                             for f, e in zip(flows, explain(daemon, VIPS[vip], flows))
+                             if names.get(e["table_backend"]["backend"]) == "r5" and e["connection_table"]}
+            on = [b for by_flow in kept.values() for b in by_flow.values()]
+            victim = max(FIRST_FOUR, key=on.count)
+            assert on.count(victim), f"no stream kept by its entry: {kept}"
+            block_health_checks(lab, victim, lab.nodes["lbd"])
+            try:
+                wait_tables(daemon, lab, [n for n in ALL_FIVE if n != victim], f"{victim} down")
+                print(f"{on.count(victim)} streams kept on {victim} by their entries; "
+                      f"{streams.left_s():.1f} s of the streams left after the event")
+                assert streams.left_s() > 3, "the change took most of the streams' time"
+                outcomes = streams.results()
+            finally:
+                unblock_health_checks(lab, victim)
+        finally:
+            streams.kill()
+        record_choices(lab, daemon, outcomes)
+        for vip in SECOND_CHANCE:
+            outcome = outcomes[vip]
+            outcome.exercised = [s for s in outcome.streams if s["backend"] == victim
+                                 and kept[vip].get((s["source"], s["port"])) == victim]
+        for vip in CONTROL:
+            outcomes[vip].exercised = [s for s in outcomes[vip].streams if s["backend"] == victim]
+        assert_second_chance_kept_every_stream(outcomes, f"r5 added, then {victim} failed its health checks",
+                                               counted_since(before, lab))
+        # what they name now: r5 first (their slot's), the victim second (their entry's backend)
+        named = [outcomes[vip].choices[(s["source"], s["port"])] for vip in SECOND_CHANCE
+                 for s in outcomes[vip].exercised]
+        assert all(choice == ("r5", victim) for choice in named), named
+        wait_tables(daemon, lab, ALL_FIVE, f"{victim} up again")

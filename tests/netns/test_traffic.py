@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import yamlbombs
 from tests.netns.lbdrun import lab_config, running
 
 pytestmark = pytest.mark.netns
@@ -192,18 +193,19 @@ def test_hitless_restart_after_kill_9(lab, lbd):
     assert "datapath_adopted" in lbd.log()
 
 
+def who_serves_whom(lab) -> list[str]:
+    # the client-affinity VIP answers each client address from one backend:
+    # a mapping that must not change when a bad reload is refused
+    replies = lab.http_get_many(lab.url("fd00:100::3", "/whoami"), lab.client.v6s[:20])
+    answered_by(replies)
+    return [r.body.split()[0] for r in replies]
+
+
 def test_bad_reload_changes_nothing(lab, lbd):
     good = lbd.status()
     fingerprints = {v["name"]: v["fingerprint"] for v in good["vips"]}
     failures = lbd.metric("lbd_reloads_total", result="failure")
-    def who_serves_whom():
-        # the client-affinity VIP answers each client address from one backend:
-        # a mapping that must not change when a bad reload is refused
-        replies = lab.http_get_many(lab.url("fd00:100::3", "/whoami"), lab.client.v6s[:20])
-        answered_by(replies)
-        return [r.body.split()[0] for r in replies]
-
-    before = who_serves_whom()
+    before = who_serves_whom(lab)
     original = lab_config(lab, lbd.socket)
     lbd.write_config(original.replace("port: 80, protocol: tcp, mode: dsr, health",
                                       "port: 80, protocol: tcpp, mode: dsr, health"))
@@ -216,7 +218,31 @@ def test_bad_reload_changes_nothing(lab, lbd):
         assert lbd.metric("lbd_config_last_reload_successful") == 0
         assert "reload_failure" in lbd.log()
         assert {v["name"]: v["fingerprint"] for v in status["vips"]} == fingerprints
-        assert who_serves_whom() == before, "traffic continues exactly as before"
+        assert who_serves_whom(lab) == before, "traffic continues exactly as before"
+    finally:
+        lbd.write_config(original)
+        lbd.lbctl("reload")
+
+
+@pytest.mark.parametrize("shape", sorted(yamlbombs.shapes("vips:\n")))
+def test_yaml_bomb_reload_is_refused_quickly(lab, lbd, shape):
+    # issue 19: a 12-line alias bomb took `lbd check` past 60 s and 4 GB; by
+    # `lbctl reload` it reached the daemon itself. lbctl's own timeout (60 s) bounds this.
+    fingerprints = {v["name"]: v["fingerprint"] for v in lbd.status()["vips"]}
+    before = who_serves_whom(lab)
+    original = lab_config(lab, lbd.socket)
+    bomb = yamlbombs.shapes(original)[shape]
+    lbd.write_config(bomb.text)
+    try:
+        result = lbd.lbctl("reload", check=False)
+        assert result.returncode != 0, result.stdout
+        error = lbd.status()["reload"]["last_error"]
+        assert error in result.stderr and "\n" not in error and len(error) < 400, error
+        line = int(error.removeprefix(f"{lbd.config_path}:").split(":")[0])
+        assert line in bomb.lines and error.startswith(f"{lbd.config_path}:{line}: {bomb.path}"), error
+        assert bomb.word in error, error
+        assert {v["name"]: v["fingerprint"] for v in lbd.status()["vips"]} == fingerprints
+        assert who_serves_whom(lab) == before, "traffic continues exactly as before"
     finally:
         lbd.write_config(original)
         lbd.lbctl("reload")

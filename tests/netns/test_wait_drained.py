@@ -24,10 +24,12 @@ VIP = "198.18.100.1"
 IDLERS = str(Path(__file__).with_name("idlers.py"))
 
 
-def config(lab, socket_path: str, web4=("b1",), drain=()) -> str:
+def config(lab, socket_path: str, web4=("b1",), drain=(), echo4_drain=()) -> str:
     return host_config(lab, socket_path, "tests/netns/test_wait_drained.py") + f"""\
   - {{name: web4, address: {VIP}, port: 80, protocol: tcp, mode: dsr,
      backends: {backends(lab, web4, drain=drain)}}}
+  - {{name: echo4, address: {VIP}, port: 5300, protocol: udp, mode: dsr,
+     backends: {backends(lab, ["b1", "b2"], drain=echo4_drain)}}}
 """
 
 
@@ -126,3 +128,17 @@ def test_wait_drained_refuses_what_can_never_drain(lab, lbd):
     assert unknown.returncode == 2 and "no VIP named or at 'web9'" in unknown.stderr
     stranger = lbd.lbctl("wait-drained", "web4", "198.51.100.99", check=False)
     assert stranger.returncode == 2 and "is not a backend of VIP web4" in stranger.stderr
+
+
+def test_wait_drained_on_a_udp_vip_speaks_of_silence_not_of_fin(lab, lbd):
+    # issue 19: it said "after the client's FIN or RST", which UDP has not
+    b1 = str(lab.backends["b1"].v4)
+    answers = [lab.udp_echo(VIP, "hi", source=source) for source in lab.client.v4s[:12]]
+    assert sum(a is not None and a.startswith("b1 ") for a in answers) >= 1, answers
+    lbd.write_config(config(lab, lbd.socket, echo4_drain=("b1",)))
+    assert "echo4: changed" in lbd.lbctl("reload").stdout
+    # b1's datagram flows are live until quiet for --idle, then it is drained
+    waited = lbd.lbctl("wait-drained", "echo4", b1, "--timeout", "30s", "--idle", "1s", check=False)
+    assert waited.returncode == 0, waited.stdout + waited.stderr
+    assert "drained, no live flow" in waited.stdout and "no packet for 1 s" in waited.stdout, waited.stdout
+    assert "UDP flow has no close" in waited.stdout and "FIN" not in waited.stdout, waited.stdout

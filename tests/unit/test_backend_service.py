@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lbd.backend_prep import _parser
+from lbd.backend.cli import _parser
 from tests.unit.test_packaging import _unit_settings, _verify, _verify_root
 
 pytestmark = pytest.mark.unit

@@ -14,7 +14,7 @@ from lbd import bgp, bird
 from lbd.config import ConfigError, parse_config
 from lbd.health import HealthState
 from lbd.plan import plans_for
-from lbd.programmer import _by_address
+from lbd.dataplane.programmer import _by_address
 
 pytestmark = pytest.mark.unit
 

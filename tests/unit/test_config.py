@@ -11,7 +11,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from lbd import layout
+from lbd.dataplane import layout
+from tests import yamlbombs
 from lbd.cli import check_files
 from lbd.config import (
     BOOT_ONLY,
@@ -379,6 +380,38 @@ def test_health_port_required_when_vip_port_is_zero(tmp_path):
     assert parse_config(edit("port: 443", "port: 0")).vips[0].port == 0
 
 
+@pytest.mark.parametrize("check", ["tcp", "http"])
+def test_health_check_of_a_udp_vip_must_name_its_port(tmp_path, check):
+    # issue 19: `protocol: udp, port: 4433, health: {type: tcp}` passed `lbd check`, then
+    # TCP-connected to 4433, where a QUIC server does not listen: every backend DOWN
+    udp = GOOD.replace("""  - address: fd00::10
+    port: 53
+    protocol: udp
+    mode: dsr
+""", f"""  - address: fd00::10
+    port: 4433
+    protocol: udp
+    mode: dsr
+    health: {{type: {check}, interval: 2s}}
+""")
+    assert udp != GOOD
+    one_problem(tmp_path, udp, line_of(udp, "health: {type:"), "vips[1].health.port",
+                "is required on a udp VIP", f"a {check} check connects over TCP", "port 4433")
+    # naming the backend's TCP port makes the check what it says
+    named = parse_config(udp.replace("health: {type:", "health: {port: 8443, type:")).vips[1].health
+    assert (named.type, named.port) == (check, 8443)
+
+
+def test_health_check_of_a_tcp_vip_defaults_to_its_port():
+    assert parse_config(edit("      port: 8080\n", "")).vips[0].health.port == 443
+
+
+def test_config_knows_every_check_type_the_checker_runs():
+    from lbd.config import CHECK_PROTOCOLS
+    from lbd.health import CheckType
+    assert set(CHECK_PROTOCOLS) == {t.value for t in CheckType}
+
+
 @pytest.mark.parametrize("family, vip, backend, key", [
     (4, "198.18.0.20", "198.18.1.20", "source_v4"),
     (6, "fd00::20", "fd00::21", "source_v6"),
@@ -656,6 +689,81 @@ def test_config_is_a_plain_frozen_dataclass():
 
 
 # ---------------------------------------------------------------------------
+# Files that cost far more than their size (issue 19: a 12-line alias bomb
+# made `lbd check` run past 60 s and 4 GB). The checks run as the operator
+# runs them, in a process of their own, bounded in time and memory.
+
+def _bounded_memory() -> None:
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+
+def _check_command(argv: list[str], path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *argv, str(path)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60, preexec_fn=_bounded_memory)
+
+
+@pytest.mark.parametrize("command", [["lbd.cli", "check"], ["lbd.lbctl", "check"]])
+@pytest.mark.parametrize("shape", sorted(yamlbombs.shapes(GOOD)))
+def test_yaml_bombs_get_a_quick_clear_error(tmp_path, shape, command):
+    bomb = yamlbombs.shapes(GOOD)[shape]
+    path = tmp_path / "bomb.yaml"
+    path.write_text(bomb.text)
+    run = _check_command(command, path)
+    assert run.returncode == 1 and run.stdout == "", (run.stdout, run.stderr[-2000:])
+    message, = run.stderr.splitlines()
+    line = int(message.removeprefix(f"{path}:").split(":")[0])
+    assert line in bomb.lines, (message, bomb.lines)
+    assert message.startswith(f"{path}:{line}: {bomb.path}"), message
+    assert bomb.word in message and len(message) < 400, message
+
+
+def test_yaml_bomb_in_a_vip_field_names_the_field(tmp_path):
+    bomb = yamlbombs.shapes(GOOD)["vip_field"]
+    with pytest.raises(ConfigError) as err:
+        parse_config(bomb.text, "x.yaml")
+    problem, = err.value.problems
+    assert problem.path.startswith("vips[2].name[") and problem.line in bomb.lines, problem
+
+
+def test_shared_values_of_a_real_config_still_load():
+    # one health check shared by every VIP, and the first backend's settings
+    # merged into every other (<<): what anchors are for, well inside the bounds
+    def vip(i: int) -> str:
+        health = "&check {type: http, path: /healthz, interval: 2s, timeout: 1s, rise: 3, fall: 3}" \
+            if i == 0 else "*check"
+        first = "&backend {address: 198.19.0.1, weight: 50, drain: false}" if i == 0 else \
+            f"{{<<: *backend, address: 198.19.{i % 250}.1}}"
+        return (f"  - {{address: 198.18.{i // 250}.{i % 250 + 1}, port: 80, protocol: tcp, mode: dsr,\n"
+                f"     health: {health},\n     backends: [{first},\n" +
+                ",\n".join(f"       {{<<: *backend, address: 198.19.{i % 250}.{j + 2}}}" for j in range(9)) +
+                "]}")
+    vips = "\n".join(vip(i) for i in range(300))
+    config = parse_config(f"interfaces: [{{name: eth0}}]\nvips:\n{vips}\n")
+    assert len(config.vips) == 300 and config.backend_count == 3000
+    assert {vip.health.interval_s for vip in config.vips} == {2.0}
+    assert {b.weight for vip in config.vips for b in vip.backends} == {50}
+
+
+def big_config(vips: int, backends: int) -> str:
+    """vips VIPs of `backends` backends each, written out in block style."""
+    lines = ["interfaces: [{name: eth0}]", "limits: {max_vips: 2048, max_backends: 131072}",
+             "ipip: {source_v4: 198.18.0.1}", "vips:"]
+    for i in range(vips):
+        lines += [f"  - address: 198.18.{100 + i // 250}.{i % 250 + 1}", "    port: 443", "    protocol: tcp",
+                  "    mode: ipip", "    health: {type: http, path: /healthz}", "    backends:"]
+        for j in range(backends):
+            lines += [f"      - address: 198.19.{i % 250}.{j + 1}", "        weight: 100"]
+    return "\n".join(lines) + "\n"
+
+
+def test_the_largest_config_lbd_supports_loads(tmp_path):
+    # 1,000 VIPs x 100 backends: within every bound of lbd.yamlbounds (slow: ~30 s)
+    path = tmp_path / "big.yaml"
+    path.write_text(big_config(1000, 100))
+    config = load_config(path)
+    assert len(config.vips) == 1000 and config.backend_count == 100_000
+
 # QUIC by connection ID (issue 22): a UDP VIP's quic: section and server IDs
 
 QUIC = edit('''    backends:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lbd import forwardto
+from lbd.backend import forwardto
 from tests.unit.test_layout import header_sizes
 
 pytestmark = pytest.mark.unit

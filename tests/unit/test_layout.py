@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from lbd import layout
+from lbd.dataplane import layout
 
 pytestmark = pytest.mark.unit
 

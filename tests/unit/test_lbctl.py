@@ -132,7 +132,9 @@ class _ReloadHandler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802 (http.server's name)
         send_json(self, 200, {"result": "success", "vips": [
             {"name": "web", "action": "changed", "moved_share": 0.2, "second_found_share": 0.9999},
-            {"name": "dns", "action": "changed", "moved_share": 0.25, "second_found_share": None}]})
+            {"name": "dns", "action": "changed", "moved_share": 0.25, "second_found_share": None},
+            {"name": "api", "action": "changed", "moved_share": 0.2867, "second_found_share": 0.8299,
+             "joined": 2}]})
 
     def log_message(self, *args):
         pass
@@ -143,4 +145,7 @@ def test_lbctl_reload_says_what_moved_and_what_second_chance_finds(tmp_path, cap
         assert lbctl.main(["reload", "--socket", path]) == 0
     assert capsys.readouterr().out.splitlines() == [
         "web: changed, moved 20.00% of flows; for 99.99% of them the second choice is the backend they had",
-        "dns: changed, moved 25.00% of flows"]
+        "dns: changed, moved 25.00% of flows",
+        "api: changed, moved 28.67% of flows; for 82.99% of them the second choice is the backend they had; "
+        "2 backends join its table at once: add one per reload, and let the connections open at the "
+        "previous reload end before the next"]

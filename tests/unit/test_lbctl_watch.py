@@ -181,7 +181,8 @@ def flows_socket(tmp_path):
 
 
 def flows(live: int, idle: int = 0, state: str = "draining") -> tuple[int, dict]:
-    return 200, {"vip": "web4", "backend": "198.18.0.11", "state": state, "live": live, "idle": idle,
+    return 200, {"vip": "web4", "protocol": "tcp", "backend": "198.18.0.11", "state": state, "live": live,
+                 "idle": idle,
                  "idle_after_s": 30.0, "closed_after_s": 2.0, "walk_seconds": 0.01}
 
 
@@ -205,6 +206,21 @@ def test_wait_drained_returns_0_once_no_live_flow_is_left(flows_socket):
                                                           "idle": "30"}
     assert clock.slept == [2.0, 2.0, 2.0], "it asks every 2 s"
     assert "drained" in out.getvalue() and "3 idle" in out.getvalue()
+
+
+@pytest.mark.parametrize("protocol, said, unsaid", [
+    ("tcp", "or 2 s after the client's FIN or RST", "UDP"),
+    ("udp", "no packet for 30 s; a UDP flow has no close", "FIN"),
+])
+def test_wait_drained_says_what_ended_the_flows_in_the_vips_protocol(flows_socket, protocol, said, unsaid):
+    # issue 19: on a UDP VIP it spoke of FIN and RST, which UDP has not
+    done = flows(0, idle=3)
+    done[1].update(protocol=protocol, closed_after_s=2.0 if protocol == "tcp" else None)
+    _Flows.script = [done]
+    out = io.StringIO()
+    assert lbctl.wait_drained(flows_socket, "web4", "198.18.0.11", 600, 30, out=out, sleep=lambda s: None) == 0
+    assert "drained, no live flow (3 idle entries" in out.getvalue() and said in out.getvalue(), out.getvalue()
+    assert unsaid not in out.getvalue()
 
 
 def test_wait_drained_gives_up_at_the_timeout_with_the_count(flows_socket):

@@ -13,7 +13,7 @@ import struct
 import mmh3
 import pytest
 
-from lbd import flowhash, layout, maglev
+from lbd.dataplane import flowhash, layout, maglev
 
 pytestmark = pytest.mark.unit
 

@@ -63,7 +63,7 @@ METRICS = {
     "lbd_bgp_vip_announced", "lbd_bgp_vip_healthy_backends", "lbd_bgp_peer_established",
     "lbd_bgp_drained", "lbd_bgp_speaker_up", "lbd_bgp_config_pending", "lbd_bgp_configure_failures_total",
 }
-# The metrics `lbd-backend metrics` writes for node_exporter (lbd/backend_metrics.py).
+# The metrics `lbd-backend metrics` writes for node_exporter (lbd/backend/metrics.py).
 BACKEND_METRICS = {
     "lbd_backend_decap_attached", "lbd_backend_decap_build_current", "lbd_backend_decap_info",
     "lbd_backend_decap_packets_total", "lbd_backend_decap_forward_prefixes",

@@ -3,7 +3,7 @@ import ipaddress
 
 import pytest
 
-from lbd import layout
+from lbd.dataplane import layout
 from lbd.config import parse_config
 from lbd.neighbours import Resolved
 from lbd.plan import ACTIVE, DOWN, DRAINING, plans_for

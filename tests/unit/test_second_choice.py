@@ -1,4 +1,4 @@
-"""Second-chance tables (lbd.secondchoice): the C-backed build agrees with the
+"""Second-chance tables (lbd.dataplane.secondchoice): the C-backed build agrees with the
 plain-Python rule, and the tables have the properties second chance relies
 on (docs/second-chance.md): after a backend is added, the slots
 that moved name their old owner; a drained, failed or removed backend (held)
@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbd import maglev
-from lbd.secondchoice import second_table, second_table_reference
+from lbd.dataplane import maglev
+from lbd.dataplane.secondchoice import second_table, second_table_reference
 
 pytestmark = pytest.mark.unit
 
@@ -174,6 +174,34 @@ def test_added_while_another_is_held_measured_over_many_pools():
     assert np.mean(shares) >= 0.85 and min(shares) >= 0.6
 
 
+def test_several_added_at_once_measured_over_many_pools():
+    """README "Several backends joining at once": k backends added to N at
+    once, each moved slot names the owner without its new first choice, which
+    on about (k-1)/(N+k-1) of the moved slots is another added backend. The
+    measured shares (equal weights) are the README's; the slots lost name an
+    added backend but for Maglev's collateral; one added at a time keeps
+    the flows placed between the two additions."""
+    rng = random.Random(19)
+    for n, k, readme in ((5, 2, 0.830), (5, 3, 0.712), (10, 2, 0.902)):
+        found, named_added = [], []
+        for _ in range(6):
+            pool = [maglev.Backend(ipaddress.IPv4Address(rng.getrandbits(32)).packed, 100, i)
+                    for i in range(1, n + k + 1)]
+            before, after = table(pool[:n]), table(pool)
+            second = second_table(after, pool, RING)
+            moved = before != after
+            lost = moved & (second != before)
+            found.append((second[moved] == before[moved]).mean())
+            named_added.append(np.isin(second[lost], [b.backend_id for b in pool[n:]]).mean())
+            # the same set reached one addition at a time: flows placed in between are kept
+            middle = table(pool[:-1])
+            moved_last = middle != after
+            assert (second[moved_last] == middle[moved_last]).mean() >= 0.99
+        assert abs(np.mean(found) - readme) < 0.01, (n, k, np.mean(found))
+        assert abs(np.mean(found) - n / (n + k - 1)) < 0.02
+        assert np.mean(named_added) >= 0.85, (n, k, named_added)
+
+
 # --- two hosts that disagree on one backend's health ---------------------------
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -204,11 +232,11 @@ def test_the_host_that_sees_it_down_names_the_other_hosts_first(pool):
 
 from types import SimpleNamespace  # noqa: E402
 
-from lbd import layout  # noqa: E402
+from lbd.dataplane import layout  # noqa: E402
 from lbd.config import Backend as ConfigBackend, Vip  # noqa: E402
-from lbd.datapath import Limits, addr_words, family_of, port_word  # noqa: E402
+from lbd.dataplane.maps import Limits, addr_words, family_of, port_word  # noqa: E402
 from lbd.plan import vip_plan  # noqa: E402
-from lbd.programmer import FOREVER, HELD, Programmer  # noqa: E402
+from lbd.dataplane.programmer import FOREVER, HELD, Programmer  # noqa: E402
 
 C = layout.constant
 DOUBLE_RING = 1009

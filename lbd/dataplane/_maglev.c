@@ -1,11 +1,11 @@
-/* _maglev.c: the fast path of lbd/maglev.py.
+/* _maglev.c: the fast path of lbd/dataplane/maglev.py.
  *
  * build(entries, size, seed_offset, seed_skip) -> bytes
  *   entries: list of (key: bytes, weight: int > 0, backend_id: int), already
- *   validated and sorted by lbd.maglev._prepare; size: a prime < 2**31.
+ *   validated and sorted by lbd.dataplane.maglev._prepare; size: a prime < 2**31.
  *   Returns the table as size native-endian u32 backend ids.
  *
- * The algorithm is build_table_reference() in lbd/maglev.py, step for step;
+ * The algorithm is build_table_reference() in lbd/dataplane/maglev.py, step for step;
  * the tests hold the two byte-identical. Only the arithmetic differs: the
  * permutation is walked by adding skip modulo size instead of recomputing
  * (offset + j * skip) % size, which avoids a division per probe.
@@ -23,7 +23,7 @@ static inline uint32_t rotl32(uint32_t x, int r)
 }
 
 /* MurmurHash3_x86_32; blocks read little-endian whatever the host, as the
- * Python version (lbd/flowhash.py) does. */
+ * Python version (lbd/dataplane/flowhash.py) does. */
 static uint32_t murmur3_x86_32(const unsigned char *data, size_t len, uint32_t seed)
 {
 	const uint32_t c1 = 0xcc9e2d51, c2 = 0x1b873593;
@@ -125,7 +125,7 @@ static PyObject *build(PyObject *Py_UNUSED(self), PyObject *args)
 	if (!PyArg_ParseTuple(args, "Okkk:build", &entries, &size_arg, &seed_offset,
 			      &seed_skip))
 		return NULL;
-	/* Checked again here (lbd.maglev checks first) because a bad size or
+	/* Checked again here (lbd.dataplane.maglev checks first) because a bad size or
 	 * weight would make fill() loop forever rather than fail. */
 	if (size_arg >= (1ul << 31) || !is_prime((uint32_t)size_arg)) {
 		PyErr_Format(PyExc_ValueError, "size must be a prime below 2**31, not %lu",
@@ -184,14 +184,14 @@ out:
 static PyMethodDef methods[] = {
 	{"build", build, METH_VARARGS,
 	 "build(entries, size, seed_offset, seed_skip) -> bytes: Maglev table of "
-	 "sorted (key, weight, id) entries as native-endian u32 (see lbd.maglev)."},
+	 "sorted (key, weight, id) entries as native-endian u32 (see lbd.dataplane.maglev)."},
 	{NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
 	.m_base = PyModuleDef_HEAD_INIT,
 	.m_name = "_maglev",
-	.m_doc = "C fast path of lbd.maglev.build_table.",
+	.m_doc = "C fast path of lbd.dataplane.maglev.build_table.",
 	.m_size = -1,
 	.m_methods = methods,
 };

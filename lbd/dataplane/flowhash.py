@@ -5,7 +5,7 @@ LBD_HASH_SEED from xdp/lbd_shared.h) and takes the hash modulo the ring size
 as the slot of the VIP's Maglev table. This module computes the same numbers
 so the control plane and `lbctl` can say which backend a given flow goes to,
 and so tests can check the tables' shares with real hashes. Maglev table
-construction also uses murmur3_x86_32 (lbd/maglev.py).
+construction also uses murmur3_x86_32 (lbd/dataplane/maglev.py).
 
 The byte strings hashed are fixed here and must match the C side exactly:
   5-tuple:          src | dst | sport | dport | proto | 3 zero bytes
@@ -18,7 +18,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from lbd import layout
+from lbd.dataplane import layout
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lbd import bpfsys, layout, xdplink
+from lbd.dataplane import bpfsys, layout, xdplink
 
-log = logging.getLogger("lbd.datapath")
+log = logging.getLogger("lbd.dataplane.maps")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 C = layout.constant
@@ -119,7 +119,7 @@ class Datapath:
         # no production setting needs it.
         cflags += os.environ.get("LBD_EXTRA_CFLAGS", "").split()
         if kernel_hz():
-            cflags.append(f"-DLBD_KERNEL_HZ={kernel_hz()}")
+            cflags += [f"-DLBD_KERNEL_HZ={kernel_hz()}", f"-DLBD_KERNEL_HZ_MAX={kernel_hz()}"]
         if pin_dir:
             os.makedirs(pin_dir, exist_ok=True)
             cflags.append(f'-DLBD_PIN_DIR="{pin_dir}"')
@@ -401,6 +401,14 @@ class Datapath:
                 from bcc import BPF
                 self._clock_fd = self.bpf.load_func(b"lbd_clock", BPF.XDP).fd
         return struct.unpack_from("<Q", bpfsys.test_run(self._clock_fd, bytes(64)).packet)[0]
+
+    @property
+    def finished_idle_jiffies(self) -> int:
+        """How long an entry must have seen nothing for a SYN to find its
+        connection finished, in the jiffies the program counts it in
+        (xdp/balancer.c lbd_flow_finished: the kernel's HZ where known, else
+        the highest, so never shorter than stated)."""
+        return C("LBD_FLOW_FINISHED_IDLE_S") * (kernel_hz() or C("LBD_KERNEL_HZ_MAX"))
 
     @functools.cached_property
     def hz(self) -> int:

@@ -14,7 +14,7 @@ textfile collector (systemd/lbd-backend-metrics.timer refreshes it every 15 s).
                                                      (0: second chance is off from here)
     lbd_backend_xdp_tx_frames_total{interface,result}  sent, lost: what the interface's driver
         did with the frames the program sent back out (XDP_TX), from its own statistics
-        (lbd.xdpstats; veth only). The program counts a frame as forwarded when it returns
+        (lbd.dataplane.xdpstats; veth only). The program counts a frame as forwarded when it returns
         XDP_TX: on a veth whose other end takes no XDP frames every one is lost, and only
         result="lost" says so.
 

@@ -17,7 +17,7 @@ may have it (docs/second-chance.md). The rule, history-free:
                                                       if its first choice were gone
               = 0 where first[s] is 0 or nothing is left
 
-Why it names the backend a flow was on (lbd.maglev is what decides):
+Why it names the backend a flow was on (lbd.dataplane.maglev is what decides):
   * a backend n added: Maglev(table minus n) is the table before, so every
     slot that moved to n names its old owner (and nearly every collateral
     move too);
@@ -41,7 +41,7 @@ Cost: one Maglev build per backend that is first somewhere, run in threads
 slots, equal weights): 4 backends 6 ms per VIP, 10: 13 ms, 50: 63 ms,
 100: 128 ms. 1,000 VIPs of 100 backends: about 130-180 s in all, so the
 daemon does not wait for them: an apply spends at most a second on second
-tables and the background builds the rest (lbd.programmer second_budget_s,
+tables and the background builds the rest (lbd.dataplane.programmer second_budget_s,
 lbd.daemon SECOND_BUDGET_S); 1,000 VIPs of 10 backends: about 13 s.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ from typing import Sequence
 
 import numpy as np
 
-from lbd import maglev
+from lbd.dataplane import maglev
 
 NO_BACKEND = maglev.NO_BACKEND
 

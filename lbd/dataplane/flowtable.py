@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lbd import bpfsys, layout
+from lbd.dataplane import bpfsys, layout
 
 SAMPLE_EVERY_S = 10.0  # a full table costs a fraction of a second of one core per walk
 IDLE_AFTER_S = 30.0    # a flow whose latest packet is older than this is idle

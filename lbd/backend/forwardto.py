@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from lbd import bpfsys, layout
+from lbd.dataplane import bpfsys, layout
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -15,7 +15,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
-log = logging.getLogger("lbd.xdplink")
+log = logging.getLogger("lbd.dataplane.xdplink")
 
 XDP_FLAGS_SKB_MODE = 1 << 1   # generic: after the skb is built (any driver, slower)
 XDP_FLAGS_DRV_MODE = 1 << 2   # native: in the driver, before any skb

@@ -11,9 +11,9 @@ import functools
 import re
 from pathlib import Path
 
-XDP_DIR = Path(__file__).resolve().parent.parent / "xdp"
+XDP_DIR = Path(__file__).resolve().parents[2] / "xdp"
 if not (XDP_DIR / "lbd_shared.h").exists():  # installed wheel: sources ship as lbd.xdp
-    XDP_DIR = Path(__file__).resolve().parent / "xdp"
+    XDP_DIR = Path(__file__).resolve().parents[1] / "xdp"
 SHARED_HEADER = XDP_DIR / "lbd_shared.h"
 
 _DEFINE = re.compile(r"^#define\s+(LBD_[A-Z0-9_]+)\s+([\w\s*<()+]+?)\s*(?:/\*.*)?$", re.M)

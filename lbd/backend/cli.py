@@ -22,7 +22,7 @@ from the VIP. So every backend needs:
     lbd-backend undo
 
 On a native program, `check` also reads what the interface's driver did with
-the frames the program sent back out (XDP_TX; lbd.xdpstats): a veth whose
+the frames the program sent back out (XDP_TX; lbd.dataplane.xdpstats): a veth whose
 other end takes no XDP frames loses them while the program counts them as
 forwarded, and check says so.
 
@@ -62,7 +62,8 @@ from pathlib import Path
 
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
-from lbd import bpfsys, forwardto, layout, mounts, xdplink, xdpstats
+from lbd.backend import forwardto
+from lbd.dataplane import bpfsys, layout, mounts, xdplink, xdpstats
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -128,7 +129,7 @@ def default_interface() -> str:
 
 def interface_prefixes(ifname: str) -> list:
     """The networks of the interface's global addresses (IPv4 and IPv6): the
-    default forward list (lbd.forwardto)."""
+    default forward list (lbd.backend.forwardto)."""
     with _ipr() as ipr:
         found = {ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network
                  for a in ipr.get_addr(index=_link_index(ipr, ifname)) if a["scope"] == 0}
@@ -185,7 +186,7 @@ def decap_source_hash() -> str:
 def load_decap():
     """Compile and load lbd_decap and write its build id; returns (bpf, fd).
     The program lives while bpf is referenced, or while attached or pinned."""
-    from lbd.datapath import load_helper
+    from lbd.dataplane.maps import load_helper
 
     bpf, function = load_helper(DECAP_FUNCTION, "decap.c")
     build = bpf[DECAP_BUILD_MAP.encode()]
@@ -392,7 +393,7 @@ def remove_vip(vip: IPAddress) -> None:
 def prepare(mode: str, vips: list[IPAddress], ifname: str, xdp_mode: str = "auto",
             pin_dir: str | None = None, forward_to: list | None = None) -> list[str]:
     """Make the host ready; returns one line per change made (none when already ready).
-    forward_to: where second-chance packets may go on to (lbd.forwardto; None:
+    forward_to: where second-chance packets may go on to (lbd.backend.forwardto; None:
     the interface's own prefixes)."""
     done: list[str] = []
     on_lo = loopback_addresses()
@@ -693,7 +694,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _metrics(interfaces: list[str], textfile: str | None) -> int:
-    from lbd import backend_metrics
+    from lbd.backend import metrics as backend_metrics
 
     with _ipr() as ipr:
         for ifname in interfaces:

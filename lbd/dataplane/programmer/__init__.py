@@ -7,7 +7,11 @@ consistent:
 
   1. backend entries first (a new table may point at them),
   2. then each changed VIP's Maglev table, swapped in one update, and beside
-     it (second-chance VIPs) its second-choice table,
+     it (second-chance VIPs) its second-choice table; a kept second-chance
+     VIP is marked pending in its VIP entry first (LBD_VIP_SECOND_PENDING),
+     until its second table is written (here, or by build_second() in the
+     background), so that the entries made in between read their second
+     again once it is there,
   3. then VIP and address entries (a new VIP appears only once its table is
      there), each address's prefilter bit set before its first VIP entry,
   4. removals last: VIP entries, then tables, then backend slots (a removed
@@ -21,7 +25,7 @@ Ids are read back from the maps when the daemon adopts a running datapath,
 so a restart keeps every flow where it is.
 
 Second chance (docs/second-chance.md; the table's rule is in
-lbd.secondchoice): each backend entry says until when it may be named as a
+lbd.dataplane.secondchoice): each backend entry says until when it may be named as a
 second choice (second_until): for ever while active or draining; for the
 hold (second_chance.hold) once it goes down, or once it is removed from a
 kept second-chance VIP, which then keeps its id, address and generation in
@@ -47,13 +51,13 @@ import numpy as np
 
 from typing import TYPE_CHECKING, Callable
 
-from lbd import layout, maglev, secondchoice
-from lbd.datapath import BackendEntry, Datapath, IPAddress, prefilter_bit
+from lbd.dataplane import layout, maglev, secondchoice
+from lbd.dataplane.maps import BackendEntry, Datapath, IPAddress, prefilter_bit
 
 if TYPE_CHECKING:  # plans are built by lbd.plan; this layer only reads them
     from lbd.plan import VipKey, VipPlan
 
-log = logging.getLogger("lbd.programmer")
+log = logging.getLogger("lbd.dataplane.programmer")
 C = layout.constant
 
 EMPTY = C("LBD_BACKEND_EMPTY")  # a backend slot no VIP uses
@@ -61,6 +65,7 @@ ACTIVE, DRAINING = C("LBD_BACKEND_ACTIVE"), C("LBD_BACKEND_DRAINING")
 DOWN, HELD = C("LBD_BACKEND_DOWN"), C("LBD_BACKEND_HELD")
 FOREVER = C("LBD_SECOND_FOREVER")  # second_until of an active or draining backend
 NO_HOLD = 0                        # second_until of a backend that is no second choice
+PENDING = C("LBD_VIP_SECOND_PENDING")  # in the VIP entry only: its second table is not yet built
 
 
 @dataclass
@@ -75,6 +80,10 @@ class VipResult:
     # the backend they had (its connections are found); None: no second
     # chance, nothing moved, or the second table still waits to be built
     second_found_share: float | None = None
+    # second chance: backends in the table now that were not before (added,
+    # undrained, up again). More than one at once costs moved flows their
+    # second choice (README "Several backends joining at once")
+    joined: int = 0
     # QUIC VIPs: backends whose QUIC connections move (their server ID changed
     # or went away): address -> "old -> new" server ID in hex ("-" for none)
     quic_moved: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -271,7 +280,7 @@ class Programmer:
 
     def _candidates(self, key: VipKey, plan: VipPlan, ids: dict[IPAddress, int],
                     untils: dict[int, int]) -> tuple[maglev.Backend, ...]:
-        """The second table's candidates (lbd.secondchoice's Cset) as written:
+        """The second table's candidates (lbd.dataplane.secondchoice's Cset) as written:
         the plan's backends by the untils they get, and the VIP's held ones."""
         held = self._held.get(key, {})
         weights = self._candidate_weights(plan, {b.address: untils[ids[b.address]] for b in plan.backends}, held)
@@ -305,7 +314,7 @@ class Programmer:
             self._second_pending[key] = None
 
     def _build_second(self, key: VipKey, applied: AppliedVip, untils: dict[int, int]) -> None:
-        """Build the VIP's second table from what it is now (lbd.secondchoice)."""
+        """Build the VIP's second table from what it is now (lbd.dataplane.secondchoice)."""
         candidates = self._candidates(key, applied.plan, applied.backend_ids, untils)
         applied.second = secondchoice.second_table(applied.table, candidates, self.limits.ring_size)
         by_id = {b.backend_id: ipaddress.ip_address(b.key) for b in candidates}
@@ -320,10 +329,13 @@ class Programmer:
         """Build and write the pending second tables, for about budget_s at
         most (None: all). Returns how many are still pending.
 
-        A pending VIP's packets name what its second ring held before (the
-        table of its last inputs, or the one an earlier daemon pinned), or,
-        with none, go as plain IP-in-IP: never a wrong first choice, and a
-        stale second is at worst a backend of the VIP without the flow."""
+        A pending VIP's packets name what its second ring holds meanwhile
+        (the interim table apply wrote beside a changed first table: moved
+        slots name the backend they had; or the table of its last inputs, or
+        the one an earlier daemon pinned), or, with none, go as plain
+        IP-in-IP: never a wrong first choice, and a stale second is at worst
+        a backend of the VIP without the flow. Entries made meanwhile are
+        provisional (the VIP entry's PENDING mark, cleared here)."""
         left = self._budget_left(budget_s)
         built: dict[VipKey, AppliedVip] = {}
         for key in list(self._second_pending):
@@ -333,9 +345,15 @@ class Programmer:
             self._build_second(key, built[key], self._until)
         self.dp.write_second_rings({a.vip_id: a.second for a in built.values()})
         self._applied.update(built)
-        for key in built:
+        for key, applied in built.items():
             del self._second_pending[key]
+            self.dp.set_vip(key[0], key[1], key[2], applied.vip_id, self._vip_flags(key, applied))
         return len(self._second_pending)
+
+    def _vip_flags(self, key: VipKey, applied: AppliedVip) -> int:
+        """The VIP entry's flags: the plan's, and PENDING while its second
+        table is not the one its first table and candidates make."""
+        return applied.plan.flags | (PENDING if key in self._second_pending else 0)
 
     def second_pending(self, key: VipKey | None = None) -> bool:
         """Whether the VIP's (or any VIP's) second table waits to be built."""
@@ -433,6 +451,12 @@ class Programmer:
                 break
             self._build_second(key, staged[key], now_untils)
             del self._second_pending[key]
+        # the rest, until built: their moved slots name the backend they had
+        for key in [k for k in self._second_pending if k in staged]:
+            old, applied = self._applied.get(key), staged[key]
+            if old is not None and old.table is not None and applied.second is not None \
+                    and applied.table is not old.table:
+                applied.second = _interim_second(old.table, applied.table, applied.second)
 
         # 0. an id taken anew starts its counters at zero: a VIP or backend
         # must not inherit the packets of the one that had the id before
@@ -473,6 +497,16 @@ class Programmer:
         # 2. tables, each swapped atomically (in batches); the second choices beside
         changed = {key: applied for key, applied in staged.items()
                    if rewrite or key not in self._applied or self._applied[key].table is not applied.table}
+        # a kept second-chance VIP whose first table changes is marked pending
+        # first: between the two swaps (and while its second table waits in the
+        # background) the entries it makes read a second of the table before,
+        # and must read it again once the new one is in place (xdp/balancer.c
+        # lbd_entry_second). Step 3 or build_second() clears the mark.
+        for key, applied in changed.items():
+            if applied.plan.second_chance and applied.vip_id not in fresh_vip_ids:  # its entry is there
+                old = self._applied.get(key)
+                self.dp.set_vip(key[0], key[1], key[2], applied.vip_id,
+                                (old or applied).plan.flags | PENDING)
         self.dp.write_rings({applied.vip_id: applied.table for applied in changed.values()})
         self.dp.write_second_rings({
             applied.vip_id: applied.second for key, applied in staged.items()
@@ -486,7 +520,7 @@ class Programmer:
             wanted_bits = _prefilter_words(plan.address for plan in wanted.values())
             self._write_prefilter({i: bits | self._prefilter.get(i, 0) for i, bits in wanted_bits.items()})
         for key, applied in staged.items():
-            self.dp.set_vip(key[0], key[1], key[2], applied.vip_id, applied.plan.flags)
+            self.dp.set_vip(key[0], key[1], key[2], applied.vip_id, self._vip_flags(key, applied))
         if not same_vips:
             self._write_addrs(wanted, staged)
 
@@ -526,6 +560,8 @@ class Programmer:
             results.append(VipResult(applied.plan.name, "changed" if old else "added",
                                      0.0 if old is None else moved, applied.fingerprint,
                                      applied.second_fingerprint, found,
+                                     _joined(old.plan, applied.plan)
+                                     if old is not None and applied.plan.second_chance else 0,
                                      _quic_moved(old.plan, applied.plan) if old else {}))
             self._applied[key] = applied
         for key in wanted:
@@ -750,6 +786,7 @@ class Programmer:
             second = secondchoice.second_table(
                 after, [maglev.Backend(a.packed, w, ranks[a]) for a, w in candidates.items()], size)
             result.second_found_share = _found(before, after, second)
+            result.joined = _joined(old.plan, plan)
         return result
 
     def _preview_candidates(self, key: VipKey, old: AppliedVip, plan: VipPlan) -> dict[IPAddress, int]:
@@ -807,6 +844,26 @@ def _quic_moved(old: VipPlan, new: VipPlan) -> dict[str, str]:
     return {str(b.address): f"{b.server_id.hex()} -> {after[b.address].hex() if after.get(b.address) else '-'}"
             for b in old.backends
             if b.server_id is not None and b.address in kept and after.get(b.address) != b.server_id}
+
+
+def _interim_second(before: np.ndarray, after: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """A VIP's second table while the rule's one waits to be built: a slot
+    whose first choice changed names the backend it had (the rule's answer
+    there but for Maglev's collateral and overlapping changes: an added
+    backend's slots name their old owner, a failed or removed backend's name
+    it), any other slot the second it had. Entries made meanwhile are
+    provisional and take the rule's second once it is written."""
+    interim = np.array(second, dtype=np.uint32)
+    moved = before != after
+    interim[moved] = before[moved]
+    interim[after == maglev.NO_BACKEND] = maglev.NO_BACKEND
+    return interim
+
+
+def _joined(before: VipPlan, after: VipPlan) -> int:
+    """How many backends are in `after`'s table and were not in `before`'s."""
+    was = {b.address for b in before.backends if b.in_table}
+    return sum(1 for b in after.backends if b.in_table and b.address not in was)
 
 
 def _prefilter_words(addresses) -> dict[int, int]:

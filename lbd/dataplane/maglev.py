@@ -2,7 +2,7 @@
 
 Each VIP has a table of `ring_size` slots (a prime, LBD_RING_SIZE by default)
 holding backend ids; the XDP program sends a new flow to
-table[flow_hash % ring_size] (lbd/flowhash.py). This module fills the tables.
+table[flow_hash % ring_size] (lbd/dataplane/flowhash.py). This module fills the tables.
 
 The table depends only on the backends' keys (their packed addresses),
 weights, ids and the ring size: no host-local seed, no input order, so every
@@ -23,7 +23,7 @@ Algorithm (Maglev, Eisenbud et al., NSDI 2016, with weights):
     proportion to their weights.
 
 `build_table_reference` is that specification in plain Python;
-`build_table` runs the same algorithm in the C extension lbd._maglev and is
+`build_table` runs the same algorithm in the C extension lbd.dataplane._maglev and is
 what the daemon uses. Tests hold the two byte-identical.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ import hashlib
 import sys
 from typing import Iterable, NamedTuple, Sequence
 
-from lbd import layout
-from lbd.flowhash import murmur3_x86_32
+from lbd.dataplane import layout
+from lbd.dataplane.flowhash import murmur3_x86_32
 
 RING_SIZE = layout.constant("LBD_RING_SIZE")
 NO_BACKEND = layout.constant("LBD_NO_BACKEND")
@@ -118,7 +118,7 @@ def build_table_reference(backends: Iterable[Sequence], size: int = RING_SIZE) -
 
 def build_table(backends: Iterable[Sequence], size: int = RING_SIZE) -> array.array:
     """The Maglev table of `backends` (same bytes as the reference, in C)."""
-    from lbd import _maglev  # built by `pip install -e .` / `make venv`
+    from lbd.dataplane import _maglev  # built by `pip install -e .` / `make venv`
 
     entries = _prepare(backends, size)
     table = array.array("I")

@@ -71,6 +71,9 @@ def format_status(status: dict, stats: bool, rate: bool = False) -> str:
             notes = [b["note"]] if b.get("note") else []
             if b.get("hold_until"):
                 notes.append(f"second choice until {_clock(b['hold_until'])}")
+            if b.get("server_id"):  # a QUIC VIP's backend: the ID its CIDs carry
+                routed = "" if b.get("quic_routed") is None else f", {b['quic_routed']} packets by CID"
+                notes.append(f"server ID {b['server_id']}{routed}")
             if notes:
                 row += f"  ({'; '.join(notes)})"
             lines.append(row)

@@ -8,6 +8,7 @@
   lbctl reload                        re-read the config (like SIGHUP), print what moved
   lbctl check FILE... [--diff]        validate; with --diff, what a reload would move
   lbctl explain CLIENT:PORT VIP:PORT/PROTO   which backend this flow gets, and why
+  lbctl explain ... --quic-cid HEX    a QUIC VIP's datagram with that CID: which rule placed it
   lbctl explain --batch FILE          the same for many flows (lines "CLIENT VIP"; - = stdin), JSON
   lbctl drain / undrain               withdraw every VIP from BGP (keeps forwarding), or announce again
   lbctl teardown                      withdraw from BGP, detach and unpin everything, stop lbd
@@ -266,6 +267,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     explain.add_argument("client", nargs="?", help="CLIENT_ADDR:PORT ([v6]:port)")
     explain.add_argument("vip", nargs="?", help="VIP_ADDR:PORT/PROTO")
     explain.add_argument("--batch", metavar="FILE", help='lines "CLIENT_ADDR:PORT VIP_ADDR:PORT/PROTO"; - = stdin')
+    explain.add_argument("--quic-cid", metavar="HEX",
+                         help="a QUIC VIP: the next datagram is a short-header packet with this CID")
     sub.add_parser("drain", help="withdraw every VIP from BGP; forwarding goes on", parents=[options])
     sub.add_parser("undrain", help="announce the VIPs again (where the rules allow)", parents=[options])
     sub.add_parser("teardown", help="detach, unpin, stop lbd", parents=[options])
@@ -307,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(body))
         return 0 if code == 200 else 1
     if args.command == "explain":
-        query = urllib.parse.urlencode({"client": args.client, "vip": args.vip})
+        query = urllib.parse.urlencode({"client": args.client, "vip": args.vip,
+                                        **({"quic_cid": args.quic_cid} if args.quic_cid else {})})
         code, body = call(args.socket, "GET", f"/explain?{query}")
         print(json.dumps(body, indent=2))
         return 0 if code == 200 else 1

@@ -495,6 +495,16 @@ class Datapath:
     def delete_quic_server(self, vip_id: int, server_id: bytes) -> None:
         self.quic_servers.pop(self._quic_server_key(vip_id, server_id), None)
 
+    def quic_config(self, vip_id: int) -> tuple[int, int, int]:
+        """(config ID, server ID length, CID length) of a VIP; length 0: none."""
+        leaf = self.quic_configs[ctypes.c_uint32(vip_id)]
+        return int(leaf.config_id), int(leaf.server_id_len), int(leaf.cid_len)
+
+    def quic_server(self, vip_id: int, server_id: bytes) -> int | None:
+        """The backend id quic_servers names for a VIP's server ID, or None."""
+        value = self.quic_servers.get(self._quic_server_key(vip_id, server_id))
+        return None if value is None else int(value.value)
+
     def quic_servers_of(self, vip_id: int) -> dict[bytes, int]:
         """Server ID (all 16 key octets, zero-padded) -> backend id of one VIP, as written."""
         return {struct.pack("=2Q", *k.server_id): v.value for k, v in self.quic_servers.items()

@@ -47,5 +47,6 @@ BENCHMARKS = (
     Benchmark("xdp_cost", "xdp_cost", ("--before", "a7ccca8^")),
     Benchmark("decap_cost", "decap_cost"),
     Benchmark("flowcount", "flowcount"),
+    Benchmark("quic_cost", "quic_cost"),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}

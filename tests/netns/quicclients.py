@@ -11,7 +11,8 @@ EXCHANGE_TIMEOUT_S as failed, and a connection with a failed exchange or a
 terminated connection as broken. Commands on stdin, one per line:
 `rebind-port` (a new socket on the same address: a NAT's new mapping) and
 `rebind-address` (a new socket on the next source address, with a new CID:
-the client migrates); `stop` ends the run. It prints "ready" once every
+the client migrates); `stop` ends the run; any other line is answered
+`done LINE` (a mark: the test changes something meanwhile). It prints "ready" once every
 connection has finished its handshake and one JSON line per connection at
 the end. Bounded: --duration seconds at most.
 """
@@ -126,8 +127,9 @@ async def main_async(args) -> None:
             break
         if line in ("stop", ""):
             break
-        await asyncio.gather(*(c.rebind(line == "rebind-address") for c in conns))
-        print(f"done {line}", flush=True)
+        if line in ("rebind-port", "rebind-address"):
+            await asyncio.gather(*(c.rebind(line == "rebind-address") for c in conns))
+        print(f"done {line}", flush=True)  # any other line: a mark the test waits on
     stop.set()
     await asyncio.gather(*runs)
     for c in conns:

@@ -31,15 +31,19 @@ CLIENTS = str(Path(__file__).with_name("quicclients.py"))
 PER_VIP = 10
 
 
-def quic_config(lab: Lab, socket_path: str) -> str:
+# UDP VIPs are checked on the backends' nginx (a QUIC server answers no TCP)
+HEALTH = "{type: http, port: 80, path: /healthz, interval: 500ms, timeout: 300ms, rise: 2, fall: 2}"
+
+
+def quic_config(lab: Lab, socket_path: str, names=tuple(BACKENDS), drain=()) -> str:
     def members(quic: bool) -> str:
         return "[" + ", ".join(
-            f"{{address: {lab.backends[name].v4}" + (f", server_id: '{sid}'}}" if quic else "}")
-            for name, sid in BACKENDS.items()) + "]"
+            f"{{address: {lab.backends[name].v4}" + (", drain: true" if name in drain else "")
+            + (f", server_id: '{BACKENDS[name]}'}}" if quic else "}") for name in names) + "]"
     return host_config(lab, socket_path, "tests/netns/test_quic.py") + f"""\
-  - {{name: h3, address: {QUIC_VIP}, port: {PORT}, protocol: udp, mode: dsr,
+  - {{name: h3, address: {QUIC_VIP}, port: {PORT}, protocol: udp, mode: dsr, health: {HEALTH},
      quic: {{config_id: 1, server_id_length: 3, nonce_length: 6}}, backends: {members(True)}}}
-  - {{name: h3-control, address: {CONTROL_VIP}, port: {PORT}, protocol: udp, mode: dsr,
+  - {{name: h3-control, address: {CONTROL_VIP}, port: {PORT}, protocol: udp, mode: dsr, health: {HEALTH},
      backends: {members(False)}}}
 """
 
@@ -70,9 +74,10 @@ def quic_lab(lab):
             lab.stop(proc)
 
 
-def run_clients(lab: Lab, commands: list[str], pause_s: float = 3.0) -> list[dict]:
+def run_clients(lab: Lab, commands: list, pause_s: float = 3.0) -> list[dict]:
     """Open the connections, send each command (waiting for the clients to
-    carry it out, then pause_s of traffic), stop, and return the results."""
+    carry it out, then pause_s of traffic), stop, and return the results. A
+    command may be a callable: the test's own change, made between marks."""
     sources = [str(a) for a in lab.client.v4s[1:21]]
     proc = lab.spawn(lab.client, [sys.executable, CLIENTS, "--vip", QUIC_VIP, "--vip", CONTROL_VIP,
                                   "--port", str(PORT), *sum((["--source", s] for s in sources), []),
@@ -82,6 +87,9 @@ def run_clients(lab: Lab, commands: list[str], pause_s: float = 3.0) -> list[dic
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         time.sleep(pause_s)
         for command in commands:
+            if callable(command):
+                command()
+                command = "mark"
             proc.stdin.write(command + "\n")
             proc.stdin.flush()
             assert proc.stdout.readline().strip() == f"done {command}"
@@ -114,3 +122,61 @@ def test_quic_connections_survive_nat_rebinding_and_migration(quic_lab):
     assert lbd.metric("lbd_quic_packets_total", how="routed_short") > 0
     assert lbd.metric("lbd_quic_packets_total", how="fb_client_cid") > 0
     print(f"control: {len(lost)} of {PER_VIP} connections broken; QUIC VIP: none")
+
+
+def empty_udp_table(lbd: LbdUnderTest) -> int:
+    """Delete every entry of the pinned UDP connection table (bpftool, not lbd)."""
+    pin_dir = next(d for d in Path(lbd.lab.bpffs_dir, lbd.host).iterdir() if d.name.startswith("layout"))
+    table = str(pin_dir / "conntrack_udp")
+    dump = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", table], capture_output=True, text=True,
+                          check=True)
+    keys = [entry["key"] for entry in json.loads(dump.stdout)]
+    for key in keys:
+        subprocess.run(["bpftool", "map", "delete", "pinned", table, "key", "hex", *key], check=True,
+                       capture_output=True)
+    return len(keys)
+
+
+def test_quic_connections_survive_backend_changes_with_the_udp_table_emptied(quic_lab):
+    """b3 added, b1 drained, b2 failing its health check, the UDP connection
+    table emptied after each: no QUIC connection breaks but those on b2, whose
+    server lbd no longer sends to (as any flow of a failed backend); the
+    control loses connections whose slot moved."""
+    lab, lbd = quic_lab
+    emptied = []
+
+    def change(names, drain=()):
+        def apply():
+            lbd.write_config(quic_config(lab, lbd.socket, names, drain))
+            lbd.lbctl("reload")
+            emptied.append(empty_udp_table(lbd))
+        return apply
+
+    def fail_b2():
+        lab.stop_server("b2", "http")
+        wait_down = time.monotonic() + 10
+        while lbd.vip("h3")["backends"][1]["state"] != "down":
+            assert time.monotonic() < wait_down, lbd.vip("h3")
+            time.sleep(0.2)
+        emptied.append(empty_udp_table(lbd))
+
+    # start with b1 and b2 only
+    lbd.write_config(quic_config(lab, lbd.socket, ("b1", "b2")))
+    lbd.lbctl("reload")
+    try:
+        results = run_clients(lab, [change(("b1", "b2", "b3")), change(("b1", "b2", "b3"), drain=("b1",)),
+                                    fail_b2])
+    finally:
+        lab.start_server("b2", "http")
+    assert emptied[0] > 0, "the control's flows made no entries to empty"
+    quic = [r for r in results if r["vip"] == QUIC_VIP]
+    control = [r for r in results if r["vip"] == CONTROL_VIP]
+    on_b2 = [r for r in quic if r["servers"] == ["b2"]]
+    survivors = [r for r in quic if r["servers"] != ["b2"]]
+    assert survivors and all(len(r["servers"]) == 1 for r in quic), quic
+    broken = [r for r in survivors if r["broken"]]
+    assert not broken, f"QUIC VIP: {len(broken)} of {len(survivors)} connections not on b2 broke: {broken}"
+    lost = [r for r in control if r["broken"] and r["servers"] != ["b2"]]
+    assert lost, f"the control lost no connection off b2: the changes did not exercise the problem {control}"
+    print(f"QUIC VIP: none of {len(survivors)} broke ({len(on_b2)} were on b2); control: {len(lost)} of "
+          f"{len([r for r in control if r['servers'] != ['b2']])} off b2 broke")

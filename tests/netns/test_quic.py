@@ -28,6 +28,7 @@ pytestmark = pytest.mark.netns
 QUIC_VIP, CONTROL_VIP, PORT = "198.18.100.1", "198.18.100.3", 443
 BACKENDS = {"b1": "0000b1", "b2": "0000b2", "b3": "0000b3"}
 CLIENTS = str(Path(__file__).with_name("quicclients.py"))
+FLOOD = str(Path(__file__).with_name("quicflood.py"))
 PER_VIP = 10
 
 
@@ -180,3 +181,37 @@ def test_quic_connections_survive_backend_changes_with_the_udp_table_emptied(qui
     assert lost, f"the control lost no connection off b2: the changes did not exercise the problem {control}"
     print(f"QUIC VIP: none of {len(survivors)} broke ({len(on_b2)} were on b2); control: {len(lost)} of "
           f"{len([r for r in control if r['servers'] != ['b2']])} off b2 broke")
+
+
+def udp_entries(lbd: LbdUnderTest) -> int:
+    pin_dir = next(d for d in Path(lbd.lab.bpffs_dir, lbd.host).iterdir() if d.name.startswith("layout"))
+    dump = subprocess.run(["bpftool", "-j", "map", "dump", "pinned", str(pin_dir / "conntrack_udp")],
+                          capture_output=True, text=True, check=True)
+    return len(json.loads(dump.stdout))
+
+
+def test_a_spoofed_quic_flood_leaves_no_state_and_breaks_nothing(quic_lab):
+    """5,000 spoofed Initials and 5,000 short headers whose CIDs carry the
+    VIP's config ID and random server IDs, while connections run: none breaks,
+    the UDP table does not grow by them (docs/design.md: neither makes an
+    entry), and the counters see them by reason."""
+    lab, lbd = quic_lab
+    count = 5000
+    seen = {}
+
+    def flood():
+        seen["entries"] = udp_entries(lbd)
+        seen["initials"] = lbd.metric("lbd_quic_packets_total", how="fb_client_cid")
+        seen["unknown"] = lbd.metric("lbd_quic_packets_total", how="fb_unknown_server")
+        lab.run(lab.client, [sys.executable, FLOOD, QUIC_VIP, str(PORT), str(count), "1", "3", "6"],
+                check=True, timeout=120)
+        seen["entries_after"] = udp_entries(lbd)
+
+    results = run_clients(lab, [flood])
+    quic = [r for r in results if r["vip"] == QUIC_VIP]
+    assert quic and not [r for r in quic if r["broken"]], quic
+    # the control's own datagrams make entries; the flood made none
+    assert seen["entries_after"] - seen["entries"] < 50, seen
+    assert lbd.metric("lbd_quic_packets_total", how="fb_client_cid") - seen["initials"] >= count
+    # a random 3-octet server ID is one of the three backends' once in 5.6 million
+    assert lbd.metric("lbd_quic_packets_total", how="fb_unknown_server") - seen["unknown"] >= count - 5

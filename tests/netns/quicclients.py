@@ -40,6 +40,7 @@ class EchoClient(QuicConnectionProtocol):
         self.replies: dict[int, bytes] = {}
         self.terminated = False
         self.servers: set[str] = set()
+        self.exchange_timeout = EXCHANGE_TIMEOUT_S
 
     def quic_event_received(self, event) -> None:
         if isinstance(event, StreamDataReceived):
@@ -57,14 +58,16 @@ class EchoClient(QuicConnectionProtocol):
         self._quic.send_stream_data(stream_id, message, end_stream=True)
         self.transmit()
         try:
-            return await asyncio.wait_for(waiter, EXCHANGE_TIMEOUT_S)
+            return await asyncio.wait_for(waiter, self.exchange_timeout)
         finally:
             del self.waiting[stream_id]
 
 
 class Connection:
-    def __init__(self, vip: str, port: int, sources: list[str], index: int):
+    def __init__(self, vip: str, port: int, sources: list[str], index: int,
+                 exchange_timeout: float = EXCHANGE_TIMEOUT_S):
         self.vip, self.port, self.sources, self.index = vip, port, sources, index
+        self.exchange_timeout = exchange_timeout
         self.source_at = index % len(sources)
         self.protocol: EchoClient | None = None
         self.transports = []
@@ -74,6 +77,7 @@ class Connection:
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         self.protocol = EchoClient(QuicConnection(configuration=client_configuration()))
+        self.protocol.exchange_timeout = self.exchange_timeout
         transport, _ = await loop.create_datagram_endpoint(
             lambda: self.protocol, local_addr=(self.sources[self.source_at], 0))
         self.transports.append(transport)
@@ -111,7 +115,8 @@ class Connection:
 
 
 async def main_async(args) -> None:
-    conns = [Connection(vip, args.port, args.source, i) for vip in args.vip for i in range(args.per_vip)]
+    conns = [Connection(vip, args.port, args.source, i, args.exchange_timeout)
+             for vip in args.vip for i in range(args.per_vip)]
     await asyncio.gather(*(c.open() for c in conns))
     stop = asyncio.Event()
     runs = [asyncio.ensure_future(c.run(stop)) for c in conns]
@@ -143,6 +148,8 @@ def main() -> int:
     parser.add_argument("--source", action="append", required=True)
     parser.add_argument("--per-vip", type=int, default=10)
     parser.add_argument("--duration", type=float, default=90)
+    parser.add_argument("--exchange-timeout", type=float, default=EXCHANGE_TIMEOUT_S,
+                        help="longer where a path fails over (a fleet host dies: BGP hold time)")
     asyncio.run(main_async(parser.parse_args()))
     return 0
 

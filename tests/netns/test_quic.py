@@ -75,14 +75,16 @@ def quic_lab(lab):
             lab.stop(proc)
 
 
-def run_clients(lab: Lab, commands: list, pause_s: float = 3.0) -> list[dict]:
+def run_clients(lab: Lab, commands: list, pause_s: float = 3.0, per_vip: int = PER_VIP,
+                exchange_timeout: float = 3.0, vips=(QUIC_VIP, CONTROL_VIP)) -> list[dict]:
     """Open the connections, send each command (waiting for the clients to
     carry it out, then pause_s of traffic), stop, and return the results. A
     command may be a callable: the test's own change, made between marks."""
     sources = [str(a) for a in lab.client.v4s[1:21]]
-    proc = lab.spawn(lab.client, [sys.executable, CLIENTS, "--vip", QUIC_VIP, "--vip", CONTROL_VIP,
+    proc = lab.spawn(lab.client, [sys.executable, CLIENTS, *sum((["--vip", v] for v in vips), []),
                                   "--port", str(PORT), *sum((["--source", s] for s in sources), []),
-                                  "--per-vip", str(PER_VIP), "--duration", "120"],
+                                  "--per-vip", str(per_vip), "--duration", "150",
+                                  "--exchange-timeout", str(exchange_timeout)],
                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()

@@ -48,5 +48,7 @@ BENCHMARKS = (
     Benchmark("decap_cost", "decap_cost"),
     Benchmark("flowcount", "flowcount"),
     Benchmark("quic_cost", "quic_cost"),
+    # `lbctl capture`: off beside the program before it (main), on per packet kept
+    Benchmark("capture_cost", "capture_cost"),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}

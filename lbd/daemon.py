@@ -91,8 +91,11 @@ class Daemon:
         self._pinned_health: dict = {}  # (VIP name, address) -> UP/DOWN read from adopted maps
         self.attached: dict[str, str] = {}
         self.table_usage: dict = {}  # "tcp"/"udp" -> flowtable.TableUsage, from the last sample
+        self.table_sampled_at: float | None = None  # unix time of that sample
         self.rates = rates.RateRing()  # counter snapshots every second, for `lbctl status --rate`
         self._walk_lock = asyncio.Lock()  # one fresh walk (`lbctl wait-drained`) at a time
+        self.capture_lock = asyncio.Lock()  # one `lbctl capture` at a time (lbd.capture)
+        self.capture_last: dict | None = None  # the last capture's summary, for /status
         self.last_results: list[VipResult] = []
         self.reload_state = {"last_result": None, "last_error": None, "last_success_time": None,
                              "refused": None}
@@ -136,6 +139,7 @@ class Daemon:
         # empty table's at once), so the first scrape and status have one and
         # the adoption log line its count
         self.table_usage = flowtable.sample(self.datapath)
+        self.table_sampled_at = time.time()
         if adopting:
             found = self.programmer.adopt()
             log.info("datapath_adopted pin_dir=%s vips=%d conntrack_entries=%d", pin_dir, found,
@@ -351,6 +355,11 @@ class Daemon:
         if self.announcer is not None:
             await self.announcer.reconcile("health")
 
+    def applied_plan(self, vip_name: str):
+        """The VipPlan last written for a VIP (its backends' addresses, MACs,
+        states), or None before its first apply."""
+        return self._plans.get(vip_name)
+
     def plan_is_current(self, vip) -> bool:
         """Whether the VIP's applied plan is what health and neighbours make now."""
         applied = self._plans.get(vip.name)
@@ -390,6 +399,7 @@ class Daemon:
         second), so neither the datapath nor the event loop waits for it."""
         try:
             self.table_usage = await asyncio.to_thread(flowtable.sample, self.datapath)
+            self.table_sampled_at = time.time()
         except OSError as err:  # the maps are there while we run; say so if not
             log.warning("conntrack_sample_failed error=%s", err)
 
@@ -564,6 +574,7 @@ class Daemon:
         for task in tasks:
             task.cancel()
         await self.health.stop()
+        self.datapath.close_capture()
         for runner in runners:
             await runner.cleanup()
 
@@ -587,6 +598,10 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
 
 def _interface_exists(name: str) -> bool:

@@ -326,14 +326,15 @@ def decide(view: FlowView, kind: str) -> Decision:
         return Decision(kind, "pass", 0, None, "no VIP", unplaced)
     # 3. a QUIC VIP's datagram without a usable entry: by its CID's server ID,
     # no entry made; some fallbacks make none either (docs/design.md)
-    if view.quic is not None and view.quic.routed:
+    if view.quic is not None and view.quic.routed and entry is None:
         be = view.quic.backend
         return Decision(kind, "forward", be.backend_id, str(be.address), "quic server id", LEFT
                         if entry is not None else NONE_MADE)
     table = view.table_backend
     if table is None or table.state != ACTIVE:
         return Decision(kind, "drop", 0, None, "no backend", unplaced)
-    stateless_quic = view.quic is not None and view.quic.makes_no_entry
+    # the CID is read only for a datagram whose 4-tuple has no entry (docs/design.md)
+    stateless_quic = view.quic is not None and view.quic.makes_no_entry and entry is None
     if entry is None:
         why, effect = "table slot", MADE if kind == PACKET and not stateless_quic else NONE_MADE
     elif stateless_quic:
@@ -482,7 +483,7 @@ def explain_flow(applied: dict, datapath: "Datapath", flow: Flow,
     packet = decide(view, PACKET)
     result["next_packet"] = packet.__dict__
     label = "next packet" if flow.proto == TCP else "next datagram"
-    if view.quic is not None and not view.quic.routed and not (view.entry_usable and packet.why == "entry kept"):
+    if view.quic is not None and not view.quic.routed and view.entry is None:
         label += f" (QUIC {view.quic.slot.removeprefix('fb_').replace('_', ' ')}: the table)"
     sentences.append(_sentence(packet, label, view.slot))
     if not view.maybe_vip or (view.vip_id is None and not view.entry_usable):

@@ -34,7 +34,8 @@ LAB_PACKAGES = [
     "nftables",
     "netsniff-ng",        # trafgen for data-plane benchmarks
     "iputils-ping",
-    "tcpdump",
+    "tcpdump",            # reads what `lbctl capture` writes (tests/netns/test_capture.py)
+    "chromium",           # a real browser for the status page (tests/netns/test_status_page.py)
     "bpftool",
     "prometheus",         # promtool (check metrics, check/test rules) and the server of tests/netns/test_prometheus.py
 ]

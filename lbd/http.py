@@ -1,13 +1,15 @@
 """HTTP endpoints.
 
 Public listener (config http.listen, 127.0.0.1:9100 by default), read-only:
-  /metrics (Prometheus), /healthz (the event loop answers), /readyz (program
-  attached and config applied), /status (JSON).
+  / (the status page, lbd.statuspage: a browser's view of /status, redrawn
+  live), /metrics (Prometheus), /healthz (the event loop answers), /readyz
+  (program attached and config applied), /status (JSON).
 Control socket (config control.socket, a unix socket, mode 0660, owned by
 root and the optional control.group): everything above plus the calls that
 change state, reveal flows or cost a walk of a connection table: POST
 /reload, GET and POST /explain, GET /flows (one backend's live and idle
-flows, walked fresh: `lbctl wait-drained`), POST /diff, POST /drain and
+flows, walked fresh: `lbctl wait-drained`), GET /capture (pcapng of the
+packets the program handled, streamed: `lbctl capture`), POST /diff, POST /drain and
 /undrain (BGP), POST /teardown. Nothing that changes state is reachable over
 TCP.
 
@@ -18,6 +20,7 @@ never answered as its bare text (a KeyError's text is just the key).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import grp
 import json
 import logging
@@ -27,6 +30,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from lbd import capture as capture_mod
+from lbd import statuspage
 from lbd.dataplane import flowtable
 from lbd.config import ConfigError
 from lbd.status import status_view
@@ -75,8 +80,13 @@ def _read_routes(daemon: "Daemon") -> list:
     async def status(_request):
         return _json(status_view(daemon))
 
+    async def page(_request):
+        return web.Response(text=statuspage.PAGE, content_type="text/html",
+                            headers={"Content-Security-Policy": statuspage.CONTENT_SECURITY_POLICY,
+                                     "Cache-Control": "no-store"})
+
     return [web.get("/metrics", metrics), web.get("/healthz", healthz), web.get("/readyz", readyz),
-            web.get("/status", status)]
+            web.get("/status", status), web.get("/", page)]
 
 
 def _control_routes(daemon: "Daemon") -> list:
@@ -133,6 +143,25 @@ def _control_routes(daemon: "Daemon") -> list:
         except ConfigError as err:  # file, line, field and value: the operator reads the message
             return _json({"error": str(err)}, 400)
 
+    async def capture(request):
+        """GET /capture?vip=&client=&backend=&action=&reason=&count=&duration=&rate=
+        -> pcapng, streamed until a bound is reached or the client goes away."""
+        try:
+            spec = capture_mod.spec_from_query(request.query, daemon)
+        except (ValueError, LookupError) as err:
+            return _json({"error": f"capture: {err.args[0]}"}, 400)
+        if daemon.capture_lock.locked():
+            return _json({"error": "capture: another capture is running (one at a time)"}, 409)
+        async with daemon.capture_lock:
+            response = web.StreamResponse(headers={"Content-Type": "application/x-pcapng"})
+            await response.prepare(request)
+            transport = request.transport
+            daemon.capture_last = await capture_mod.run(
+                daemon, spec, response, lambda: transport is None or transport.is_closing())
+            with contextlib.suppress(ConnectionError):
+                await response.write_eof()
+            return response
+
     async def teardown(_request):
         if daemon.announcer is not None:
             daemon.announcer.withdrawn_all = True   # its loop must not announce again meanwhile
@@ -142,7 +171,7 @@ def _control_routes(daemon: "Daemon") -> list:
         return _json({"done": done})
 
     return [web.post("/reload", reload), web.get("/explain", explain), web.post("/explain", explain_many),
-            web.get("/flows", flows),
+            web.get("/flows", flows), web.get("/capture", capture),
             web.post("/diff", diff), web.post("/teardown", teardown), web.post("/drain", drain(True)),
             web.post("/undrain", drain(False))]
 

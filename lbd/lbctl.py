@@ -10,6 +10,10 @@
   lbctl explain CLIENT:PORT VIP:PORT/PROTO   which backend this flow gets, and why
   lbctl explain ... --quic-cid HEX    a QUIC VIP's datagram with that CID: which rule placed it
   lbctl explain --batch FILE          the same for many flows (lines "CLIENT VIP"; - = stdin), JSON
+  lbctl capture -w FILE|- [--vip V] [--backend A] [--client A] [--action a,b] [--reason r,s]
+                [--count N] [--duration 60s] [--rate N]
+                                      the packets the XDP program handled (tcpdump cannot see
+                                      them), as they arrived and left, with each decision, as pcapng
   lbctl drain / undrain               withdraw every VIP from BGP (keeps forwarding), or announce again
   lbctl teardown                      withdraw from BGP, detach and unpin everything, stop lbd
 
@@ -28,7 +32,7 @@ import time
 import urllib.parse
 
 from lbd.cli import check_arguments, run_check
-from lbd.control_client import call, quic_moved_text, second_found_text, socket_options, socket_path
+from lbd.control_client import UnixConnection, call, quic_moved_text, second_found_text, socket_options, socket_path
 
 WAIT_EVERY_S = 2.0  # wait-drained asks this often (or every 5 walks' time, if a walk takes longer)
 
@@ -45,6 +49,7 @@ def format_status(status: dict, stats: bool, rate: bool = False) -> str:
         warn = "  NEAR FULL" if table["used"] >= 0.9 else ""
         lines.append(f"connection table {name}: {table['entries']} of {table['capacity']} entries "
                      f"({table['used']:.0%}){warn}")
+    lines += _sample_lines(status.get("flows_sample"))
     header = "Prot VIP                          Mode Affinity Fingerprint (second choices' after /)"
     lines.append(header)
     backend_header = ("  -> Backend                      Weight State      Health     Flows   Idle   Packets     Bytes"
@@ -66,7 +71,7 @@ def format_status(status: dict, stats: bool, rate: bool = False) -> str:
         for b in vip["backends"]:
             flows = "-" if b.get("flows") is None else b["flows"]  # "-": not sampled yet
             idle = "-" if b.get("idle_flows") is None else b["idle_flows"]
-            row = f"  -> {b['address']:28} {b['weight']:6} {b['state']:10} {b['health']:9} {flows:>6} {idle:>6}"
+            row = f"  -> {b['address']:28} {b['weight']:6} {b['state']:10} {health_word(b):9} {flows:>6} {idle:>6}"
             if stats:
                 row += f" {b.get('packets', 0):9} {b.get('bytes', 0):9}"
             notes = [b["note"]] if b.get("note") else []
@@ -85,6 +90,23 @@ def format_status(status: dict, stats: bool, rate: bool = False) -> str:
                          f"(removed from the config; second choice until {_clock(b['hold_until'])})")
     lines += _format_bgp(status.get("bgp"))
     return "\n".join(lines)
+
+
+def health_word(backend: dict) -> str:
+    """What the Health column says: the check's verdict; "checking" until the
+    first one (the checker's INIT, in which a backend takes traffic: trusted
+    until proven down); "unchecked" where the VIP has no health check."""
+    return {"INIT": "checking", "none": "unchecked"}.get(backend["health"], backend["health"])
+
+
+def _sample_lines(sample: dict | None) -> list[str]:
+    """When Flows and Idle were counted: the tables are walked every few
+    seconds, not at each status."""
+    if not sample or sample.get("at") is None:
+        return []
+    return [f"flows counted at {_clock(sample['at'])} ({sample['age_s']:.0f} s ago; the tables are walked every "
+            f"{sample['every_s']:g} s): Flows are live, Idle had no packet for {sample['idle_after_s']:g} s "
+            f"or {sample['closed_after_s']:g} s after the client's FIN or RST"]
 
 
 def _clock(unix_s: int) -> str:
@@ -216,6 +238,51 @@ def _wait_drained(socket, vip, backend, timeout_s, idle_s, every_s, out, sleep, 
         sleep(min(max(every_s, 5 * body.get("walk_seconds", 0)), deadline - now))
 
 
+def capture(socket: str, args: argparse.Namespace, out=None) -> int:
+    """Stream GET /capture into the output (a file, or stdout with -w -)
+    until the daemon ends it (count, duration), Ctrl-C, or the reader of
+    stdout goes away; then say how it ended."""
+    query = {"vip": args.vip, "backend": args.backend, "client": args.client, "action": args.action,
+             "reason": args.reason, "count": args.count, "duration": args.duration, "rate": args.rate}
+    query = urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
+    # no read timeout shorter than the capture: it may stay silent for its whole duration
+    connection = UnixConnection(socket, timeout=(args.duration or 60.0) + 30)
+    ended = None
+    try:
+        try:
+            connection.request("GET", f"/capture?{query}")
+            response = connection.getresponse()
+        except (FileNotFoundError, ConnectionRefusedError, PermissionError) as err:
+            print(f"lbctl capture: cannot reach lbd at {socket} ({err})", file=sys.stderr)
+            return 1
+        if response.status != 200:
+            body = json.loads(response.read() or b"{}")
+            print(f"lbctl {body.get('error', response.status)}", file=sys.stderr)
+            return 1
+        out = out or (sys.stdout.buffer if args.write == "-" else open(args.write, "wb"))
+        try:
+            while chunk := response.read1(65536):
+                out.write(chunk)
+                out.flush()
+        except KeyboardInterrupt:
+            ended = "interrupted (Ctrl-C)"
+        except BrokenPipeError:
+            ended = "the reader of the output went away"
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
+    finally:
+        connection.close()
+    # the daemon's own account: packets written, why it ended, what the rate held back
+    time.sleep(0.5 if ended else 0)  # it notices a closed connection within its poll
+    last = call(socket, "GET", "/status")[1].get("capture") or {}
+    where = "stdout" if args.write == "-" else args.write
+    print(f"lbctl capture: {last.get('packets', '?')} packets to {where}; ended: {ended or last.get('ended')}"
+          f"; over the rate: {last.get('over_rate', '?')}; lost (ring full): {last.get('lost', '?')}",
+          file=sys.stderr)
+    return 0
+
+
 def _idle_means(body: dict, idle_s: float) -> str:
     """What made the backend's entries idle, in its VIP's protocol's words."""
     if body.get("protocol") == "udp":
@@ -269,6 +336,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     explain.add_argument("--batch", metavar="FILE", help='lines "CLIENT_ADDR:PORT VIP_ADDR:PORT/PROTO"; - = stdin')
     explain.add_argument("--quic-cid", metavar="HEX",
                          help="a QUIC VIP: the next datagram is a short-header packet with this CID")
+    cap = sub.add_parser("capture", parents=[options],
+                         help="the packets the XDP program handled, with its decisions, as pcapng")
+    cap.add_argument("-w", "--write", required=True, metavar="FILE",
+                     help="pcapng file to write; - for stdout (| tcpdump -r -, | wireshark -k -i -)")
+    cap.add_argument("--vip", help="only packets to this VIP (NAME or ADDR:PORT/PROTO)")
+    cap.add_argument("--backend", help="only packets sent to this backend (address)")
+    cap.add_argument("--client", help="only packets from this client address")
+    cap.add_argument("--action", help="comma list of tx, redirect, drop, pass, aborted "
+                                      "(default: all but pass, which tcpdump sees)")
+    cap.add_argument("--reason", help="only drops for these reasons (comma list: no_backend, malformed, ...)")
+    cap.add_argument("--count", type=int, default=1000, help="stop after N packets (default 1000)")
+    cap.add_argument("--duration", type=parse_duration, default=60.0, metavar="DURATION",
+                     help="stop after this long (default 60s, at most 1h)")
+    cap.add_argument("--rate", type=int, default=1000,
+                     help="keep at most N packets a second (default 1000); the rest are counted")
     sub.add_parser("drain", help="withdraw every VIP from BGP; forwarding goes on", parents=[options])
     sub.add_parser("undrain", help="announce the VIPs again (where the rules allow)", parents=[options])
     sub.add_parser("teardown", help="detach, unpin, stop lbd", parents=[options])
@@ -315,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         code, body = call(args.socket, "GET", f"/explain?{query}")
         print(json.dumps(body, indent=2))
         return 0 if code == 200 else 1
+    if args.command == "capture":
+        return capture(args.socket, args)
     if args.command in ("drain", "undrain"):
         code, body = call(args.socket, "POST", f"/{args.command}")
         if code != 200:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from lbd.dataplane import layout
+from lbd.dataplane import flowtable, layout
 from lbd.plan import VipStatus
 
 if TYPE_CHECKING:
@@ -32,7 +32,9 @@ def status_view(daemon: "Daemon") -> dict:
             backends.append({
                 "address": str(backend.address), "weight": backend.weight, "drain": backend.drain,
                 "state": STATE_NAMES.get(plan.state, "?"),
+                # "none": no check configured; INIT: checked, no verdict yet
                 "in_table": plan.in_table, "health": str(h.get("state", "none")),
+                "health_detail": h.get("last_detail"), "health_checks": h.get("checks", 0),
                 "note": status.notes.get(str(backend.address), ""),
                 "flows": flows_of(d, backend_id), "idle_flows": flows_of(d, backend_id, idle=True),
                 "rate": d.rates.backend(backend_id),
@@ -61,7 +63,12 @@ def status_view(daemon: "Daemon") -> dict:
                                  "used": round(u.used, 4), "walk_seconds": round(u.walk_seconds, 3),
                                  "idle_after_s": u.idle_after_s}
                           for name, u in d.table_usage.items()},
+            # flows and idle_flows are from this sample of the tables, taken every every_s
+            "flows_sample": {"at": d.table_sampled_at, "every_s": flowtable.SAMPLE_EVERY_S,
+                             "age_s": round(time.time() - d.table_sampled_at, 1) if d.table_sampled_at else None,
+                             "idle_after_s": flowtable.IDLE_AFTER_S, "closed_after_s": flowtable.CLOSED_AFTER_S},
             "rate_window_s": d.rates.span_s,
+            "capture": d.capture_last,  # the last `lbctl capture`'s summary (lbd.capture)
             "bgp": d.announcer.status() if d.announcer else None}
 
 

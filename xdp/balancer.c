@@ -30,6 +30,7 @@
 #include "encap.h"
 #include "icmp.h"
 #include "quic.h"
+#include "capture.h"
 
 /* 1 only in the tests' control runs: SYNs make entries as they did before
  * lbd left no state for unproven flows, to show what a flood then breaks. */
@@ -516,66 +517,53 @@ static __always_inline struct lbd_vip_stats *lbd_count_vip(__u32 vip_id, __u32 f
 	return vs;
 }
 
-/* Which lbd_quic_slot a UDP packet to QUIC VIP vip_id takes (quic.h). A
- * routed slot comes with *backend_id and *be: the backend with the CID's
- * server ID, of this VIP, active or draining; never one that does not own it. */
-static __always_inline int lbd_quic_classify(const struct lbd_packet *pkt, void *data_end,
-					     __u32 vip_id, __u32 *backend_id, struct lbd_backend **be)
-{
-	struct lbd_quic_server_key key = {};
-	struct lbd_quic_config *cfg = quic_configs.lookup(&vip_id);
-	__u32 *id;
-	int slot;
-
-	if (!cfg || cfg->server_id_len == 0 || cfg->server_id_len > LBD_QUIC_MAX_SERVER_ID)
-		return LBD_QUIC_PKT_FB_NOT_QUIC; /* no format written (yet) */
-	slot = lbd_quic_read_server_id(pkt, data_end, cfg, &key);
-	if (!lbd_quic_routed(slot))
-		return slot;
-	key.vip_id = vip_id;
-	id = quic_servers.lookup(&key);
-	if (!id)
-		return LBD_QUIC_PKT_FB_UNKNOWN_SERVER;
-	*backend_id = *id;
-	*be = backends.lookup(backend_id);
-	if (!*be || (*be)->vip_id != vip_id ||
-	    ((*be)->state != LBD_BACKEND_ACTIVE && (*be)->state != LBD_BACKEND_DRAINING))
-		return LBD_QUIC_PKT_FB_UNUSABLE_SERVER;
-	return slot;
-}
-
-/* What the UDP path does with a QUIC VIP's packet (lbd_quic_check): three
- * values only, so that the verifier's states for the rest of the program do
- * not multiply by the eleven slots. */
-enum lbd_quic_way {
-	LBD_QUIC_UNCHECKED = -1, /* not a QUIC VIP's UDP packet, or not looked at yet */
-	LBD_QUIC_TODAY = 0,      /* a fallback under today's UDP rule: entry, then table, entry made */
-	LBD_QUIC_NO_ENTRY,       /* a fallback that leaves no state (lbd_quic_stateless) */
-	LBD_QUIC_BY_CID,         /* to *backend_id, *be: the CID's server */
-};
-
-/* lbd_quic_classify, counted (lbd_quic_packets_total; a routed packet also
- * in its backend's quic_routed), as the way the UDP path takes. */
+/* The way a UDP packet to QUIC VIP vip_id takes (quic.h), counted by slot in
+ * quic_stats (lbd_quic_packets_total{how}). LBD_QUIC_BY_CID comes with
+ * *backend_id and *be: the backend with the CID's server ID, of this VIP,
+ * active or draining, never one that does not own it; also counted in its
+ * quic_routed. */
 static __always_inline int lbd_quic_check(const struct lbd_packet *pkt, void *data_end, __u32 vip_id,
 					  __u32 *backend_id, struct lbd_backend **be)
 {
-	__u32 zero = 0;
+	struct lbd_quic_server_key key = {};
+	__u32 zero = 0, taken;
 	struct lbd_quic_stats *qs = quic_stats.lookup(&zero);
-	int slot = lbd_quic_classify(pkt, data_end, vip_id, backend_id, be);
+	struct lbd_quic_config *cfg = quic_configs.lookup(&vip_id);
+	__u32 *id;
 	__u64 *routed;
+	int way;
 
-	if (qs && slot >= 0 && slot < LBD_QUIC_PKT__MAX)
-		qs->packets[slot]++;
-	if (lbd_quic_routed(slot) && *be) {
+	if (!qs)
+		return LBD_QUIC_TODAY;
+	if (!cfg || cfg->server_id_len == 0 || cfg->server_id_len > LBD_QUIC_MAX_SERVER_ID)
+		way = lbd_quic_out(&qs->slot, LBD_QUIC_PKT_FB_NOT_QUIC); /* no format written (yet) */
+	else
+		way = lbd_quic_read_server_id(pkt, data_end, cfg, &key, &qs->slot);
+	if (way == LBD_QUIC_BY_CID) {
+		key.vip_id = vip_id;
+		id = quic_servers.lookup(&key);
+		if (!id) {
+			way = lbd_quic_out(&qs->slot, LBD_QUIC_PKT_FB_UNKNOWN_SERVER);
+		} else {
+			*backend_id = *id;
+			*be = backends.lookup(backend_id);
+			if (!*be || (*be)->vip_id != vip_id ||
+			    ((*be)->state != LBD_BACKEND_ACTIVE && (*be)->state != LBD_BACKEND_DRAINING))
+				way = lbd_quic_out(&qs->slot, LBD_QUIC_PKT_FB_UNUSABLE_SERVER);
+		}
+	}
+	taken = qs->slot;
+	if (taken < LBD_QUIC_PKT__MAX)
+		qs->packets[taken]++;
+	if (way == LBD_QUIC_BY_CID && *be) {
 		routed = quic_routed.lookup(backend_id);
 		if (routed)
 			(*routed)++;
-		return LBD_QUIC_BY_CID;
 	}
-	return lbd_quic_stateless(slot) ? LBD_QUIC_NO_ENTRY : LBD_QUIC_TODAY;
+	return way;
 }
 
-int lbd_balancer(struct xdp_md *ctx)
+static __always_inline int lbd_balance(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -673,9 +661,9 @@ int lbd_balancer(struct xdp_md *ctx)
 		gs->ct_misses++;
 	vip_id = vip->vip_id;
 	vip_flags = vip->flags;
-	/* QUIC by CID, for flows without a usable entry (those went above:
-	 * docs/design.md says why the entry comes first) */
-	if ((vip_flags & LBD_VIP_QUIC) && pkt.flow.proto == IPPROTO_UDP) {
+	/* QUIC by CID, for datagrams whose 4-tuple has no entry (docs/design.md
+	 * says why the entry comes first: the verifier's budget) */
+	if (!entry && (vip_flags & LBD_VIP_QUIC) && pkt.flow.proto == IPPROTO_UDP) {
 		quic = lbd_quic_check(&pkt, data_end, vip_id, &quic_id, &quic_be);
 		/* a CID-routed packet needs no entry; quic.h says which fallbacks
 		 * leave no state either (docs/design.md) */
@@ -724,6 +712,27 @@ int lbd_balancer(struct xdp_md *ctx)
 	}
 	return lbd_forward(ctx, gs, &pkt, backend_id, be, vip_flags, hash, !stateless && !moved,
 			   second_id);
+}
+
+/* The entry point: the balancer between capture.h's two hooks, which cost a
+ * packet one array read while no `lbctl capture` runs. */
+int lbd_balancer(struct xdp_md *ctx)
+{
+	__u32 zero = 0;
+	struct lbd_capture_ctl *capture = capture_ctl.lookup(&zero);
+	struct lbd_capture_scratch *scratch = NULL;
+	int action;
+
+	if (capture && capture->on)
+		scratch = lbd_capture_arrive(ctx, capture, capture_scratch.lookup(&zero),
+					     global_stats.lookup(&zero));
+	action = lbd_balance(ctx);
+	if (scratch &&
+	    lbd_capture_keep(scratch, global_stats.lookup(&zero), action, ctx->data_end - ctx->data) &&
+	    lbd_capture_within_rate(capture))
+		capture_events.perf_submit_skb(ctx, scratch->record.left_caplen, &scratch->record,
+					       sizeof(scratch->record));
+	return action;
 }
 
 /* The daemon's clock for the entries' seen: userspace cannot read jiffies, so

@@ -391,9 +391,72 @@ struct lbd_quic_server_key {
 	__u32 pad;          /* always 0 (hashed) */
 };
 
-/* Per-CPU, one entry: QUIC datagrams by what happened to them. 88 bytes. */
+/* Per-CPU, one entry: QUIC datagrams by what happened to them. 96 bytes. */
 struct lbd_quic_stats {
 	__u64 packets[LBD_QUIC_PKT__MAX]; /* enum lbd_quic_slot */
+	__u64 slot;                       /* scratch: the latest packet's slot (balancer.c lbd_quic_check) */
+};
+
+/* Capture (`lbctl capture`, xdp/capture.h): packets the program handled, as
+ * they arrived and as they left, with its decision. Off unless a capture
+ * runs: the packet path then reads capture_ctl.on and nothing else. None of
+ * these maps is pinned: a capture belongs to the daemon that runs it. */
+#define LBD_CAPTURE_SNAP 256        /* bytes kept of each view of a packet (a power of two) */
+
+/* What placed a forwarded packet, told by which of the per-CPU counters
+ * (lbd_global_stats) the packet moved: record.placed, the capture's "placed=". */
+enum lbd_capture_placed {
+	LBD_PLACED_NONE = 0,      /* not placed: passed, dropped or answered */
+	LBD_PLACED_ENTRY,         /* its connection-table entry */
+	LBD_PLACED_TABLE,         /* the VIP's Maglev table; the packet made the flow's entry */
+	LBD_PLACED_TABLE_NO_ENTRY, /* the table, no entry made (a SYN or RST) */
+	LBD_PLACED_TABLE_MOVED,   /* the table again: its entry's backend is gone */
+	LBD_PLACED_ICMP_FLOW,     /* an ICMP error, sent where its flow goes */
+	LBD_PLACED_FRAGMENT,      /* a fragment, by the client-affinity table */
+	LBD_PLACED__MAX,
+};
+
+/* record.flags */
+enum lbd_capture_flags {
+	LBD_CAPTURED_SECOND_CHOICE = 1 << 0, /* sent in GUE, naming a second choice */
+	LBD_CAPTURED_TOO_BIG       = 1 << 1, /* answered with an ICMP too-big (action tx) */
+};
+
+/* capture_ctl (one entry): written by the daemon to start and stop a capture;
+ * the window and counts are the program's. 72 bytes. */
+struct lbd_capture_ctl {
+	__u32 on;           /* 0: off, the only field a packet reads then */
+	__u32 actions;      /* 1 << XDP action for each action to keep */
+	__u32 drop_reasons; /* 1 << enum lbd_drop_reason for each drop to keep; 0: every drop */
+	__u32 rate_per_s;   /* records per second at most (all CPUs: approximate) */
+	__u32 client[4];    /* only packets from this address (network order), if client_family */
+	__u32 vip[4];       /* only packets to this address (network order), if vip_family */
+	__u16 vip_port;     /* network order; 0: every port */
+	__u8 vip_proto;     /* 0: both */
+	__u8 vip_family;    /* enum lbd_family; 0: every destination */
+	__u8 client_family; /* enum lbd_family; 0: every client */
+	__u8 pad[3];
+	__u64 window;       /* the program's: the second (jiffies / HZ) being counted */
+	__u32 window_count; /* the program's: records in that second so far */
+	__u32 over_rate;    /* the program's: packets that matched but exceeded rate_per_s */
+};
+
+/* One perf event per captured packet; the frame as it left follows (left_caplen
+ * bytes, by bpf_perf_event_output). 328 bytes. */
+struct lbd_capture_record {
+	__u64 ktime_ns;        /* bpf_ktime_get_ns() as it arrived (CLOCK_MONOTONIC) */
+	struct lbd_flow_key flow; /* as parsed on arrival; family 0 if not IP */
+	__u32 ifindex;         /* ingress interface */
+	__u32 arrived_len;     /* the frame's length as it arrived */
+	__u32 left_len;        /* its length as the program returned it */
+	__u16 arrived_caplen;  /* bytes of arrived[] kept */
+	__u16 left_caplen;     /* bytes that follow the record (0 unless tx or redirect) */
+	__u8 action;           /* XDP action returned */
+	__u8 placed;           /* enum lbd_capture_placed */
+	__u8 drop_reason;      /* enum lbd_drop_reason; LBD_DROP__MAX when not dropped for one */
+	__u8 flags;            /* enum lbd_capture_flags */
+	__u32 pad;
+	__u8 arrived[LBD_CAPTURE_SNAP]; /* the frame's first bytes as it arrived */
 };
 
 /* The sizes the comments above state, held by the compiler. A pinned map is
@@ -419,9 +482,11 @@ _Static_assert(sizeof(struct lbd_gue_second_v6) == 20, "GUE private data, IPv6: 
 _Static_assert(sizeof(struct lbd_forward_prefix) == 20, "forward prefix: 20 bytes");
 _Static_assert(sizeof(struct lbd_quic_config) == 4, "QUIC config: 4 bytes");
 _Static_assert(sizeof(struct lbd_quic_server_key) == 24, "QUIC server key: 24 bytes");
-_Static_assert(sizeof(struct lbd_quic_stats) == 88, "QUIC stats: 88 bytes");
+_Static_assert(sizeof(struct lbd_quic_stats) == 96, "QUIC stats: 96 bytes");
 _Static_assert(LBD_QUIC_MAX_SERVER_ID < sizeof(((struct lbd_quic_server_key *)0)->server_id), "server id fits");
 _Static_assert(LBD_QUIC_HP_SAMPLE_END > LBD_QUIC_MAX_SERVER_ID, "a QUIC packet holds 16 octets after its CID's first");
+_Static_assert(sizeof(struct lbd_capture_ctl) == 72, "capture control: 72 bytes");
+_Static_assert(sizeof(struct lbd_capture_record) == 328, "capture record: 328 bytes");
 _Static_assert(LBD_GUE_OVERHEAD_V4 == 20 + 8 + sizeof(struct lbd_gue_hdr) + sizeof(struct lbd_gue_second_v4), "v4 overhead");
 _Static_assert(LBD_GUE_OVERHEAD_V6 == 40 + 8 + sizeof(struct lbd_gue_hdr) + sizeof(struct lbd_gue_second_v6), "v6 overhead");
 

@@ -150,6 +150,9 @@ class Datapath:
         self.quic_routed = self.bpf[b"quic_routed"]
         self._clock_fd: int | None = None
         self._clock_lock = threading.Lock()
+        self._capture_lock = threading.Lock()
+        self._captured: list[bytes] | None = None  # records read by poll_capture, not yet taken
+        self._capture_lost = 0
 
     # --- VIPs -----------------------------------------------------------------
     def _vip_key(self, address: IPAddress, port: int, proto: int):
@@ -521,6 +524,62 @@ class Datapath:
 
     def clear_quic_routed(self, backend_id: int) -> None:
         self.quic_routed.clearitem(ctypes.c_uint32(backend_id))
+
+    # --- capture (xdp/capture.h; lbd.capture runs it) ----------------------------
+    # Looked up on first use, so a program without them (an old revision in
+    # bench/) still loads.
+    @functools.cached_property
+    def capture_ctl(self):
+        return self.bpf[b"capture_ctl"]
+
+    @functools.cached_property
+    def capture_events(self):
+        return self.bpf[b"capture_events"]
+
+    def set_capture(self, ctl) -> None:
+        """Write the capture's control entry (struct lbd_capture_ctl): on,
+        its filter, its rate; `capture_off` ends it."""
+        self.capture_ctl[ctypes.c_uint32(0)] = ctl
+
+    def capture_state(self):
+        return self.capture_ctl[ctypes.c_uint32(0)]
+
+    def capture_off(self) -> None:
+        self.capture_ctl[ctypes.c_uint32(0)] = self.capture_ctl.Leaf()
+
+    CAPTURE_RING_PAGES = 64  # per CPU: 256 KiB, about 600 records between two reads
+
+    def poll_capture(self, timeout_ms: int) -> list[bytes]:
+        """The records the program sent (struct lbd_capture_record, then the
+        frame as it left), waiting up to timeout_ms for the first. The per-CPU
+        rings are opened on first use and kept: a capture costs no setup."""
+        with self._capture_lock:
+            if self._captured is None:
+                self._captured, self._capture_lost = [], 0
+
+                def lost(count):
+                    self._capture_lost += count
+                self.capture_events.open_perf_buffer(
+                    lambda _cpu, data, size: self._captured.append(ctypes.string_at(data, size)),
+                    page_cnt=self.CAPTURE_RING_PAGES, lost_cb=lost)
+            self.bpf.perf_buffer_poll(timeout_ms)
+            records, self._captured[:] = list(self._captured), []
+            return records
+
+    def capture_lost(self) -> int:
+        """Records the rings had no room for since they were opened."""
+        return self._capture_lost
+
+    def close_capture(self) -> None:
+        """Close the per-CPU rings (opened by poll_capture), while the map is
+        still open: left to bcc's destructor at exit, closing them fails
+        with a traceback on stderr."""
+        from bcc.utils import get_online_cpus
+        with self._capture_lock:
+            if self._captured is not None:
+                for cpu in get_online_cpus():
+                    del self.capture_events[cpu]
+                self._captured = None
 
     # --- attach ---------------------------------------------------------------
     def attach(self, ifname: str, mode: str = "native") -> str:

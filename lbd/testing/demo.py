@@ -47,6 +47,8 @@ def main() -> int:
                 return 1
             status = call(config.control_socket, "GET", "/status")[1]
             say(f"   lbd ready; XDP attached: {status['attached']}")
+            verdicts = _wait_health_verdicts(config.control_socket)
+            say(f"   health checks: {verdicts}")
             ok = True
             for vip in config.vips:
                 say(f"\n== {REQUESTS} HTTP requests to http://{vip.address}/ ({vip.name}, {vip.mode}) "
@@ -57,9 +59,16 @@ def main() -> int:
                 for backend, n in sorted(counts.items()):
                     say(f"   {backend:8} {n:4}  {'#' * (n * 50 // REQUESTS)}")
                 ok &= counts.get("FAILED", 0) == 0
+            traffic_done = time.time()
+            say("\n== waiting for lbd's next walk of its connection tables (every "
+                f"{status.get('flows_sample', {}).get('every_s', 10):g} s), so Flows and Idle count these requests")
+            _wait_sample_after(config.control_socket, traffic_done)
             say("\n== lbctl status --stats")
             say(subprocess.run([sys.executable, "-m", "lbd.lbctl", "--socket", config.control_socket,
                                 "status", "--stats"], capture_output=True, text=True).stdout)
+            say("   (Flows: connections still open at the walk; each request above closed its own, so they "
+                "are Idle: entries kept until the table needs the room. Health \"unchecked\": the VIP "
+                "has no health check; \"checking\": no verdict yet, traffic still sent)\n")
             say("== a few lines of /metrics")
             metrics = _metrics(config.control_socket)
             for line in metrics.splitlines():
@@ -94,6 +103,31 @@ def _wait_ready(socket_path: str, daemon, timeout: float = 60) -> bool:
             pass
         time.sleep(0.3)
     return False
+
+
+def _wait_health_verdicts(socket_path: str, timeout: float = 20) -> str:
+    """Until every health-checked backend has its first verdict (a few check
+    intervals), so the status below shows UP rather than "checking"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        backends = [b for v in call(socket_path, "GET", "/status")[1]["vips"] for b in v["backends"]
+                    if b["health"] != "none"]
+        waiting = [b["address"] for b in backends if b["health"] == "INIT"]
+        if not waiting:
+            return f"{len(backends)} backends checked, each has its first verdict"
+        if time.monotonic() > deadline:
+            return f"still checking {', '.join(waiting)} after {timeout:g} s"
+        time.sleep(0.3)
+
+
+def _wait_sample_after(socket_path: str, since: float, timeout: float = 30) -> None:
+    """Until the daemon has walked its connection tables after `since`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sample = call(socket_path, "GET", "/status")[1].get("flows_sample") or {}
+        if (sample.get("at") or 0) > since:
+            return
+        time.sleep(0.5)
 
 
 def _metrics(socket_path: str) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import http.server
 import json
 import threading
+import time
 
 import pytest
 
@@ -149,3 +150,23 @@ def test_lbctl_reload_says_what_moved_and_what_second_chance_finds(tmp_path, cap
         "api: changed, moved 28.67% of flows; for 82.99% of them the second choice is the backend they had; "
         "2 backends join its table at once: add one per reload, and let the connections open at the "
         "previous reload end before the next"]
+
+
+def test_status_says_checking_until_the_first_verdict_and_when_flows_were_counted():
+    """A newcomer's first status (issue 24): INIT is "checking" (the backend
+    takes traffic meanwhile), no check at all is "unchecked", a verdict is
+    itself, and Flows come with the time they were counted."""
+    counted = 1_900_000_000
+    backend = {"address": "198.18.0.11", "weight": 100, "state": "active", "flows": 0, "idle_flows": 12}
+    vip = {"name": "web", "address": "198.18.100.1", "port": 80, "protocol": "tcp", "mode": "dsr",
+           "affinity": "flow", "fingerprint": "aaaa", "fail_open": False,
+           "backends": [dict(backend, health="INIT"), dict(backend, address="198.18.0.12", health="none"),
+                        dict(backend, address="198.18.0.13", health="DOWN")]}
+    status = {"ready": True, "attached": {}, "reload": {}, "vips": [vip],
+              "flows_sample": {"at": counted, "age_s": 4.2, "every_s": 10.0, "idle_after_s": 30.0,
+                               "closed_after_s": 2.0}}
+    lines = lbctl.format_status(status, stats=False).splitlines()
+    health = {line.split()[1]: line.split()[4] for line in lines if line.startswith("  -> 198.")}
+    assert health == {"198.18.0.11": "checking", "198.18.0.12": "unchecked", "198.18.0.13": "DOWN"}
+    clock = time.strftime("%H:%M:%S", time.localtime(counted))
+    assert f"flows counted at {clock} (4 s ago; the tables are walked every 10 s)" in "\n".join(lines)

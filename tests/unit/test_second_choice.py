@@ -316,6 +316,25 @@ class MapsDouble:
     def clear_backend_counters(self, backend_id):
         pass
 
+    # QUIC VIPs' maps (none here: these VIPs have no quic: section)
+    def clear_quic_routed(self, backend_id):
+        pass
+
+    def set_quic_config(self, vip_id, config_id, server_id_len, cid_len):
+        raise AssertionError("no QUIC VIP in these tests")
+
+    def clear_quic_config(self, vip_id):
+        pass
+
+    def quic_servers_of(self, vip_id):
+        return {}
+
+    def set_quic_server(self, vip_id, server_id, backend_id):
+        raise AssertionError("no QUIC VIP in these tests")
+
+    def delete_quic_server(self, vip_id, server_id):
+        pass
+
     def by_address(self) -> dict:
         """VIP key -> (first, second) with every slot's backend address (None: 0)."""
         out = {}

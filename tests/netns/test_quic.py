@@ -124,6 +124,12 @@ def test_quic_connections_survive_nat_rebinding_and_migration(quic_lab):
     # the QUIC VIP's packets went by CID (metrics), and made no connection-table entry
     assert lbd.metric("lbd_quic_packets_total", how="routed_short") > 0
     assert lbd.metric("lbd_quic_packets_total", how="fb_client_cid") > 0
+    # lbctl status and /status name each backend's server ID and its CID-routed packets
+    backends = {b["address"]: b for b in lbd.vip("h3")["backends"]}
+    assert {a: b["server_id"] for a, b in backends.items()} == \
+        {str(lab.backends[n].v4): sid for n, sid in BACKENDS.items()}
+    assert sum(b["quic_routed"] for b in backends.values()) > 0
+    assert "server ID 0000b1" in lbd.lbctl("status").stdout
     print(f"control: {len(lost)} of {PER_VIP} connections broken; QUIC VIP: none")
 
 

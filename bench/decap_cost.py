@@ -58,7 +58,7 @@ from scapy.layers.l2 import Ether
 from bench.machine import arguments, loadavg, save
 from bench.xdp_cost import Runner, building_from, program_source, trimmed_mean, xdp_tree
 from lbd.dataplane import bpfsys, layout
-from lbd.backend.cli import load_decap, write_forward_to
+from lbd.backend.decap import load_decap, write_forward_to
 from lbd.dataplane.maps import load_helper
 from lbd.testing import fibns, gue
 

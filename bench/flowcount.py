@@ -132,9 +132,16 @@ def entries(dp: Datapath) -> int:
 
 
 def old_flowtable(rev: str):
-    """lbd/dataplane/flowtable.py as it was at `rev`, imported beside today's."""
-    text = subprocess.run(["git", "show", f"{rev}:lbd/dataplane/flowtable.py"], cwd=REPO, check=True,
-                          capture_output=True, text=True).stdout
+    """lbd/dataplane/flowtable.py as it was at `rev` (lbd/flowtable.py before
+    the layers became folders), imported beside today's."""
+    for path, imports in (("lbd/dataplane/flowtable.py", ""), ("lbd/flowtable.py", "from lbd import")):
+        shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True, text=True)
+        if shown.returncode == 0:
+            break
+    else:
+        raise SystemExit(f"flowcount: no flowtable.py at {rev}")
+    # the data-plane modules it imports live in lbd/dataplane/ now
+    text = shown.stdout.replace(imports, "from lbd.dataplane import") if imports else shown.stdout
     path = Path(tempfile.mkdtemp(prefix="lbd-flowtable-")) / "flowtable_before.py"
     path.write_text(text)
     spec = importlib.util.spec_from_file_location("flowtable_before", path)

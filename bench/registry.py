@@ -50,5 +50,7 @@ BENCHMARKS = (
     Benchmark("quic_cost", "quic_cost"),
     # `lbctl capture`: off beside the program before it (main), on per packet kept
     Benchmark("capture_cost", "capture_cost"),
+    # health checks through the data path (issue 21): the daemon's CPU per 1,000 checks a second
+    Benchmark("health_cost", "health_cost"),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}

@@ -9,6 +9,10 @@ pydantic checks each field; the loader then checks what spans fields (address
 families, duplicates, limits) and maps every problem back to its YAML line
 through the composed node tree. `lbd check FILE...` (lbd.cli) runs the same
 code without touching a running daemon.
+
+Length (over 450 lines, on purpose): the whole schema is in one place, so a
+reader sees every key beside its default, its validation and its error
+message, and the checks that span fields read the same models.
 """
 from __future__ import annotations
 
@@ -223,18 +227,56 @@ class Limits(_Model):
     conntrack_udp_size: Annotated[int, _int_in(1024, 1 << 30)] = constant("LBD_CT_UDP_SIZE")
 
 
-# The protocol each check type speaks to the backend (lbd.health): both
-# connect over TCP. A check of another protocol than its VIP's cannot go to
-# the VIP's port (a UDP service does not listen on that TCP port), so it
-# must name its port.
-CHECK_PROTOCOLS = {"tcp": "tcp", "http": "tcp"}
+UDP_CHECK_BYTES = 1400
+
+
+def _check_bytes(value: Any) -> bytes:
+    # a udp check's datagram or expected answer: text as UTF-8, or "hex:..."
+    # for binary (a DNS query)
+    # at most UDP_CHECK_BYTES either way: a check is one small datagram, never a fragmented one
+    if isinstance(value, str) and value.startswith("hex:"):
+        try:
+            data = bytes.fromhex(value[4:])
+        except ValueError:
+            data = None
+        if data is not None and len(data) <= UDP_CHECK_BYTES:
+            return data
+        raise _fail(f'must be text, or "hex:" and an even number of hex digits (at most {UDP_CHECK_BYTES} '
+                    'bytes) such as "hex:0a1b"')
+    if isinstance(value, str) and len(value.encode()) <= UDP_CHECK_BYTES:
+        return value.encode()
+    raise _fail(f'must be text (at most {UDP_CHECK_BYTES} bytes), or "hex:" and hex digits for binary data')
+
+
+def _host_header(value: Any) -> str:
+    # an HTTP Host / TLS server name: printable ASCII, no spaces (RFC 9110 7.2)
+    if isinstance(value, str) and re.fullmatch(r"[!-~]{1,255}", value):
+        return value
+    raise _fail("must be a host name such as www.example.com (printable ASCII, no spaces)")
+
+
+# The protocol each check type speaks to the backend (lbd.health): tcp, http
+# and https connect over TCP, udp sends a datagram. A check of another
+# protocol than its VIP's cannot go to the VIP's port (a UDP service does not
+# listen on that TCP port, nor a TCP one on that UDP port), so it must name
+# its port; a udp check of a udp VIP speaks the VIP's own protocol.
+CHECK_PROTOCOLS = {"tcp": "tcp", "http": "tcp", "https": "tcp", "udp": "udp"}
 
 
 class HealthCheck(_Model):
     type: Annotated[str, _one_of(*CHECK_PROTOCOLS)]
     port: CheckPort | None = None  # the loader fills in the VIP's port
+    # vip: to the VIP through the data path (the deciding check), the
+    # backend's own address as a second signal; address: only the latter
+    # decides (docs/operating.md "Health checks")
+    via: Annotated[str, _one_of("vip", "address")] = "vip"
     path: Annotated[str, _rooted("a URL path")] = "/"
     expect_status: Annotated[int, _int_in(100, 599)] = 200
+    host: Annotated[str, PlainValidator(_host_header)] | None = None  # http(s) Host header
+    sni: Annotated[str, PlainValidator(_host_header)] | None = None  # https server name (default: host)
+    verify: Annotated[bool, PlainValidator(_flag)] = False  # https: verify the certificate
+    payload: Annotated[bytes, PlainValidator(_check_bytes)] | None = None  # udp: the datagram
+    expect: Annotated[bytes, PlainValidator(_check_bytes)] = b""  # udp: bytes the answer contains
     interval_s: Duration = Field(1.0, alias="interval")
     timeout_s: Duration = Field(0.5, alias="timeout")
     rise: Annotated[int, _int_in(1, 100)] = 2
@@ -681,9 +723,13 @@ class _Checker:
                 self.add(hloc + ("timeout",),
                          f"must be shorter than interval ({given.get('interval', f'{health.interval_s:g}s')})",
                          given.get("timeout", f"{health.timeout_s:g}s"))
-            if health.type == "tcp":
-                for key in sorted({"path", "expect_status"} & given.keys()):
-                    self.add(hloc + (key,), "only for type: http", given[key])
+            only = {"path": "http, https", "expect_status": "http, https", "host": "http, https",
+                    "sni": "https", "verify": "https", "payload": "udp", "expect": "udp"}
+            for key in sorted(only.keys() & given.keys()):
+                if health.type not in only[key].split(", "):
+                    self.add(hloc + (key,), f"only for type: {only[key]}", given[key])
+            if health.type == "udp" and health.payload is None:
+                self.add(hloc + ("payload",), "is required for type: udp (the datagram to send)")
             if health.port is None:
                 speaks = CHECK_PROTOCOLS[health.type]
                 if vip.port == 0:

@@ -13,6 +13,11 @@ Lifecycle
            BGP (with a bgp section), wait, then detach and unpin all.
   BGP:     with a bgp section, lbd.bgp decides which VIPs this host
            announces and holds BIRD's config to it (see lbd/bgp.py).
+
+Length (over 450 lines, on purpose): the lifecycle above is one object's,
+sharing its state and the apply lock; each thing it drives has its own
+module (plan, dataplane.programmer, health, neighbours, bgp, http, metrics,
+status).
 """
 from __future__ import annotations
 
@@ -30,11 +35,12 @@ from pathlib import Path
 
 from lbd import config as config_mod
 from lbd import bgp as bgp_mod
-from lbd import hostsetup, rates
+from lbd import healthview, hostsetup, rates
 from lbd.dataplane import flowtable, layout, mounts
 from lbd.config import Config, ConfigError
+from lbd.dataplane.healthpath import HealthPath, MarkBook
 from lbd.dataplane.maps import Datapath, Limits
-from lbd.health import CheckSpec, HealthChecker, HealthState, format_key
+from lbd.health import HealthChecker, HealthState, format_key
 from lbd.metrics import Metrics
 from lbd.neighbours import NeighbourResolver
 from lbd.plan import ACTIVE, DOWN, VipStatus, plans_for, vip_plan
@@ -84,6 +90,8 @@ class Daemon:
         self.datapath: Datapath | None = None
         self.programmer: Programmer | None = None
         self.health: HealthChecker | None = None
+        self.healthpath: HealthPath | None = None  # checks through the data path (lbd.dataplane.healthpath)
+        self.marks = MarkBook()
         self.resolver = NeighbourResolver()
         self.resolutions: dict = {}
         self.vip_status: dict[str, VipStatus] = {}
@@ -133,8 +141,8 @@ class Daemon:
                                    "CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON and CAP_SYS_ADMIN (to reopen "
                                    "pinned maps by id)") from err
             raise
-        self.programmer = Programmer(self.datapath, hold_s=self.config.second_chance_hold_s,
-                                     second_budget_s=SECOND_BUDGET_S)
+        # second_chance.hold rides in each VipPlan (lbd.plan), not here
+        self.programmer = Programmer(self.datapath, second_budget_s=SECOND_BUDGET_S)
         # the tables' first sample (a batched walk: 0.38 s at 1M entries, an
         # empty table's at once), so the first scrape and status have one and
         # the adoption log line its count
@@ -209,18 +217,41 @@ class Daemon:
                 log.warning("backend_unresolved backend=%s problem=%r", address, resolved.problem)
         self.resolutions = resolutions
 
-    def _health_targets(self, config: Config) -> dict:
-        targets = {}
+    def _health_targets(self, config: Config, commit: bool = True) -> dict:
+        """Every check of `config` (lbd.healthview). commit=False (a preview:
+        check --diff) assigns no mark for good."""
+        marks = self.marks.assign(healthview.path_keys(config), commit=commit)
+        return healthview.health_targets(config, marks.__getitem__)
+
+    def _sync_health_paths(self, config: Config) -> None:
+        """Give every check through a VIP its backend's entry as the balancer
+        has it (after each apply: MACs, flags, state as written), and the
+        routing for the VIP addresses. Runs in a worker thread (map writes)."""
+        if self.healthpath is None:
+            return
+        entries, addresses = {}, set()
+        applied = self.programmer.applied()
         for vip in config.vips:
             if vip.health is None:
                 continue
+            addresses.add(vip.address)
+            entry = applied.get((vip.address, vip.port, vip.proto_number))
             for backend in vip.backends:
-                h = vip.health
-                targets[(vip.name, str(backend.address))] = CheckSpec(
-                    type=h.type, address=backend.address, port=h.port, path=h.path,
-                    expect_status=h.expect_status, interval_s=h.interval_s, timeout_s=h.timeout_s,
-                    rise=h.rise, fall=h.fall)
-        return targets
+                mark = self.marks.get(healthview.deciding_key(vip, backend))
+                backend_id = entry.backend_ids.get(backend.address) if entry else None
+                if mark and backend_id:
+                    entries[mark] = bytes(self.datapath.backend(backend_id))
+        self.healthpath.set_addresses(addresses)
+        self.healthpath.set_paths(entries)
+
+    def _start_health_path(self) -> None:
+        """The TC program and routing of the checks through the VIPs, on the
+        first interface (lbd.dataplane.healthpath), when any VIP is health-checked."""
+        if self.healthpath is not None or not any(v.health for v in self.config.vips):
+            return
+        path = HealthPath(self.config.interfaces[0].name).load()
+        path.attach()
+        self.healthpath = path
 
     def _health_up(self, vip, backend) -> bool:
         if vip.health is None or self.health is None:
@@ -238,7 +269,8 @@ class Daemon:
             # second would write back the first VIP's older plan.)
             vip = next((v for v in config.vips if v.name == only_vip), None)
             if vip is not None and vip.name in self._plans:
-                plan, status = vip_plan(vip, self._health_up, self.resolutions)
+                plan, status = vip_plan(vip, self._health_up, self.resolutions,
+                                        config.second_chance_hold_s)
                 plans = {**self._plans, vip.name: plan}
                 statuses = {**self.vip_status, vip.name: status}
             else:
@@ -249,6 +281,14 @@ class Daemon:
                 results = await loop.run_in_executor(None, self.programmer.apply, list(plans.values()))
             finally:
                 self._log_holds()
+            # A health change (only_vip) changes a backend's state, which the
+            # checks' program does not read: only applies that can change
+            # addresses, MACs, flags or VIPs copy the entries again.
+            if only_vip is None:
+                try:
+                    await loop.run_in_executor(None, self._sync_health_paths, config)
+                except Exception:  # the checks through the VIP then fail and say so; forwarding is applied
+                    log.exception("health_path_sync_failed")
             self._plans = plans
             self.vip_status = statuses
         self._holds_changed.set()
@@ -259,7 +299,7 @@ class Daemon:
         for event in self.programmer.take_events():
             if event.event == "started":
                 log.info("hold_started vip=%s backend=%s state=%s until=%d hold_s=%g", event.vip,
-                         event.backend, event.state, event.until, self.programmer.hold_s)
+                         event.backend, event.state, event.until, self.config.second_chance_hold_s)
             else:
                 log.info("hold_ended vip=%s backend=%s state=%s released=%s", event.vip, event.backend,
                          event.state, "yes" if event.released else "no")
@@ -311,12 +351,16 @@ class Daemon:
         await loop.run_in_executor(None, self._load_datapath)
         self.datapath.set_settings(self.config.ipip_source_v4, self.config.ipip_source_v6)
         self._ipip_forwarding()
+        await loop.run_in_executor(None, self._start_health_path)
+        self._health_path_sources(self.config)
         await self._resolve()
-        self.health = HealthChecker(self._on_health_change, self._on_health_result)
+        # paused until the first apply has written the checks' paths
+        self.health = HealthChecker(self._on_health_change, self._on_health_result, paused=True)
         # the first apply already uses the last verdicts, so a restart puts
         # no backend that was down back into the table
         self.health.set_targets(self._health_targets(self.config), initial=self._pinned_health)
         results = await self._apply(self.config)
+        self.health.resume()
         self._log_results("initial", results)
         # pyroute2 runs an asyncio loop of its own: keep it off ours
         await loop.run_in_executor(None, self._attach)
@@ -343,10 +387,30 @@ class Daemon:
         if self.announcer is not None:
             await self.announcer.reconcile("config")
 
+    def _health_path_sources(self, config: Config) -> None:
+        if self.healthpath is not None:
+            self.healthpath.set_sources(config.ipip_source_v4, config.ipip_source_v6)
+
     # --- health ---------------------------------------------------------------
     def _on_health_change(self, key, old, new, result) -> None:
+        if len(key) == 3:  # a second signal: shown and logged, never acted on
+            vip = next((v for v in self.config.vips if v.name == key[0]), None)
+            if vip is not None and new.is_up != old.is_up:
+                backend = next((b for b in vip.backends if str(b.address) == key[1]), None)
+                if backend is not None:
+                    view = healthview.verdict(vip, backend, self.health.snapshot())
+                    log.info("health_second_signal vip=%s backend=%s check=%s state=%s verdict=%s", key[0],
+                             key[1], "address" if vip.health.via == "vip" else "vip", new.value,
+                             view["verdict"])
+            return
         if old.is_up == new.is_up or not self.ready:
             return
+        vip = next((v for v in self.config.vips if v.name == key[0]), None)
+        backend = vip and next((b for b in vip.backends if str(b.address) == key[1]), None)
+        if backend is not None and not new.is_up:
+            view = healthview.verdict(vip, backend, self.health.snapshot())
+            log.warning("backend_down vip=%s backend=%s verdict=%s reason=%r", key[0], key[1],
+                        view["verdict"], view["reason"] or result.detail)
         asyncio.ensure_future(self._replan_and_announce(key[0]))
 
     async def _replan_and_announce(self, vip_name: str) -> None:
@@ -363,11 +427,14 @@ class Daemon:
     def plan_is_current(self, vip) -> bool:
         """Whether the VIP's applied plan is what health and neighbours make now."""
         applied = self._plans.get(vip.name)
-        return applied is not None and vip_plan(vip, self._health_up, self.resolutions)[0] == applied
+        return applied is not None and vip_plan(vip, self._health_up, self.resolutions,
+                                                    self.config.second_chance_hold_s)[0] == applied
 
     def _on_health_result(self, key, result) -> None:
+        spec = self.health.spec(key)
+        via = "vip" if spec is not None and spec.mark else "address"
         self.metrics.check_duration.labels(key[0]).observe(result.duration_s)
-        self.metrics.checks.labels(key[0], key[1], "ok" if result.ok else "fail").inc()
+        self.metrics.checks.labels(key[0], key[1], via, "ok" if result.ok else "fail").inc()
 
     async def _replan(self, vip_name: str | None = None) -> None:
         """Recompute plans after a health or neighbour change and apply: only
@@ -492,17 +559,19 @@ class Daemon:
                            "them; nothing was applied)")
         old_config = self.config
         self.config = new
-        self.programmer.hold_s = new.second_chance_hold_s
+        loop = asyncio.get_running_loop()
         try:
             self.datapath.set_settings(new.ipip_source_v4, new.ipip_source_v6)
             self._ipip_forwarding()
+            await loop.run_in_executor(None, self._start_health_path)
+            self._health_path_sources(new)
             await self._resolve()
             self.health.set_targets(self._health_targets(new))
             results = await self._apply(new)
         except Exception as err:  # ApplyError: the programmer restored the previous plans
             self.config = old_config
-            self.programmer.hold_s = old_config.second_chance_hold_s
             self.datapath.set_settings(old_config.ipip_source_v4, old_config.ipip_source_v6)
+            self._health_path_sources(old_config)
             self.health.set_targets(self._health_targets(old_config))
             return self._reload_failed("failure", f"apply failed: {err}")
         self.last_results = results
@@ -536,7 +605,7 @@ class Daemon:
         starts unchecked, INIT, which is up: it enters the table) and the new
         file's backends resolved, as _reload resolves them."""
         new = config_mod.load_config(path)
-        states = self.health.states_after(self._health_targets(new))
+        states = self.health.states_after(self._health_targets(new, commit=False))
         resolutions = await self._resolutions(new)
 
         def health_up(vip, backend) -> bool:
@@ -575,6 +644,10 @@ class Daemon:
             task.cancel()
         await self.health.stop()
         self.datapath.close_capture()
+        if self.healthpath is not None:
+            # the checks' filter, rules and VIP neighbour entries go with the
+            # checker; forwarding (XDP) stays
+            await loop.run_in_executor(None, self.healthpath.close)
         for runner in runners:
             await runner.cleanup()
 

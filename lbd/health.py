@@ -6,10 +6,12 @@ It answers with three layers, each usable and testable on its own:
 * `HealthTracker`: a pure state machine (no I/O, no clock) in the style of
   ExaBGP's healthcheck. It turns a stream of check results into a
   `HealthState` and reports a `Transition` whenever the state changes.
-* `check_tcp` / `check_http`: one check against one backend, IPv4 or IPv6,
-  returning a `CheckResult` whose `detail` says why a check failed in words
-  an operator can act on ("connect refused", "timeout after 0.5s",
-  "status 503, expected 200").
+* `check_tcp` / `check_http` (and https) / `check_udp`: one check against
+  one address, IPv4 or IPv6, returning a `CheckResult` whose `detail` says
+  why a check failed in words an operator can act on ("connect refused",
+  "timeout after 0.5s", "status 503, expected 200"). With a `mark`, the
+  check's socket carries it (SO_MARK): that is how a check addressed to a
+  VIP travels the data path to one backend (lbd.dataplane.healthpath).
 * `HealthChecker`: runs one asyncio task per target on the running loop
   (uvloop in the daemon), feeds the trackers, logs transitions, and calls
   back into the daemon, which takes a DOWN backend out of its VIP's Maglev
@@ -32,16 +34,22 @@ last verdict from the pinned maps, and a target can start from it (UP or
 DOWN, see `HealthChecker.set_targets`), so a backend that was down stays
 out until `rise` checks pass. Flapping keeps the last verdict: alternating
 results hold UP/FALLING up, DOWN/RISING down, and INIT in INIT (still up).
+
+Length (over 450 lines, on purpose): one job, a backend's health, in the
+three layers above; each is used and tested on its own.
 """
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import errno
+import functools
 import ipaddress
 import logging
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
@@ -137,6 +145,8 @@ class HealthTracker:
 class CheckType(str, Enum):
     TCP = "tcp"  # the backend accepts a TCP connection
     HTTP = "http"  # the backend answers GET path with the expected status
+    HTTPS = "https"  # the same over TLS (SNI; certificate verified only if asked)
+    UDP = "udp"  # the backend answers a datagram (containing `expect`, if given)
 
     def __str__(self) -> str:
         return self.value
@@ -151,6 +161,12 @@ class CheckSpec:
     port: int
     path: str = "/"
     expect_status: int = 200
+    host: str | None = None  # http(s) Host header; None: the address (and port)
+    sni: str | None = None  # https server name; None: host, if it is a name
+    verify_tls: bool = False  # https: verify the certificate (against sni/host)
+    payload: bytes = b""  # udp: the datagram sent
+    expect: bytes = b""  # udp: bytes the answer must contain (empty: any answer)
+    mark: int = 0  # SO_MARK of the check's sockets (0: none); lbd.dataplane.healthpath
     interval_s: float = 1.0
     timeout_s: float = 0.5
     rise: int = 2
@@ -162,7 +178,8 @@ class CheckSpec:
         try:
             object.__setattr__(self, "type", CheckType(self.type))
         except ValueError:
-            raise ValueError(f"type: must be 'tcp' or 'http', got {self.type!r}") from None
+            raise ValueError(f"type: must be one of {', '.join(t.value for t in CheckType)}, "
+                             f"got {self.type!r}") from None
         try:
             object.__setattr__(self, "address", ipaddress.ip_address(self.address))
         except ValueError:
@@ -181,6 +198,8 @@ class CheckSpec:
             raise ValueError(f"rise: must be >= 1, got {self.rise!r}")
         if self.fall < 1:
             raise ValueError(f"fall: must be >= 1, got {self.fall!r}")
+        if not 0 <= self.mark <= 0xFFFFFFFF:
+            raise ValueError(f"mark: must be a 32-bit value, got {self.mark!r}")
 
     def same_check(self, other: CheckSpec) -> bool:
         """True if only the timing differs, so results so far still apply."""
@@ -213,18 +232,35 @@ def _timeout_detail(timeout_s: float) -> str:
     return f"timeout after {timeout_s:g}s"
 
 
-async def check_tcp(address: IPAddress | str, port: int, timeout_s: float) -> CheckResult:
+def check_socket(family: int, kind: int, mark: int = 0) -> socket.socket:
+    """A non-blocking socket for a check, carrying `mark` (SO_MARK) if given:
+    the policy routing and the TC program of lbd.dataplane.healthpath take a marked
+    check to one backend through the data path."""
+    sock = socket.socket(family, kind)
+    try:
+        sock.setblocking(False)
+        if mark:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _family(address: IPAddress) -> int:
+    return socket.AF_INET6 if address.version == 6 else socket.AF_INET
+
+
+async def check_tcp(address: IPAddress | str, port: int, timeout_s: float, mark: int = 0) -> CheckResult:
     """Pass if address:port accepts a TCP connection within timeout_s."""
     address = ipaddress.ip_address(address)
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
     # A bare non-blocking socket and sock_connect: no transport or protocol
     # objects, which is the cheapest connect the loop offers. Closing after
     # the handshake sends a FIN; the backend sees an empty connection.
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = check_socket(_family(address), socket.SOCK_STREAM, mark)
     try:
-        sock.setblocking(False)
         async with asyncio.timeout(timeout_s):
             await loop.sock_connect(sock, (str(address), port))
         return CheckResult(True, time.perf_counter() - start, "connected")
@@ -245,12 +281,24 @@ async def check_tcp(address: IPAddress | str, port: int, timeout_s: float) -> Ch
 # backends at 1 s, and the control plane is not on the forwarding path (XDP
 # is). That is not worth owning an HTTP parser for: aiohttp gets status
 # lines, chunking, and malformed or truncated answers right, and names them.
+# The mark of the check running in this task: one session serves checks of
+# every mark, and its connector asks for a socket (in this task or one it
+# starts, which inherits the context) through _marked_socket.
+_CHECK_MARK: contextvars.ContextVar[int] = contextvars.ContextVar("lbd_check_mark", default=0)
+
+
+def _marked_socket(addr_info) -> socket.socket:
+    family, kind, proto, _name, _address = addr_info
+    return check_socket(family, kind, _CHECK_MARK.get())
+
+
 def new_http_session() -> aiohttp.ClientSession:
     """An aiohttp session suited to health checks (call with a running loop)."""
     connector = aiohttp.TCPConnector(
         limit=0,  # the default of 100 would queue checks behind each other
         force_close=True,  # a fresh connection per check, as a client would open
         use_dns_cache=False,  # targets are IP literals
+        socket_factory=_marked_socket,
     )
     return aiohttp.ClientSession(
         connector=connector,
@@ -264,9 +312,31 @@ def new_http_session() -> aiohttp.ClientSession:
     )
 
 
-def _http_url(address: IPAddress, port: int, path: str) -> str:
+def _http_url(address: IPAddress, port: int, path: str, scheme: str = "http") -> str:
     host = f"[{address}]" if address.version == 6 else str(address)
-    return f"http://{host}:{port}{path}"
+    return f"{scheme}://{host}:{port}{path}"
+
+
+def _is_name(host: str | None) -> bool:
+    """True for a DNS name (SNI carries names only, RFC 6066 3)."""
+    if not host:
+        return False
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return True
+    return False
+
+
+def tls_context(verify: bool) -> ssl.SSLContext:
+    """The client context of an https check: the system's trust store and
+    hostname checking when `verify`, otherwise any certificate (a check
+    proves the service answers, not who it is, unless asked to)."""
+    context = ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 async def check_http(
@@ -277,30 +347,54 @@ async def check_http(
     timeout_s: float = 1.0,
     *,
     session: aiohttp.ClientSession | None = None,
+    host: str | None = None,
+    mark: int = 0,
+    tls: ssl.SSLContext | None = None,
+    sni: str | None = None,
 ) -> CheckResult:
     """Pass if GET path answers expect_status within timeout_s.
 
-    The Host header is the backend's address (with ":port" unless it is 80,
-    as HTTP requires); redirects are not followed, since a 301 is an answer
-    to compare with expect_status, not a reason to go elsewhere. Pass a
-    shared `session` when checking often; without one a session is made and
-    closed for this check alone.
+    The Host header is `host` if given, else the address (with ":port"
+    unless it is the scheme's default, as HTTP requires); redirects are not
+    followed, since a 301 is an answer to compare with expect_status, not a
+    reason to go elsewhere. With `tls` (an ssl context, see tls_context) the
+    request goes over TLS, sending `sni` as server name (default: `host`
+    when it is a name; none for an address). Pass a shared `session` when
+    checking often; without one a session is made and closed for this check
+    alone.
     """
     if session is None:
         async with new_http_session() as own_session:
-            return await check_http(address, port, path, expect_status, timeout_s, session=own_session)
+            return await check_http(address, port, path, expect_status, timeout_s, session=own_session,
+                                    host=host, mark=mark, tls=tls, sni=sni)
     address = ipaddress.ip_address(address)
     start = time.perf_counter()
+    headers = {"Connection": "close"}
+    if host:
+        headers["Host"] = host
+    options: dict[str, Any] = {}
+    if tls is not None:
+        options["ssl"] = tls
+        server_name = sni or (host.rsplit(":", 1)[0] if host and not host.endswith("]") else None)
+        if _is_name(server_name):
+            options["server_hostname"] = server_name
+    token = _CHECK_MARK.set(mark)
     try:
         async with asyncio.timeout(timeout_s):
             async with session.get(
-                _http_url(address, port, path),
-                headers={"Connection": "close"},
+                _http_url(address, port, path, "https" if tls is not None else "http"),
+                headers=headers,
                 allow_redirects=False,
+                **options,
             ) as response:
                 status = response.status
     except TimeoutError:
         return CheckResult(False, time.perf_counter() - start, _timeout_detail(timeout_s))
+    except aiohttp.ClientConnectorCertificateError as exc:
+        return CheckResult(False, time.perf_counter() - start,
+                           f"TLS certificate not accepted: {exc.certificate_error}")
+    except aiohttp.ClientConnectorSSLError as exc:
+        return CheckResult(False, time.perf_counter() - start, f"TLS handshake failed: {exc.os_error}")
     except aiohttp.ClientConnectorError as exc:
         return CheckResult(False, time.perf_counter() - start, _describe_os_error(exc.os_error))
     except (aiohttp.ServerDisconnectedError, aiohttp.ClientConnectionResetError, ConnectionResetError):
@@ -318,18 +412,59 @@ async def check_http(
         return CheckResult(False, time.perf_counter() - start, f"http error: {type(exc).__name__}: {exc}")
     except OSError as exc:
         return CheckResult(False, time.perf_counter() - start, _describe_os_error(exc))
+    finally:
+        _CHECK_MARK.reset(token)
     duration = time.perf_counter() - start
     if status != expect_status:
         return CheckResult(False, duration, f"status {status}, expected {expect_status}")
     return CheckResult(True, duration, f"status {status}")
 
 
+async def check_udp(address: IPAddress | str, port: int, payload: bytes, expect: bytes = b"",
+                    timeout_s: float = 1.0, mark: int = 0) -> CheckResult:
+    """Pass if a datagram `payload` to address:port is answered within
+    timeout_s by one that contains `expect` (any answer if empty). A DNS
+    check sends a query and expects its id (the first two bytes) back."""
+    address = ipaddress.ip_address(address)
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter()
+    sock = check_socket(_family(address), socket.SOCK_DGRAM, mark)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await loop.sock_connect(sock, (str(address), port))
+            await loop.sock_sendall(sock, payload)
+            while True:
+                answer = await loop.sock_recv(sock, 65535)
+                if expect in answer:
+                    return CheckResult(True, time.perf_counter() - start, f"answer of {len(answer)} bytes")
+                # not it: a late answer to nothing we still wait for; the next may be
+    except TimeoutError:
+        return CheckResult(False, time.perf_counter() - start,
+                           _timeout_detail(timeout_s) + (" waiting for the expected answer" if expect else
+                                                         " waiting for an answer"))
+    except ConnectionRefusedError:  # ICMP port unreachable for an earlier datagram
+        return CheckResult(False, time.perf_counter() - start, "port unreachable (nothing listens)")
+    except OSError as exc:
+        return CheckResult(False, time.perf_counter() - start, _describe_os_error(exc))
+    finally:
+        sock.close()
+
+
+@functools.cache
+def _tls(verify: bool) -> ssl.SSLContext:
+    return tls_context(verify)  # one context per setting: loading the trust store is dear
+
+
 async def run_check(spec: CheckSpec, session: aiohttp.ClientSession | None = None) -> CheckResult:
     """Run the check a spec describes, once."""
     if spec.type is CheckType.TCP:
-        return await check_tcp(spec.address, spec.port, spec.timeout_s)
+        return await check_tcp(spec.address, spec.port, spec.timeout_s, spec.mark)
+    if spec.type is CheckType.UDP:
+        return await check_udp(spec.address, spec.port, spec.payload, spec.expect, spec.timeout_s, spec.mark)
     return await check_http(
-        spec.address, spec.port, spec.path, spec.expect_status, spec.timeout_s, session=session
+        spec.address, spec.port, spec.path, spec.expect_status, spec.timeout_s, session=session,
+        host=spec.host, mark=spec.mark, sni=spec.sni,
+        tls=_tls(spec.verify_tls) if spec.type is CheckType.HTTPS else None,
     )
 
 
@@ -383,8 +518,15 @@ class HealthChecker:
     `state(key)` / `is_up(key)` to build its tables.
     """
 
-    def __init__(self, on_change: OnChange, on_result: OnResult | None = None) -> None:
+    def __init__(self, on_change: OnChange, on_result: OnResult | None = None,
+                 paused: bool = False) -> None:
         self._on_change = on_change
+        # paused: targets wait for resume() before their first check (the
+        # daemon's start: a check through the data path needs its path in
+        # place, which the first apply writes)
+        self._go = asyncio.Event()
+        if not paused:
+            self._go.set()
         self._on_result = on_result
         self._targets: dict[TargetKey, _Target] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -441,6 +583,10 @@ class HealthChecker:
             states[key] = current.tracker.state if keeps else HealthState.INIT
         return states
 
+    def resume(self) -> None:
+        """Let paused targets start checking."""
+        self._go.set()
+
     def state(self, key: TargetKey) -> HealthState:
         """The target's state; INIT (not checked yet) for a key that is not a
         target, which is how set_targets would start it."""
@@ -449,6 +595,10 @@ class HealthChecker:
 
     def is_up(self, key: TargetKey) -> bool:
         return self.state(key).is_up
+
+    def spec(self, key: TargetKey) -> CheckSpec | None:
+        target = self._targets.get(key)
+        return target.spec if target is not None else None
 
     def keys(self) -> list[TargetKey]:
         return list(self._targets)
@@ -464,6 +614,7 @@ class HealthChecker:
                 "up": target.tracker.is_up,
                 "check": target.spec.type.value,
                 "address": str(target.spec.address),
+                "mark": target.spec.mark,
                 "port": target.spec.port,
                 "last_ok": result.ok if result else None,
                 "last_detail": result.detail if result else None,
@@ -505,10 +656,11 @@ class HealthChecker:
     async def _run(self, target: _Target) -> None:
         spec = target.spec
         loop = asyncio.get_running_loop()
+        await self._go.wait()
         await asyncio.sleep(random.uniform(0, spec.interval_s))
         while True:
             started = loop.time()
-            session = self._http_session() if spec.type is CheckType.HTTP else None
+            session = self._http_session() if spec.type in (CheckType.HTTP, CheckType.HTTPS) else None
             try:
                 result = await run_check(spec, session)
             except Exception as exc:  # a bug in a check must not end the target's checks

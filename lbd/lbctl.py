@@ -83,6 +83,9 @@ def format_status(status: dict, stats: bool, rate: bool = False) -> str:
             if notes:
                 row += f"  ({'; '.join(notes)})"
             lines.append(row)
+            checks = b.get("checks") or {}
+            if checks.get("reason"):  # which check fails and why (lbd.healthview)
+                lines.append(f"       {checks['reason']}")
         for b in vip.get("held", []):
             flows = "-" if b.get("flows") is None else b["flows"]
             idle = "-" if b.get("idle_flows") is None else b["idle_flows"]

@@ -14,6 +14,50 @@ if TYPE_CHECKING:
     from lbd.daemon import Daemon
 
 
+class HealthCollector:
+    """Each backend's two checks (lbd.healthview) and the health-path program's
+    counters, read at scrape time."""
+
+    def __init__(self, daemon: "Daemon"):
+        self.daemon = daemon
+
+    def collect(self):
+        from lbd import healthview
+
+        d = self.daemon
+        if d.health is None:
+            return
+        checks = d.health.snapshot()
+        up = GaugeMetricFamily("lbd_health_check_up",
+                               "1 if the check passes (its rise/fall state counts as up); via: vip (to the "
+                               "VIP through the data path) or address (the backend's own)",
+                               labels=["vip", "backend", "via"])
+        verdicts = GaugeMetricFamily("lbd_health_verdict",
+                                     "1 for the backend's current verdict from both checks: ok, path_broken "
+                                     "(only the check through the VIP fails), service_down (both fail), "
+                                     "address_failing (only the backend's own address fails), unchecked",
+                                     labels=["vip", "backend", "verdict"])
+        for vip in d.config.vips:
+            if vip.health is None:
+                continue
+            for backend in vip.backends:
+                view = healthview.verdict(vip, backend, checks)
+                label = [vip.name, str(backend.address)]
+                for via, check in (("vip", view["vip_check"]), ("address", view["address_check"])):
+                    if check is not None:
+                        up.add_metric([*label, via], 1 if check["up"] else 0)
+                verdicts.add_metric([*label, view["verdict"]], 1)
+        yield up
+        yield verdicts
+        if d.healthpath is not None and d.healthpath.stats is not None:
+            packets = CounterMetricFamily("lbd_health_path_packets",
+                                          "Health-check packets the TC program sent through the data path, "
+                                          "or dropped and why", labels=["result"])
+            for result, value in d.healthpath.counters().items():
+                packets.add_metric([result], value)
+            yield packets
+
+
 class DatapathCollector:
     """Reads the maps on every scrape (per-CPU values summed here, not in C)."""
 
@@ -242,10 +286,13 @@ class Metrics:
         self.check_duration = Histogram("lbd_health_check_duration_seconds", "Health check durations",
                                         ["vip"], registry=self.registry,
                                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
-        self.checks = Counter("lbd_health_checks", "Health checks by result", ["vip", "backend", "result"],
+        # via: "vip" for a check through the VIP's data path, "address" for one
+        # at the backend's own address (docs/operating.md "Health checks")
+        self.checks = Counter("lbd_health_checks", "Health checks by result", ["vip", "backend", "via", "result"],
                               registry=self.registry)
         self.bgp_configure_failures = Counter("lbd_bgp_configure_failures",
                                               "birdc configure calls that BIRD did not take",
                                               registry=self.registry)
         self.registry.register(DatapathCollector(daemon))
+        self.registry.register(HealthCollector(daemon))
         self.registry.register(BgpCollector(daemon))

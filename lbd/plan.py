@@ -83,6 +83,10 @@ class VipPlan:
     name: str = ""
     second_chance: bool = False  # ipip TCP: packets name their slot's second choice
     quic: QuicPlan | None = None  # UDP: QUIC placed by the server ID in its CIDs
+    # second_chance.hold: how long a backend that goes down or leaves this VIP
+    # stays a second choice. It rides in the plan, so an apply (or a reload's
+    # restore) uses the hold of the config it was made from.
+    hold_s: float = Config.second_chance_hold_s
 
     @property
     def key(self) -> VipKey:
@@ -137,7 +141,8 @@ def backend_plan(vip: Vip, backend: Backend, up: bool, resolved: Resolved | None
                        configured_weight=backend.weight, server_id=server_id), note
 
 
-def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict) -> tuple[VipPlan, VipStatus]:
+def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict,
+             hold_s: float = Config.second_chance_hold_s) -> tuple[VipPlan, VipStatus]:
     status = VipStatus()
     planned = []
     for backend in vip.backends:
@@ -159,7 +164,7 @@ def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict) -> tuple[VipPlan,
     return VipPlan(vip.address, vip.port, PROTOCOLS[vip.protocol], ipip=vip.mode == "ipip",
                    client_affinity=vip.affinity == "client",
                    backends=tuple(p for _, p, _, _ in planned), name=vip.name,
-                   second_chance=bool(vip.second_chance),
+                   second_chance=bool(vip.second_chance), hold_s=hold_s,
                    quic=QuicPlan(vip.quic.config_id, vip.quic.server_id_length, vip.quic.cid_length)
                    if vip.quic else None), status
 
@@ -167,7 +172,7 @@ def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict) -> tuple[VipPlan,
 def plans_for(config: Config, health_up: HealthUp, resolutions: dict) -> tuple[list[VipPlan], dict[str, VipStatus]]:
     plans, statuses = [], {}
     for vip in config.vips:
-        plan, status = vip_plan(vip, health_up, resolutions)
+        plan, status = vip_plan(vip, health_up, resolutions, config.second_chance_hold_s)
         plans.append(plan)
         statuses[vip.name] = status
     return plans, statuses

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from lbd import healthview
 from lbd.dataplane import flowtable, layout
 from lbd.plan import VipStatus
 
@@ -27,6 +28,7 @@ def status_view(daemon: "Daemon") -> dict:
         backends = []
         for backend, plan in zip(vip.backends, entry.plan.backends if entry else ()):
             h = health.get((vip.name, str(backend.address)), {})
+            checks = healthview.verdict(vip, backend, health) if vip.health else None
             backend_id = entry.backend_ids[backend.address]
             until = d.programmer.second_until(backend_id)
             backends.append({
@@ -36,6 +38,8 @@ def status_view(daemon: "Daemon") -> dict:
                 "in_table": plan.in_table, "health": str(h.get("state", "none")),
                 "health_detail": h.get("last_detail"), "health_checks": h.get("checks", 0),
                 "note": status.notes.get(str(backend.address), ""),
+                # both checks apart and what they say together (lbd.healthview)
+                "checks": checks,
                 "flows": flows_of(d, backend_id), "idle_flows": flows_of(d, backend_id, idle=True),
                 "rate": d.rates.backend(backend_id),
                 # a down backend of a second-chance VIP: a second choice until then

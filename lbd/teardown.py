@@ -11,7 +11,7 @@ import socket
 from types import SimpleNamespace
 
 from lbd import bgp as bgp_mod
-from lbd.dataplane import bpfsys, xdplink
+from lbd.dataplane import bpfsys, healthpath, xdplink
 from lbd.config import Bgp
 
 
@@ -38,6 +38,13 @@ def teardown(bpffs: str, bgp: Bgp | None = None) -> list[str]:
                 done.append(f"detached {name} (program id {attached})")
             except Exception as err:  # say which one stayed, go on with the others
                 done.append(f"{name}: detaching program id {attached} failed: {err}")
+    # the health checks' TC filter, mark rules, routes and VIP neighbour
+    # entries (lbd.dataplane.healthpath), wherever a daemon left them
+    for index, name in socket.if_nameindex():
+        try:
+            healthpath.remove_leftovers(name)
+        except Exception as err:  # say which one stayed, go on with the others
+            done.append(f"{name}: removing the health checks' routing failed: {err}")
     layouts = glob.glob(os.path.join(bpffs, "layout*"))
     for pin_dir in layouts:
         shutil.rmtree(pin_dir, ignore_errors=True)

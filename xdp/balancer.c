@@ -11,7 +11,11 @@
  * same slot of second_rings holds, or, for a flow moved off a held backend,
  * that backend).
  * Packets without a usable 5-tuple (fragments, malformed, ICMP errors) look
- * up the address itself (addrs), which says what such packets may do. */
+ * up the address itself (addrs), which says what such packets may do.
+ *
+ * Length (over 450 lines, on purpose): the packet path's decisions, in the
+ * order a packet meets them, read best in one file; every helper they use
+ * lives in a header of its own concern. */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
@@ -299,7 +303,7 @@ static __always_inline int lbd_forward_ipip(struct xdp_md *ctx, struct lbd_globa
 	if (nh->generation != be->generation || now >= nh->expires_jiffies) {
 		struct lbd_nexthop fresh;
 
-		route = lbd_route_to_backend(ctx, pkt, be, st, &fresh, overhead, gue_vip);
+		route = lbd_route_to_backend(ctx, ctx->ingress_ifindex, pkt, be, st, &fresh, overhead, gue_vip);
 		if (route == LBD_ROUTE_TOO_BIG)
 			return lbd_too_big(ctx, gs, pkt, fresh.mtu, overhead);
 		if (route == LBD_ROUTE_NO_NEIGH)

@@ -26,7 +26,10 @@
  *
  * decap_stats counts what it did (enum lbd_decap_slot, per CPU); decap_build
  * holds the build id lbd-backend writes after loading (0 until then), which
- * tells `lbd-backend check` and `prepare` a current build from an old one. */
+ * tells `lbd-backend check` and `prepare` a current build from an old one.
+ *
+ * Length (over 450 lines, on purpose): one program, the backend's: one parse
+ * per family feeding one keep-or-forward policy, which reads best whole. */
 #include <uapi/linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>

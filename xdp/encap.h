@@ -9,7 +9,15 @@
  * (LBD_KERNEL_HZ), and checks the MTU against the cached one itself. The trade-off: a route, neighbour (MAC) or
  * MTU change, and routing by TOS or ingress interface, is seen up to that
  * long after the first packet that filled the entry. Only successful lookups
- * are cached: an unresolved next hop is asked again on every packet. */
+ * are cached: an unresolved next hop is asked again on every packet.
+ *
+ * Two programs encapsulate with this file: the balancer (XDP, a client's
+ * packet) and the health-path program (xdp/healthpath.c, TC egress, a health
+ * check's packet), so a check travels in exactly the headers a client's packet
+ * would. What differs between the hooks is how room is made in front of the
+ * packet (bpf_xdp_adjust_head vs bpf_skb_adjust_room); everything written
+ * into that room is lbd_write_encap's, and the next hop lbd_route_to_backend's,
+ * which take the hook's context as an opaque pointer for bpf_fib_lookup(). */
 #ifndef LBD_ENCAP_H
 #define LBD_ENCAP_H
 
@@ -79,7 +87,7 @@ static __always_inline __u16 lbd_gue_source_port(const struct lbd_flow_key *flow
 /* Ask the FIB for the next hop to the backend, sized for the encapsulated
  * packet so that the kernel also checks the egress MTU. Fills `nh` (all but
  * generation and expiry) on LBD_ROUTE_OK, and nh->mtu on LBD_ROUTE_TOO_BIG. */
-static __always_inline int lbd_route_to_backend(struct xdp_md *ctx, const struct lbd_packet *pkt,
+static __always_inline int lbd_route_to_backend(void *ctx, __u32 ifindex, const struct lbd_packet *pkt,
 						 const struct lbd_backend *be,
 						 const struct lbd_settings *st,
 						 struct lbd_nexthop *nh, __u32 overhead, int gue)
@@ -88,7 +96,8 @@ static __always_inline int lbd_route_to_backend(struct xdp_md *ctx, const struct
 	int rc;
 
 	__builtin_memset(fib, 0, sizeof(*fib));
-	fib->ifindex = ctx->ingress_ifindex;
+	/* XDP: the ingress interface; TC egress: the interface the check leaves by */
+	fib->ifindex = ifindex;
 	fib->tot_len = pkt->l3_len + overhead;
 	/* a second-chance VIP's packets are nearly all GUE: its answer serves them */
 	if (gue)
@@ -170,29 +179,32 @@ static __always_inline int lbd_write_gue_v6(void *at, void *data_end, const stru
 	return 0;
 }
 
-/* Put an outer IP header between the L2 header and the packet, addressed from
- * our configured source to the backend, with the next hop's MACs; with a
- * `second` choice, GUE naming it after that header. Returns 0 or -1. */
-static __always_inline int lbd_encapsulate(struct xdp_md *ctx, const struct lbd_packet *pkt,
+/* Bytes lbd_write_encap puts in front of the packet: the outer IP header, and
+ * GUE's when there is a `second` choice. */
+static __always_inline __u32 lbd_encap_len(const struct lbd_packet *pkt, const struct lbd_backend *second)
+{
+	if (pkt->flow.family == LBD_FAMILY_V4)
+		return second ? LBD_GUE_OVERHEAD_V4 : sizeof(struct iphdr);
+	return second ? LBD_GUE_OVERHEAD_V6 : sizeof(struct ipv6hdr);
+}
+
+/* Write the next hop's MACs, and an outer IP header addressed from our
+ * configured source to the backend (with a `second` choice, GUE naming it
+ * after that header), into a frame whose L2 header is at `data` and which has
+ * outer_len (lbd_encap_len) bytes of room between its L2 header and the
+ * packet `pkt` describes (parsed before the room was made). The caller has
+ * checked that the Ethernet header lies within data_end (the verifier must
+ * see it: lbd_move_l2 does for XDP). Returns 0 or -1. */
+static __always_inline int lbd_write_encap(void *data, void *data_end, const struct lbd_packet *pkt,
 					   const struct lbd_backend *be,
 					   const struct lbd_backend *second,
 					   const struct lbd_settings *st,
-					   const struct lbd_nexthop *nh, __u32 flow_hash)
+					   const struct lbd_nexthop *nh, __u32 flow_hash, __u32 outer_len)
 {
 	int v4 = pkt->flow.family == LBD_FAMILY_V4;
-	__u32 outer_len = v4 ? (second ? LBD_GUE_OVERHEAD_V4 : sizeof(struct iphdr)) :
-			       (second ? LBD_GUE_OVERHEAD_V6 : sizeof(struct ipv6hdr));
 	__u32 l2_len = pkt->l2_len;
-	void *data, *data_end;
-	struct ethhdr *eth;
+	struct ethhdr *eth = data;
 
-	if (bpf_xdp_adjust_head(ctx, -(int)outer_len))
-		return -1;
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	if (lbd_move_l2(data, data + outer_len, l2_len, data_end))
-		return -1;
-	eth = data;
 	__builtin_memcpy(eth->h_dest, nh->dst_mac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, nh->src_mac, ETH_ALEN);
 
@@ -239,6 +251,26 @@ static __always_inline int lbd_encapsulate(struct xdp_md *ctx, const struct lbd_
 		__builtin_memcpy(&outer->daddr, be->addr, 16);
 	}
 	return 0;
+}
+
+/* XDP: make room for the outer headers between the L2 header and the packet
+ * and fill it (lbd_write_encap). Returns 0 or -1. */
+static __always_inline int lbd_encapsulate(struct xdp_md *ctx, const struct lbd_packet *pkt,
+					   const struct lbd_backend *be,
+					   const struct lbd_backend *second,
+					   const struct lbd_settings *st,
+					   const struct lbd_nexthop *nh, __u32 flow_hash)
+{
+	__u32 outer_len = lbd_encap_len(pkt, second);
+	void *data, *data_end;
+
+	if (bpf_xdp_adjust_head(ctx, -(int)outer_len))
+		return -1;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	if (lbd_move_l2(data, data + outer_len, pkt->l2_len, data_end))
+		return -1;
+	return lbd_write_encap(data, data_end, pkt, be, second, st, nh, flow_hash, outer_len);
 }
 
 #endif /* LBD_ENCAP_H */

@@ -159,6 +159,34 @@ enum lbd_decap_slot {
 	LBD_DECAP__MAX,
 };
 
+/* Health checks through the data path (xdp/healthpath.c, docs/operating.md "Health
+ * checks"). The daemon's checker marks each check's socket (SO_MARK) with
+ * LBD_HEALTH_MARK_BASE | n, one n per (VIP, backend) check; policy routing by
+ * that mark sends the check's packets out of lbd's interface, where the TC
+ * egress program looks the mark up in health_paths (a copy of the backend's
+ * entry as the balancer has it) and rewrites (dsr) or encapsulates (ipip,
+ * GUE on a second-chance VIP) the packet exactly as the balancer would a
+ * client's. Packets whose mark is outside the range are never touched. */
+#define LBD_HEALTH_MARK_BASE 0x6c620000 /* "lb" in the top 16 bits */
+#define LBD_HEALTH_MARK_MASK 0xffff0000 /* the low 16 bits number the checks */
+#define LBD_HEALTH_MAX_PATHS 65535
+
+/* What the health-path program did with a marked packet: its per-CPU counters
+ * (lbd_health_path_packets_total{result}); the failures also explain a failing
+ * check ("no route to the backend from this host"). */
+enum lbd_health_slot {
+	LBD_HPATH_DSR = 0,         /* MACs rewritten toward a dsr backend */
+	LBD_HPATH_IPIP,            /* encapsulated in IP-in-IP */
+	LBD_HPATH_GUE,             /* encapsulated in GUE (second-chance VIP) */
+	LBD_HPATH_UNKNOWN_MARK,    /* a mark of the range that names no check: dropped */
+	LBD_HPATH_UNPARSED,        /* not a TCP/UDP packet of the mark's family: dropped */
+	LBD_HPATH_NO_ROUTE,        /* ipip: no route (or forwarding off) to the backend: dropped */
+	LBD_HPATH_NO_NEIGHBOUR,    /* ipip: the next hop's MAC is not resolved: dropped */
+	LBD_HPATH_TOO_BIG,         /* ipip: the encapsulated packet exceeds the MTU: dropped */
+	LBD_HPATH_ENCAP_FAILED,    /* no room for the outer headers: dropped */
+	LBD_HPATH__MAX,
+};
+
 /* Which XDP verdicts the program returned: lbd_xdp_actions_total{action}. */
 enum lbd_action_slot {
 	LBD_ACT_PASS = 0,

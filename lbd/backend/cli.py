@@ -26,367 +26,31 @@ the frames the program sent back out (XDP_TX; lbd.dataplane.xdpstats): a veth wh
 other end takes no XDP frames loses them while the program counts them as
 forwarded, and check says so.
 
-Each load of the program writes its build id (decap_source_hash()) into the
-program's decap_build map: `check` reports a program of another build (an
-older lbd's, without second chance) as a problem, and `prepare` replaces it
-atomically. `check` and `metrics` read the program's counters (decap_stats)
-through the attached program's map ids, so nothing but the program is pinned.
-
-With `--pin-dir DIR` (a directory on bpffs), prepare pins the compiled decap
-program there, named after a hash of its source, and later prepares attach
-the pinned one instead of compiling again (about 3 s each): for a host that
-prepares many network namespaces, such as one per container or the test lab.
-A changed decap.c gets a new name, so an upgrade never reuses an old program.
-Every interface that attaches that one pinned program shares its counters.
-
-Addresses this command adds carry their own IFA_PROTO value (76; newer
-iproute2 shows it as `proto 76`), so `undo` removes exactly those and never an
-address an operator added by hand. `undo` leaves sysctls as they are, and
-`undo --vip` leaves the program and its pins while another VIP prepare added
-is still on lo (see undo()).
+The command's modules: this one (the commands and their output),
+lbd.backend.host (sysctls, the VIPs on lo, prefixes; the IFA_PROTO that
+lets `undo` remove only what prepare added) and lbd.backend.decap (build,
+load, pin with --pin-dir, attach and read the backend program). `undo`
+leaves sysctls as they are, and `undo --vip` leaves the program and its pins
+while another VIP prepare added is still on lo (see undo()).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import hashlib
 import ipaddress
 import os
-import re
-import socket
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
-
-from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
 from lbd.backend import forwardto
-from lbd.dataplane import bpfsys, layout, mounts, xdplink, xdpstats
+from lbd.backend.decap import (DECAP_FUNCTION, attach_decap, counter_summary, decap_source_hash,
+                               decap_state, require_bpffs, write_forward_to, xdp_state)
+from lbd.backend.host import (LBD_ADDR_PROTO, IPAddress, PrepError, add_vip, conf, default_interface,
+                              effective_conf, interface_prefixes, iproute, link_index, lo_up,
+                              loopback_addresses, read_sysctl, remove_vip, tcp_listeners, write_sysctl)
+from lbd.dataplane import xdplink, xdpstats
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-LBD_ADDR_PROTO = 76        # IFA_PROTO of addresses we add ('L'); the kernel's own are 0..3
-DECAP_FUNCTION = "lbd_decap"
-DECAP_STATS_MAP = "decap_stats"   # per-CPU __u64 by enum lbd_decap_slot
-DECAP_BUILD_MAP = "decap_build"   # one __u64: the build id, 0 until written
-# how long check watches an interface that lost XDP_TX frames before, for new losses (--watch)
 XDP_TX_WATCH_SECONDS = 1.0
-
-
-class PrepError(RuntimeError):
-    """A problem prepare cannot fix by itself; the message says what to do."""
-
-
-# --- sysctls -------------------------------------------------------------------
-def _sysctl_path(name: str) -> str:
-    # sysctl(8) spelling: dots separate, a slash stands for a dot in a name (eth0/100)
-    return "/proc/sys/" + "/".join(part.replace("/", ".") for part in name.split("."))
-
-
-def read_sysctl(name: str) -> int:
-    with open(_sysctl_path(name)) as f:
-        return int(f.read().split()[0])
-
-
-def write_sysctl(name: str, value: int) -> None:
-    with open(_sysctl_path(name), "w") as f:
-        f.write(f"{value}\n")
-
-
-def _conf(family: str, device: str, key: str) -> str:
-    # interface names may hold dots, which /proc/sys writes as slashes
-    return f"net.{family}.conf.{device.replace('.', '/')}.{key}"
-
-
-def effective_conf(device: str, key: str) -> int:
-    """arp_ignore, arp_announce and rp_filter: the kernel uses max(all, device)."""
-    return max(read_sysctl(_conf("ipv4", "all", key)), read_sysctl(_conf("ipv4", device, key)))
-
-
-# --- links and XDP -------------------------------------------------------------
-def _ipr():
-    from pyroute2 import IPRoute
-    return IPRoute()
-
-
-def default_interface() -> str:
-    """The interface of the IPv4 default route, else of the IPv6 one."""
-    with _ipr() as ipr:
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for route in ipr.get_routes(family=family, table=254):
-                if route["dst_len"] != 0:
-                    continue
-                oif = route.get_attr("RTA_OIF")
-                if oif is None:
-                    multipath = route.get_attr("RTA_MULTIPATH") or []
-                    oif = multipath[0]["oif"] if multipath else None
-                if oif is not None:
-                    return ipr.get_links(oif)[0].get_attr("IFLA_IFNAME")
-    raise PrepError("no default route, so no default interface: pass --interface IFACE")
-
-
-def interface_prefixes(ifname: str) -> list:
-    """The networks of the interface's global addresses (IPv4 and IPv6): the
-    default forward list (lbd.backend.forwardto)."""
-    with _ipr() as ipr:
-        found = {ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network
-                 for a in ipr.get_addr(index=_link_index(ipr, ifname)) if a["scope"] == 0}
-    return forwardto.canonical(found)
-
-
-def _link_index(ipr, ifname: str) -> int:
-    found = ipr.link_lookup(ifname=ifname)
-    if not found:
-        raise PrepError(f"interface {ifname!r} does not exist: pass --interface with one "
-                        f"that does (see `ip link`)")
-    return found[0]
-
-
-@dataclass(frozen=True)
-class XdpState:
-    """The XDP program on an interface, as the kernel reports it."""
-    prog_id: int
-    mode: str
-    name: str
-
-
-def xdp_state(ifname: str) -> XdpState | None:
-    found = xdplink.state(ifname)
-    if found is None:
-        return None
-    return XdpState(found.prog_id, found.mode, bpfsys.program_name(found.prog_id))
-
-
-def _decap_sources() -> list[Path]:
-    """decap.c and the local headers it includes, recursively: a change to
-    one of the balancer's own headers is no new decap build."""
-    found: dict[str, Path] = {}
-    todo = [layout.XDP_DIR / "decap.c"]
-    while todo:
-        path = todo.pop()
-        if path.name in found or not path.exists():
-            continue
-        found[path.name] = path
-        todo += [layout.XDP_DIR / name
-                 for name in re.findall(r'^#include "([^"]+)"', path.read_text(), flags=re.M)]
-    return sorted(found.values())
-
-
-def decap_source_hash() -> str:
-    """Names a build of the decap program (16 hex digits: 64 bits, the value
-    of its decap_build map): decap.c and the headers it includes."""
-    digest = hashlib.sha256()
-    for path in _decap_sources():
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def load_decap():
-    """Compile and load lbd_decap and write its build id; returns (bpf, fd).
-    The program lives while bpf is referenced, or while attached or pinned."""
-    from lbd.dataplane.maps import load_helper
-
-    bpf, function = load_helper(DECAP_FUNCTION, "decap.c")
-    build = bpf[DECAP_BUILD_MAP.encode()]
-    build[build.Key(0)] = build.Leaf(int(decap_source_hash(), 16))
-    # the program's code never reads it, so it would not be the program's map
-    bpfsys.bind_map(function.fd, build.map_fd)
-    return bpf, function.fd
-
-
-@dataclass(frozen=True)
-class DecapState:
-    """lbd_decap as attached to an interface, read through the program's maps."""
-    ifname: str
-    prog_id: int
-    mode: str
-    build: str | None               # None: no decap_build map (a build before second chance)
-    counters: dict[str, int] | None  # by enum lbd_decap_slot name; None: no decap_stats map
-    forward_to: list | None = None   # the prefixes it may send on to; None: a build without the list
-    xdp_tx: xdpstats.XdpTx | None = None  # the interface's XDP_TX frames sent and lost; None: not known
-
-    @property
-    def current(self) -> bool:
-        return self.build == decap_source_hash()
-
-    def build_text(self) -> str:
-        if self.build is None:
-            return "an old build (before second chance)"
-        if not self.build:
-            return "a build of unknown id"
-        return f"build {self.build}" + ("" if self.current else
-                                         f", not this lbd's {decap_source_hash()}")
-
-
-def _possible_cpus() -> int:
-    """How many copies of each value a per-CPU map holds (a sysfs range list
-    like "0-1"; not bcc's helper, so metrics need no bcc)."""
-    with open("/sys/devices/system/cpu/possible") as f:
-        spans = [part.split("-") for part in f.read().strip().split(",")]
-    return sum(int(span[-1]) - int(span[0]) + 1 for span in spans)
-
-
-def _read_u64s(map_id: int, per_entry: int, entries: int) -> list[int]:
-    """An array map's __u64 values, each entry's per_entry copies summed
-    (per_entry = possible CPUs for a per-CPU array, 1 otherwise)."""
-    fd = bpfsys.map_fd_by_id(map_id)
-    try:
-        raw = bpfsys.lookup_array_values(fd, 8 * per_entry, entries)
-    finally:
-        os.close(fd)
-    values = memoryview(raw).cast("Q")
-    return [sum(values[i * per_entry:(i + 1) * per_entry]) for i in range(len(values) // per_entry)]
-
-
-def decap_state(ifname: str) -> DecapState | None:
-    """lbd_decap on ifname, its build and counters; None if it runs none or another program."""
-    state = xdp_state(ifname)
-    if state is None or state.name != DECAP_FUNCTION:
-        return None
-    maps = {m.name: m for m in bpfsys.program_maps(state.prog_id)}
-    build = counters = None
-    if DECAP_BUILD_MAP in maps:
-        value = _read_u64s(maps[DECAP_BUILD_MAP].id, 1, 1)
-        build = f"{value[0]:016x}" if value and value[0] else ""
-    if DECAP_STATS_MAP in maps:
-        stats = maps[DECAP_STATS_MAP]
-        totals = _read_u64s(stats.id, _possible_cpus(), stats.max_entries)
-        counters = {name: totals[slot] if slot < len(totals) else 0
-                    for slot, name in layout.enum_names("LBD_DECAP_").items()}
-    forward_to = None
-    if forwardto.MAP_NAME in maps:
-        with _map_fd(maps[forwardto.MAP_NAME].id) as fd:
-            forward_to = forwardto.read(fd)
-    return DecapState(ifname, state.prog_id, state.mode, build, counters, forward_to,
-                      xdpstats.xdp_tx(ifname))
-
-
-@contextlib.contextmanager
-def _map_fd(map_id: int):
-    fd = bpfsys.map_fd_by_id(map_id)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def write_forward_to(prog_id: int, networks: list) -> bool:
-    """Make the program's forward_to hold exactly `networks`; whether it changed."""
-    found = [m for m in bpfsys.program_maps(prog_id) if m.name == forwardto.MAP_NAME]
-    if not found:
-        raise PrepError(f"{DECAP_FUNCTION} has no {forwardto.MAP_NAME} map: an old build")
-    with _map_fd(found[0].id) as fd:
-        return forwardto.write(fd, networks)
-
-
-def counter_summary(counters: dict[str, int]) -> str:
-    """One line: what the program did, grouped as kept / forwarded / dropped."""
-    kept = {k[len("kept_"):]: v for k, v in counters.items() if k.startswith("kept_")}
-    kept["refused"] = counters.get("forward_refused", 0)   # outside --forward-to
-    dropped = {k: counters.get(k, 0) for k in ("forward_failed", "malformed")}
-    return (f"ipip {counters.get('ipip', 0)}; GUE kept {sum(kept.values())} ("
-            + ", ".join(f"{k} {v}" for k, v in kept.items()) + f"), forwarded "
-            f"{counters.get('forwarded', 0)}, dropped {sum(dropped.values())} ("
-            + ", ".join(f"{k} {v}" for k, v in dropped.items()) + ")")
-
-
-def require_bpffs(pin_dir: str) -> None:
-    existing = pin_dir if os.path.isdir(pin_dir) else os.path.dirname(os.path.abspath(pin_dir))
-    if not mounts.on_bpffs(existing):
-        raise PrepError(f"--pin-dir {pin_dir} is not on a bpf filesystem: mount one "
-                        f"(`mount -t bpf bpf /sys/fs/bpf`) or leave --pin-dir out")
-
-
-@contextlib.contextmanager
-def _locked(directory: str):
-    # Concurrent prepares sharing a pin directory (the lab prepares its
-    # backends in parallel) compile once: the first holds the lock while the
-    # others wait, then find the pin.
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def decap_program(pin_dir: str | None, forward_to: list):
-    """Yields (fd, origin) of lbd_decap, its forward_to holding `forward_to`.
-    A pinned program is shared by every interface that attaches it, and so
-    is its forward_to: the last prepare's list holds for all of them."""
-    with _decap_fd(pin_dir) as (fd, origin):
-        write_forward_to(bpfsys.program_id(fd), forward_to)
-        yield fd, origin
-
-
-@contextlib.contextmanager
-def _decap_fd(pin_dir: str | None):
-    """Yields (fd, origin) of lbd_decap: pinned in pin_dir, or compiled now."""
-    if not pin_dir:
-        _bpf, fd = load_decap()
-        yield fd, "compiled"
-        return
-    require_bpffs(pin_dir)
-    os.makedirs(pin_dir, exist_ok=True)
-    pin = os.path.join(pin_dir, f"{DECAP_FUNCTION}-{decap_source_hash()}")
-    with _locked(pin_dir):
-        if os.path.exists(pin):
-            fd = bpfsys.pinned_fd(pin)
-            try:
-                yield fd, f"pinned {pin}"
-            finally:
-                os.close(fd)
-            return
-        _bpf, fd = load_decap()
-        bpfsys.pin(fd, pin)
-        yield fd, f"compiled, pinned {pin}"
-
-
-def attach_decap(ifname: str, mode: str, forward_to: list, pin_dir: str | None = None) -> str:
-    """Attach lbd_decap to ifname, or replace the program there atomically,
-    with its forward_to written first; returns how: the mode the kernel
-    reports and origin.
-
-    The attachment is made over netlink, so it outlives this process.
-    """
-    with decap_program(pin_dir, forward_to) as (fd, origin):
-        try:
-            used = xdplink.attach(fd, ifname, mode)
-        except xdplink.XdpError as err:
-            raise PrepError(f"attaching {DECAP_FUNCTION}: {err}") from err
-    return f"{used}, {origin}"
-
-
-# --- VIPs on loopback ---------------------------------------------------------
-def loopback_addresses() -> dict[IPAddress, int]:
-    """Addresses on lo, with their IFA_PROTO (0 when unset)."""
-    with _ipr() as ipr:
-        lo = _link_index(ipr, "lo")
-        return {ipaddress.ip_address(a.get_attr("IFA_ADDRESS")): a.get_attr("IFA_PROTO") or 0
-                for a in ipr.get_addr(index=lo)}
-
-
-def _lo_up() -> bool:
-    with _ipr() as ipr:
-        return ipr.get_links(_link_index(ipr, "lo"))[0]["flags"] & 1 == 1  # IFF_UP
-
-
-def add_vip(vip: IPAddress) -> None:
-    with _ipr() as ipr:
-        lo = _link_index(ipr, "lo")
-        ipr.link("set", index=lo, state="up")
-        # no duplicate address detection: the VIP lives on many hosts by design
-        ipr.addr("add", index=lo, address=str(vip), prefixlen=vip.max_prefixlen,
-                 proto=LBD_ADDR_PROTO, flags=IFA_F_NODAD if vip.version == 6 else 0)
-
-
-def remove_vip(vip: IPAddress) -> None:
-    with _ipr() as ipr:
-        ipr.addr("del", index=_link_index(ipr, "lo"), address=str(vip),
-                 prefixlen=vip.max_prefixlen)
 
 
 # --- the three commands --------------------------------------------------------
@@ -404,22 +68,22 @@ def prepare(mode: str, vips: list[IPAddress], ifname: str, xdp_mode: str = "auto
         if vip not in on_lo:
             add_vip(vip)
             done.append(f"added {vip}/{vip.max_prefixlen} to lo")
-    if not _lo_up():
-        with _ipr() as ipr:
-            ipr.link("set", index=_link_index(ipr, "lo"), state="up")
+    if not lo_up():
+        with iproute() as ipr:
+            ipr.link("set", index=link_index(ipr, "lo"), state="up")
         done.append("set lo up")
     # ARP and rp_filter are IPv4 knobs; they are harmless on an IPv6-only backend
     if effective_conf(ifname, "arp_ignore") == 0:
-        write_sysctl(_conf("ipv4", "all", "arp_ignore"), 1)
+        write_sysctl(conf("ipv4", "all", "arp_ignore"), 1)
         done.append("net.ipv4.conf.all.arp_ignore=1 (answer ARP only for addresses "
                     "on the asked interface, never for VIPs on lo)")
     if effective_conf(ifname, "arp_announce") < 2:
-        write_sysctl(_conf("ipv4", "all", "arp_announce"), 2)
+        write_sysctl(conf("ipv4", "all", "arp_announce"), 2)
         done.append("net.ipv4.conf.all.arp_announce=2 (never use a VIP as ARP source)")
     for device in ("all", ifname):
-        if read_sysctl(_conf("ipv4", device, "rp_filter")) == 1:
-            write_sysctl(_conf("ipv4", device, "rp_filter"), 2)
-            done.append(f"{_conf('ipv4', device, 'rp_filter')}=2 (loose)")
+        if read_sysctl(conf("ipv4", device, "rp_filter")) == 1:
+            write_sysctl(conf("ipv4", device, "rp_filter"), 2)
+            done.append(f"{conf('ipv4', device, 'rp_filter')}=2 (loose)")
     if mode == "ipip":
         state = xdp_state(ifname)
         if state and state.name != DECAP_FUNCTION:
@@ -457,27 +121,6 @@ class Finding:
         return f"ok       {self.what}" if self.ok else f"PROBLEM  {self.what}: {self.fix}"
 
 
-def _tcp_listeners(port: int) -> set[IPAddress]:
-    """Local addresses with a TCP socket listening on port (from /proc/net/tcp*)."""
-    found: set[IPAddress] = set()
-    for path, version in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)):
-        try:
-            lines = open(path).read().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, state = fields[1], fields[3]
-            hex_addr, hex_port = local.split(":")
-            if state != "0A" or int(hex_port, 16) != port:
-                continue
-            raw = bytes.fromhex(hex_addr)
-            # the kernel prints each 32-bit word in host (little-endian) order
-            packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-            found.add(ipaddress.ip_address(packed))
-    return found
-
-
 def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = (),
           watch: float = XDP_TX_WATCH_SECONDS) -> list[Finding]:
     """Diagnose without changing anything; watch: seconds to watch an interface
@@ -492,7 +135,7 @@ def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = (),
         else:
             findings.append(Finding(False, f"VIP {vip} is not on lo",
                                     f"{again}, or `ip addr add {vip}/{vip.max_prefixlen} dev lo`"))
-    if not _lo_up():
+    if not lo_up():
         findings.append(Finding(False, "lo is down", "`ip link set lo up`"))
     if any(v.version == 6 for v in vips) and read_sysctl("net.ipv6.conf.lo.disable_ipv6"):
         findings.append(Finding(False, "IPv6 is disabled on lo",
@@ -509,8 +152,8 @@ def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = (),
     findings.append(Finding(rp != 1, f"rp_filter is {rp} on {ifname}" + (" (strict)" if rp == 1 else ""),
                             f"strict reverse-path filtering drops client packets whose route "
                             f"back leaves by another interface: `sysctl -w "
-                            f"{_conf('ipv4', 'all', 'rp_filter')}=2 "
-                            f"{_conf('ipv4', ifname, 'rp_filter')}=2`"))
+                            f"{conf('ipv4', 'all', 'rp_filter')}=2 "
+                            f"{conf('ipv4', ifname, 'rp_filter')}=2`"))
     if mode == "ipip":
         state = xdp_state(ifname)
         if state is None:
@@ -522,7 +165,7 @@ def check(mode: str, vips: list[IPAddress], ifname: str, ports: list[int] = (),
         else:
             findings += _decap_findings(ifname, again, watch)
     for port in ports:
-        listening = _tcp_listeners(port)
+        listening = tcp_listeners(port)
         for vip in vips:
             # a [::] socket also takes IPv4 unless it is v6only, which /proc does not show
             served = vip in listening or ipaddress.ip_address("::") in listening or (
@@ -615,7 +258,7 @@ def undo(vips: list[IPAddress] | None = None, pin_dir: str | None = None) -> lis
                     "changes them, since other services may rely on them")
     remaining = sorted((a for a, proto in loopback_addresses().items() if proto == LBD_ADDR_PROTO),
                        key=lambda a: (a.version, a))
-    with _ipr() as ipr:
+    with iproute() as ipr:
         names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
     attached = [ifname for ifname in names
                 if (state := xdp_state(ifname)) and state.name == DECAP_FUNCTION]
@@ -703,9 +346,9 @@ def _parser() -> argparse.ArgumentParser:
 def _metrics(interfaces: list[str], textfile: str | None) -> int:
     from lbd.backend import metrics as backend_metrics
 
-    with _ipr() as ipr:
+    with iproute() as ipr:
         for ifname in interfaces:
-            _link_index(ipr, ifname)
+            link_index(ipr, ifname)
     states = {ifname: decap_state(ifname) for ifname in interfaces}
     if textfile:
         backend_metrics.write(textfile, states, decap_source_hash())
@@ -724,8 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "metrics":
             return _metrics(args.interface or [default_interface()], args.textfile)
         ifname = args.interface or default_interface()
-        with _ipr() as ipr:
-            _link_index(ipr, ifname)      # a missing interface is named, not a traceback
+        with iproute() as ipr:
+            link_index(ipr, ifname)      # a missing interface is named, not a traceback
         if args.command == "prepare":
             if args.mode == "ipip" and args.pin_dir:
                 require_bpffs(args.pin_dir)   # before changing anything

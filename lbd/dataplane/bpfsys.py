@@ -24,19 +24,19 @@ BPF_ANY = 0
 BPF_F_MMAPABLE = 1 << 10
 
 
+def _u32(*names: str) -> list[tuple[str, type]]:
+    """Struct fields of type __u32, in the order given (the kernel's)."""
+    return [(name, ctypes.c_uint32) for name in names]
+
+
 class _MapCreateOpts(ctypes.Structure):
     # struct bpf_map_create_opts of libbpf 1.x (its sz field versions it)
     _fields_ = [
         ("sz", ctypes.c_size_t),
-        ("btf_fd", ctypes.c_uint32),
-        ("btf_key_type_id", ctypes.c_uint32),
-        ("btf_value_type_id", ctypes.c_uint32),
-        ("btf_vmlinux_value_type_id", ctypes.c_uint32),
-        ("inner_map_fd", ctypes.c_uint32),
-        ("map_flags", ctypes.c_uint32),
+        *_u32("btf_fd", "btf_key_type_id", "btf_value_type_id", "btf_vmlinux_value_type_id",
+              "inner_map_fd", "map_flags"),
         ("map_extra", ctypes.c_uint64),
-        ("numa_node", ctypes.c_uint32),
-        ("map_ifindex", ctypes.c_uint32),
+        *_u32("numa_node", "map_ifindex"),
     ]
 
 
@@ -46,32 +46,19 @@ class _TestRunOpts(ctypes.Structure):
         ("sz", ctypes.c_size_t),
         ("data_in", ctypes.c_void_p),
         ("data_out", ctypes.c_void_p),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
+        *_u32("data_size_in", "data_size_out"),
         ("ctx_in", ctypes.c_void_p),
         ("ctx_out", ctypes.c_void_p),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
+        *_u32("ctx_size_in", "ctx_size_out", "retval"),
         ("repeat", ctypes.c_int),
-        ("duration", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
+        *_u32("duration", "flags", "cpu", "batch_size"),
     ]
 
 
 class _XdpMd(ctypes.Structure):
     # struct xdp_md as BPF_PROG_TEST_RUN takes it: only ingress_ifindex and
     # data_end (= packet length) may be set.
-    _fields_ = [
-        ("data", ctypes.c_uint32),
-        ("data_end", ctypes.c_uint32),
-        ("data_meta", ctypes.c_uint32),
-        ("ingress_ifindex", ctypes.c_uint32),
-        ("rx_queue_index", ctypes.c_uint32),
-        ("egress_ifindex", ctypes.c_uint32),
-    ]
+    _fields_ = _u32("data", "data_end", "data_meta", "ingress_ifindex", "rx_queue_index", "egress_ifindex")
 
 
 _libbpf.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32,
@@ -260,6 +247,43 @@ def test_run(prog_fd: int, packet: bytes, ingress_ifindex: int = 0, repeat: int 
         ctx_in=ctypes.addressof(md) if ingress_ifindex else None,
         ctx_size_in=ctypes.sizeof(md) if ingress_ifindex else 0,
         repeat=repeat,
+    )
+    _check(_libbpf.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
+    return TestRun(opts.retval, data_out.raw[:opts.data_size_out], opts.duration)
+
+
+class _SkBuff(ctypes.Structure):
+    # The start of struct __sk_buff (uapi/linux/bpf.h) as BPF_PROG_TEST_RUN of
+    # a TC program takes it: of these only mark, priority, ingress_ifindex and
+    # ifindex may be non-zero; the kernel zero-fills the rest of the struct.
+    _fields_ = [
+        ("len", ctypes.c_uint32),
+        ("pkt_type", ctypes.c_uint32),
+        ("mark", ctypes.c_uint32),
+        ("queue_mapping", ctypes.c_uint32),
+        ("protocol", ctypes.c_uint32),
+        ("vlan_present", ctypes.c_uint32),
+        ("vlan_tci", ctypes.c_uint32),
+        ("vlan_proto", ctypes.c_uint32),
+        ("priority", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("ifindex", ctypes.c_uint32),
+    ]
+
+
+def test_run_skb(prog_fd: int, packet: bytes, mark: int = 0, ifindex: int = 0) -> TestRun:
+    """Run a TC (SCHED_CLS) program once on `packet` (an Ethernet frame) as
+    an skb carrying `mark`, on interface `ifindex` (0: loopback). `action` is
+    the TC verdict."""
+    data_in = ctypes.create_string_buffer(packet, len(packet))
+    data_out = ctypes.create_string_buffer(len(packet) + 512)  # room for encapsulation
+    skb = _SkBuff(mark=mark, ifindex=ifindex)
+    opts = _TestRunOpts(
+        sz=ctypes.sizeof(_TestRunOpts),
+        data_in=ctypes.addressof(data_in), data_size_in=len(packet),
+        data_out=ctypes.addressof(data_out), data_size_out=len(data_out),
+        ctx_in=ctypes.addressof(skb), ctx_size_in=ctypes.sizeof(skb),
+        repeat=1,
     )
     _check(_libbpf.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "BPF_PROG_TEST_RUN")
     return TestRun(opts.retval, data_out.raw[:opts.data_size_out], opts.duration)

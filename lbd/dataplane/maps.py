@@ -3,6 +3,11 @@
 `Datapath` owns the loaded program and is the only place that reads or writes
 its maps. Struct layouts come from bcc's table types (built from
 xdp/lbd_shared.h); this module only converts Python values into them.
+
+Length (over 450 lines, on purpose): Datapath is the one owner of the
+program's maps, so every map's reads and writes, and the conversion of
+Python values into the structs, stay in one class; the Programmer sees only
+its MapWriter calls.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -100,6 +106,70 @@ class BackendEntry:
     second_until: int = 0        # unix s until which it may be a second choice (LBD_SECOND_FOREVER: no end)
 
 
+def settings_leaf(leaf_type, ipip_src_v4: ipaddress.IPv4Address | None,
+                  ipip_src_v6: ipaddress.IPv6Address | None):
+    """A struct lbd_settings (bcc's type for it: the balancer's settings, or
+    the health-path program's health_settings) with the ipip outer sources."""
+    leaf = leaf_type()
+    if ipip_src_v4:
+        leaf.ipip_src_v4 = addr_words(ipip_src_v4)[0]
+    if ipip_src_v6:
+        leaf.ipip_src_v6[:] = addr_words(ipip_src_v6)
+    leaf.layout_version = C("LBD_LAYOUT_VERSION")
+    return leaf
+
+
+def backend_leaf(leaf_type, entry: BackendEntry):
+    """A struct lbd_backend (bcc's type for it: the balancer's backends map,
+    or the health-path program's health_paths) holding `entry`."""
+    leaf = leaf_type()
+    leaf.addr[:] = addr_words(entry.address)
+    leaf.dst_mac[:] = entry.dst_mac
+    leaf.src_mac[:] = entry.src_mac
+    leaf.ifindex = entry.ifindex
+    leaf.generation = entry.generation
+    leaf.state = entry.state
+    leaf.family = family_of(entry.address)
+    leaf.vip_id = entry.vip_id
+    leaf.vip_flags = entry.vip_flags
+    leaf.second_until = entry.second_until
+    return leaf
+
+
+@runtime_checkable
+class MapWriter(Protocol):
+    """Exactly the calls lbd.dataplane.programmer makes on the maps: what
+    Datapath offers it, and what a double of the maps must offer
+    (tests/unit/fakes.py, held to this by tests/unit/test_fakes.py)."""
+    limits: Limits
+
+    def vip_ids(self) -> dict[tuple[IPAddress, int, int], int]: ...
+    def backend_entries(self) -> dict: ...
+    def read_prefilter(self) -> list[int]: ...
+    def write_prefilter(self, words: dict[int, int]) -> None: ...
+    def set_vip(self, address: IPAddress, port: int, proto: int, vip_id: int, flags: int) -> None: ...
+    def delete_vip(self, address: IPAddress, port: int, proto: int) -> None: ...
+    def set_addr(self, address: IPAddress, proto: int, flags: int,
+                 frag_vip_id: int = 0, frag_vip_flags: int = 0) -> None: ...
+    def delete_addr(self, address: IPAddress, proto: int) -> None: ...
+    def set_backend(self, backend_id: int, entry: BackendEntry) -> None: ...
+    def set_second_until(self, backend_id: int, value: int) -> None: ...
+    def clear_backend(self, backend_id: int) -> None: ...
+    def write_rings(self, tables: dict) -> None: ...
+    def write_second_rings(self, tables: dict) -> None: ...
+    def clear_ring(self, vip_id: int) -> None: ...
+    def clear_second_ring(self, vip_id: int) -> None: ...
+    def clear_vip_counters(self, vip_id: int) -> None: ...
+    def clear_backend_counters(self, backend_id: int) -> None: ...
+    # QUIC VIPs (xdp/quic.h)
+    def clear_quic_routed(self, backend_id: int) -> None: ...
+    def set_quic_config(self, vip_id: int, config_id: int, server_id_len: int, cid_len: int) -> None: ...
+    def clear_quic_config(self, vip_id: int) -> None: ...
+    def set_quic_server(self, vip_id: int, server_id: bytes, backend_id: int) -> None: ...
+    def delete_quic_server(self, vip_id: int, server_id: bytes) -> None: ...
+    def quic_servers_of(self, vip_id: int) -> dict[bytes, int]: ...
+
+
 class Datapath:
     """The balancer program loaded in the kernel, and its maps.
 
@@ -176,6 +246,16 @@ class Datapath:
     def delete_vip(self, address: IPAddress, port: int, proto: int) -> None:
         self.vips.pop(self._vip_key(address, port, proto), None)
 
+    def vip_ids(self) -> dict[tuple[IPAddress, int, int], int]:
+        """(address, port, protocol) -> VIP id of every VIP entry (adoption)."""
+        found = {}
+        for key, leaf in self.vips.items():
+            raw = bytes(key.addr)
+            address = ipaddress.ip_address(raw[:4] if key.family == C("LBD_FAMILY_V4") else raw)
+            port = int.from_bytes(int(key.port).to_bytes(2, "little"), "big")
+            found[(address, port, int(key.proto))] = int(leaf.vip_id)
+        return found
+
     def set_addr(self, address: IPAddress, proto: int, flags: int,
                  frag_vip_id: int = 0, frag_vip_flags: int = 0) -> None:
         leaf = self.addrs.Leaf()
@@ -198,28 +278,11 @@ class Datapath:
 
     def set_settings(self, ipip_src_v4: ipaddress.IPv4Address | None,
                      ipip_src_v6: ipaddress.IPv6Address | None) -> None:
-        leaf = self.settings.Leaf()
-        if ipip_src_v4:
-            leaf.ipip_src_v4 = addr_words(ipip_src_v4)[0]
-        if ipip_src_v6:
-            leaf.ipip_src_v6[:] = addr_words(ipip_src_v6)
-        leaf.layout_version = C("LBD_LAYOUT_VERSION")
-        self.settings[ctypes.c_uint32(0)] = leaf
+        self.settings[ctypes.c_uint32(0)] = settings_leaf(self.settings.Leaf, ipip_src_v4, ipip_src_v6)
 
     # --- backends -------------------------------------------------------------
     def set_backend(self, backend_id: int, entry: BackendEntry) -> None:
-        leaf = self.backends.Leaf()
-        leaf.addr[:] = addr_words(entry.address)
-        leaf.dst_mac[:] = entry.dst_mac
-        leaf.src_mac[:] = entry.src_mac
-        leaf.ifindex = entry.ifindex
-        leaf.generation = entry.generation
-        leaf.state = entry.state
-        leaf.family = family_of(entry.address)
-        leaf.vip_id = entry.vip_id
-        leaf.vip_flags = entry.vip_flags
-        leaf.second_until = entry.second_until
-        self.backends[ctypes.c_uint32(backend_id)] = leaf
+        self.backends[ctypes.c_uint32(backend_id)] = backend_leaf(self.backends.Leaf, entry)
 
     def set_second_until(self, backend_id: int, value: int) -> None:
         """Change only a backend's second_until (a hold starts or ends); the

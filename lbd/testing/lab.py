@@ -50,6 +50,11 @@ MACs are fixed: 02:00:c6:12:<net>:<host> (net 00 LAN, 10 clients, 20 remote).
 
 `python -m lbd.testing.lab up` builds one and keeps it until Ctrl-C; `python -m
 lbd.testing.lab clean` removes what dead runs left.
+
+Length (over 450 lines, on purpose): building the lab (namespaces,
+sysctls before links, wiring, checksum offloads) and tearing it down are
+one ordered sequence over the same state; its other jobs are the mixins
+named above.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from scapy.layers.l2 import Ether
 
 from lbd.backend import forwardto
 from lbd.dataplane import bpfsys
-from lbd.backend.cli import load_decap, write_forward_to
+from lbd.backend.decap import load_decap, write_forward_to
 from tests.bpf import scenario as sc
 
 pytestmark = pytest.mark.bpf

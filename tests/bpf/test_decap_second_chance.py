@@ -36,9 +36,9 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.utils import checksum
 
-from lbd.backend import cli as backend_prep, forwardto
+from lbd.backend import cli as backend_cli, decap as backend_decap, forwardto
 from lbd.dataplane import bpfsys, layout, xdplink
-from lbd.backend.cli import load_decap
+from lbd.backend.decap import load_decap, write_forward_to
 from lbd.testing import fibns, gue
 
 pytestmark = pytest.mark.bpf
@@ -129,7 +129,7 @@ class Decap:
         self.allow(forwardto.ANY)   # the forward_to tests narrow it, then give it back
 
     def allow(self, networks) -> None:
-        backend_prep.write_forward_to(bpfsys.program_id(self.fd), list(networks))
+        write_forward_to(bpfsys.program_id(self.fd), list(networks))
 
     def counters(self) -> dict[str, int]:
         return {name: self.stats.sum(self.stats.Key(slot)).value for name, slot in SLOTS.items()}
@@ -614,14 +614,14 @@ def test_check_and_metrics_read_the_attached_programs_counters(decap, capsys):
         decap.run(gue_frame(inner_packet(REMOTE_CLIENT[4], VIP[4], flags="S"), SECOND[4]))
         decap.run(gue_frame(inner_packet(REMOTE_CLIENT[6], VIP[6]), SECOND[6]))
         want = decap.counters()
-        state = backend_prep.decap_state("sc0")
+        state = backend_decap.decap_state("sc0")
         assert state.counters == want and state.current and state.mode == "generic"
-        findings = [f for f in backend_prep.check("ipip", [ip(VIP[4])], "sc0") if "lbd_decap" in f.what]
+        findings = [f for f in backend_cli.check("ipip", [ip(VIP[4])], "sc0") if "lbd_decap" in f.what]
         assert [f.ok for f in findings] == [True, True, True]
         assert findings[1].what.endswith("sends second-chance packets on to any address")
         kept = sum(v for k, v in want.items() if k.startswith("kept_") or k == "forward_refused")
         assert f"kept {kept} (" in findings[2].what
-        assert backend_prep.main(["metrics", "--interface", "sc0"]) == 0
+        assert backend_cli.main(["metrics", "--interface", "sc0"]) == 0
     samples = {(s.name, s.labels.get("result")): s.value
                for family in text_string_to_metric_families(capsys.readouterr().out)
                for s in family.samples if s.labels.get("interface") == "sc0"}
@@ -639,21 +639,21 @@ def test_an_old_build_is_reported_by_check_and_replaced_by_prepare(decap):
     old = BPF(text=b"int lbd_decap(struct xdp_md *ctx) { return XDP_PASS; }")
     try:
         xdplink.attach(old.load_func(b"lbd_decap", BPF.XDP).fd, "sc0", "generic")
-        state = backend_prep.decap_state("sc0")
+        state = backend_decap.decap_state("sc0")
         assert state.build is None and state.counters is None and not state.current
-        findings = [f for f in backend_prep.check("ipip", [ip(VIP[4])], "sc0") if "lbd_decap" in f.what]
+        findings = [f for f in backend_cli.check("ipip", [ip(VIP[4])], "sc0") if "lbd_decap" in f.what]
         assert [f.ok for f in findings] == [False] and "old build" in findings[0].what
         assert "lbd-backend prepare" in findings[0].fix
-        changes = backend_prep.prepare("ipip", [ip(VIP[4])], "sc0", "auto")
+        changes = backend_cli.prepare("ipip", [ip(VIP[4])], "sc0", "auto")
         assert [c for c in changes if "lbd_decap" in c] == [
             f"replaced lbd_decap on sc0 (an old build (before second chance)) with build "
-            f"{backend_prep.decap_source_hash()} (xdp mode generic, compiled); it sends "
+            f"{backend_decap.decap_source_hash()} (xdp mode generic, compiled); it sends "
             f"second-chance packets on to {THIS[4].rsplit('.', 1)[0]}.0/24, fd00:40::/64"]
-        state = backend_prep.decap_state("sc0")
+        state = backend_decap.decap_state("sc0")
         assert state.current and state.mode == "generic"
         assert state.counters == {name: 0 for name in SLOTS}
-        assert all(f.ok for f in backend_prep.check("ipip", [ip(VIP[4])], "sc0") if "lbd_decap" in f.what)
-        assert not [c for c in backend_prep.prepare("ipip", [ip(VIP[4])], "sc0") if "lbd_decap" in c]
+        assert all(f.ok for f in backend_cli.check("ipip", [ip(VIP[4])], "sc0") if "lbd_decap" in f.what)
+        assert not [c for c in backend_cli.prepare("ipip", [ip(VIP[4])], "sc0") if "lbd_decap" in c]
     finally:
         xdplink.detach("sc0")
         old.cleanup()
@@ -712,20 +712,20 @@ def test_prepare_writes_forward_to_and_check_reports_it(decap):
     them on the running program (no reattach), and check shows the list."""
     with attached(decap.fd), contextlib.ExitStack() as restore:
         restore.callback(decap.allow, forwardto.ANY)
-        changes = backend_prep.prepare("ipip", [ip(VIP[4])], "sc0", "auto")
+        changes = backend_cli.prepare("ipip", [ip(VIP[4])], "sc0", "auto")
         assert [c for c in changes if "lbd_decap" in c] == [
             "lbd_decap on sc0 now sends second-chance packets on to 198.18.40.0/24, fd00:40::/64 "
             "(was any address)"]
-        assert backend_prep.decap_state("sc0").prog_id == bpfsys.program_id(decap.fd)
+        assert backend_decap.decap_state("sc0").prog_id == bpfsys.program_id(decap.fd)
         wanted = forwardto.parse(["10.0.0.0/8", "fd00:50::/48"])
-        backend_prep.prepare("ipip", [ip(VIP[4])], "sc0", "auto", forward_to=wanted)
-        assert backend_prep.decap_state("sc0").forward_to == wanted
-        [finding] = [f for f in backend_prep.check("ipip", [ip(VIP[4])], "sc0") if "sends" in f.what]
+        backend_cli.prepare("ipip", [ip(VIP[4])], "sc0", "auto", forward_to=wanted)
+        assert backend_decap.decap_state("sc0").forward_to == wanted
+        [finding] = [f for f in backend_cli.check("ipip", [ip(VIP[4])], "sc0") if "sends" in f.what]
         assert finding.ok and finding.what.endswith("on to 10.0.0.0/8, fd00:50::/48")
-        backend_prep.prepare("ipip", [ip(VIP[4])], "sc0", "auto", forward_to=[])
-        [finding] = [f for f in backend_prep.check("ipip", [ip(VIP[4])], "sc0") if "sends" in f.what]
+        backend_cli.prepare("ipip", [ip(VIP[4])], "sc0", "auto", forward_to=[])
+        [finding] = [f for f in backend_cli.check("ipip", [ip(VIP[4])], "sc0") if "sends" in f.what]
         assert not finding.ok and "--forward-to" in finding.fix
-        assert not [c for c in backend_prep.prepare("ipip", [ip(VIP[4])], "sc0", "auto", forward_to=[])
+        assert not [c for c in backend_cli.prepare("ipip", [ip(VIP[4])], "sc0", "auto", forward_to=[])
                     if "lbd_decap" in c], "an unchanged list changes nothing"
 
 
@@ -737,11 +737,11 @@ def test_a_pinned_program_keeps_its_build_id_and_counters(tmp_path):
     subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
     try:
         pins = str(bpffs / "decap")
-        first = backend_prep.attach_decap("sc0", "generic", list(forwardto.ANY), pins)
+        first = backend_decap.attach_decap("sc0", "generic", list(forwardto.ANY), pins)
         xdplink.detach("sc0")
-        again = backend_prep.attach_decap("sc0", "generic", list(forwardto.ANY), pins)
+        again = backend_decap.attach_decap("sc0", "generic", list(forwardto.ANY), pins)
         assert "compiled, pinned" in first and "compiled" not in again and "pinned" in again
-        state = backend_prep.decap_state("sc0")
+        state = backend_decap.decap_state("sc0")
         assert state.current and state.counters == {name: 0 for name in SLOTS}
     finally:
         xdplink.detach("sc0")

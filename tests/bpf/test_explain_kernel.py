@@ -323,7 +323,7 @@ class SecondChanceRun:
     def __init__(self, lb, version: int, seed: int):
         self.lb, self.dp, self.version = lb, lb.dp, version
         self.clock = Clock()
-        self.programmer = Programmer(lb.dp, hold_s=HOLD, clock=self.clock)
+        self.programmer = Programmer(lb.dp, clock=self.clock)
         self.vip = ("second-chance", SC_VIP[version], 80, TCP, True, False, SC_PREFIX[version])
         self.pool = pool(SC_PREFIX[version])[:SC_POOL]
         self.members = {a: (w, ACTIVE) for a, w in zip(self.pool[:4], (1, 2, 3, 2))}
@@ -337,7 +337,7 @@ class SecondChanceRun:
         members = tuple(BackendPlan(ip(a), w, s, sc.backend_mac(a), our_mac)
                         for a, (w, s) in self.members.items())
         return VipPlan(ip(self.vip[1]), 80, TCP, ipip=True, backends=members, name=self.vip[0],
-                       second_chance=True)
+                       second_chance=True, hold_s=HOLD)
 
     def target(self, what: str, position: int) -> str | None:
         """The address a change acts on: a member for every change but "add",

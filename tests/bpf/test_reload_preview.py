@@ -46,7 +46,7 @@ def members():
 def vip(chosen, second_chance: bool):
     backends = tuple(dataclasses.replace(POOL[i], weight=w, state=s) for i, (w, s) in chosen)
     return dataclasses.replace(sc.vip("198.18.100.71", 80, sc.TCP_P, ipip=True, members=backends),
-                               second_chance=second_chance)
+                               second_chance=second_chance, hold_s=HOLD)
 
 
 def by_address(table, ids_to_address: dict[int, str]) -> np.ndarray:
@@ -63,7 +63,7 @@ def addresses_of(programmer: Programmer, key) -> dict[int, str]:
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(before=members(), after=members(), second_chance=st.booleans())
 def test_check_diff_predicts_what_the_reload_writes(datapath, before, after, second_chance):
-    programmer = Programmer(datapath, hold_s=HOLD, clock=Clock())
+    programmer = Programmer(datapath, clock=Clock())
     old, new = vip(before, second_chance), vip(after, second_chance)
     try:
         programmer.apply([old])
@@ -103,7 +103,7 @@ def test_check_diff_predicts_what_the_reload_writes(datapath, before, after, sec
 def test_a_removed_backend_with_the_lowest_address_moves_only_its_own_slots(datapath):
     # the backends are numbered by address for the comparison: numbering each
     # side by its own addresses would shift every number when the lowest goes
-    programmer = Programmer(datapath, hold_s=HOLD, clock=Clock())
+    programmer = Programmer(datapath, clock=Clock())
     three = [(i, (100, ACTIVE)) for i in range(3)]
     try:
         programmer.apply([vip(three, True)])
@@ -122,7 +122,7 @@ def test_backends_added_at_once_are_counted_and_cost_what_the_readme_says(datapa
     once, about 83%, the rest naming the other added backend (but for
     Maglev's collateral). `lbd check --diff` (preview) and the reload count
     them and say the same share as the kernel's tables."""
-    programmer = Programmer(datapath, hold_s=HOLD, clock=Clock())
+    programmer = Programmer(datapath, clock=Clock())
     five = [(i, (100, ACTIVE)) for i in range(5)]
     more = five + [(5 + i, (100, ACTIVE)) for i in range(added)]
     try:

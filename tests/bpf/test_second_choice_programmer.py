@@ -51,7 +51,7 @@ def plan(version: int, count: int = 4, second_chance: bool = True, states=None):
     if states:
         members = tuple(dataclasses.replace(m, state=states.get(i, m.state)) for i, m in enumerate(members))
     return dataclasses.replace(sc.vip(VIP[version], 80, sc.TCP_P, ipip=True, members=members),
-                               second_chance=second_chance)
+                               second_chance=second_chance, hold_s=HOLD)
 
 
 class Flows:
@@ -97,7 +97,7 @@ def send(lb, flow: Flow, kind=PACKET) -> tuple[str, str | None]:
 @pytest.fixture
 def clocked(lb):
     clock = Clock()
-    lb.programmer.clock, lb.programmer.hold_s = clock, HOLD
+    lb.programmer.clock = clock
     fk.clear(lb.dp)
     yield lb, clock
     fk.clear(lb.dp)
@@ -200,7 +200,7 @@ def test_a_restart_keeps_every_hold_and_writes_the_same_tables(fib_namespace):
     clock = Clock()
     try:
         first = Datapath(limits, pin_dir)
-        programmer = Programmer(first, hold_s=HOLD, clock=clock)
+        programmer = Programmer(first, clock=clock)
         v4, v6 = plan(4, count=5), plan(6, count=5)
         programmer.apply([v4, v6])
         clock.now += 10
@@ -216,7 +216,7 @@ def test_a_restart_keeps_every_hold_and_writes_the_same_tables(fib_namespace):
 
         clock.now += 20
         second = Datapath(limits, pin_dir)
-        adopted = Programmer(second, hold_s=HOLD, clock=clock)
+        adopted = Programmer(second, clock=clock)
         assert adopted.adopt() == 2
         assert adopted.next_deadline() == deadline
         adopted.apply(kept)

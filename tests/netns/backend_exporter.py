@@ -12,7 +12,7 @@ import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from lbd.backend import metrics as backend_metrics
-from lbd.backend.cli import decap_source_hash, decap_state
+from lbd.backend.decap import decap_source_hash, decap_state
 
 
 def main(address: str, port: int, interface: str) -> None:

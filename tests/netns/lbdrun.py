@@ -29,6 +29,17 @@ def backends(lab: Lab, names, family: int = 4, weights=None, drain=()) -> str:
     return "[" + ", ".join(items) + "]"
 
 
+def vip_entry(lab: Lab, name: str, vip: str, port: int, protocol: str, mode: str, names,
+              health: str | None = None) -> str:
+    """One line of `vips:` (flow style) with the named lab backends of the
+    VIP's family, and a health section if given."""
+    family = 6 if ":" in vip else 4
+    address = vip if family == 4 else f"'{vip}'"
+    check = f"health: {health}, " if health else ""
+    return (f"  - {{name: {name}, address: {address}, port: {port}, protocol: {protocol}, mode: {mode}, "
+            f"{check}backends: {backends(lab, names, family)}}}\n")
+
+
 def host_config(lab: Lab, socket_path: str, written_by: str) -> str:
     """Everything of the lab's lbd host config but its VIPs (which follow `vips:`)."""
     return f"""# written by {written_by}
@@ -131,6 +142,13 @@ class LbdUnderTest:
                 if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                     return sample.value
         return 0.0
+
+    def metric_sum(self, name: str, **labels) -> float:
+        """The sum of every sample of one metric of /metrics whose labels match."""
+        from prometheus_client.parser import text_string_to_metric_families
+        return sum(sample.value for family in text_string_to_metric_families(self.metrics())
+                   for sample in family.samples
+                   if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
 
     def kill9(self) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)

@@ -121,3 +121,11 @@ def test_flowcount_quick(tmp_path):
     for name in ("after_warm", "before_warm", "after_cold", "before_cold"):
         assert positive(cases[name]["ns"]), name
     assert positive(result["established"]["floor_ns"])
+
+
+def test_health_cost_quick(tmp_path):
+    result = run_quick("health_cost", tmp_path / "health_cost.json", 300)
+    check_machine(result)
+    assert positive(result["checks"]["checks_per_s"]) and positive(result["checks"]["cpu_s_per_s"])
+    assert positive(result["cpu_per_1000_checks_per_s"]) and positive(result["us_per_check"])
+    assert result["backends_down"] == 0

@@ -71,7 +71,7 @@ def test_make_install_puts_everything_in_place(installed):
         assert (installed["BINDIR"] / tool).resolve() == (prefix / "venv/bin" / tool).resolve()
     # lbd itself, not an editable link back to this checkout, with its C sources
     where = _run(str(prefix / "venv/bin/python"), "-c",
-                 "import lbd, bcc; from lbd import layout; print(lbd.__file__, layout.XDP_DIR)",
+                 "import lbd, bcc; from lbd.dataplane import layout; print(lbd.__file__, layout.XDP_DIR)",
                  cwd="/").stdout
     assert str(prefix) in where and "/work/" not in where.split()[0], where
     assert (prefix / "venv").is_dir() and (prefix / "venv/pyvenv.cfg").read_text().count(
@@ -155,6 +155,9 @@ vips:
     port: 80
     protocol: tcp
     mode: dsr
+    # checks through the VIP's path: the TC program, SO_MARK and policy
+    # routing must work inside the unit's sandbox too
+    health: {{type: tcp, interval: 1s, timeout: 500ms}}
     backends:
       - {{address: 198.19.250.2}}
 """
@@ -312,6 +315,8 @@ def test_installed_unit_runs_lbd_under_systemd_with_its_sandbox(systemd):
     log = systemd.daemon_log()
     assert log.index("xdp_attached") < log.index(" ready "), log
     assert "level=DEBUG" in log, "LBD_ARGS from /etc/default/lbd did not reach lbd"
+    assert "health_path_attached" in log, log
+    assert "0x6c620000/0xffff0000" in systemd.enter("ip", "rule").stdout
     first_pid = systemd.prop("MainPID")
 
     # Watchdog pings (WatchdogSec=4s in the test drop-in: one every 2 s).
@@ -366,6 +371,7 @@ def test_installed_unit_runs_lbd_under_systemd_with_its_sandbox(systemd):
     assert result.returncode == 0, result.stdout + result.stderr
     assert not systemd.xdp_attached()
     assert "lbd" not in systemd.enter("ls", "/sys/fs/bpf").stdout.split()
+    assert "0x6c620000" not in systemd.enter("ip", "rule").stdout
 
 
 BACKEND_VIP = "198.19.250.10"

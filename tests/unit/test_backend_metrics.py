@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lbd.backend import metrics as backend_metrics
 from lbd.dataplane import layout, xdpstats
-from lbd.backend.cli import DecapState, _parser, counter_summary, decap_source_hash
+from lbd.backend.cli import _parser
+from lbd.backend.decap import DecapState, counter_summary, decap_source_hash
 from tests.unit.test_packaging import BACKEND_METRICS, _unit_settings, _verify, _verify_root
 
 pytestmark = pytest.mark.unit

@@ -14,7 +14,7 @@ from lbd import bgp, bird
 from lbd.config import ConfigError, parse_config
 from lbd.health import HealthState
 from lbd.plan import plans_for
-from lbd.dataplane.programmer import _by_address
+from lbd.dataplane.programmer.tables import build_table
 
 pytestmark = pytest.mark.unit
 
@@ -206,7 +206,7 @@ def test_shuffled_configs_build_byte_identical_tables():
         for plan in plans:   # backends numbered by address: what two hosts can compare
             ranks = {a: r for r, a in enumerate(sorted((b.address for b in plan.backends),
                                                        key=lambda a: a.packed), start=1)}
-            built[plan.name] = _by_address(plan, ranks, 65537).tobytes()
+            built[plan.name] = build_table(plan, ranks, 65537).tobytes()
         assert all(any(table) for table in built.values())
         return built
 

@@ -185,7 +185,8 @@ def test_unknown_key(tmp_path, where, old, new, path):
     allowed = {"top": "interfaces, http, control, bpffs, limits, ipip, vips",
                "vip": "name, address, port, protocol, mode, affinity, health, backends",
                "backend": "address, weight, drain",
-               "health": "type, port, path, expect_status, interval, timeout, rise, fall",
+               "health": "type, port, via, path, expect_status, host, sni, verify, payload, expect, interval, "
+                             "timeout, rise, fall",
                "interface": "name, mode"}[where]
     assert allowed in message
     shown = {"top": "got []", "vip": 'got "client"', "backend": "got 50", "health": 'got "/healthz"',
@@ -380,7 +381,7 @@ def test_health_port_required_when_vip_port_is_zero(tmp_path):
     assert parse_config(edit("port: 443", "port: 0")).vips[0].port == 0
 
 
-@pytest.mark.parametrize("check", ["tcp", "http"])
+@pytest.mark.parametrize("check", ["tcp", "http", "https"])
 def test_health_check_of_a_udp_vip_must_name_its_port(tmp_path, check):
     # issue 19: `protocol: udp, port: 4433, health: {type: tcp}` passed `lbd check`, then
     # TCP-connected to 4433, where a QUIC server does not listen: every backend DOWN
@@ -404,6 +405,30 @@ def test_health_check_of_a_udp_vip_must_name_its_port(tmp_path, check):
 
 def test_health_check_of_a_tcp_vip_defaults_to_its_port():
     assert parse_config(edit("      port: 8080\n", "")).vips[0].health.port == 443
+
+
+UDP_VIP = """  - address: fd00::10
+    port: 53
+    protocol: udp
+    mode: dsr
+"""
+
+
+def test_udp_check_of_a_udp_vip_defaults_to_its_port():
+    # a udp check speaks the VIP's own protocol: the VIP's port is the one to ask (a DNS VIP)
+    text = GOOD.replace(UDP_VIP, UDP_VIP + "    health: {type: udp, payload: 'hex:12340100', expect: 'hex:1234'}\n")
+    assert text != GOOD
+    health = parse_config(text).vips[1].health
+    assert (health.type, health.port) == ("udp", 53)
+
+
+def test_udp_check_of_a_tcp_vip_must_name_its_port(tmp_path):
+    # the VIP's TCP port 443 has no UDP listener behind it
+    text = edit("type: http", "type: udp", "      path: /healthz\n", "      payload: ping\n", "      port: 8080\n", "")
+    one_problem(tmp_path, text, line_of(text, "health:"), "vips[0].health.port",
+                "is required on a tcp VIP", "a udp check connects over UDP", "port 443")
+    named = parse_config(text.replace("      payload: ping\n", "      payload: ping\n      port: 5353\n"))
+    assert (named.vips[0].health.type, named.vips[0].health.port) == ("udp", 5353)
 
 
 def test_config_knows_every_check_type_the_checker_runs():
@@ -763,6 +788,54 @@ def test_the_largest_config_lbd_supports_loads(tmp_path):
     path.write_text(big_config(1000, 100))
     config = load_config(path)
     assert len(config.vips) == 1000 and config.backend_count == 100_000
+
+
+# --- health checks through the data path (issue 21) -------------------------------
+
+def test_health_checks_go_through_the_vip_by_default():
+    health = parse_config(GOOD).vips[0].health
+    assert health.via == "vip" and health.host is None and health.verify is False
+    assert parse_config(edit("      path: /healthz\n", "      path: /healthz\n      via: address\n")
+                        ).vips[0].health.via == "address"
+
+
+def test_https_and_udp_check_settings_load():
+    https = parse_config(edit("type: http", "type: https", "      path: /healthz\n",
+                              "      path: /healthz\n      host: www.example.com\n      sni: cdn.example.com\n"
+                              "      verify: true\n")).vips[0].health
+    assert (https.type, https.host, https.sni, https.verify) == ("https", "www.example.com",
+                                                                 "cdn.example.com", True)
+    # a DNS query for example.com (id 0x1234) in hex, its id expected back
+    query = "123401000001000000000000076578616d706c650000010001"
+    udp = parse_config(edit("type: http", "type: udp", "      path: /healthz\n",
+                            f"      payload: 'hex:{query}'\n      expect: 'hex:1234'\n")).vips[0].health
+    assert udp.payload == bytes.fromhex(query) and udp.expect == b"\x12\x34"
+    text = parse_config(edit("type: http", "type: udp", "      path: /healthz\n",
+                             "      payload: ping\n      expect: pong\n")).vips[0].health
+    assert (text.payload, text.expect) == (b"ping", b"pong")
+
+
+@pytest.mark.parametrize("old, new, where, words", [
+    ("      path: /healthz\n", "      path: /healthz\n      via: tunnel\n", "via", ["vip, address", '"tunnel"']),
+    ("type: http", "type: udp", "payload", ["required for type: udp"]),
+    ("      path: /healthz\n", "      path: /healthz\n      payload: hi\n", "payload", ["only for type: udp"]),
+    ("      path: /healthz\n", "      path: /healthz\n      sni: a.example\n", "sni", ["only for type: https"]),
+    ("      path: /healthz\n", "      path: /healthz\n      host: 'a b'\n", "host", ["host name", '"a b"']),
+])
+def test_health_check_setting_errors(tmp_path, old, new, where, words):
+    text = edit(old, new)
+    if where == "payload" and "required" in words[0]:
+        text = edit("      path: /healthz\n", "", text=text)
+        line = line_of(text, "health:")
+    else:
+        line = line_of(text, f"{where}:")
+    one_problem(tmp_path, text, line, f"vips[0].health.{where}", *words)
+
+
+def test_udp_payload_must_be_valid_hex(tmp_path):
+    text = edit("type: http", "type: udp", "      path: /healthz\n", "      payload: 'hex:12g4'\n")
+    one_problem(tmp_path, text, line_of(text, "payload:"), "vips[0].health.payload", "hex digits",
+                '"hex:12g4"')
 
 # QUIC by connection ID (issue 22): a UDP VIP's quic: section and server IDs
 

@@ -24,6 +24,8 @@ from lbd.health import (
     HealthTracker,
     check_http,
     check_tcp,
+    check_udp,
+    run_check,
 )
 
 pytestmark = pytest.mark.unit
@@ -120,8 +122,8 @@ def test_check_spec_coerces_and_validates():
     assert spec == CheckSpec(CheckType.HTTP, spec.address, 80)
     assert spec.same_check(CheckSpec("http", "10.0.0.1", 80, interval_s=5, timeout_s=2))
     assert not spec.same_check(CheckSpec("http", "10.0.0.1", 80, path="/health"))
-    with pytest.raises(ValueError, match="type: must be 'tcp' or 'http', got 'udp'"):
-        CheckSpec("udp", "10.0.0.1", 80)
+    with pytest.raises(ValueError, match="type: must be one of tcp, http, https, udp, got 'icmp'"):
+        CheckSpec("icmp", "10.0.0.1", 80)
     with pytest.raises(ValueError, match="address: .* got 'web1'"):
         CheckSpec("tcp", "web1", 80)
     with pytest.raises(ValueError, match="port: must be 1..65535, got 70000"):
@@ -143,14 +145,18 @@ class HttpServer:
     "garbage": answer with something that is not HTTP.
     """
 
-    def __init__(self, host: str = LOCAL, status: int = 200, mode: str = "answer"):
+    def __init__(self, host: str = LOCAL, status: int = 200, mode: str = "answer", tls=None):
         self.host, self.status, self.mode = host, status, mode
         self.port = 0
         self.requests: list[bytes] = []
+        self.server_names: list[str | None] = []  # TLS: the SNI of each handshake
         self._server: asyncio.AbstractServer | None = None
+        self.tls = tls
+        if tls is not None:
+            tls.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
 
     async def start(self) -> HttpServer:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, ssl=self.tls)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -705,3 +711,130 @@ def test_states_after_predicts_set_targets():
     predicted, unchanged, actual = run(main())
     assert predicted == actual == {"kept": S.DOWN, "retimed": S.DOWN, "repathed": S.INIT, "added": S.INIT}
     assert set(unchanged) == {"kept", "retimed", "repathed", "removed"}, "states_after changes nothing"
+
+
+# --- https and udp checks (issue 21) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_tls(tmp_path_factory):
+    """A server context with a self-signed certificate for www.example.test."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("www.example.test")]), False)
+            .sign(key, hashes.SHA256()))
+    directory = tmp_path_factory.mktemp("tls")
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+
+    def make():
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(directory / "cert.pem", directory / "key.pem")
+        return context
+    return make
+
+
+def test_https_sends_the_host_header_and_sni_and_accepts_any_certificate_by_default(server_tls):
+    async def main():
+        server = await HttpServer(tls=server_tls()).start()
+        try:
+            spec = CheckSpec("https", LOCAL, server.port, path="/healthz", host="www.example.test")
+            return await run_check(spec), server
+        finally:
+            await server.stop()
+
+    result, server = run(main())
+    assert (result.ok, result.detail) == (True, "status 200")
+    assert server.server_names == ["www.example.test"]
+    assert "\r\nHost: www.example.test\r\n" in server.requests[0].decode()
+
+
+def test_https_sni_can_differ_from_the_host_header(server_tls):
+    async def main():
+        server = await HttpServer(tls=server_tls()).start()
+        try:
+            spec = CheckSpec("https", LOCAL, server.port, host="www.example.test", sni="cdn.example.test")
+            return await run_check(spec), server
+        finally:
+            await server.stop()
+
+    result, server = run(main())
+    assert result.ok and server.server_names == ["cdn.example.test"]
+
+
+def test_https_with_verification_refuses_a_certificate_it_cannot_trust(server_tls):
+    async def main():
+        server = await HttpServer(tls=server_tls()).start()
+        try:
+            spec = CheckSpec("https", LOCAL, server.port, host="www.example.test", verify_tls=True)
+            return await run_check(spec)
+        finally:
+            await server.stop()
+
+    result = run(main())
+    assert not result.ok and result.detail.startswith("TLS certificate not accepted"), result.detail
+    assert "self" in result.detail or "verify" in result.detail, result.detail
+
+
+class UdpServer(asyncio.DatagramProtocol):
+    """Answers every datagram with prefix + the datagram (like the lab's echo)."""
+
+    def __init__(self, prefix: bytes = b""):
+        self.prefix, self.received = prefix, []
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.received.append(data)
+        self.transport.sendto(self.prefix + data, addr)
+
+
+async def _udp_server(prefix: bytes = b""):
+    loop = asyncio.get_running_loop()
+    transport, server = await loop.create_datagram_endpoint(lambda: UdpServer(prefix), local_addr=(LOCAL, 0))
+    return transport, server, transport.get_extra_info("sockname")[1]
+
+
+# a DNS query (id 0x4c62) for example.com, type A: what a DNS check sends
+DNS_QUERY = bytes.fromhex("4c6201000001000000000000076578616d706c650000010001")
+
+
+@pytest.mark.parametrize("expect, ok", [(b"", True), (b"\x4c\x62", True), (b"b2 \x4c", True),
+                                        (b"\x4c\x63", False)])
+def test_udp_check_passes_on_an_answer_containing_expect(expect, ok):
+    async def main():
+        transport, server, port = await _udp_server(prefix=b"b2 ")
+        try:
+            return await check_udp(LOCAL, port, DNS_QUERY, expect, timeout_s=0.3), server
+        finally:
+            transport.close()
+
+    result, server = run(main())
+    assert server.received == [DNS_QUERY]
+    assert result.ok is ok, result
+    if not ok:
+        assert result.detail == "timeout after 0.3s waiting for the expected answer"
+
+
+def test_udp_check_to_a_closed_port_says_nothing_listens():
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind((LOCAL, 0))
+    port = probe.getsockname()[1]
+    probe.close()  # a port nothing listens on: the kernel answers ICMP port unreachable
+    result = run(check_udp(LOCAL, port, b"ping", timeout_s=1.0))
+    assert (result.ok, result.detail) == (False, "port unreachable (nothing listens)")

@@ -59,6 +59,7 @@ METRICS = {
     "lbd_reloads_total", "lbd_last_reload_success_timestamp_seconds",
     "lbd_config_last_reload_successful",
     "lbd_health_check_duration_seconds", "lbd_health_checks_total",
+    "lbd_health_check_up", "lbd_health_verdict", "lbd_health_path_packets_total",
     "lbd_xdp_attached", "lbd_ready",
     "lbd_bgp_vip_announced", "lbd_bgp_vip_healthy_backends", "lbd_bgp_peer_established",
     "lbd_bgp_drained", "lbd_bgp_speaker_up", "lbd_bgp_config_pending", "lbd_bgp_configure_failures_total",

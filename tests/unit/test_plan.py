@@ -105,3 +105,12 @@ def test_a_drained_backend_keeps_its_configured_weight_as_a_candidate():
     assert (drained.state, drained.weight, drained.candidate_weight) == (DRAINING, 0, 50)
     # weight 0 in the config: it takes no slots, yet may hold flows
     assert (zero.state, zero.weight, zero.candidate_weight) == (DRAINING, 0, 1)
+
+
+def test_every_plan_carries_the_configs_hold():
+    """second_chance.hold travels with the plans: an apply (and a failed
+    reload's restore) uses the hold of the config its plans came from."""
+    default = plans_for(parse_config(SECOND_CHANCE), lambda vip, b: True, {})[0]
+    assert {p.hold_s for p in default} == {120.0}  # docs/second-chance.md: second_chance: {hold: 120s} by default
+    held = plans_for(parse_config(SECOND_CHANCE + "second_chance: {hold: 45s}\n"), lambda vip, b: True, {})[0]
+    assert {p.hold_s for p in held} == {45.0}

@@ -225,129 +225,21 @@ def test_the_host_that_sees_it_down_names_the_other_hosts_first(pool):
 
 # --- the programmer: the same tables on every host -----------------------------
 #
-# A Programmer writes into MapsDouble, the datapath's maps as dicts: kept
-# across Programmers as pinned maps are, so a second Programmer adopting them
-# is a restarted daemon. (The bpf tier runs the same programmer on the real
-# maps: tests/bpf/test_second_choice_programmer.py.)
+# A Programmer writes into FakeMaps (tests/unit/fakes.py), the datapath's
+# maps as dicts: kept across Programmers as pinned maps are, so a second
+# Programmer adopting them is a restarted daemon. (The bpf tier runs the same
+# programmer on the real maps: tests/bpf/test_second_choice_programmer.py.)
 
 from types import SimpleNamespace  # noqa: E402
 
 from lbd.dataplane import layout  # noqa: E402
 from lbd.config import Backend as ConfigBackend, Vip  # noqa: E402
-from lbd.dataplane.maps import Limits, addr_words, family_of, port_word  # noqa: E402
+from lbd.dataplane.maps import Limits  # noqa: E402
 from lbd.plan import vip_plan  # noqa: E402
 from lbd.dataplane.programmer import FOREVER, HELD, Programmer  # noqa: E402
+from tests.unit.fakes import FAKE_RING, FakeMaps  # noqa: E402
 
 C = layout.constant
-DOUBLE_RING = 1009
-
-
-class MapsDouble:
-    """The maps a Programmer writes, as dicts (no kernel)."""
-
-    def __init__(self):
-        self.limits = Limits(max_vips=64, max_backends=1024, ring_size=DOUBLE_RING)
-        self.vip_entries: dict = {}
-        self.entries: dict[int, SimpleNamespace] = {}
-        self.rings: dict[int, np.ndarray] = {}
-        self.second_rings: dict[int, np.ndarray] = {}
-        self.vips = self  # adopt() walks dp.vips.items()
-
-    def items(self):
-        for (address, port, proto), (vip_id, flags) in self.vip_entries.items():
-            key = SimpleNamespace(addr=struct_words(address), port=port_word(port), proto=proto,
-                                  family=family_of(address))
-            yield key, SimpleNamespace(vip_id=vip_id, flags=flags)
-
-    def read_prefilter(self):
-        return [0] * C("LBD_PREFILTER_WORDS")
-
-    def write_prefilter(self, words):
-        pass
-
-    def set_vip(self, address, port, proto, vip_id, flags):
-        self.vip_entries[(address, port, proto)] = (vip_id, flags)
-
-    def delete_vip(self, address, port, proto):
-        self.vip_entries.pop((address, port, proto), None)
-
-    def set_addr(self, *args):
-        pass
-
-    def delete_addr(self, *args):
-        pass
-
-    def set_backend(self, backend_id, entry):
-        self.entries[backend_id] = SimpleNamespace(
-            addr=struct_words(entry.address), family=family_of(entry.address), state=entry.state,
-            generation=entry.generation, vip_id=entry.vip_id, vip_flags=entry.vip_flags,
-            ifindex=entry.ifindex, second_until=entry.second_until, address=entry.address)
-
-    def set_second_until(self, backend_id, value):
-        self.entries[backend_id].second_until = value
-
-    def clear_backend(self, backend_id):
-        self.entries.pop(backend_id, None)  # the kernel's entry: all zero
-
-    def backend_entries(self):
-        """As Datapath's: the entries that are not all zeros, by id."""
-        return dict(self.entries)
-
-    def backend(self, backend_id):
-        return self.entries.get(backend_id) or SimpleNamespace(
-            addr=bytes(16), family=0, state=0, generation=0, vip_id=0, vip_flags=0, ifindex=0,
-            second_until=0, address=None)
-
-    def write_rings(self, tables):
-        self.rings.update({i: np.array(t, dtype=np.uint32) for i, t in tables.items()})
-
-    def write_second_rings(self, tables):
-        self.second_rings.update({i: np.array(t, dtype=np.uint32) for i, t in tables.items()})
-
-    def clear_ring(self, vip_id):
-        self.rings.pop(vip_id, None)
-
-    def clear_second_ring(self, vip_id):
-        self.second_rings.pop(vip_id, None)
-
-    def clear_vip_counters(self, vip_id):
-        pass
-
-    def clear_backend_counters(self, backend_id):
-        pass
-
-    # QUIC VIPs' maps (none here: these VIPs have no quic: section)
-    def clear_quic_routed(self, backend_id):
-        pass
-
-    def set_quic_config(self, vip_id, config_id, server_id_len, cid_len):
-        raise AssertionError("no QUIC VIP in these tests")
-
-    def clear_quic_config(self, vip_id):
-        pass
-
-    def quic_servers_of(self, vip_id):
-        return {}
-
-    def set_quic_server(self, vip_id, server_id, backend_id):
-        raise AssertionError("no QUIC VIP in these tests")
-
-    def delete_quic_server(self, vip_id, server_id):
-        pass
-
-    def by_address(self) -> dict:
-        """VIP key -> (first, second) with every slot's backend address (None: 0)."""
-        out = {}
-        for key, (vip_id, _) in self.vip_entries.items():
-            def named(table):
-                return tuple(None if i == 0 else self.entries[int(i)].address for i in table)
-            second = self.second_rings.get(vip_id)
-            out[key] = (named(self.rings[vip_id]), None if second is None else named(second))
-        return out
-
-
-def struct_words(address) -> bytes:
-    return np.array(addr_words(address), dtype="<u4").tobytes()
 
 
 class Clock:
@@ -373,9 +265,10 @@ def views(draw):
     return view
 
 
-def plans_of(view, order=None):
+def plans_of(view, order=None, hold_s=None):
     """The view's plans through lbd.plan, VIPs and backends in `order` (a
-    Random) or as given: a config file's order must not matter."""
+    Random) or as given: a config file's order must not matter. hold_s:
+    second_chance.hold (default HOLD)."""
     plans = []
     vips = list(view)
     if order:
@@ -387,7 +280,7 @@ def plans_of(view, order=None):
         config_vip = Vip(address=vip, port=443, protocol="tcp", mode="ipip", name=vip, second_chance=True,
                          backends=tuple(ConfigBackend(address=a, weight=w, drain=d) for a, (w, d, _) in members))
         up = {a for a, (_, _, u) in members if u}
-        plans.append(vip_plan(config_vip, lambda v, b: str(b.address) in up, {})[0])
+        plans.append(vip_plan(config_vip, lambda v, b: str(b.address) in up, {}, hold_s or HOLD)[0])
     return plans
 
 
@@ -396,7 +289,23 @@ HOLD = 120.0
 
 def host(maps=None, clock=None):
     clock = clock or Clock()
-    return Programmer(maps or MapsDouble(), hold_s=HOLD, clock=clock), clock
+    return Programmer(maps or FakeMaps(), clock=clock), clock
+
+
+@pytest.mark.parametrize("hold_s", [30.0, 600.0])
+def test_a_backend_that_goes_down_is_held_for_its_plans_hold(hold_s):
+    """The hold is the one the plans carry (the config's second_chance.hold
+    at that apply), for a backend gone down and for one removed."""
+    programmer, clock = host()
+    vip = VIP_ADDRESSES[0]
+    view = {vip: {a: (100, False, True) for a in POOL[:4]}}
+    programmer.apply(plans_of(view, hold_s=hold_s))
+    key = programmer.applied().popitem()[0]
+    down, removed = (programmer.backend_id(key, ipaddress.ip_address(a)) for a in POOL[:2])
+    view[vip][POOL[0]] = (100, False, False)
+    del view[vip][POOL[1]]
+    programmer.apply(plans_of(view, hold_s=hold_s))
+    assert programmer.second_until(down) == programmer.second_until(removed) == clock.now + hold_s
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -409,11 +318,11 @@ def test_hosts_with_the_same_view_write_the_same_tables(final, history, restart_
     first and second tables, slot by slot by address."""
     a, a_clock = host()
     a.apply(plans_of(final))
-    maps_b = MapsDouble()
+    maps_b = FakeMaps()
     b, b_clock = host(maps_b)
     for step, view in enumerate(history + [final]):
         if step == restart_at:
-            b = Programmer(maps_b, hold_s=HOLD, clock=b_clock)
+            b = Programmer(maps_b, clock=b_clock)
             b.adopt()
         b.apply(plans_of(view, order))
         b_clock.now += 7
@@ -432,15 +341,15 @@ def test_a_restart_keeps_every_hold_and_the_same_tables(before, after, order):
     """Mid-hold, a restarted daemon (adopting the maps) writes the tables
     the one that went on running writes, and ends the same holds."""
     running, clock = host()
-    maps = MapsDouble()
-    restarted = Programmer(maps, hold_s=HOLD, clock=clock)
+    maps = FakeMaps()
+    restarted = Programmer(maps, clock=clock)
     for programmer in (running, restarted):
         programmer.apply(plans_of(before))
     clock.now += 30
     running.apply(plans_of(after))
     restarted.apply(plans_of(after, order))
     clock.now += 30
-    restarted = Programmer(maps, hold_s=HOLD, clock=clock)
+    restarted = Programmer(maps, clock=clock)
     restarted.adopt()
     restarted.apply(plans_of(after))
     assert maps.by_address() == running.dp.by_address()
@@ -524,7 +433,7 @@ def test_second_tables_over_the_budget_wait_and_then_match():
     view = {vip: {a: (100, False, True) for a in POOL[:5]} for vip in VIP_ADDRESSES}
     unhurried, _ = host()
     unhurried.apply(plans_of(view))
-    hurried = Programmer(MapsDouble(), hold_s=HOLD, clock=Clock(), second_budget_s=0.0)
+    hurried = Programmer(FakeMaps(), clock=Clock(), second_budget_s=0.0)
     hurried.apply(plans_of(view))
     assert hurried.second_pending() and not hurried.dp.second_rings
     assert hurried.dp.rings.keys() == unhurried.dp.rings.keys()
@@ -540,7 +449,7 @@ def test_second_tables_over_the_budget_wait_and_then_match():
     assert hurried.dp.by_address() == unhurried.dp.by_address()
 
 
-class FailingMaps(MapsDouble):
+class FailingMaps(FakeMaps):
     """Refuses the next write of second tables (the kernel out of memory)."""
     fail = False
 
@@ -602,8 +511,8 @@ def test_lbctl_status_shows_both_fingerprints_holds_and_held_backends():
 
 
 def test_a_hold_gives_its_id_up_when_the_config_needs_it():
-    maps = MapsDouble()
-    maps.limits = Limits(max_vips=4, max_backends=8, ring_size=DOUBLE_RING)   # ids 1..7
+    maps = FakeMaps()
+    maps.limits = Limits(max_vips=4, max_backends=8, ring_size=FAKE_RING)   # ids 1..7
     programmer, clock = host(maps)
     vip = VIP_ADDRESSES[0]
     view = {vip: {a: (100, False, True) for a in POOL[:4]}}
@@ -631,7 +540,6 @@ class UpkeepProgrammer:
     def __init__(self, daemon, hold_ends: float):
         self.daemon, self.hold_ends, self.pending = daemon, hold_ends, 2
         self.expired_at: list[float] = []
-        self.hold_s = HOLD
         self.events = []
 
     def next_deadline(self):
@@ -694,7 +602,7 @@ vips:
 
 
 def test_a_vip_removed_while_lbd_was_stopped_goes_at_the_first_apply():
-    maps = MapsDouble()
+    maps = FakeMaps()
     programmer, clock = host(maps)
     view = {vip: {a: (100, False, True) for a in POOL[:3]} for vip in VIP_ADDRESSES}
     programmer.apply(plans_of(view))
@@ -702,7 +610,7 @@ def test_a_vip_removed_while_lbd_was_stopped_goes_at_the_first_apply():
     programmer.apply(plans_of(view))                  # one held in the VIP that goes
     gone_key = (ipaddress.ip_address(VIP_ADDRESSES[0]), 443, 6)
     gone_vip = maps.vip_entries[gone_key][0]
-    restarted = Programmer(maps, hold_s=HOLD, clock=clock)
+    restarted = Programmer(maps, clock=clock)
     assert restarted.adopt() == 2
     del view[VIP_ADDRESSES[0]]
     restarted.apply(plans_of(view))

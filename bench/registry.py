@@ -47,6 +47,7 @@ BENCHMARKS = (
     Benchmark("xdp_cost", "xdp_cost", ("--before", "a7ccca8^")),
     Benchmark("decap_cost", "decap_cost"),
     Benchmark("flowcount", "flowcount"),
+    Benchmark("quic_cost", "quic_cost"),
     # `lbctl capture`: off beside the program before it (main), on per packet kept
     Benchmark("capture_cost", "capture_cost"),
     # health checks through the data path (issue 21): the daemon's CPU per 1,000 checks a second

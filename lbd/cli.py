@@ -24,7 +24,7 @@ import uvloop
 
 from lbd import __version__, bird
 from lbd.config import Config, ConfigError, load_config
-from lbd.control_client import DEFAULT_CONFIG, call, second_found_text, socket_options, socket_path
+from lbd.control_client import DEFAULT_CONFIG, call, quic_moved_text, second_found_text, socket_options, socket_path
 
 DEFAULT_BPFFS = "/sys/fs/bpf/lbd"  # the config's default bpffs
 
@@ -172,7 +172,7 @@ def run_check(args: argparse.Namespace) -> int:
         print(f"a reload would be REFUSED: boot-only settings changed: {', '.join(body['refused'])}")
     for vip in body["vips"]:
         print(f"{vip['name']}: {vip['action']}, {vip['moved_share'] * 100:.2f}% of flows would move"
-              f"{second_found_text(vip)}")
+              f"{second_found_text(vip)}{quic_moved_text(vip)}")
     return 0
 
 

@@ -283,15 +283,41 @@ class HealthCheck(_Model):
     fall: Annotated[int, _int_in(1, 100)] = 3
 
 
+def _server_id(value: Any) -> str:
+    # hex as operators copy it from a server's config: "c4605e" (no 0x, no
+    # separators); kept lower-case so "C4605E" and "c4605e" are one ID
+    if isinstance(value, str) and re.fullmatch(r"(?:[0-9a-fA-F]{2}){1,15}", value):
+        return value.lower()
+    raise _fail('must be 1..15 octets in hex, quoted, such as "c4605e"')
+
+
 class Backend(_Model):
     address: Address
     weight: Annotated[int, _int_in(0, 65535)] = 100
     drain: Annotated[bool, PlainValidator(_flag)] = False
+    # QUIC VIPs: the server ID its QUIC server puts into every connection ID
+    # it issues (docs/quic.md); exactly quic.server_id_length octets
+    server_id: Annotated[str, PlainValidator(_server_id)] | None = None
 
     @property
     def effective_weight(self) -> int:
         """Weight in the Maglev table: 0 (out of it) while draining."""
         return 0 if self.drain else self.weight
+
+
+class Quic(_Model):
+    """A UDP VIP's QUIC-LB plaintext CID format (draft-ietf-quic-load-balancers):
+    first octet = 3 config-rotation bits, 5 bits length or random; then the
+    server ID; then the nonce. docs/quic.md."""
+    config_id: Annotated[int, _int_in(0, 6, " (7, 0b111, marks unroutable connection IDs)")]
+    server_id_length: Annotated[int, _int_in(1, 15)]
+    nonce_length: Annotated[int, _int_in(4, 18, " (the draft's minimum nonce is 4 octets)")]
+    # the first octet's low 5 bits carry the CID length minus one (else random)
+    self_encode_length: Annotated[bool, PlainValidator(_flag)] = True
+
+    @property
+    def cid_length(self) -> int:
+        return 1 + self.server_id_length + self.nonce_length
 
 
 class Vip(_Model):
@@ -311,6 +337,8 @@ class Vip(_Model):
     # flow they do not have to the one that may: ipip TCP only, where it is
     # the default (the loader fills it in)
     second_chance: Annotated[bool, PlainValidator(_flag)] | None = None
+    # UDP: route QUIC by the server ID in its connection IDs (docs/quic.md)
+    quic: Quic | None = None
 
     @property
     def key(self) -> tuple[IPAddress, int, str]:
@@ -714,6 +742,7 @@ class _Checker:
                 else:
                     health = health.model_copy(update={"port": vip.port})
         second_chance = self.check_second_chance(loc, vip)
+        self.check_quic(loc, vip, backends)
         return vip.model_copy(update={
             "name": vip.name or vip.default_name(),
             "second_chance": second_chance,
@@ -721,6 +750,40 @@ class _Checker:
             "backends": tuple(filter(None, backends)),
         })
 
+    def check_quic(self, loc: Loc, vip: Vip, backends: list[Backend | None]) -> None:
+        """A `quic:` section only on a UDP VIP, whose connection IDs fit QUIC's
+        20 octets; then every backend has a server ID of the configured length,
+        none twice. Without `quic:`, a server_id is a mistake (it would do nothing)."""
+        quic = vip.quic
+        if quic is None:
+            for j, backend in enumerate(backends):
+                if backend is not None and backend.server_id is not None:
+                    self.add(loc + ("backends", j, "server_id"),
+                             "only for a VIP with a quic: section", backend.server_id)
+            return
+        if vip.protocol != "udp":
+            self.add(loc + ("quic",), "only for protocol: udp (QUIC runs over UDP)", vip.protocol)
+            return
+        if quic.cid_length > 20:
+            self.add(loc + ("quic", "nonce_length"),
+                     f"1 + server_id_length ({quic.server_id_length}) + nonce_length must be at most 20 "
+                     "(RFC 9000's longest connection ID)", quic.nonce_length)
+        seen: dict[str, int] = {}
+        for j, backend in enumerate(backends):
+            if backend is None:
+                continue
+            where = loc + ("backends", j, "server_id")
+            if backend.server_id is None:
+                self.add(loc + ("backends", j), f"needs a server_id ({quic.server_id_length} octets in hex): "
+                         "the VIP has a quic: section", str(backend.address))
+            elif len(backend.server_id) != 2 * quic.server_id_length:
+                self.add(where, f"must be exactly quic.server_id_length = {quic.server_id_length} octets "
+                         f"({2 * quic.server_id_length} hex digits)", backend.server_id)
+            elif backend.server_id in seen:
+                self.add(where, f"already the server ID of backends[{seen[backend.server_id]}]",
+                         backend.server_id)
+            else:
+                seen[backend.server_id] = j
 
     def check_second_chance(self, loc: Loc, vip: Vip) -> bool:
         """The VIP's second_chance: default on for ipip TCP, off otherwise. A

@@ -81,6 +81,17 @@ def call(socket_path: str, method: str, path: str, body: dict | None = None) -> 
         connection.close()
 
 
+def quic_moved_text(vip: dict) -> str:
+    """The QUIC part of a VIP's line in `lbd check --diff` and `lbctl reload`
+    (VipResult.quic_moved): backends whose QUIC connections move because the
+    server ID in their CIDs changes; "" when none do."""
+    moved = vip.get("quic_moved") or {}
+    if not moved:
+        return ""
+    return "; QUIC connections move off " + ", ".join(
+        f"{address} (server ID {change})" for address, change in sorted(moved.items()))
+
+
 def second_found_text(vip: dict) -> str:
     """The second-chance part of a VIP's line in `lbd check --diff` and
     `lbctl reload` (VipResult.second_found_share): "" without one."""

@@ -616,9 +616,9 @@ class Daemon:
                 "vips": [r.__dict__ for r in self.programmer.preview(plans)]}
 
     # --- status and explain -----------------------------------------------------
-    def explain(self, client: str, vip_spec: str) -> dict:
+    def explain(self, client: str, vip_spec: str, quic_cid: str | None = None) -> dict:
         from lbd.explain import explain
-        return explain(self, client, vip_spec)
+        return explain(self, client, vip_spec, quic_cid)
 
     # --- run ------------------------------------------------------------------
     async def run(self) -> None:

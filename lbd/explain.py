@@ -70,6 +70,7 @@ C = layout.constant
 TCP, UDP = PROTOCOLS["tcp"], PROTOCOLS["udp"]
 NO_BACKEND = C("LBD_NO_BACKEND")
 SECOND_CHANCE = C("LBD_VIP_SECOND_CHANCE")
+QUIC = C("LBD_VIP_QUIC")
 CLIENT_CLOSED = C("LBD_FLOW_CLIENT_CLOSED")
 SECOND_PENDING = C("LBD_VIP_SECOND_PENDING")
 PROVISIONAL = C("LBD_FLOW_SECOND_PROVISIONAL")
@@ -127,6 +128,7 @@ class FlowView:
     table_second_id: int = 0
     entry_finished: bool = False            # its client closed it, or it has been silent too long
     entry_flags: int = 0                    # the entry's lbd_flow_flags
+    quic: "QuicView | None" = None          # a QUIC VIP's CID step for the asked CID (--quic-cid)
 
     @property
     def entry_usable(self) -> bool:
@@ -144,6 +146,55 @@ class FlowView:
         """A SYN follows a live connection's entry to a backend that takes new
         flows (README, "A SYN on a finished connection's 4-tuple")."""
         return self.entry_takes_new_flows and not self.entry_finished
+
+
+@dataclass(frozen=True)
+class QuicView:
+    """A 1-RTT (short-header) datagram carrying the asked CID to a QUIC VIP, as
+    the program reads it (xdp/quic.h): the slot it takes and, routed, the
+    backend quic_servers names for the CID's server ID."""
+    cid: bytes
+    slot: str                        # an lbd_quic_slot name: routed_short, fb_unknown_server, ...
+    server_id: bytes | None
+    backend: MapBackend | None       # backends[quic_servers[(vip, server ID)]]
+
+    @property
+    def routed(self) -> bool:
+        return self.slot == "routed_short"
+
+    @property
+    def makes_no_entry(self) -> bool:
+        return self.slot in QUIC_NO_ENTRY
+
+
+# the fallbacks that make no entry (xdp/quic.h LBD_QUIC_STATELESS); a short
+# header reaches only fb_short_cid of them here
+QUIC_NO_ENTRY = {"fb_unknown_version", "fb_client_cid", "fb_retry", "fb_short_cid",
+                 "fb_unknown_server", "fb_unusable_server"}
+
+
+def read_quic(datapath: "Datapath", vip_id: int, cid: bytes) -> QuicView:
+    """The program's CID step for a full-sized short-header datagram whose
+    destination CID starts with `cid` (only its first 1 + server-ID octets
+    matter): the VIP's format from quic_configs, the owner from quic_servers."""
+    config_id, sid_len, cid_len = datapath.quic_config(vip_id)
+    if sid_len == 0:
+        return QuicView(cid, "fb_not_quic", None, None)
+    if len(cid) < 1 + sid_len:
+        raise ValueError(f"the CID has {len(cid)} octets; this VIP's carry 1 + {sid_len} (server ID) "
+                         f"+ nonce = {cid_len}")
+    if cid[0] >> 5 == C("LBD_QUIC_UNROUTABLE"):
+        return QuicView(cid, "fb_unroutable", None, None)
+    if cid[0] >> 5 != config_id:
+        return QuicView(cid, "fb_other_config", None, None)
+    server_id = cid[1:1 + sid_len]
+    backend_id = datapath.quic_server(vip_id, server_id)
+    if backend_id is None:
+        return QuicView(cid, "fb_unknown_server", server_id, None)
+    be = _map_backend(datapath, backend_id)
+    if be is None or be.vip_id != vip_id or be.state not in (ACTIVE, DRAINING):
+        return QuicView(cid, "fb_unusable_server", server_id, be)
+    return QuicView(cid, "routed_short", server_id, be)
 
 
 @dataclass(frozen=True)
@@ -194,8 +245,9 @@ def _vip_entry(datapath: "Datapath", flow: Flow):
     return None
 
 
-def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
-    """Read what the program reads for `flow`, from the maps."""
+def read_flow(datapath: "Datapath", flow: Flow, quic_cid: bytes | None = None) -> FlowView:
+    """Read what the program reads for `flow`, from the maps (with quic_cid:
+    for a short-header datagram carrying that CID, if the VIP is a QUIC VIP)."""
     maybe_vip = _maybe_vip(datapath, flow.dst)
     entry_backend = vip_id = hashed = slot = table_backend = entry_second = table_second = None
     vip_flags = entry_second_id = table_second_id = entry_flags = 0
@@ -224,9 +276,12 @@ def read_flow(datapath: "Datapath", flow: Flow) -> FlowView:
             if vip_flags & SECOND_CHANCE:  # the program looks second_rings up for these only
                 table_second_id = datapath.second_ring_slot(vip_id, slot)
                 table_second = _map_backend(datapath, table_second_id) if table_second_id else None
+    quic = None
+    if quic_cid is not None and vip_id is not None and vip_flags & QUIC and flow.proto == UDP:
+        quic = read_quic(datapath, vip_id, quic_cid)
     return FlowView(flow, maybe_vip, entry, entry_backend, vip_id, vip_flags, hashed, slot,
                     table_backend, entry_second, entry_second_id, table_second, table_second_id,
-                    entry_finished, entry_flags)
+                    entry_finished, entry_flags, quic)
 
 
 def named_second(flow: Flow, first: MapBackend, vip_flags: int, second_id: int,
@@ -269,11 +324,21 @@ def decide(view: FlowView, kind: str) -> Decision:
         unplaced = REMOVED if kind == SYN else LEFT
     if view.vip_id is None:
         return Decision(kind, "pass", 0, None, "no VIP", unplaced)
+    # 3. a QUIC VIP's datagram without a usable entry: by its CID's server ID,
+    # no entry made; some fallbacks make none either (docs/design.md)
+    if view.quic is not None and view.quic.routed and entry is None:
+        be = view.quic.backend
+        return Decision(kind, "forward", be.backend_id, str(be.address), "quic server id", LEFT
+                        if entry is not None else NONE_MADE)
     table = view.table_backend
     if table is None or table.state != ACTIVE:
         return Decision(kind, "drop", 0, None, "no backend", unplaced)
+    # the CID is read only for a datagram whose 4-tuple has no entry (docs/design.md)
+    stateless_quic = view.quic is not None and view.quic.makes_no_entry and entry is None
     if entry is None:
-        why, effect = "table slot", MADE if kind == PACKET else NONE_MADE
+        why, effect = "table slot", MADE if kind == PACKET and not stateless_quic else NONE_MADE
+    elif stateless_quic:
+        why, effect = "moved", LEFT
     elif kind == SYN:
         why, effect = "entry removed", REMOVED
     else:
@@ -344,18 +409,21 @@ def _first_sentence(decision: Decision, label: str, slot: int | None) -> str:
         return f"{label} is dropped: table slot {slot} holds no backend that takes new flows{effect}"
     if decision.why == "entry kept":
         return f"{label} -> {decision.backend}, by its entry"
+    if decision.why == "quic server id":
+        return f"{label} -> {decision.backend}, by the server ID in its connection ID{effect}"
     verb = "moves to" if decision.why == "moved" else "->"
     new = " (a new connection)" if decision.why == "entry removed" else ""
     return f"{label} {verb} {decision.backend} by table slot {slot}{new}{effect}"
 
 
 def explain_flow(applied: dict, datapath: "Datapath", flow: Flow,
-                 health: dict | None = None) -> dict:
+                 health: dict | None = None, quic_cid: bytes | None = None) -> dict:
     """What the program does with `flow`'s next SYN and next other packet.
 
     applied: the programmer's applied state (Programmer.applied()), for
-    names only; datapath: the loaded program, whose maps decide."""
-    view = read_flow(datapath, flow)
+    names only; datapath: the loaded program, whose maps decide. quic_cid:
+    the next datagram is a short-header QUIC packet carrying that CID."""
+    view = read_flow(datapath, flow, quic_cid)
     vips_by_id, backends_by_id = _names(applied)
     health = health or {}
 
@@ -398,6 +466,14 @@ def explain_flow(applied: dict, datapath: "Datapath", flow: Flow,
             # an established flow is forwarded by its backend's VIP
             owner = vips_by_id.get(view.entry_backend.vip_id)
             result["vip"] = owner.plan.name if owner else f"vip id {view.entry_backend.vip_id}"
+    result["quic"] = None
+    if view.quic is not None:
+        q = view.quic
+        result["quic"] = {"cid": q.cid.hex(), "rule": q.slot,
+                          "server_id": q.server_id.hex() if q.server_id is not None else None,
+                          "backend": describe(q.backend) if q.backend else None}
+    elif quic_cid is not None:
+        result["quic"] = {"cid": quic_cid.hex(), "rule": "not a QUIC VIP: the CID plays no part"}
     sentences = []
     result["next_syn"] = None  # UDP has no SYN
     if flow.proto == TCP:
@@ -406,7 +482,10 @@ def explain_flow(applied: dict, datapath: "Datapath", flow: Flow,
         sentences.append(_sentence(syn, "next SYN", view.slot))
     packet = decide(view, PACKET)
     result["next_packet"] = packet.__dict__
-    sentences.append(_sentence(packet, "next packet" if flow.proto == TCP else "next datagram", view.slot))
+    label = "next packet" if flow.proto == TCP else "next datagram"
+    if view.quic is not None and not view.quic.routed and view.entry is None:
+        label += f" (QUIC {view.quic.slot.removeprefix('fb_').replace('_', ' ')}: the table)"
+    sentences.append(_sentence(packet, label, view.slot))
     if not view.maybe_vip or (view.vip_id is None and not view.entry_usable):
         lead = "no VIP matches"
     elif view.entry is None:
@@ -447,8 +526,17 @@ def parse_flow(client: str, vip_spec: str) -> Flow:
     return Flow(src, dst, sport, dport, proto)
 
 
-def explain(daemon: "Daemon", client: str, vip_spec: str) -> dict:
-    """client: ADDR:PORT; vip_spec: ADDR:PORT/PROTO (PROTO tcp or udp)."""
+def explain(daemon: "Daemon", client: str, vip_spec: str, quic_cid: str | None = None) -> dict:
+    """client: ADDR:PORT; vip_spec: ADDR:PORT/PROTO (PROTO tcp or udp);
+    quic_cid: the CID in hex of the datagram asked about (QUIC VIPs)."""
     flow = parse_flow(client, vip_spec)
+    cid = None
+    if quic_cid:
+        try:
+            cid = bytes.fromhex(quic_cid)
+        except ValueError:
+            raise ValueError(f"--quic-cid must be hex, got {quic_cid!r}") from None
+        if not 1 <= len(cid) <= 20:
+            raise ValueError(f"--quic-cid must be 1..20 octets (RFC 9000), got {len(cid)}")
     health = daemon.health.snapshot() if daemon.health else {}
-    return explain_flow(daemon.programmer.applied(), daemon.datapath, flow, health)
+    return explain_flow(daemon.programmer.applied(), daemon.datapath, flow, health, cid)

@@ -96,7 +96,8 @@ def _control_routes(daemon: "Daemon") -> list:
 
     async def explain(request):
         try:
-            return _json(daemon.explain(request.query["client"], request.query["vip"]))
+            return _json(daemon.explain(request.query["client"], request.query["vip"],
+                                        request.query.get("quic_cid")))
         except (KeyError, ValueError) as err:
             return _json({"error": f"explain needs client=ADDR:PORT and vip=ADDR:PORT/PROTO: {err}"}, 400)
 

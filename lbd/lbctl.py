@@ -8,6 +8,7 @@
   lbctl reload                        re-read the config (like SIGHUP), print what moved
   lbctl check FILE... [--diff]        validate; with --diff, what a reload would move
   lbctl explain CLIENT:PORT VIP:PORT/PROTO   which backend this flow gets, and why
+  lbctl explain ... --quic-cid HEX    a QUIC VIP's datagram with that CID: which rule placed it
   lbctl explain --batch FILE          the same for many flows (lines "CLIENT VIP"; - = stdin), JSON
   lbctl capture -w FILE|- [--vip V] [--backend A] [--client A] [--action a,b] [--reason r,s]
                 [--count N] [--duration 60s] [--rate N]
@@ -31,7 +32,7 @@ import time
 import urllib.parse
 
 from lbd.cli import check_arguments, run_check
-from lbd.control_client import UnixConnection, call, second_found_text, socket_options, socket_path
+from lbd.control_client import UnixConnection, call, quic_moved_text, second_found_text, socket_options, socket_path
 
 WAIT_EVERY_S = 2.0  # wait-drained asks this often (or every 5 walks' time, if a walk takes longer)
 
@@ -76,6 +77,9 @@ def format_status(status: dict, stats: bool, rate: bool = False) -> str:
             notes = [b["note"]] if b.get("note") else []
             if b.get("hold_until"):
                 notes.append(f"second choice until {_clock(b['hold_until'])}")
+            if b.get("server_id"):  # a QUIC VIP's backend: the ID its CIDs carry
+                routed = "" if b.get("quic_routed") is None else f", {b['quic_routed']} packets by CID"
+                notes.append(f"server ID {b['server_id']}{routed}")
             if notes:
                 row += f"  ({'; '.join(notes)})"
             lines.append(row)
@@ -333,6 +337,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     explain.add_argument("client", nargs="?", help="CLIENT_ADDR:PORT ([v6]:port)")
     explain.add_argument("vip", nargs="?", help="VIP_ADDR:PORT/PROTO")
     explain.add_argument("--batch", metavar="FILE", help='lines "CLIENT_ADDR:PORT VIP_ADDR:PORT/PROTO"; - = stdin')
+    explain.add_argument("--quic-cid", metavar="HEX",
+                         help="a QUIC VIP: the next datagram is a short-header packet with this CID")
     cap = sub.add_parser("capture", parents=[options],
                          help="the packets the XDP program handled, with its decisions, as pcapng")
     cap.add_argument("-w", "--write", required=True, metavar="FILE",
@@ -380,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         for vip in body["vips"]:
             print(f"{vip['name']}: {vip['action']}, moved {vip['moved_share'] * 100:.2f}% of flows"
-                  f"{second_found_text(vip)}")
+                  f"{second_found_text(vip)}{quic_moved_text(vip)}")
         return 0
     if args.command == "explain" and args.batch:
         with (sys.stdin if args.batch == "-" else open(args.batch, encoding="utf-8")) as f:
@@ -389,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(body))
         return 0 if code == 200 else 1
     if args.command == "explain":
-        query = urllib.parse.urlencode({"client": args.client, "vip": args.vip})
+        query = urllib.parse.urlencode({"client": args.client, "vip": args.vip,
+                                        **({"quic_cid": args.quic_cid} if args.quic_cid else {})})
         code, body = call(args.socket, "GET", f"/explain?{query}")
         print(json.dumps(body, indent=2))
         return 0 if code == 200 else 1

@@ -105,6 +105,9 @@ class DatapathCollector:
                                      "The backend's live flows at the last sample (a packet within the "
                                      "idle window, and not ended by the client's FIN or RST)",
                                      labels=["vip", "backend"])
+        be_quic = CounterMetricFamily("lbd_backend_quic_routed_packets",
+                                      "QUIC packets placed on the backend by the server ID in their "
+                                      "connection ID (QUIC VIPs)", labels=["vip", "backend", "server_id"])
         be_idle = GaugeMetricFamily("lbd_backend_idle_flows",
                                     "The backend's connection-table entries that are not live flows, at "
                                     "the last sample", labels=["vip", "backend"])
@@ -130,6 +133,8 @@ class DatapathCollector:
                 be_new.add_metric(label, stats["new_flows"])
                 be_up.add_metric(label, 1 if backend.in_table else 0)
                 be_weight.add_metric(label, backend.weight)
+                if applied.plan.quic and backend.server_id is not None:
+                    be_quic.add_metric(label + [backend.server_id.hex()], dp.quic_routed_count(backend_id))
                 if usage:
                     be_flows.add_metric(label, flows_of.get(backend_id, 0))
                     be_idle.add_metric(label, idle_of.get(backend_id, 0))
@@ -142,7 +147,8 @@ class DatapathCollector:
                 second_table.add_metric([name, applied.second_fingerprint], 1)
                 held.add_metric([name], len(programmer.held(key)))
         yield from vip_metrics.values()
-        yield from (be_packets, be_bytes, be_new, be_up, be_weight, vip_up, fail_open, table, second_table, held)
+        yield from (be_packets, be_bytes, be_new, be_up, be_weight, vip_up, fail_open, table, second_table, held,
+                    be_quic)
         if usage:
             yield be_flows
             yield be_idle
@@ -173,6 +179,12 @@ class DatapathCollector:
             family = CounterMetricFamily(name, text)
             family.add_metric([], totals[field])
             yield family
+        quic = CounterMetricFamily("lbd_quic_packets", "Datagrams to QUIC VIPs by what placed them: "
+                                   "routed_* by the CID's server ID, fb_* the table, by reason (docs/quic.md)",
+                                   labels=["how"])
+        for how, value in dp.quic_counters().items():
+            quic.add_metric([how], value)
+        yield quic
         made = CounterMetricFamily("lbd_conntrack_entries_made", "Connection-table entries made",
                                    labels=["table"])
         made.add_metric(["tcp"], totals["ct_inserts_tcp"])

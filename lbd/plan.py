@@ -49,6 +49,7 @@ class BackendPlan:
     src_mac: bytes = b"\0" * 6
     ifindex: int = 0
     configured_weight: int | None = None  # the config's weight, also while drained (None: weight)
+    server_id: bytes | None = None  # QUIC VIPs: the server ID in its CIDs (docs/quic.md)
 
     @property
     def in_table(self) -> bool:
@@ -63,6 +64,14 @@ class BackendPlan:
 
 
 @dataclass(frozen=True)
+class QuicPlan:
+    """A QUIC VIP's CID format, as quic_configs holds it (xdp/quic.h)."""
+    config_id: int
+    server_id_len: int
+    cid_len: int
+
+
+@dataclass(frozen=True)
 class VipPlan:
     """One VIP as it should be in the datapath."""
     address: IPAddress
@@ -73,6 +82,7 @@ class VipPlan:
     backends: tuple[BackendPlan, ...] = ()
     name: str = ""
     second_chance: bool = False  # ipip TCP: packets name their slot's second choice
+    quic: QuicPlan | None = None  # UDP: QUIC placed by the server ID in its CIDs
     # second_chance.hold: how long a backend that goes down or leaves this VIP
     # stays a second choice. It rides in the plan, so an apply (or a reload's
     # restore) uses the hold of the config it was made from.
@@ -86,7 +96,12 @@ class VipPlan:
     def flags(self) -> int:
         return ((C("LBD_VIP_MODE_IPIP") if self.ipip else 0)
                 | (C("LBD_VIP_CLIENT_AFFINITY") if self.client_affinity else 0)
-                | (C("LBD_VIP_SECOND_CHANCE") if self.second_chance else 0))
+                | (C("LBD_VIP_SECOND_CHANCE") if self.second_chance else 0)
+                | (C("LBD_VIP_QUIC") if self.quic else 0))
+
+    def server_ids(self) -> dict[bytes, IPAddress]:
+        """Server ID -> backend address, every backend that has one."""
+        return {b.server_id: b.address for b in self.backends if b.server_id is not None}
 
     def table_input(self) -> tuple:
         """What the Maglev table depends on (a change here means a new table)."""
@@ -121,8 +136,9 @@ def backend_plan(vip: Vip, backend: Backend, up: bool, resolved: Resolved | None
         state, note = DOWN, "health check failing"
     else:
         state = ACTIVE
+    server_id = bytes.fromhex(backend.server_id) if vip.quic and backend.server_id else None
     return BackendPlan(backend.address, backend.effective_weight, state, mac, src_mac, ifindex,
-                       configured_weight=backend.weight), note
+                       configured_weight=backend.weight, server_id=server_id), note
 
 
 def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict,
@@ -148,7 +164,9 @@ def vip_plan(vip: Vip, health_up: HealthUp, resolutions: dict,
     return VipPlan(vip.address, vip.port, PROTOCOLS[vip.protocol], ipip=vip.mode == "ipip",
                    client_affinity=vip.affinity == "client",
                    backends=tuple(p for _, p, _, _ in planned), name=vip.name,
-                   second_chance=bool(vip.second_chance), hold_s=hold_s), status
+                   second_chance=bool(vip.second_chance), hold_s=hold_s,
+                   quic=QuicPlan(vip.quic.config_id, vip.quic.server_id_length, vip.quic.cid_length)
+                   if vip.quic else None), status
 
 
 def plans_for(config: Config, health_up: HealthUp, resolutions: dict) -> tuple[list[VipPlan], dict[str, VipStatus]]:

@@ -44,11 +44,15 @@ def status_view(daemon: "Daemon") -> dict:
                 "rate": d.rates.backend(backend_id),
                 # a down backend of a second-chance VIP: a second choice until then
                 "hold_until": until if until not in (0, FOREVER) else None,
+                # QUIC VIPs: the server ID its CIDs carry, and the packets placed by it
+                "server_id": backend.server_id,
+                "quic_routed": d.datapath.quic_routed_count(backend_id) if vip.quic else None,
                 **d.datapath.backend_counters(backend_id)})
         vips.append({"name": vip.name, "address": str(vip.address), "port": vip.port,
                      "protocol": vip.protocol, "mode": vip.mode, "affinity": vip.affinity,
                      "fingerprint": entry.fingerprint if entry else "", "fail_open": status.fail_open,
                      "second_chance": bool(vip.second_chance),
+                     "quic": vip.quic.model_dump() if vip.quic else None,
                      "second_fingerprint": entry.second_fingerprint if entry else "",
                      # being built (lbd.daemon SECOND_BUDGET_S): the fingerprint is of the table before
                      "second_pending": bool(entry) and d.programmer.second_pending(entry.plan.key),

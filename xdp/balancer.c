@@ -33,6 +33,7 @@
 #include "csum.h"
 #include "encap.h"
 #include "icmp.h"
+#include "quic.h"
 #include "capture.h"
 
 /* 1 only in the tests' control runs: SYNs make entries as they did before
@@ -520,6 +521,52 @@ static __always_inline struct lbd_vip_stats *lbd_count_vip(__u32 vip_id, __u32 f
 	return vs;
 }
 
+/* The way a UDP packet to QUIC VIP vip_id takes (quic.h), counted by slot in
+ * quic_stats (lbd_quic_packets_total{how}). LBD_QUIC_BY_CID comes with
+ * *backend_id and *be: the backend with the CID's server ID, of this VIP,
+ * active or draining, never one that does not own it; also counted in its
+ * quic_routed. */
+static __always_inline int lbd_quic_check(const struct lbd_packet *pkt, void *data_end, __u32 vip_id,
+					  __u32 *backend_id, struct lbd_backend **be)
+{
+	struct lbd_quic_server_key key = {};
+	__u32 zero = 0, taken;
+	struct lbd_quic_stats *qs = quic_stats.lookup(&zero);
+	struct lbd_quic_config *cfg = quic_configs.lookup(&vip_id);
+	__u32 *id;
+	__u64 *routed;
+	int way;
+
+	if (!qs)
+		return LBD_QUIC_TODAY;
+	if (!cfg || cfg->server_id_len == 0 || cfg->server_id_len > LBD_QUIC_MAX_SERVER_ID)
+		way = lbd_quic_out(&qs->slot, LBD_QUIC_PKT_FB_NOT_QUIC); /* no format written (yet) */
+	else
+		way = lbd_quic_read_server_id(pkt, data_end, cfg, &key, &qs->slot);
+	if (way == LBD_QUIC_BY_CID) {
+		key.vip_id = vip_id;
+		id = quic_servers.lookup(&key);
+		if (!id) {
+			way = lbd_quic_out(&qs->slot, LBD_QUIC_PKT_FB_UNKNOWN_SERVER);
+		} else {
+			*backend_id = *id;
+			*be = backends.lookup(backend_id);
+			if (!*be || (*be)->vip_id != vip_id ||
+			    ((*be)->state != LBD_BACKEND_ACTIVE && (*be)->state != LBD_BACKEND_DRAINING))
+				way = lbd_quic_out(&qs->slot, LBD_QUIC_PKT_FB_UNUSABLE_SERVER);
+		}
+	}
+	taken = qs->slot;
+	if (taken < LBD_QUIC_PKT__MAX)
+		qs->packets[taken]++;
+	if (way == LBD_QUIC_BY_CID && *be) {
+		routed = quic_routed.lookup(backend_id);
+		if (routed)
+			(*routed)++;
+	}
+	return way;
+}
+
 static __always_inline int lbd_balance(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -532,8 +579,9 @@ static __always_inline int lbd_balance(struct xdp_md *ctx)
 	struct lbd_vip_stats *vs;
 	struct lbd_backend *be;
 	__u32 zero = 0, backend_id, vip_id, vip_flags, hash, second_id;
-	__u32 held_id = LBD_NO_BACKEND, held_vip = 0, entry_flags = 0;
-	int parsed, moved = 0, syn, stateless;
+	__u32 held_id = LBD_NO_BACKEND, held_vip = 0, entry_flags = 0, quic_id = 0;
+	struct lbd_backend *quic_be = NULL;
+	int parsed, moved = 0, syn, stateless, quic = LBD_QUIC_UNCHECKED;
 
 	gs = global_stats.lookup(&zero);
 	if (!gs)
@@ -617,27 +665,44 @@ static __always_inline int lbd_balance(struct xdp_md *ctx)
 		gs->ct_misses++;
 	vip_id = vip->vip_id;
 	vip_flags = vip->flags;
+	/* QUIC by CID, for datagrams whose 4-tuple has no entry (docs/design.md
+	 * says why the entry comes first: the verifier's budget) */
+	if (!entry && (vip_flags & LBD_VIP_QUIC) && pkt.flow.proto == IPPROTO_UDP) {
+		quic = lbd_quic_check(&pkt, data_end, vip_id, &quic_id, &quic_be);
+		/* a CID-routed packet needs no entry; quic.h says which fallbacks
+		 * leave no state either (docs/design.md) */
+		stateless = quic != LBD_QUIC_TODAY;
+	}
 	vs = lbd_count_vip(vip_id, pkt.frame_len);
 
-	hash = lbd_hash_for(&pkt.flow, vip_flags);
-	be = lbd_table_backend(vip_id, hash, &backend_id);
-	if (!be)
-		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
-	/* A flow moved off a held backend names that backend, whatever its slot
-	 * names: the entry is the best knowledge of where its connection lives
-	 * (a slot taken by a backend added since the flow was placed names the
-	 * slot's owner before that, not the flow's). Otherwise the slot's second;
-	 * read from a second table that is not yet the first's, it is provisional. */
-	if (held_id != LBD_NO_BACKEND && held_vip == vip_id && (vip_flags & LBD_VIP_SECOND_CHANCE)) {
-		second_id = held_id;
+	if (quic == LBD_QUIC_BY_CID && quic_be) {
+		backend_id = quic_id;
+		be = quic_be;
+		second_id = LBD_NO_BACKEND; /* UDP: no second chance */
+		/* only the ipip IPv6 flow label needs a hash here, as for an established flow */
+		hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
+		       lbd_hash_for(&pkt.flow, vip_flags) : 0;
 	} else {
-		second_id = lbd_second_pick(vip_id, vip_flags, hash);
-		if (vip_flags & LBD_VIP_SECOND_PENDING)
-			entry_flags = LBD_FLOW_SECOND_PROVISIONAL;
+		hash = lbd_hash_for(&pkt.flow, vip_flags);
+		be = lbd_table_backend(vip_id, hash, &backend_id);
+		if (!be)
+			return lbd_drop(gs, LBD_DROP_NO_BACKEND);
+		/* A flow moved off a held backend names that backend, whatever its slot
+		 * names: the entry is the best knowledge of where its connection lives
+		 * (a slot taken by a backend added since the flow was placed names the
+		 * slot's owner before that, not the flow's). Otherwise the slot's second;
+		 * read from a second table that is not yet the first's, it is provisional. */
+		if (held_id != LBD_NO_BACKEND && held_vip == vip_id && (vip_flags & LBD_VIP_SECOND_CHANCE)) {
+			second_id = held_id;
+		} else {
+			second_id = lbd_second_pick(vip_id, vip_flags, hash);
+			if (vip_flags & LBD_VIP_SECOND_PENDING)
+				entry_flags = LBD_FLOW_SECOND_PROVISIONAL;
+		}
+		if (stateless)
+			gs->stateless_forwards++;
 	}
-	if (stateless) {
-		gs->stateless_forwards++;
-	} else {
+	if (!stateless) {
 		placed.backend_id = backend_id;
 		placed.generation = be->generation;
 		placed.second_id = second_id;

@@ -90,6 +90,7 @@ enum lbd_vip_flags {
 	 * layout bump: pinned entries made before have them clear, and a program
 	 * from before ignores them, so nothing pinned needs replacing.) */
 	LBD_VIP_SECOND_PENDING  = 1 << 3,
+	LBD_VIP_QUIC            = 1 << 4, /* UDP: QUIC placed by the server ID in its CID (xdp/quic.h) */
 };
 
 /* addr_info.flags: what a VIP address as a whole accepts */
@@ -360,6 +361,70 @@ struct lbd_forward_prefix {
 	__u8 addr[16];   /* network order */
 };
 
+/* QUIC by connection ID (xdp/quic.h, docs/quic.md): the plaintext CID format
+ * of draft-ietf-quic-load-balancers. A CID's first octet holds 3 config
+ * rotation bits (0b111: unroutable) and 5 bits of length or randomness; the
+ * server ID follows at offset 1, then a nonce of at least 4 octets. */
+#define LBD_QUIC_MAX_CID 20          /* RFC 9000: no connection ID is longer */
+#define LBD_QUIC_MAX_SERVER_ID 15    /* 1 + server ID + a nonce of 4 or more <= 20 */
+#define LBD_QUIC_MIN_NONCE 4
+#define LBD_QUIC_UNROUTABLE 7        /* config rotation bits 0b111 */
+#define LBD_QUIC_V1 0x00000001       /* RFC 9000 */
+#define LBD_QUIC_V2 0x6b3343cf       /* RFC 9369 */
+/* RFC 9001 5.4.2: header protection samples 16 octets from 4 past the packet
+ * number's offset, so every QUIC packet holds at least this many octets after
+ * the end of its header up to the packet number (a short header's DCID; a
+ * long header's Length field); shorter ones are no QUIC packets. */
+#define LBD_QUIC_HP_SAMPLE_END 20
+/* A UDP payload shorter than this is no QUIC packet lbd reads (not QUIC:
+ * today's UDP rule): every packet routable by CID is longer (a short header:
+ * 1 + a CID of 6 or more + LBD_QUIC_HP_SAMPLE_END; a Handshake: 8 + a DCID of 2
+ * or more + LBD_QUIC_HP_SAMPLE_END), and RFC 9000 14.1 has servers discard
+ * a client's Initial in a datagram under 1200 octets. It is also what the
+ * program may read from the payload's start: a long header's CID (at 6) and
+ * 17 octets of it. */
+#define LBD_QUIC_MIN_DATAGRAM 23
+
+/* What the program did with a datagram to a QUIC VIP: the index of the
+ * per-CPU quic_stats counters (lbd_quic_packets_total{how}). The routed
+ * slots go by CID; every other is a fallback to the UDP path, by reason,
+ * in the order the program tests them. */
+enum lbd_quic_slot {
+	LBD_QUIC_PKT_ROUTED_SHORT = 0,     /* short header: the server ID's backend */
+	LBD_QUIC_PKT_ROUTED_HANDSHAKE,     /* long-header Handshake: the server chose its DCID */
+	LBD_QUIC_PKT_FB_NOT_QUIC,          /* under LBD_QUIC_MIN_DATAGRAM, fixed bit clear, or a long header whose DCID is over 20 or past the end */
+	LBD_QUIC_PKT_FB_UNKNOWN_VERSION,   /* long header of a version other than 1 and 2 (0: version negotiation) */
+	LBD_QUIC_PKT_FB_CLIENT_CID,        /* Initial or 0-RTT: the client chose the DCID */
+	LBD_QUIC_PKT_FB_RETRY,             /* Retry: only servers send one */
+	LBD_QUIC_PKT_FB_SHORT_CID,         /* DCID too short for the server ID, or the packet for RFC 9001's sample (LBD_QUIC_HP_SAMPLE_END) */
+	LBD_QUIC_PKT_FB_UNROUTABLE,        /* config rotation bits 0b111 */
+	LBD_QUIC_PKT_FB_OTHER_CONFIG,      /* a config ID other than the VIP's */
+	LBD_QUIC_PKT_FB_UNKNOWN_SERVER,    /* no backend of the VIP has that server ID */
+	LBD_QUIC_PKT_FB_UNUSABLE_SERVER,   /* its backend is down, removed or held */
+	LBD_QUIC_PKT__MAX,
+};
+
+/* quic_configs value, indexed by VIP id: the VIP's CID format. 4 bytes. */
+struct lbd_quic_config {
+	__u8 config_id;     /* 0..6: the top 3 bits of a routable CID's first octet */
+	__u8 server_id_len; /* 1..LBD_QUIC_MAX_SERVER_ID octets at CID offset 1; 0: no QUIC config */
+	__u8 cid_len;       /* 1 + server ID + nonce, at most LBD_QUIC_MAX_CID */
+	__u8 pad;
+};
+
+/* quic_servers key: one server ID of one VIP (value: the backend id). 24 bytes. */
+struct lbd_quic_server_key {
+	__u64 server_id[2]; /* the ID's octets in wire order in memory, then zeros (two words: the program loads them whole) */
+	__u32 vip_id;
+	__u32 pad;          /* always 0 (hashed) */
+};
+
+/* Per-CPU, one entry: QUIC datagrams by what happened to them. 96 bytes. */
+struct lbd_quic_stats {
+	__u64 packets[LBD_QUIC_PKT__MAX]; /* enum lbd_quic_slot */
+	__u64 slot;                       /* scratch: the latest packet's slot (balancer.c lbd_quic_check) */
+};
+
 /* Capture (`lbctl capture`, xdp/capture.h): packets the program handled, as
  * they arrived and as they left, with its decision. Off unless a capture
  * runs: the packet path then reads capture_ctl.on and nothing else. None of
@@ -443,6 +508,11 @@ _Static_assert(sizeof(struct lbd_gue_hdr) == 4, "GUE header: 4 bytes");
 _Static_assert(sizeof(struct lbd_gue_second_v4) == 8, "GUE private data, IPv4: 8 bytes");
 _Static_assert(sizeof(struct lbd_gue_second_v6) == 20, "GUE private data, IPv6: 20 bytes");
 _Static_assert(sizeof(struct lbd_forward_prefix) == 20, "forward prefix: 20 bytes");
+_Static_assert(sizeof(struct lbd_quic_config) == 4, "QUIC config: 4 bytes");
+_Static_assert(sizeof(struct lbd_quic_server_key) == 24, "QUIC server key: 24 bytes");
+_Static_assert(sizeof(struct lbd_quic_stats) == 96, "QUIC stats: 96 bytes");
+_Static_assert(LBD_QUIC_MAX_SERVER_ID < sizeof(((struct lbd_quic_server_key *)0)->server_id), "server id fits");
+_Static_assert(LBD_QUIC_HP_SAMPLE_END > LBD_QUIC_MAX_SERVER_ID, "a QUIC packet holds 16 octets after its CID's first");
 _Static_assert(sizeof(struct lbd_capture_ctl) == 72, "capture control: 72 bytes");
 _Static_assert(sizeof(struct lbd_capture_record) == 328, "capture record: 328 bytes");
 _Static_assert(LBD_GUE_OVERHEAD_V4 == 20 + 8 + sizeof(struct lbd_gue_hdr) + sizeof(struct lbd_gue_second_v4), "v4 overhead");

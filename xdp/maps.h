@@ -56,9 +56,16 @@ LBD_MAP("lru_hash", struct lbd_flow_key, struct lbd_flow_entry, conntrack_udp, L
 BPF_F_TABLE("percpu_array", u32, struct lbd_nexthop, nexthops, LBD_MAX_BACKENDS, 0);
 /* one entry: ipip outer sources, layout version */
 LBD_MAP("array", u32, struct lbd_settings, settings, 1, 0);
+/* QUIC VIPs (xdp/quic.h): VIP id -> its CID format; (VIP id, server ID) -> backend id.
+ * New maps beside layout 4's: a pinned datapath of layout 4 adopts them. */
+LBD_MAP("array", u32, struct lbd_quic_config, quic_configs, LBD_MAX_VIPS, 0);
+LBD_MAP("hash", struct lbd_quic_server_key, u32, quic_servers, LBD_MAX_BACKENDS, BPF_F_NO_PREALLOC);
 /* per-CPU counters, summed at scrape time */
 LBD_MAP("percpu_array", u32, struct lbd_vip_stats, vip_stats, LBD_MAX_VIPS, 0);
 LBD_MAP("percpu_array", u32, struct lbd_backend_stats, backend_stats, LBD_MAX_BACKENDS, 0);
 LBD_MAP("percpu_array", u32, struct lbd_global_stats, global_stats, 1, 0);
+LBD_MAP("percpu_array", u32, struct lbd_quic_stats, quic_stats, 1, 0);
+/* per backend id: packets placed by their CID's server ID (0 while its server ignores its ID) */
+LBD_MAP("percpu_array", u32, u64, quic_routed, LBD_MAX_BACKENDS, 0);
 
 #endif /* LBD_MAPS_H */

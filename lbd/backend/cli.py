@@ -317,6 +317,13 @@ def _parser() -> argparse.ArgumentParser:
                              help="ipip: how long to watch an interface that lost frames the "
                                   "program sent back out (XDP_TX) before, for new losses "
                                   f"(default {XDP_TX_WATCH_SECONDS:g})")
+            quic = cmd.add_argument_group("QUIC VIPs (docs/quic.md)")
+            quic.add_argument("--quic", action="store_true",
+                              help="also check the QUIC server on each VIP issues CIDs carrying --server-id")
+            quic.add_argument("--quic-port", type=int, default=443)
+            quic.add_argument("--config-id", type=int, default=0, help="the VIP's quic.config_id")
+            quic.add_argument("--server-id", default="", help="this backend's server_id (hex)")
+            quic.add_argument("--nonce-length", type=int, default=4, help="the VIP's quic.nonce_length")
     cmd = sub.add_parser("metrics", help="the decap program's counters as Prometheus text",
                          description="Print the decap program's counters as Prometheus text, "
                                      "or write them atomically to a file for node_exporter's "
@@ -377,7 +384,18 @@ def main(argv: list[str] | None = None) -> int:
         findings = check(args.mode, args.vip, ifname, args.port, args.watch)
         for finding in findings:
             print(finding.line())
-        return 0 if all(f.ok for f in findings) else 1
+        quic_ok = True
+        if args.quic:
+            from lbd.backend import quiccheck
+            from lbd.dataplane.quiclb import CidFormat
+
+            server_id = bytes.fromhex(args.server_id)
+            cid_format = CidFormat(args.config_id, len(server_id), args.nonce_length)
+            for vip in args.vip:
+                result = quiccheck.check_quic(str(vip), args.quic_port, cid_format, server_id)
+                quic_ok &= result.ok
+                print("\n".join(quiccheck.report(result, cid_format, server_id)))
+        return 0 if all(f.ok for f in findings) and quic_ok else 1
     except (PrepError, OSError, ValueError) as err:
         print(f"lbd-backend: {err}", file=sys.stderr)
         return 2

@@ -161,6 +161,13 @@ class MapWriter(Protocol):
     def clear_second_ring(self, vip_id: int) -> None: ...
     def clear_vip_counters(self, vip_id: int) -> None: ...
     def clear_backend_counters(self, backend_id: int) -> None: ...
+    # QUIC VIPs (xdp/quic.h)
+    def clear_quic_routed(self, backend_id: int) -> None: ...
+    def set_quic_config(self, vip_id: int, config_id: int, server_id_len: int, cid_len: int) -> None: ...
+    def clear_quic_config(self, vip_id: int) -> None: ...
+    def set_quic_server(self, vip_id: int, server_id: bytes, backend_id: int) -> None: ...
+    def delete_quic_server(self, vip_id: int, server_id: bytes) -> None: ...
+    def quic_servers_of(self, vip_id: int) -> dict[bytes, int]: ...
 
 
 class Datapath:
@@ -207,6 +214,10 @@ class Datapath:
         self.vip_stats = self.bpf[b"vip_stats"]
         self.backend_stats = self.bpf[b"backend_stats"]
         self.global_stats = self.bpf[b"global_stats"]
+        self.quic_configs = self.bpf[b"quic_configs"]
+        self.quic_servers = self.bpf[b"quic_servers"]
+        self.quic_stats = self.bpf[b"quic_stats"]
+        self.quic_routed = self.bpf[b"quic_routed"]
         self._clock_fd: int | None = None
         self._clock_lock = threading.Lock()
         self._capture_lock = threading.Lock()
@@ -527,6 +538,55 @@ class Datapath:
         total["actions"] = {actions[i]: n for i, n in enumerate(total["actions"])}
         total["drops"] = {drops[i]: n for i, n in enumerate(total["drops"])}
         return total
+
+    # --- QUIC by connection ID (xdp/quic.h) -------------------------------------
+    def set_quic_config(self, vip_id: int, config_id: int, server_id_len: int, cid_len: int) -> None:
+        leaf = self.quic_configs.Leaf()
+        leaf.config_id, leaf.server_id_len, leaf.cid_len = config_id, server_id_len, cid_len
+        self.quic_configs[ctypes.c_uint32(vip_id)] = leaf
+
+    def clear_quic_config(self, vip_id: int) -> None:
+        self.quic_configs[ctypes.c_uint32(vip_id)] = self.quic_configs.Leaf()
+
+    def _quic_server_key(self, vip_id: int, server_id: bytes):
+        key = self.quic_servers.Key()
+        key.vip_id = vip_id
+        # two native words holding the octets in wire order, as the program loads them
+        key.server_id[:] = struct.unpack("=2Q", server_id.ljust(16, b"\0"))
+        return key
+
+    def set_quic_server(self, vip_id: int, server_id: bytes, backend_id: int) -> None:
+        self.quic_servers[self._quic_server_key(vip_id, server_id)] = ctypes.c_uint32(backend_id)
+
+    def delete_quic_server(self, vip_id: int, server_id: bytes) -> None:
+        self.quic_servers.pop(self._quic_server_key(vip_id, server_id), None)
+
+    def quic_config(self, vip_id: int) -> tuple[int, int, int]:
+        """(config ID, server ID length, CID length) of a VIP; length 0: none."""
+        leaf = self.quic_configs[ctypes.c_uint32(vip_id)]
+        return int(leaf.config_id), int(leaf.server_id_len), int(leaf.cid_len)
+
+    def quic_server(self, vip_id: int, server_id: bytes) -> int | None:
+        """The backend id quic_servers names for a VIP's server ID, or None."""
+        value = self.quic_servers.get(self._quic_server_key(vip_id, server_id))
+        return None if value is None else int(value.value)
+
+    def quic_servers_of(self, vip_id: int) -> dict[bytes, int]:
+        """Server ID (all 16 key octets, zero-padded) -> backend id of one VIP, as written."""
+        return {struct.pack("=2Q", *k.server_id): v.value for k, v in self.quic_servers.items()
+                if k.vip_id == vip_id}
+
+    def quic_counters(self) -> dict[str, int]:
+        """QUIC datagrams by lbd_quic_slot name (routed_short, fb_client_cid, ...)."""
+        total = self._sum_percpu(self.quic_stats[ctypes.c_uint32(0)])["packets"]
+        return {name: total[i] for i, name in layout.enum_names("LBD_QUIC_PKT_").items()}
+
+    def quic_routed_count(self, backend_id: int) -> int:
+        """Packets placed on a backend id by their CID's server ID, all CPUs."""
+        return sum(int(v) for v in self.quic_routed[ctypes.c_uint32(backend_id)])
+
+    def clear_quic_routed(self, backend_id: int) -> None:
+        self.quic_routed.clearitem(ctypes.c_uint32(backend_id))
 
     # --- capture (xdp/capture.h; lbd.capture runs it) ----------------------------
     # Looked up on first use, so a program without them (an old revision in

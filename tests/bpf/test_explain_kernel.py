@@ -467,3 +467,40 @@ def test_second_chance_states_the_generated_runs_cover(lb, version):
     whys = {(kind, why) for kind, why, what in seen if what.startswith("names")}
     for needed in [(SYN, "table slot"), (PACKET, "entry kept"), (PACKET, "moved"), (SYN, "entry removed")]:
         assert needed in whys, f"no packet named a second choice by {needed}: {sorted(seen.items())}"
+
+
+# --- QUIC VIPs (issue 22): `lbctl explain --quic-cid` ---------------------------------
+def test_explain_names_the_rule_and_backend_the_kernel_takes_for_a_quic_cid(lb):
+    """For short-header datagrams carrying CIDs of every kind (an active, a
+    draining and a down backend's server ID, an unknown one, another config
+    ID, 0b111), with and without an entry for the 4-tuple: explain's backend,
+    rule and entry effect are the program's."""
+    from tests.bpf import test_quic as tq
+
+    lb.apply(tq.plans())
+    fk.clear(lb.dp)
+    plan = tq.plan_of(lb, tq.QUIC_V4)
+    fmt = tq.FMT
+    sids = [b.server_id for b in plan.backends]
+    cids = [fmt.encode(sid) for sid in sids] + [
+        fmt.encode(bytes.fromhex("777777")), bytes([3 << 5 | 7]) + sids[0] + bytes(4),
+        bytes([7 << 5 | 7]) + sids[0] + bytes(4)]
+    rules = collections.Counter()
+    for i in range(300):
+        cid = cids[i % len(cids)]
+        sport = 20000 + i
+        flow = Flow(ip(sc.CLIENT_V4), ip(tq.QUIC_V4), sport, tq.PORT, UDP)
+        if i % 3 == 0:  # an entry first, by an unroutable datagram (today's UDP rule)
+            lb.run(tq.frame(tq.QUIC_V4, tq.short_packet(bytes([0xE7]) + bytes(7)), sport=sport))
+        before = lb.dp.lookup_flow(flow.src, flow.dst, flow.sport, flow.dport, UDP)
+        said = explain_flow(lb.programmer.applied(), lb.dp, flow, quic_cid=cid)
+        result = lb.run(tq.frame(tq.QUIC_V4, tq.short_packet(cid), sport=sport))
+        got = tq.backend_of(result, plan)
+        after = lb.dp.lookup_flow(flow.src, flow.dst, flow.sport, flow.dport, UDP)
+        packet = said["next_packet"]
+        assert packet["backend"] == (str(got.address) if got else None), (cid.hex(), said["verdict"])
+        made = before is None and after is not None
+        assert made == (packet["entry"] == MADE), (cid.hex(), said["verdict"])
+        rules[said["quic"]["rule"] if packet["why"] != "entry kept" else "entry kept"] += 1
+    assert set(rules) == {"routed_short", "fb_unknown_server", "fb_unusable_server", "fb_other_config",
+                          "fb_unroutable", "entry kept"}, rules

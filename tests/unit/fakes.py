@@ -31,6 +31,8 @@ class FakeMaps:
         self.second_rings: dict[int, np.ndarray] = {}
         self.prefilter: dict[int, int] = {}
         self.addrs: dict = {}         # (address, proto) -> (flags, fragment VIP id, its flags)
+        self.quic_configs: dict[int, tuple[int, int, int]] = {}  # vip id -> (config id, sid len, cid len)
+        self.quic_servers: dict[tuple[int, bytes], int] = {}    # (vip id, padded server ID) -> backend id
 
     # --- MapWriter ------------------------------------------------------------------
     def vip_ids(self) -> dict[tuple[IPAddress, int, int], int]:
@@ -88,6 +90,24 @@ class FakeMaps:
 
     def clear_backend_counters(self, backend_id: int) -> None:
         pass
+
+    def clear_quic_routed(self, backend_id: int) -> None:
+        pass
+
+    def set_quic_config(self, vip_id: int, config_id: int, server_id_len: int, cid_len: int) -> None:
+        self.quic_configs[vip_id] = (config_id, server_id_len, cid_len)
+
+    def clear_quic_config(self, vip_id: int) -> None:
+        self.quic_configs.pop(vip_id, None)
+
+    def set_quic_server(self, vip_id: int, server_id: bytes, backend_id: int) -> None:
+        self.quic_servers[(vip_id, server_id.ljust(16, b"\0"))] = backend_id
+
+    def delete_quic_server(self, vip_id: int, server_id: bytes) -> None:
+        self.quic_servers.pop((vip_id, server_id.ljust(16, b"\0")), None)
+
+    def quic_servers_of(self, vip_id: int) -> dict[bytes, int]:
+        return {sid: b for (v, sid), b in self.quic_servers.items() if v == vip_id}
 
     # --- what a test reads back -------------------------------------------------------
     def backend(self, backend_id: int):

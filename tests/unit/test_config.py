@@ -836,3 +836,44 @@ def test_udp_payload_must_be_valid_hex(tmp_path):
     text = edit("type: http", "type: udp", "      path: /healthz\n", "      payload: 'hex:12g4'\n")
     one_problem(tmp_path, text, line_of(text, "payload:"), "vips[0].health.payload", "hex digits",
                 '"hex:12g4"')
+
+# QUIC by connection ID (issue 22): a UDP VIP's quic: section and server IDs
+
+QUIC = edit('''    backends:
+      - {address: "fd00::11"}''', '''    quic: {config_id: 0, server_id_length: 3, nonce_length: 4}
+    backends:
+      - {address: "fd00::11", server_id: "c4605e"}
+      - {address: "fd00::12", server_id: "0A0B0C"}''')
+
+
+def test_quic_section_loads():
+    dns = parse_config(QUIC).vips[1]
+    assert (dns.quic.config_id, dns.quic.cid_length, dns.quic.self_encode_length) == (0, 8, True)
+    # hex is one ID whatever its case
+    assert [b.server_id for b in dns.backends] == ["c4605e", "0a0b0c"]
+
+
+@pytest.mark.parametrize("old,new,snippet,path,words", [
+    ('server_id: "0A0B0C"', 'server_id: "C4605E"', "fd00::12", "vips[1].backends[1].server_id",
+     ["already the server ID of backends[0]", '"c4605e"']),
+    ('server_id: "0A0B0C"', 'server_id: "0a0b"', "fd00::12", "vips[1].backends[1].server_id",
+     ["exactly quic.server_id_length = 3 octets", '"0a0b"']),
+    ('server_id: "0A0B0C"', 'server_id: "0x0a0b0c"', "fd00::12", "vips[1].backends[1].server_id",
+     ["octets in hex", '"0x0a0b0c"']),
+    (', server_id: "0A0B0C"', "", "fd00::12", "vips[1].backends[1]",
+     ["needs a server_id (3 octets in hex)", '"fd00::12"']),
+    ("config_id: 0,", "config_id: 7,", "quic:", "vips[1].quic.config_id", ["must be 0..6", "got 7"]),
+    ("nonce_length: 4", "nonce_length: 3", "quic:", "vips[1].quic.nonce_length", ["minimum nonce is 4", "got 3"]),
+    ("nonce_length: 4", "nonce_length: 17", "quic:", "vips[1].quic.nonce_length",
+     ["must be at most 20", "got 17"]),
+    ("protocol: udp", "protocol: tcp", "quic:", "vips[1].quic", ["only for protocol: udp", '"tcp"']),
+])
+def test_quic_mistakes_name_file_line_field_and_value(tmp_path, old, new, snippet, path, words):
+    text = edit(old, new, text=QUIC)
+    one_problem(tmp_path, text, line_of(text, snippet), path, *words)
+
+
+def test_server_id_without_quic_section(tmp_path):
+    text = edit('{address: 198.18.1.11, weight: 100}', '{address: 198.18.1.11, server_id: "aa"}')
+    one_problem(tmp_path, text, line_of(text, "198.18.1.11"), "vips[0].backends[0].server_id",
+                "only for a VIP with a quic: section", '"aa"')

@@ -26,7 +26,10 @@ RELEASED_LAYOUTS = {
         "lbd_gue_hdr": 4, "lbd_gue_second_v4": 8, "lbd_gue_second_v6": 20,
         # the backend program's own (never pinned with the balancer's maps);
         # added before layout 4 was first released
-        "lbd_forward_prefix": 20},
+        "lbd_forward_prefix": 20,
+        # QUIC by CID: maps of their own, added beside layout 4's (whose
+        # pinned maps are unchanged, so a daemon adopts them as they are)
+        "lbd_quic_config": 4, "lbd_quic_server_key": 24, "lbd_quic_stats": 96},
 }
 # Structs of maps that are never pinned (a capture belongs to the daemon that
 # runs it, xdp/capture.h): held to their sizes, but no reason for a new layout.

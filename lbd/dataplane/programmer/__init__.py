@@ -60,6 +60,7 @@ from lbd.dataplane.maps import BackendEntry, IPAddress, MapWriter
 import lbd.dataplane.programmer.addrs as addrs
 import lbd.dataplane.programmer.holds as holds
 import lbd.dataplane.programmer.ids as ids
+import lbd.dataplane.programmer.quic as quic
 import lbd.dataplane.programmer.second as second
 import lbd.dataplane.programmer.tables as tables
 from lbd.dataplane.programmer.preview import preview as _preview
@@ -278,6 +279,7 @@ class Programmer:
             self.dp.clear_vip_counters(vip_id)
         for backend_id in fresh_ids:
             self.dp.clear_backend_counters(backend_id)
+            self.dp.clear_quic_routed(backend_id)
         # 1. backend entries of new and changed VIPs (only the backends that
         # changed; all of a VIP's when its flags changed: each entry holds them)
         for key, applied in staged.items():
@@ -297,6 +299,10 @@ class Programmer:
                     src_mac=b.src_mac, ifindex=b.ifindex, vip_flags=applied.plan.flags,
                     second_until=until))
                 books.until[backend_id] = until
+        # 1b. QUIC VIPs: their CID format and server IDs, which name the
+        # backend entries written just above (xdp/quic.h)
+        for key, applied in staged.items():
+            quic.write(self.dp, applied, books.applied.get(key), rewrite)
         if rewrite:  # the held entries as they were
             for key, held in books.held.items():
                 if key in staged:
@@ -338,6 +344,7 @@ class Programmer:
         for key in [k for k in books.applied if k not in wanted]:
             gone = books.applied.pop(key)
             self.dp.delete_vip(*key)
+            quic.clear(self.dp, gone.vip_id)
             self.dp.clear_ring(gone.vip_id)
             self.dp.clear_second_ring(gone.vip_id)
             for address, backend_id in gone.backend_ids.items():
@@ -369,7 +376,8 @@ class Programmer:
                                      0.0 if old is None else moved, applied.fingerprint,
                                      applied.second_fingerprint, found,
                                      tables.joined(old.plan, applied.plan)
-                                     if old is not None and applied.plan.second_chance else 0))
+                                     if old is not None and applied.plan.second_chance else 0,
+                                     quic.moved(old.plan, applied.plan) if old else {}))
             books.applied[key] = applied
         for key in wanted:
             if key not in staged:
@@ -388,6 +396,7 @@ class Programmer:
         books = self.books
         vip_id = books.vip_ids.pop(key)
         self.dp.delete_vip(*key)
+        quic.clear(self.dp, vip_id)
         self.dp.clear_ring(vip_id)
         self.dp.clear_second_ring(vip_id)
         for address, backend_id in books.adopted.pop(key, {}).items():

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from lbd.dataplane import maglev, secondchoice
 from lbd.dataplane.maps import IPAddress
 import lbd.dataplane.programmer.holds as holds
+import lbd.dataplane.programmer.quic as quic
 import lbd.dataplane.programmer.tables as tables
 from lbd.dataplane.programmer.state import HELD, NO_HOLD, AppliedVip, Books, HeldBackend, VipResult
 
@@ -26,9 +27,11 @@ def preview(books: Books, plans: list[VipPlan], ring_size: int, now: float) -> l
             results.append(VipResult(plan.name, "added", 0.0))
         elif old.plan.table_input() == plan.table_input():
             results.append(VipResult(plan.name, "unchanged" if old.plan == plan else "changed",
-                                     0.0, old.fingerprint))
+                                     0.0, old.fingerprint, quic_moved=quic.moved(old.plan, plan)))
         else:
-            results.append(_change(books, key, old, plan, ring_size, now))
+            result = _change(books, key, old, plan, ring_size, now)
+            result.quic_moved = quic.moved(old.plan, plan)
+            results.append(result)
     for key, old in books.applied.items():
         if key not in wanted:
             results.append(VipResult(old.plan.name, "removed", 1.0))

@@ -43,6 +43,9 @@ class VipResult:
     # undrained, up again). More than one at once costs moved flows their
     # second choice (docs/second-chance.md "Several backends joining at once")
     joined: int = 0
+    # QUIC VIPs: backends whose QUIC connections move (their server ID changed
+    # or went away): address -> "old -> new" server ID in hex ("-" for none)
+    quic_moved: dict[str, str] = field(default_factory=dict)
 
 
 class ApplyError(Exception):

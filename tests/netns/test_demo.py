@@ -53,5 +53,8 @@ def test_flow_columns_count_the_demos_connections_and_say_when(demo):
     rows = status_rows(demo)
     for vip, backends in rows.items():
         live_and_idle = sum(int(r[4]) + int(r[5]) for r in backends)  # Flows + Idle
-        assert live_and_idle == REQUESTS, (vip, demo)
+        # one entry per 4-tuple: a client may open a later request from the
+        # port of an earlier one (the server closed first, so the client holds
+        # no TIME_WAIT), which then shares its entry; a handful at most
+        assert REQUESTS - 5 <= live_and_idle <= REQUESTS, (vip, demo)
     assert re.search(r"flows counted at \d\d:\d\d:\d\d \(\d+ s ago; the tables are walked every 10 s\)", demo)

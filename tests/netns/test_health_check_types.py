@@ -87,5 +87,5 @@ def test_a_vip_off_lo_fails_the_check_through_the_vip(lab, lbd, name):
         other = view(lbd, name)[str(lab.backends[names[0]].v4 if family == 4 else lab.backends[names[0]].v6)]
         assert other["in_table"], other
     finally:
-        lab.run(broken, ["ip", "addr", "add", prefix, "dev", "lo"], check=True)
+        lab.prepare_backend(broken)  # puts the VIP back as prepare's own (undo removes it later)
     wait_for(lambda: view(lbd, name)[address]["in_table"], 5, what=f"{broken.name} back in {name}")

@@ -79,7 +79,9 @@ def vip_off_lo(lab, backend: str, vip: str, family: int):
     try:
         yield
     finally:
-        lab.run(backend, ["ip", "addr", "add", prefix, "dev", "lo"], check=True)
+        # as the operator's fix would: prepare puts the VIP back as its own
+        # (marked, so a later `lbd-backend undo` in the shared lab removes it)
+        lab.prepare_backend(backend)
 
 
 @contextlib.contextmanager

@@ -164,23 +164,3 @@ def evict(dp, flow: Flow) -> bool:
 
 def clear(dp) -> None:
     dp.clear_flows()
-
-
-def carried(result) -> tuple[str, str | None]:
-    """(the outer destination, the second choice the GUE header names or
-    None for plain IP-in-IP) of a forwarded frame, its GUE fields checked."""
-    assert result.action in (XDP_TX, XDP_REDIRECT), result.action
-    out = result.packet
-    if struct.unpack_from("!H", out, 12)[0] == 0x0800:
-        proto, first, l4, size = out[14 + 9], ipaddress.IPv4Address(out[30:34]), 14 + 20, 4
-    else:
-        proto, first, l4, size = out[14 + 6], ipaddress.IPv6Address(out[38:54]), 14 + 40, 16
-    if proto in (4, 41):
-        return str(first), None
-    assert proto == 17 and struct.unpack_from("!H", out, l4 + 2)[0] == GUE_PORT
-    gue = l4 + 8
-    assert out[gue] == (2 if size == 4 else 5), "version 0, C 0, Hlen = words of private data"
-    assert out[gue + 1] == (4 if size == 4 else 41) and out[gue + 2:gue + 4] == b"\0\0"
-    magic, hops, pad = struct.unpack_from("!HBB", out, gue + 4)
-    assert (magic, hops, pad) == (GUE_MAGIC, 0, 0)
-    return str(first), str(ipaddress.ip_address(out[gue + 8:gue + 8 + size]))

@@ -277,12 +277,24 @@ def give_second_chance(dp: Datapath, programmer: Programmer, vip: tuple[str, int
     dp.write_second_rings({applied.vip_id: second})
 
 
+# Maps today's Datapath opens that an older program may lack, declared for it
+# (unused by its code; the QUIC maps with stand-in types of their own: the old
+# header has no QUIC structs, and nothing reads them in a comparison).
+MAPS_TODAY_EXPECTS = (
+    ("conntrack_udp", 'LBD_MAP("lru_hash", struct lbd_flow_key, struct lbd_flow_entry, conntrack_udp, 1024, 0);'),
+    ("second_rings", 'LBD_MAP("array_of_maps$ring_template", int, int, second_rings, LBD_MAX_VIPS, 0);'),
+    ("quic_configs", 'LBD_MAP("array", u32, u32, quic_configs, LBD_MAX_VIPS, 0);'),
+    ("quic_servers", 'LBD_MAP("hash", u64, u32, quic_servers, LBD_MAX_BACKENDS, BPF_F_NO_PREALLOC);'),
+    ("quic_stats", 'LBD_MAP("percpu_array", u32, u64, quic_stats, 1, 0);'),
+    ("quic_routed", 'LBD_MAP("percpu_array", u32, u64, quic_routed, LBD_MAX_BACKENDS, 0);'),
+)
+
+
 def xdp_tree(rev: str | None, workdir: str) -> Path | None:
     """The xdp/ sources to build: the working tree's (rev None), or git
     revision `rev`'s written to `workdir` (None if git cannot give them: not
     a checkout, or a shallow one). An old revision lacking a map today's
-    Datapath expects (conntrack_udp, second_rings) gets it declared, unused
-    by its code."""
+    Datapath expects (MAPS_TODAY_EXPECTS) gets it declared, unused by its code."""
     import subprocess
 
     from lbd.dataplane import layout
@@ -298,14 +310,10 @@ def xdp_tree(rev: str | None, workdir: str) -> Path | None:
     for name in listed.stdout.split():
         text = subprocess.run(["git", "show", f"{rev}:{name}"], cwd=REPO, check=True,
                               capture_output=True, text=True).stdout
-        if name.endswith("maps.h") and "conntrack_udp" not in text:
-            text = text.replace("#endif /* LBD_MAPS_H */",
-                                'LBD_MAP("lru_hash", struct lbd_flow_key, struct lbd_flow_entry, '
-                                "conntrack_udp, 1024, 0);\n#endif /* LBD_MAPS_H */")
-        if name.endswith("maps.h") and "second_rings" not in text:
-            text = text.replace("#endif /* LBD_MAPS_H */",
-                                'LBD_MAP("array_of_maps$ring_template", int, int, second_rings, '
-                                "LBD_MAX_VIPS, 0);\n#endif /* LBD_MAPS_H */")
+        if name.endswith("maps.h"):
+            for map_name, declaration in MAPS_TODAY_EXPECTS:
+                if map_name not in text:
+                    text = text.replace("#endif /* LBD_MAPS_H */", f"{declaration}\n#endif /* LBD_MAPS_H */")
         (target / Path(name).name).write_text(text)
     return target
 

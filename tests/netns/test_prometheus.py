@@ -325,6 +325,10 @@ def test_every_dashboard_query_parses_and_returns_series(fleet, prometheus):
         if waiting:
             time.sleep(1)
     assert not errors, f"queries Prometheus refused: {errors}"
+    # per-backend QUIC series exist only for backends of a QUIC VIP, which this
+    # fleet has none of (tests/netns/test_quic*.py run QUIC VIPs): their queries
+    # must parse (above), not find series
+    waiting = {where: expr for where, expr in waiting.items() if "lbd_backend_quic_" not in expr}
     assert not waiting, f"queries without a series after {DATA_S}s: {waiting}"
     print(f"{len(queries)} dashboard queries, each with series")
 

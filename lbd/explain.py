@@ -49,6 +49,12 @@ backend while that backend is held (down or removed, its hold running, the
 same generation) names that backend instead of its slot's second; and an
 entry made while its VIP's second table was pending (provisional) names its
 slot's second once the VIP is no longer pending.
+
+Length (over 450 lines, on purpose): one job, the program's decision for one
+flow, and the decision is one chain (entry, finished connection, table,
+second choice, QUIC connection ID) whose steps read each other's results;
+split across modules, the mirror of balancer.c would no longer read in the
+program's order, which is what tests/bpf/test_explain_kernel.py holds it to.
 """
 from __future__ import annotations
 

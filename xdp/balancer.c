@@ -34,6 +34,7 @@
 #include "encap.h"
 #include "icmp.h"
 #include "quic.h"
+#include "settle.h"
 #include "capture.h"
 
 /* 1 only in the tests' control runs: SYNs make entries as they did before
@@ -158,16 +159,20 @@ static __always_inline struct lbd_flow_entry *lbd_flow_lookup(struct lbd_flow_ke
  * only direction lbd sees). Both are written only when they change, so a busy
  * flow dirties its entry at most once per jiffy, not once per packet. The
  * mark stays until the entry goes: a SYN never follows a marked entry (it
- * removes it), and UDP has no flags and is never marked. */
-static __always_inline void lbd_flow_seen(struct lbd_flow_entry *entry,
-					  const struct lbd_packet *pkt)
+ * removes it), and UDP has no flags and is never marked. Returns 1 when it
+ * marks the entry. */
+static __always_inline int lbd_flow_seen(struct lbd_flow_entry *entry,
+					 const struct lbd_packet *pkt)
 {
 	__u32 now = bpf_jiffies64();
 
 	if (entry->seen != now)
 		entry->seen = now;
-	if ((pkt->tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST)) && !(entry->flags & LBD_FLOW_CLIENT_CLOSED))
+	if ((pkt->tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST)) && !(entry->flags & LBD_FLOW_CLIENT_CLOSED)) {
 		entry->flags |= LBD_FLOW_CLIENT_CLOSED;
+		return 1; /* marked now: its slot is no longer settled (settle.h) */
+	}
+	return 0;
 }
 
 /* The idle time after which a SYN finds its entry's connection finished, in
@@ -205,6 +210,14 @@ static __always_inline void lbd_flow_insert(struct lbd_global_stats *gs,
 		conntrack_udp.update(flow, entry);
 		gs->ct_inserts_udp++;
 	}
+}
+
+/* The VIP's settled map (settle.h), or NULL. */
+static __always_inline void *lbd_settled_map(__u32 vip_id)
+{
+	int outer_key = vip_id;
+
+	return settled.lookup(&outer_key);
 }
 
 /* The VIP's table's backend for `hash`, if it takes new flows (else NULL). */
@@ -521,6 +534,28 @@ static __always_inline struct lbd_vip_stats *lbd_count_vip(__u32 vip_id, __u32 f
 	return vs;
 }
 
+/* Whether `pkt` is a SYN in a settled slot (counted then), which goes to
+ * the table without its entry lookup: what the rules of lbd_balance do with
+ * a SYN whose 4-tuple has no entry is, in a settled slot, what they do
+ * whatever its entry (settle.h). The VIP and slot are read again there: one
+ * path through the rules keeps the verifier's count in budget. */
+static __always_inline int lbd_syn_in_settled_slot(const struct lbd_packet *pkt, int syn)
+{
+	__u32 zero = 0;
+	struct lbd_vip_info *vip;
+	__u64 *count;
+
+	if (!syn || LBD_SYN_MAKES_ENTRY)
+		return 0;
+	vip = lbd_vip_lookup(&pkt->flow, LBD_ADDR_ANY_VIP);
+	if (!vip || !lbd_slot_settled(lbd_settled_map(vip->vip_id), lbd_hash_for(&pkt->flow, vip->flags)))
+		return 0;
+	count = syn_settled.lookup(&zero);
+	if (count)
+		(*count)++;
+	return 1;
+}
+
 /* The way a UDP packet to QUIC VIP vip_id takes (quic.h), counted by slot in
  * quic_stats (lbd_quic_packets_total{how}). LBD_QUIC_BY_CID comes with
  * *backend_id and *be: the backend with the CID's server ID, of this VIP,
@@ -614,11 +649,17 @@ static __always_inline int lbd_balance(struct xdp_md *ctx)
 	stateless = (syn && !LBD_SYN_MAKES_ENTRY) ||
 		    (pkt.flow.proto == IPPROTO_TCP && (pkt.tcp_flags & LBD_TCP_RST));
 
+	/* A SYN in a settled slot goes to the table without its entry lookup,
+	 * a new flow's dearest read: no entry of the slot could send it
+	 * elsewhere (settle.h; docs/design.md, "What a SYN looks up"). */
+	entry = NULL;
+	if (!lbd_syn_in_settled_slot(&pkt, syn))
+		entry = lbd_flow_lookup(&pkt.flow);
+
 	/* An established flow: its backend entry carries the VIP's id and flags,
 	 * so the VIP lookup is skipped. A removed VIP's backends are emptied by
 	 * the same apply that removes it, and a backend id reused for another
 	 * VIP has a new generation, so a stale entry never leads elsewhere. */
-	entry = lbd_flow_lookup(&pkt.flow);
 	if (entry) {
 		backend_id = entry->backend_id;
 		be = backends.lookup(&backend_id);
@@ -628,7 +669,9 @@ static __always_inline int lbd_balance(struct xdp_md *ctx)
 		 * table and never joins a drained backend through an old entry */
 		if (be && lbd_backend_usable(be, entry->generation) &&
 		    (!syn || (be->state == LBD_BACKEND_ACTIVE && !lbd_flow_finished(entry)))) {
-			lbd_flow_seen(entry, &pkt);
+			if (lbd_flow_seen(entry, &pkt))
+				lbd_unsettle(lbd_settled_map(be->vip_id),
+					     lbd_hash_for(&pkt.flow, be->vip_flags));
 			vip_id = be->vip_id;
 			vip_flags = be->vip_flags;
 			lbd_count_vip(vip_id, pkt.frame_len);
@@ -707,6 +750,8 @@ static __always_inline int lbd_balance(struct xdp_md *ctx)
 		placed.generation = be->generation;
 		placed.second_id = second_id;
 		lbd_flow_insert(gs, &pkt.flow, &placed, &pkt, entry_flags);
+		if (pkt.tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST)) /* made finished (settle.h) */
+			lbd_unsettle(lbd_settled_map(vip_id), hash);
 		if (vs) {
 			if (moved)
 				vs->rescheduled++;

@@ -72,6 +72,21 @@
 /* Id 0 means "none" in the Maglev table and in connection-table entries. */
 #define LBD_NO_BACKEND 0
 
+/* Settled slots (xdp/settle.h, lbd/dataplane/settle.py; docs/design.md "What a
+ * SYN looks up"). Per VIP, one byte per Maglev slot, 8 slots per u64 array
+ * value (one byte each, so that the program clears one slot with a plain
+ * store: this bcc builds for a BPF CPU without atomic AND):
+ * LBD_SLOT_SETTLED: no connection-table entry of the slot can send a SYN
+ * elsewhere than the table, so a SYN there skips its entry lookup;
+ * LBD_SLOT_CANDIDATE: the daemon's walk is judging the slot. Only the daemon
+ * raises a byte, and only by compare and swap (CANDIDATE to SETTLED); the
+ * program and the programmer only set bytes to 0. */
+#define LBD_SLOT_UNSETTLED 0
+#define LBD_SLOT_CANDIDATE 1
+#define LBD_SLOT_SETTLED 2
+#define LBD_SETTLED_SLOTS_PER_WORD 8
+#define LBD_SETTLED_WORDS ((LBD_RING_SIZE + LBD_SETTLED_SLOTS_PER_WORD - 1) / LBD_SETTLED_SLOTS_PER_WORD)
+
 /* vip_key.family, addr_key.family, flow_key.family, backend.family */
 enum lbd_family {
 	LBD_FAMILY_V4 = 4,

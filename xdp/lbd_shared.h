@@ -331,7 +331,7 @@ struct lbd_global_stats {
 	__u64 actions[LBD_ACT__MAX];  /* enum lbd_action_slot */
 	__u64 drops[LBD_DROP__MAX];   /* enum lbd_drop_reason */
 	__u64 ct_hits;                /* packets forwarded by their connection-table entry */
-	__u64 ct_misses;              /* packets to a VIP port whose flow had no entry */
+	__u64 ct_misses;              /* packets to a VIP port whose flow had no entry (or, a SYN of a settled slot, did not look: syn_settled) */
 	__u64 ct_inserts_tcp;         /* entries made (TCP: at a flow's first non-SYN packet) */
 	__u64 ct_inserts_udp;
 	__u64 stateless_forwards;     /* SYNs and RSTs placed by the table, no entry made */

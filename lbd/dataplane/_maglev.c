@@ -1,4 +1,5 @@
-/* _maglev.c: the fast path of lbd/dataplane/maglev.py.
+/* _maglev.c: the fast paths of lbd/dataplane/maglev.py (build) and of
+ * lbd/dataplane/settle.py (flow_slots, mark_candidates, settle_slots).
  *
  * build(entries, size, seed_offset, seed_skip) -> bytes
  *   entries: list of (key: bytes, weight: int > 0, backend_id: int), already
@@ -14,8 +15,15 @@
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define NO_BACKEND 0u /* LBD_NO_BACKEND */
+/* From xdp/lbd_shared.h, which tests/unit holds these to: LBD_HASH_SEED and
+ * the settled map's byte states. */
+#define HASH_SEED 0x6c626431u
+#define SLOT_UNSETTLED 0
+#define SLOT_CANDIDATE 1
+#define SLOT_SETTLED 2
 
 static inline uint32_t rotl32(uint32_t x, int r)
 {
@@ -181,17 +189,148 @@ out:
 	return result;
 }
 
+
+/* --- settle.py ---------------------------------------------------------- */
+
+/* flow_slots(keys, key_size, offsets, client_only, ring_size) -> bytes
+ *   keys: connection-table keys as the map holds them (struct lbd_flow_key,
+ *   key_size bytes each); offsets: (src, dst, sport, proto, family) byte
+ *   offsets in it, read by the caller from bcc's key type (dport follows
+ *   sport); client_only: one byte per key, nonzero where its VIP hashes the
+ *   client address alone. Returns each key's Maglev slot as native u32: the
+ *   hash of xdp/flowhash.h modulo ring_size. */
+static uint32_t key_hash(const unsigned char *key, const unsigned long off[5], int client_only)
+{
+	unsigned char buf[40];
+	int v4 = key[off[4]] == 4; /* LBD_FAMILY_V4 */
+	size_t alen = v4 ? 4 : 16, len;
+
+	memcpy(buf, key + off[0], alen);
+	if (client_only)
+		return murmur3_x86_32(buf, alen, HASH_SEED);
+	memcpy(buf + alen, key + off[1], alen);
+	memcpy(buf + 2 * alen, key + off[2], 4); /* sport, dport: as in the packet */
+	buf[2 * alen + 4] = key[off[3]];
+	memset(buf + 2 * alen + 5, 0, 3);
+	len = 2 * alen + 8;
+	return murmur3_x86_32(buf, len, HASH_SEED);
+}
+
+static PyObject *flow_slots(PyObject *Py_UNUSED(self), PyObject *args)
+{
+	Py_buffer keys, client;
+	Py_ssize_t key_size, n, i;
+	unsigned long off[5], ring_size;
+	PyObject *result = NULL;
+
+	if (!PyArg_ParseTuple(args, "y*n(kkkkk)y*k:flow_slots", &keys, &key_size, &off[0], &off[1],
+			      &off[2], &off[3], &off[4], &client, &ring_size))
+		return NULL;
+	if (key_size < 40 || keys.len % key_size || client.len != keys.len / key_size ||
+	    ring_size == 0 || off[0] + 16 > (unsigned long)key_size || off[1] + 16 > (unsigned long)key_size ||
+	    off[2] + 4 > (unsigned long)key_size || off[3] >= (unsigned long)key_size ||
+	    off[4] >= (unsigned long)key_size) {
+		PyErr_SetString(PyExc_ValueError, "flow_slots: keys, offsets or client_only do not fit");
+		goto out;
+	}
+	n = keys.len / key_size;
+	result = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(uint32_t));
+	if (!result)
+		goto out;
+	{
+		uint32_t *slots = (uint32_t *)PyBytes_AS_STRING(result);
+		const unsigned char *k = keys.buf, *c = client.buf;
+
+		Py_BEGIN_ALLOW_THREADS
+		for (i = 0; i < n; i++)
+			slots[i] = key_hash(k + i * key_size, off, c[i]) % ring_size;
+		Py_END_ALLOW_THREADS
+	}
+out:
+	PyBuffer_Release(&keys);
+	PyBuffer_Release(&client);
+	return result;
+}
+
+/* The program stores to these bytes while we run (xdp/settle.h): every
+ * change here is a compare and swap, so none of its stores is lost. */
+static Py_ssize_t swap_bytes(unsigned char *bytes, Py_ssize_t n, const unsigned char *skip,
+			     unsigned char from, unsigned char to)
+{
+	Py_ssize_t i, swapped = 0;
+
+	for (i = 0; i < n; i++) {
+		unsigned char expected = from;
+
+		if (skip && skip[i])
+			continue;
+		if (__atomic_load_n(&bytes[i], __ATOMIC_RELAXED) == from &&
+		    __atomic_compare_exchange_n(&bytes[i], &expected, to, 0, __ATOMIC_SEQ_CST,
+						__ATOMIC_RELAXED))
+			swapped++;
+	}
+	return swapped;
+}
+
+/* mark_candidates(memory, slots) -> int: every unsettled slot of a settled
+ * map (writable memory, one byte per slot) becomes a candidate. */
+static PyObject *mark_candidates(PyObject *Py_UNUSED(self), PyObject *args)
+{
+	Py_buffer memory;
+	Py_ssize_t slots, swapped;
+
+	if (!PyArg_ParseTuple(args, "w*n:mark_candidates", &memory, &slots))
+		return NULL;
+	if (slots < 0 || slots > memory.len) {
+		PyBuffer_Release(&memory);
+		PyErr_SetString(PyExc_ValueError, "mark_candidates: more slots than memory");
+		return NULL;
+	}
+	swapped = swap_bytes(memory.buf, slots, NULL, SLOT_UNSETTLED, SLOT_CANDIDATE);
+	PyBuffer_Release(&memory);
+	return PyLong_FromSsize_t(swapped);
+}
+
+/* settle_slots(memory, blocked) -> int: every candidate slot not blocked
+ * (one byte per slot, nonzero: an entry of it disagrees) becomes settled;
+ * a slot the program unsettled since it was marked stays unsettled. */
+static PyObject *settle_slots(PyObject *Py_UNUSED(self), PyObject *args)
+{
+	Py_buffer memory, blocked;
+	Py_ssize_t swapped;
+
+	if (!PyArg_ParseTuple(args, "w*y*:settle_slots", &memory, &blocked))
+		return NULL;
+	if (blocked.len > memory.len) {
+		PyBuffer_Release(&memory);
+		PyBuffer_Release(&blocked);
+		PyErr_SetString(PyExc_ValueError, "settle_slots: more slots than memory");
+		return NULL;
+	}
+	swapped = swap_bytes(memory.buf, blocked.len, blocked.buf, SLOT_CANDIDATE, SLOT_SETTLED);
+	PyBuffer_Release(&memory);
+	PyBuffer_Release(&blocked);
+	return PyLong_FromSsize_t(swapped);
+}
+
 static PyMethodDef methods[] = {
 	{"build", build, METH_VARARGS,
 	 "build(entries, size, seed_offset, seed_skip) -> bytes: Maglev table of "
 	 "sorted (key, weight, id) entries as native-endian u32 (see lbd.dataplane.maglev)."},
+	{"flow_slots", flow_slots, METH_VARARGS,
+	 "flow_slots(keys, key_size, offsets, client_only, ring_size) -> bytes: each "
+	 "connection-table key's Maglev slot as native u32 (see lbd.dataplane.settle)."},
+	{"mark_candidates", mark_candidates, METH_VARARGS,
+	 "mark_candidates(memory, slots) -> int: unsettled slots become candidates."},
+	{"settle_slots", settle_slots, METH_VARARGS,
+	 "settle_slots(memory, blocked) -> int: candidates not blocked become settled."},
 	{NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
 	.m_base = PyModuleDef_HEAD_INIT,
 	.m_name = "_maglev",
-	.m_doc = "C fast path of lbd.dataplane.maglev.build_table.",
+	.m_doc = "C fast paths of lbd.dataplane.maglev and lbd.dataplane.settle.",
 	.m_size = -1,
 	.m_methods = methods,
 };

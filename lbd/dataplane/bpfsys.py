@@ -169,15 +169,23 @@ def lookup_array_u32(fd: int, size: int) -> array.array:
 
 
 def lookup_hash_values(fd: int, key_size: int, value_size: int, chunk: int = 16384) -> bytes:
-    """Every value of a hash (or LRU hash) map, in batches of `chunk`.
+    """Every value of a hash (or LRU hash) map, packed (value_size bytes
+    each, for numpy to read); see lookup_hash_items."""
+    return lookup_hash_items(fd, key_size, value_size, chunk)[1]
+
+
+def lookup_hash_items(fd: int, key_size: int, value_size: int,
+                      chunk: int = 16384) -> tuple[bytes, bytes]:
+    """Every key and value of a hash (or LRU hash) map, in batches of `chunk`.
 
     The kernel walks one bucket at a time under that bucket's lock, so the
-    datapath waits at most for one bucket, never for the whole walk. The
-    values come back packed (value_size bytes each), for numpy to read."""
+    datapath waits at most for one bucket, never for the whole walk, and an
+    entry that stays in the map throughout is returned (it never changes
+    bucket). Keys and values come back packed, in the same order."""
     keys = ctypes.create_string_buffer(key_size * chunk)
     values = ctypes.create_string_buffer(value_size * chunk)
     token = ctypes.create_string_buffer(max(key_size, 8))
-    out, first = [], True
+    out_keys, out_values, first = [], [], True
     while True:
         n = ctypes.c_uint32(chunk)
         result = _libbpf.bpf_map_lookup_batch(fd, None if first else token, token, keys, values,
@@ -185,12 +193,13 @@ def lookup_hash_values(fd: int, key_size: int, value_size: int, chunk: int = 163
         err = ctypes.get_errno() if result < 0 else 0
         if result < 0 and err == errno.ENOSPC and n.value == 0:
             # one bucket holds more than a chunk: try again with room for it
-            return lookup_hash_values(fd, key_size, value_size, chunk * 4)
-        out.append(values.raw[:n.value * value_size])
+            return lookup_hash_items(fd, key_size, value_size, chunk * 4)
+        out_keys.append(keys.raw[:n.value * key_size])
+        out_values.append(values.raw[:n.value * value_size])
         first = False
         if result < 0:
             if err == errno.ENOENT:  # end of the map
-                return b"".join(out)
+                return b"".join(out_keys), b"".join(out_values)
             _check(result, "BPF_MAP_LOOKUP_BATCH")
 
 

@@ -28,7 +28,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from lbd.dataplane import bpfsys, layout, xdplink
+from lbd.dataplane import bpfsys, layout, settle, xdplink
 
 log = logging.getLogger("lbd.dataplane.maps")
 
@@ -218,6 +218,12 @@ class Datapath:
         self.quic_servers = self.bpf[b"quic_servers"]
         self.quic_stats = self.bpf[b"quic_stats"]
         self.quic_routed = self.bpf[b"quic_routed"]
+        self.settled = self.bpf[b"settled"]          # VIP id -> its settled map (lbd/dataplane/settle.py)
+        self.syn_settled = self.bpf[b"syn_settled"]  # SYNs placed without a connection-table lookup
+        # Held while a VIP's tables change and while the settle walk judges
+        # or settles slots: a slot is settled only against the tables the
+        # walk read (lbd/dataplane/settle.py).
+        self.settle_lock = threading.Lock()
         self._clock_fd: int | None = None
         self._clock_lock = threading.Lock()
         self._capture_lock = threading.Lock()
@@ -351,10 +357,19 @@ class Datapath:
             try:
                 for vip_id, table in items[start:start + self.RING_BATCH]:
                     fds.append((vip_id, self._new_ring(table)))
-                bpfsys.update_batch_u32(outer.map_fd, fds)
+                with self.settle_lock:
+                    # unsettled before the swap: no SYN skips its lookup on
+                    # the strength of a judgement of the old tables
+                    self._unsettle([vip_id for vip_id, _ in fds])
+                    bpfsys.update_batch_u32(outer.map_fd, fds)
             finally:
                 for _, fd in fds:
                     os.close(fd)  # the outer map holds its own references now
+
+    def _unsettle(self, vip_ids) -> None:
+        """Every slot of these VIPs unsettled (xdp/settle.h). Called with
+        settle_lock held."""
+        settle.clear(self, vip_ids)
 
     def _new_ring(self, table) -> int:
         if len(table) != self.limits.ring_size:
@@ -409,11 +424,15 @@ class Datapath:
             os.close(fd)
 
     def clear_ring(self, vip_id: int) -> None:
-        bpfsys.delete_u32(self.rings.map_fd, vip_id)
+        with self.settle_lock:
+            self._unsettle([vip_id])
+            bpfsys.delete_u32(self.rings.map_fd, vip_id)
 
     def clear_second_ring(self, vip_id: int) -> None:
         """Remove the VIP's second-choice table (a no-op if it has none)."""
-        bpfsys.delete_u32(self.second_rings.map_fd, vip_id)
+        with self.settle_lock:
+            self._unsettle([vip_id])
+            bpfsys.delete_u32(self.second_rings.map_fd, vip_id)
 
     # --- connection table -----------------------------------------------------
     def flow_key(self, src: IPAddress, dst: IPAddress, sport: int, dport: int, proto: int):
@@ -538,6 +557,11 @@ class Datapath:
         total["actions"] = {actions[i]: n for i, n in enumerate(total["actions"])}
         total["drops"] = {drops[i]: n for i, n in enumerate(total["drops"])}
         return total
+
+    def syns_without_lookup(self) -> int:
+        """SYNs a settled slot placed without a connection-table lookup
+        (xdp/settle.h), all CPUs."""
+        return int(sum(self.syn_settled[ctypes.c_uint32(0)]))
 
     # --- QUIC by connection ID (xdp/quic.h) -------------------------------------
     def set_quic_config(self, vip_id: int, config_id: int, server_id_len: int, cid_len: int) -> None:

@@ -1,0 +1,286 @@
+"""Settled slots: where a SYN may go to the table without its entry lookup.
+
+A SYN's connection-table lookup reads a random bucket of a 16 MiB array, a
+cache and TLB miss that is most of a new connection's cost, and its answer
+changes where the SYN goes only when its 4-tuple has an entry that disagrees
+with the table (docs/design.md, "What a SYN looks up"). This module's walk
+finds the Maglev slots of which no entry disagrees and marks them SETTLED in
+the VIP's settled map (xdp/settle.h); a SYN in a settled slot skips the
+lookup.
+
+An entry **agrees** with its slot when it names the slot's backend, at that
+backend's generation, the backend takes new flows, its second choice is the
+slot's (a provisional one reads the slot's), and its client has not ended
+it (FIN or RST). Then a SYN on its 4-tuple goes where the table sends it,
+with the slot's second choice, whether it looks the entry up or not; only
+the entry's own state would differ (the stamp a followed SYN writes, which
+no rule of a settled slot reads). An entry its client ended would be removed
+by a SYN, so that the new connection's entry starts unmarked: the walk
+removes such an entry itself once it agrees and has been silent for
+CLOSED_AFTER_S (its close's last ACK has come), and until then the slot
+stays unsettled.
+
+Who unsettles: the daemon, before it swaps in a VIP's new table or second
+table (lbd/dataplane/maps.py, under settle_lock), and the program, when a
+client's FIN or RST marks an entry. Every other entry a packet makes takes
+the slot's backend and second choice, and so agrees.
+
+The walk (every SETTLE_EVERY_S, off the event loop):
+1. under settle_lock: the TCP VIPs' tables are read, and every unsettled
+   slot becomes a CANDIDATE;
+2. the connection table is walked (batched, a bucket at a time);
+3. each entry's slot is computed (the program's hash, in the C extension)
+   and judged against the tables read in 1;
+4. under settle_lock, for each VIP whose tables are still those of 1: the
+   agreeing finished entries are removed, and every candidate slot no entry
+   blocks becomes SETTLED by compare and swap, so a slot the program
+   unsettled meanwhile (a FIN) stays unsettled.
+A VIP whose second table is pending is not judged (its entries' second
+choices are about to change). The settled maps are not pinned: a new
+program starts with every slot unsettled.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from lbd.dataplane import _maglev, bpfsys, layout
+from lbd.dataplane.flowtable import CLOSED_AFTER_S
+
+SETTLE_EVERY_S = 10.0
+SLOTS_PER_WORD = layout.constant("LBD_SETTLED_SLOTS_PER_WORD")
+ACTIVE = layout.constant("LBD_BACKEND_ACTIVE")
+CLIENT_CLOSED = layout.constant("LBD_FLOW_CLIENT_CLOSED")
+PROVISIONAL = layout.constant("LBD_FLOW_SECOND_PROVISIONAL")
+CLIENT_AFFINITY = layout.constant("LBD_VIP_CLIENT_AFFINITY")
+SECOND_PENDING = layout.constant("LBD_VIP_SECOND_PENDING")
+SLOT_UNSETTLED = layout.constant("LBD_SLOT_UNSETTLED")
+SLOT_SETTLED = layout.constant("LBD_SLOT_SETTLED")
+TCP = 6
+
+
+@dataclass(frozen=True)
+class SettleResult:
+    """One walk: what it judged and what it settled."""
+    vips: int = 0           # VIPs judged
+    slots: int = 0          # their slots
+    settled: int = 0        # of those, settled after the walk
+    newly_settled: int = 0  # settled by this walk
+    blocked: int = 0        # held unsettled by an entry that disagrees (or ended, not yet silent)
+    removed: int = 0        # ended entries that agreed, removed
+    entries: int = 0        # connection-table entries walked
+    seconds: float = 0.0
+
+
+@dataclass
+class _Judged:
+    """A VIP as step 1 read it."""
+    vip_id: int
+    client_only: bool
+    first_map: int
+    second_map: int
+    settled_map: int
+    first: np.ndarray   # slot -> backend id
+    second: np.ndarray  # slot -> second choice (0: none)
+
+
+def _words(datapath) -> int:
+    return (datapath.limits.ring_size + SLOTS_PER_WORD - 1) // SLOTS_PER_WORD
+
+
+def _with_memory(map_id: int, value_size: int, entries: int, use):
+    fd = bpfsys.map_fd_by_id(map_id)
+    try:
+        with bpfsys.mmap_array(fd, value_size, entries) as memory:
+            return use(memory)
+    finally:
+        os.close(fd)
+
+
+def _read_table(map_id: int, size: int) -> np.ndarray:
+    """A Maglev table (u32 values in 8-byte slots of a mmapable array)."""
+    def copy(memory):
+        values = np.frombuffer(memory, dtype=np.uint32, count=2 * size)
+        table = values[0::2].copy()
+        del values  # the mapping cannot close while a view holds it
+        return table
+    return _with_memory(map_id, 4, size, copy)
+
+
+def clear(datapath, vip_ids) -> None:
+    """Every slot of these VIPs unsettled, in place (no map update, so no
+    RCU wait in an apply). The caller holds datapath.settle_lock, so no walk
+    settles a slot meanwhile; the program only ever clears."""
+    for vip_id in vip_ids:
+        map_id = bpfsys.lookup_u32(datapath.settled.map_fd, vip_id)
+        if map_id:
+            _with_memory(map_id, 8, _words(datapath), _zero)
+
+
+def slot_state(datapath, vip_id: int, slot: int) -> int:
+    """One slot's byte (LBD_SLOT_*): 0 while the VIP has no settled map."""
+    map_id = bpfsys.lookup_u32(datapath.settled.map_fd, vip_id)
+    if not map_id:
+        return 0
+    return _with_memory(map_id, 8, _words(datapath), lambda memory: memory[slot])
+
+
+def _zero(memory) -> None:
+    memory[:] = bytes(len(memory))
+
+
+def _tcp_vips(datapath) -> list[tuple[int, int, bytes, bytes]]:
+    """(vip id, flags, family + address bytes, port in network order) of every TCP VIP."""
+    found = []
+    for key, leaf in datapath.vips.items():
+        if int(key.proto) != TCP:
+            continue
+        found.append((int(leaf.vip_id), int(leaf.flags), bytes([int(key.family)]) + bytes(key.addr),
+                      int(key.port).to_bytes(2, "little")))
+    return found
+
+
+def _backend_state(datapath) -> tuple[np.ndarray, np.ndarray]:
+    """Each backend id's generation and state."""
+    table = datapath.backends
+    leaf = table.Leaf
+    raw = bpfsys.lookup_array_values(table.map_fd, ctypes.sizeof(leaf), datapath.limits.max_backends)
+    dtype = np.dtype({"names": ["generation", "state"], "formats": ["<u4", "u1"],
+                      "offsets": [leaf.generation.offset, leaf.state.offset],
+                      "itemsize": ctypes.sizeof(leaf)})
+    values = np.frombuffer(raw, dtype=dtype)
+    return values["generation"].copy(), values["state"].copy()
+
+
+def _install_settled_maps(datapath, vip_ids: list[int]) -> None:
+    """A settled map (all unsettled) for each VIP that has none: one batched
+    update (the kernel waits for readers once per update call)."""
+    fds = []
+    try:
+        for vip_id in vip_ids:
+            fds.append((vip_id, bpfsys.create_array("lbd_settled", 8, _words(datapath),
+                                                    bpfsys.BPF_F_MMAPABLE)))
+        if fds:
+            bpfsys.update_batch_u32(datapath.settled.map_fd, fds)
+    finally:
+        for _, fd in fds:
+            os.close(fd)  # the outer map holds its own references now
+
+
+def _prepare(datapath) -> tuple[list[_Judged], dict, np.ndarray, np.ndarray]:
+    """Step 1, with settle_lock held."""
+    size = datapath.limits.ring_size
+    vips = [v for v in _tcp_vips(datapath) if not v[1] & SECOND_PENDING]
+    _install_settled_maps(datapath, [v[0] for v in vips
+                                     if not bpfsys.lookup_u32(datapath.settled.map_fd, v[0])])
+    judged: list[_Judged] = []
+    by_address: dict[tuple[bytes, bytes], int] = {}  # (family+address, port) -> index in judged
+    for vip_id, flags, address, port in vips:
+        first_map = bpfsys.lookup_u32(datapath.rings.map_fd, vip_id)
+        settled_map = bpfsys.lookup_u32(datapath.settled.map_fd, vip_id)
+        if not first_map or not settled_map:
+            continue
+        second_map = bpfsys.lookup_u32(datapath.second_rings.map_fd, vip_id) or 0
+        second = _read_table(second_map, size) if second_map else np.zeros(size, np.uint32)
+        _with_memory(settled_map, 8, _words(datapath),
+                     lambda memory: _maglev.mark_candidates(memory, size))
+        by_address[(address, port)] = len(judged)
+        judged.append(_Judged(vip_id, bool(flags & CLIENT_AFFINITY), first_map, second_map,
+                              settled_map, _read_table(first_map, size), second))
+    generations, states = _backend_state(datapath)
+    return judged, by_address, generations, states
+
+
+def _walk(datapath) -> tuple[np.ndarray, np.ndarray, bytes]:
+    """Step 2: every TCP entry, keys as numpy records and as raw bytes."""
+    table = datapath.conntrack
+    key, leaf = table.Key, table.Leaf
+    raw_keys, raw_values = bpfsys.lookup_hash_items(table.map_fd, ctypes.sizeof(key), ctypes.sizeof(leaf))
+    key_dtype = np.dtype({"names": ["src", "dst", "dport", "family"],
+                          "formats": ["V16", "V16", "V2", "u1"],
+                          "offsets": [key.src.offset, key.dst.offset, key.dport.offset, key.family.offset],
+                          "itemsize": ctypes.sizeof(key)})
+    names = ["backend_id", "generation", "seen", "flags", "second_id"]
+    value_dtype = np.dtype({"names": names, "formats": ["<u4"] * len(names),
+                            "offsets": [getattr(leaf, n).offset for n in names],
+                            "itemsize": ctypes.sizeof(leaf)})
+    return np.frombuffer(raw_keys, dtype=key_dtype), np.frombuffer(raw_values, dtype=value_dtype), raw_keys
+
+
+def _vip_of_entries(keys: np.ndarray, by_address: dict) -> np.ndarray:
+    """Each entry's VIP (index in judged, -1 for none): the one a SYN of its
+    4-tuple finds, the VIP of its port before a port-0 VIP of its address."""
+    where = np.full(len(keys), -1, dtype=np.int64)
+    if not len(keys):
+        return where
+    destination = np.empty(len(keys), dtype=[("family", "u1"), ("dst", "V16"), ("dport", "V2")])
+    destination["family"], destination["dst"], destination["dport"] = \
+        keys["family"], keys["dst"], keys["dport"]
+    unique, inverse = np.unique(destination, return_inverse=True)
+    found = np.array([by_address.get((bytes([int(u["family"])]) + bytes(u["dst"]), bytes(u["dport"])),
+                                     by_address.get((bytes([int(u["family"])]) + bytes(u["dst"]), b"\0\0"), -1))
+                      for u in unique], dtype=np.int64)
+    return found[inverse]
+
+
+def settle(datapath) -> SettleResult:
+    """One walk (the module docstring's steps). Runs for a while at 1M
+    entries: call it off the event loop."""
+    started = time.monotonic()
+    size = datapath.limits.ring_size
+    with datapath.settle_lock:
+        judged, by_address, generations, states = _prepare(datapath)
+    if not judged:
+        return SettleResult(seconds=time.monotonic() - started)
+    keys, values, raw_keys = _walk(datapath)
+    now = datapath.jiffies()
+    owner = _vip_of_entries(keys, by_address)
+    key_type = datapath.conntrack.Key
+    key_size = ctypes.sizeof(key_type)
+    offsets = (key_type.src.offset, key_type.dst.offset, key_type.sport.offset,
+               key_type.proto.offset, key_type.family.offset)
+    client_only = np.array([j.client_only for j in judged] + [False], dtype=np.uint8)[owner]
+    slots = np.frombuffer(_maglev.flow_slots(raw_keys, key_size, offsets, client_only.tobytes(), size),
+                          dtype=np.uint32)
+    closed_for = int(CLOSED_AFTER_S * datapath.hz)
+    blocked_by_vip, removable = [], []
+    for index, vip in enumerate(judged):
+        mine = np.flatnonzero(owner == index)
+        slot = slots[mine]
+        entry = values[mine]
+        first = vip.first[slot]
+        in_range = first < len(generations)
+        first_generation = np.where(in_range, generations[np.minimum(first, len(generations) - 1)], 0)
+        first_state = np.where(in_range, states[np.minimum(first, len(states) - 1)], 0)
+        second = np.where(entry["flags"] & PROVISIONAL, vip.second[slot], entry["second_id"])
+        agrees = ((entry["backend_id"] == first) & (first != 0) & (first_generation == entry["generation"])
+                  & (first_state == ACTIVE) & (second == vip.second[slot]))
+        ended = (entry["flags"] & CLIENT_CLOSED) != 0
+        silent = (np.uint32(now & 0xFFFFFFFF) - entry["seen"]) > closed_for
+        remove = agrees & ended & silent
+        blocked = np.zeros(size, dtype=np.uint8)
+        blocked[slot[~agrees | (ended & ~remove)]] = 1
+        blocked_by_vip.append(blocked)
+        removable.append(mine[remove])
+    removed = newly = settled = blocked_slots = 0
+    with datapath.settle_lock:
+        for vip, blocked, remove in zip(judged, blocked_by_vip, removable):
+            if (bpfsys.lookup_u32(datapath.rings.map_fd, vip.vip_id) != vip.first_map
+                    or (bpfsys.lookup_u32(datapath.second_rings.map_fd, vip.vip_id) or 0) != vip.second_map
+                    or bpfsys.lookup_u32(datapath.settled.map_fd, vip.vip_id) != vip.settled_map):
+                continue  # its tables changed since step 1: judged again next walk
+            for i in remove:
+                bpfsys.delete_bytes(datapath.conntrack.map_fd, raw_keys[i * key_size:(i + 1) * key_size])
+            removed += len(remove)
+            blocked_slots += int(np.count_nonzero(blocked))
+            newly += _with_memory(vip.settled_map, 8, _words(datapath),
+                                  lambda memory: _maglev.settle_slots(memory, blocked.tobytes()))
+            settled += _with_memory(vip.settled_map, 8, _words(datapath),
+                                    lambda memory: int(np.count_nonzero(
+                                        np.frombuffer(memory, np.uint8, count=size) == SLOT_SETTLED)))
+    return SettleResult(len(judged), len(judged) * size, settled, newly, blocked_slots, removed,
+                        len(values), time.monotonic() - started)

@@ -36,7 +36,7 @@ from pathlib import Path
 from lbd import config as config_mod
 from lbd import bgp as bgp_mod
 from lbd import healthview, hostsetup, rates
-from lbd.dataplane import flowtable, layout, mounts
+from lbd.dataplane import flowtable, layout, mounts, settle
 from lbd.config import Config, ConfigError
 from lbd.dataplane.healthpath import HealthPath, MarkBook
 from lbd.dataplane.maps import Datapath, Limits
@@ -100,6 +100,7 @@ class Daemon:
         self.attached: dict[str, str] = {}
         self.table_usage: dict = {}  # "tcp"/"udp" -> flowtable.TableUsage, from the last sample
         self.table_sampled_at: float | None = None  # unix time of that sample
+        self.settled = settle.SettleResult()  # the last settle walk's result
         self.rates = rates.RateRing()  # counter snapshots every second, for `lbctl status --rate`
         self._walk_lock = asyncio.Lock()  # one fresh walk (`lbctl wait-drained`) at a time
         self.capture_lock = asyncio.Lock()  # one `lbctl capture` at a time (lbd.capture)
@@ -469,6 +470,12 @@ class Daemon:
             self.table_sampled_at = time.time()
         except OSError as err:  # the maps are there while we run; say so if not
             log.warning("conntrack_sample_failed error=%s", err)
+        # then the settle walk (lbd/dataplane/settle.py): which slots a SYN
+        # may place without its connection-table lookup
+        try:
+            self.settled = await asyncio.to_thread(settle.settle, self.datapath)
+        except OSError as err:
+            log.warning("settle_walk_failed error=%s", err)
 
     async def _sample_tables(self) -> None:
         while not self._stop.is_set():

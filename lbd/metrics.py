@@ -179,6 +179,15 @@ class DatapathCollector:
             family = CounterMetricFamily(name, text)
             family.add_metric([], totals[field])
             yield family
+        skipped = CounterMetricFamily("lbd_syns_without_lookup", "TCP SYNs a settled slot placed by the "
+                                      "table without a connection-table lookup (docs/design.md)")
+        skipped.add_metric([], dp.syns_without_lookup())
+        yield skipped
+        walk = d.settled
+        settled = GaugeMetricFamily("lbd_settled_slots_ratio", "Share of the TCP VIPs' table slots "
+                                    "settled at the last settle walk (a SYN there skips its lookup)")
+        settled.add_metric([], walk.settled / walk.slots if walk.slots else 0.0)
+        yield settled
         quic = CounterMetricFamily("lbd_quic_packets", "Datagrams to QUIC VIPs by what placed them: "
                                    "routed_* by the CID's server ID, fb_* the table, by reason (docs/quic.md)",
                                    labels=["how"])

@@ -54,6 +54,7 @@ METRICS = {
     "lbd_conntrack_hits_total", "lbd_conntrack_misses_total", "lbd_conntrack_entries_made_total",
     "lbd_conntrack_entries", "lbd_conntrack_capacity", "lbd_conntrack_sample_seconds",
     "lbd_stateless_forwards_total", "lbd_conntrack_removed_by_syn_total", "lbd_backend_flows",
+    "lbd_syns_without_lookup_total", "lbd_settled_slots_ratio",
     "lbd_backend_idle_flows", "lbd_backend_quic_routed_packets_total", "lbd_quic_packets_total",
     "lbd_icmp_too_big_sent_total", "lbd_icmp_to_backend_total", "lbd_fragments_forwarded_total",
     "lbd_reloads_total", "lbd_last_reload_success_timestamp_seconds",

@@ -63,7 +63,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lbd.dataplane import flowhash, layout
+from lbd.dataplane import flowhash, layout, settle
 from lbd.dataplane.maps import addr_words, family_of, port_word, prefilter_bit
 from lbd.config import PROTOCOLS
 from lbd.plan import ACTIVE, DRAINING, STATE_NAMES
@@ -135,6 +135,7 @@ class FlowView:
     entry_finished: bool = False            # its client closed it, or it has been silent too long
     entry_flags: int = 0                    # the entry's lbd_flow_flags
     quic: "QuicView | None" = None          # a QUIC VIP's CID step for the asked CID (--quic-cid)
+    slot_settled: bool = False              # a SYN here skips its entry (docs/design.md "What a SYN looks up")
 
     @property
     def entry_usable(self) -> bool:
@@ -285,9 +286,11 @@ def read_flow(datapath: "Datapath", flow: Flow, quic_cid: bytes | None = None) -
     quic = None
     if quic_cid is not None and vip_id is not None and vip_flags & QUIC and flow.proto == UDP:
         quic = read_quic(datapath, vip_id, quic_cid)
+    slot_settled = (vip_id is not None and flow.proto == TCP
+                    and settle.slot_state(datapath, vip_id, slot) == settle.SLOT_SETTLED)
     return FlowView(flow, maybe_vip, entry, entry_backend, vip_id, vip_flags, hashed, slot,
                     table_backend, entry_second, entry_second_id, table_second, table_second_id,
-                    entry_finished, entry_flags, quic)
+                    entry_finished, entry_flags, quic, slot_settled)
 
 
 def named_second(flow: Flow, first: MapBackend, vip_flags: int, second_id: int,
@@ -311,6 +314,10 @@ def decide(view: FlowView, kind: str) -> Decision:
     entry, be = view.entry, view.entry_backend
     if not view.maybe_vip:
         return Decision(kind, "pass", 0, None, "not a VIP address", NONE_MADE if entry is None else LEFT)
+    if kind == SYN and view.slot_settled:
+        # 0. a SYN in a settled slot: the table, its entry not looked up (and
+        # so left), which in a settled slot is where the entry would lead
+        return _by_settled_slot(view)
     # 1. the flow's entry, if the packet may follow it: a SYN only a live
     # connection's, to a backend that takes new flows; anything else while
     # its backend is active or draining
@@ -353,6 +360,16 @@ def decide(view: FlowView, kind: str) -> Decision:
     second = (named_second(view.flow, table, view.vip_flags, moved_off.backend_id, moved_off) if moved_off
               else named_second(view.flow, table, view.vip_flags, view.table_second_id, view.table_second))
     return Decision(kind, "forward", table.backend_id, str(table.address), why, effect,
+                    *_second_fields(second))
+
+
+def _by_settled_slot(view: FlowView) -> Decision:
+    table = view.table_backend
+    untouched = NONE_MADE if view.entry is None else LEFT
+    if table is None or table.state != ACTIVE:
+        return Decision(SYN, "drop", 0, None, "no backend", untouched)
+    second = named_second(view.flow, table, view.vip_flags, view.table_second_id, view.table_second)
+    return Decision(SYN, "forward", table.backend_id, str(table.address), "settled slot", untouched,
                     *_second_fields(second))
 
 
@@ -419,7 +436,9 @@ def _first_sentence(decision: Decision, label: str, slot: int | None) -> str:
         return f"{label} -> {decision.backend}, by the server ID in its connection ID{effect}"
     verb = "moves to" if decision.why == "moved" else "->"
     new = " (a new connection)" if decision.why == "entry removed" else ""
-    return f"{label} {verb} {decision.backend} by table slot {slot}{new}{effect}"
+    settled = " (settled: its entry is not looked up, no entry of the slot leads elsewhere)" \
+        if decision.why == "settled slot" else ""
+    return f"{label} {verb} {decision.backend} by table slot {slot}{new}{settled}{effect}"
 
 
 def explain_flow(applied: dict, datapath: "Datapath", flow: Flow,

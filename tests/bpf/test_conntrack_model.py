@@ -28,7 +28,12 @@ may go to and whether it must be the one before:
     pure-Python reference picks (lbd/dataplane/flowhash.py, lbd/dataplane/maglev.py), and an
     empty slot drops;
   * the handshake's ACK, through an unchanged table, meets its SYN's backend;
-  * UDP entries live in their own table.
+  * UDP entries live in their own table;
+  * time passing includes the daemon's settle walk (docs/design.md "What a
+    SYN looks up"): a SYN in a slot the model knows settled (no entry of it
+    disagrees with the table or was ended since) goes by the table and leaves
+    its entry as it was, and the walk removes ended entries that agree once
+    silent.
 
 `explain` (lbd/explain.py) must agree with the model for every tracked flow
 after every step, and the kernel must too: each tracked flow is probed with
@@ -53,7 +58,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-from lbd.dataplane import flowhash, maglev
+from lbd.dataplane import bpfsys, flowhash, maglev, settle
 from lbd.explain import KEPT, LEFT, MADE, NONE_MADE, PACKET, REMOVED, REPLACED, RST, SYN, Flow, explain_flow
 from lbd.plan import ACTIVE, DOWN, DRAINING, BackendPlan, VipPlan
 from tests.bpf import flowkit as fk
@@ -145,9 +150,13 @@ KEEP = "keep"            # the entry stays (and led the packet)
 NO_ENTRY = "no entry"    # none after the packet (a SYN: none made, or removed)
 PLACE = "place"          # an entry for the packet's backend
 UNSAID = "unsaid"        # no new entry; whether an unusable one stays, docs/design.md leaves open
+LEAVE = "leave"          # a SYN of a settled slot: the entry, if any, not looked up and untouched
 
 EXPLAIN_EFFECTS = {KEEP: {KEPT}, NO_ENTRY: {NONE_MADE, REMOVED}, PLACE: {MADE, REPLACED},
-                   UNSAID: {LEFT, NONE_MADE}}
+                   UNSAID: {LEFT, NONE_MADE}, LEAVE: {LEFT, NONE_MADE}}
+# docs/design.md "What a SYN looks up": an entry its client ended is removed by
+# the settle walk once it agrees and has been silent this long
+ENDED_REMOVED_AFTER_S = 2
 
 
 @dataclass
@@ -199,6 +208,9 @@ class ConntrackModel(RuleBasedStateMachine):
             for address in spec.pool[:3]:
                 self._add(name, address, 1)
         self.flows = {n: FlowModel(v, f) for n, (v, f) in FLOWS.items()}
+        # docs/design.md "What a SYN looks up": per TCP VIP judged by the last
+        # settle walk, the slots it left unsettled (every other slot is settled)
+        self.unsettled: dict[str, set[int]] = {}
         self._apply()
 
     # --- the backends, through the real Programmer ------------------------------
@@ -216,7 +228,36 @@ class ConntrackModel(RuleBasedStateMachine):
                        client_affinity=spec.client, backends=members, name=name)
 
     def _apply(self):
+        before = self._tables_in_kernel()
         self.lb.apply(self._plan(name) for name in VIPS)
+        after = self._tables_in_kernel()
+        for name in VIPS:  # a VIP whose table was swapped has no settled slot
+            if before.get(name) != after.get(name):
+                self.unsettled.pop(name, None)
+
+    def _tables_in_kernel(self) -> dict[str, int]:
+        """Each VIP's table as the kernel holds it: the inner map's id (a new
+        one each time the daemon swaps a table in)."""
+        applied = self.lb.programmer.applied()
+        found = {}
+        for name in VIPS:
+            plan = applied.get(self._plan(name).key)
+            if plan is not None:
+                found[name] = bpfsys.lookup_u32(self.dp.rings.map_fd, plan.vip_id)
+        return found
+
+    def _slot(self, model: FlowModel) -> int:
+        flow = model.flow
+        hashed = (flowhash.client_hash(flow.src) if VIPS[model.vip].client
+                  else flowhash.flow_hash(flow.src, flow.dst, flow.sport, flow.dport, flow.proto))
+        return flowhash.table_slot(hashed, ring_size())
+
+    def _settled(self, model: FlowModel) -> bool:
+        return model.vip in self.unsettled and self._slot(model) not in self.unsettled[model.vip]
+
+    def _agrees(self, model: FlowModel) -> bool:
+        """The flow's entry names its slot's backend, which takes new flows."""
+        return self._pinned_state(model) == "active" and model.pinned[0] == self._table_pick(model)
 
     def _backend_of(self, flow: str) -> tuple[str, Backend | None]:
         """The backend a flow is on: its entry's, else its table slot's."""
@@ -330,6 +371,20 @@ class ConntrackModel(RuleBasedStateMachine):
     def datagram(self, flow):
         self._packet(flow, PACKET)
 
+    def _settle_walk(self):
+        """The daemon's settle walk: an ended entry that agrees and has been
+        silent goes, and every slot of which no entry disagrees or is ended
+        becomes settled."""
+        settle.settle(self.dp)
+        for model in self.flows.values():
+            if (model.flow.proto == TCP and model.pinned is not None and model.closed
+                    and self._agrees(model) and self._silent_s(model) > ENDED_REMOVED_AFTER_S):
+                model.pinned = None
+        self.unsettled = {name: set() for name, spec in VIPS.items() if spec.proto == TCP}
+        for model in self.flows.values():
+            if model.flow.proto == TCP and model.pinned is not None and (model.closed or not self._agrees(model)):
+                self.unsettled[model.vip].add(self._slot(model))
+
     @rule(long=st.booleans())
     def time_passes(self, long):
         """The clients pause: every TCP entry's latest packet comes to lie 30 s
@@ -338,6 +393,7 @@ class ConntrackModel(RuleBasedStateMachine):
         for model in self.flows.values():
             if model.pinned is not None and model.flow.proto == TCP:
                 model.last_seen = fk.silence(self.dp, model.flow, seconds)
+        self._settle_walk()  # the daemon walks every 10 s: at least once meanwhile
 
     @rule(flow=st.sampled_from(sorted(FLOWS)))
     def evict(self, flow):
@@ -383,6 +439,12 @@ class ConntrackModel(RuleBasedStateMachine):
         state = self._pinned_state(model)
         pinned = model.pinned[0] if model.pinned else None
         table = self._table_pick(model)
+        if kind == SYN and self._settled(model):
+            assert model.pinned is None or (self._agrees(model) and not model.closed), \
+                "a settled slot holds an entry that disagrees with the table or was ended"
+            return Expect(table, "a SYN in a settled slot goes by the table; no entry of the slot leads "
+                          "elsewhere, and its own is not looked up", LEAVE, stays=model.pinned is not None,
+                          new_connection=model.pinned is None or self._finished(model) is not None)
         if kind == SYN:
             finished = self._finished(model)
             if state == "active" and not finished:
@@ -438,7 +500,9 @@ class ConntrackModel(RuleBasedStateMachine):
         if kind == PACKET and model.pinned is None and model.syn_backend is not None \
                 and model.syn_table == self._table_key(model.vip):
             assert got == model.syn_backend, f"the handshake's ACK missed its SYN's backend: {where}"
-        if exp.after == KEEP:
+        if kind == SYN and exp.after == LEAVE:
+            MET.add(("SYN in a settled slot", "on an entry" if before else "without one"))
+        if exp.after in (KEEP, LEAVE):
             assert after == before, f"entry changed from {before} to {after}: {where}"
         elif exp.after == NO_ENTRY:
             assert after is None, f"entry {after} after the packet, docs/design.md says none: {where}"
@@ -469,6 +533,8 @@ class ConntrackModel(RuleBasedStateMachine):
             model.closed, model.last_seen = model.closed or kind in (FIN, RST), now
         elif exp.after == UNSAID and after is None:
             model.pinned = None  # the kernel removed it, which docs/design.md allows
+        if kind in (FIN, RST) and model.pinned is not None and model.vip in self.unsettled:
+            self.unsettled[model.vip].add(self._slot(model))  # the client ended it: its slot unsettles
         if kind == SYN and exp.new_connection:
             model.syn_backend, model.syn_table = got, self._table_key(model.vip)
         elif kind != SYN:
@@ -550,3 +616,5 @@ def test_connection_table_keeps_the_readme_promises(lb):
     finished = {("SYN on a finished connection's entry", why, "its slot moved") for why in ("closed", "silent")}
     finished.add(("SYN on a quiet live connection's entry", "stays", None))
     assert finished <= MET, f"never checked: {sorted(finished - MET, key=str)}"
+    settled = {("SYN in a settled slot", "on an entry"), ("SYN in a settled slot", "without one")}
+    assert settled <= MET, f"never checked: {sorted(settled - MET, key=str)}"

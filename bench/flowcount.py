@@ -8,7 +8,9 @@ of a full connection table, and the packet path's upkeep of an entry's
                daemon does every 10 s) and lbd.dataplane.flowtable.backend_flows (one
                backend's flows, what `lbctl wait-drained` asks for), several runs
                each, median; beside them the walk as it was before (the
-               flowtable.py of --before, which counted every entry), same table.
+               flowtable.py of --before, which counted every entry), same table;
+               then the settle walk (lbd.dataplane.settle.settle, run after each
+               sample), several runs, median.
   established  a packet of an established DSR flow through today's program and
                through the program of --before (git revision), BPF_PROG_TEST_RUN,
                per call (repeat=1) and median, beside lbd_pass (the floor):
@@ -47,7 +49,7 @@ import numpy as np
 
 from bench.machine import arguments, loadavg, save
 from bench.xdp_cost import xdp_tree
-from lbd.dataplane import bpfsys, layout
+from lbd.dataplane import bpfsys, layout, settle
 from lbd.dataplane.maps import Datapath, Limits, addr_words, load_helper, port_word
 from lbd.plan import BackendPlan, VipPlan
 from lbd.dataplane.programmer import Programmer
@@ -175,7 +177,16 @@ def measure_walk(runs: int, size: int, before: str) -> dict:
     live = sum(usage["tcp"].by_backend.values())
     idle = sum(usage["tcp"].idle_by_backend.values())
     assert live + idle == held, (live, idle, held)
-    return {"table_entries": held, "capacity": size, "fill_s": round(fill_s, 2), "runs": runs,
+    # the settle walk (lbd.dataplane.settle), which the daemon runs after each
+    # sample: its first run also removes the ended entries that agree
+    settle_s, walks = [], []
+    for _ in range(runs):
+        walk = settle.settle(dp)
+        settle_s.append(walk.seconds)
+        walks.append(walk)
+    return {"settle_s": _summary(settle_s), "settle_first": walks[0].__dict__,
+            "settle_last": walks[-1].__dict__,
+            "table_entries": held, "capacity": size, "fill_s": round(fill_s, 2), "runs": runs,
             "live": live, "idle": idle, "one_backend": {"live": one.live, "idle": one.idle},
             "sample_s": _summary(sample_s), "sample_tcp_walk_s": _summary(tcp_walk_s),
             "backend_flows_s": _summary(backend_s), "before_sample_s": _summary(old_s),
@@ -298,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"walk of {w['table_entries']} entries ({w['live']} live, {w['idle']} idle): "
               f"sample {w['sample_s']['median']} s (tcp table {w['sample_tcp_walk_s']['median']} s), "
               f"one backend {w['backend_flows_s']['median']} s, before {w['before_sample_s']['median']} s "
-              f"(medians of {w['runs']}; min-max {w['sample_s']['min']}-{w['sample_s']['max']})")
+              f"(medians of {w['runs']}; min-max {w['sample_s']['min']}-{w['sample_s']['max']}); "
+              f"settle walk {w['settle_s']['median']} s (first: {w['settle_first']})")
     if args.only in (None, "established"):
         result["established"] = measure_established(2 if args.quick else 5, 300 if args.quick else 20000,
                                                     4096 if args.quick else 1 << 18, args.before)

@@ -70,7 +70,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from bench.machine import arguments, loadavg, machine_info
-from lbd.dataplane import bpfsys
+from lbd.dataplane import bpfsys, settle
 from lbd.dataplane.maps import BackendEntry, Datapath, Limits, load_helper
 from lbd.plan import BackendPlan, VipPlan
 from lbd.dataplane.programmer import Programmer
@@ -84,6 +84,9 @@ VIP = {"dsr": ("198.18.100.5", 80), "ipip": ("198.18.101.5", 443)}        # new 
 ESTABLISHED = {"dsr": ("198.18.100.7", 80), "ipip": ("198.18.101.7", 443)}
 SECOND_CHANCE_VIP = ("198.18.101.9", 443)   # an ipip VIP shaped like ESTABLISHED's (2 backends)
 FLOOD_VIP = {"dsr": ("198.18.100.3", 80), "ipip": ("198.18.101.3", 443)}
+# a dsr VIP whose slots are kept unsettled: its SYNs look their entries up
+# (docs/design.md "What a SYN looks up"), as in a slot that moved
+UNSETTLED_VIP = ("198.18.100.9", 80)
 FLOOD_ESTABLISHED = 16   # established flows per mode in the full table, sent in turn
 XDP_TX = 3
 
@@ -287,6 +290,9 @@ MAPS_TODAY_EXPECTS = (
     ("quic_servers", 'LBD_MAP("hash", u64, u32, quic_servers, LBD_MAX_BACKENDS, BPF_F_NO_PREALLOC);'),
     ("quic_stats", 'LBD_MAP("percpu_array", u32, u64, quic_stats, 1, 0);'),
     ("quic_routed", 'LBD_MAP("percpu_array", u32, u64, quic_routed, LBD_MAX_BACKENDS, 0);'),
+    # a plain array stands in for the settled map-in-map: every VIP reads "none"
+    ("settled", 'BPF_F_TABLE("array", u32, u32, settled, LBD_MAX_VIPS, 0);'),
+    ("syn_settled", 'LBD_MAP("percpu_array", u32, u64, syn_settled, 1, 0);'),
 )
 
 
@@ -592,6 +598,11 @@ def _measure(calls, runs, quick, flows, ifindex, floor_fd, dp, dp_flood, mapcost
     # a warm table: many other flows' entries in it (ACKs: a SYN makes none)
     for frame in Flows.frames(flows.take(5000), "198.18.100.3", 80, ACK):
         run(dp.prog_fd, frame)
+    # the daemon's settle walk, as it runs every 10 s: every slot settles (the
+    # entries above agree with the table); UNSETTLED_VIP's are cleared again
+    walk = settle.settle(dp)
+    with dp.settle_lock:
+        settle.clear(dp, [dp.vip_ids()[(ip(UNSETTLED_VIP[0]), UNSETTLED_VIP[1], 6)]])
 
     # The full table: more flood ACKs than it holds, spoofed flows to a dsr and
     # an ipip VIP, then the established flows (each one ACK, evicting a flood entry).
@@ -625,7 +636,7 @@ def _measure(calls, runs, quick, flows, ifindex, floor_fd, dp, dp_flood, mapcost
     for m in MODES:
         names += [f"{m}_syn", f"{m}_first_ack", f"{m}_established", f"{m}_syn_flood_established"]
     names.append("ipip_sc_established")
-    diag_names = ["dsr_syn_same", "dsr_first_ack_warm", "first_ack_full_table", *ops]
+    diag_names = ["dsr_syn_same", "dsr_syn_unsettled", "dsr_first_ack_warm", "first_ack_full_table", *ops]
     if dp_before:
         diag_names += ["before_nonvip", "before_dsr_established", "before_ipip_established",
                        "before_dsr_syn"]
@@ -638,6 +649,7 @@ def _measure(calls, runs, quick, flows, ifindex, floor_fd, dp, dp_flood, mapcost
     same_backend = [0, 0]     # first_ack went where its SYN went: [checked, agreed]
     for r in range(runs):
         syn = {m: Flows.frames(flows.take(calls), *VIP[m], SYN) for m in MODES}
+        unsettled_syn = Flows.frames(flows.take(calls), *UNSETTLED_VIP, SYN)
         pairs = {m: flows.take(calls) for m in MODES}
         pre_syn = {m: Flows.frames(pairs[m], *VIP[m], SYN) for m in MODES}
         first_ack = {m: Flows.frames(pairs[m], *VIP[m], ACK) for m in MODES}
@@ -657,7 +669,7 @@ def _measure(calls, runs, quick, flows, ifindex, floor_fd, dp, dp_flood, mapcost
                 assert run.action == XDP_TX
                 if i % 97 == 0:
                     syn_dest[(m, i)] = run.destination()
-        before, flood_before = dp.global_counters(), dp_flood.global_counters()
+        before, flood_before = counters(dp), dp_flood.global_counters()
         s: dict[str, array.array] = {n: array.array("I") for n in per_run}
         # Each program compared with today's (--before, --patch) runs right after
         # today's on the same kind of packet, in the same cache state.
@@ -698,12 +710,12 @@ def _measure(calls, runs, quick, flows, ifindex, floor_fd, dp, dp_flood, mapcost
             # the flood goes on: one more spoofed flow's ACK into the full table
             s["first_ack_full_table"].append(run(dp_flood.prog_fd, flood_more[i]))
             s["dsr_syn_same"].append(run(dp.prog_fd, syn_again))
+            s["dsr_syn_unsettled"].append(run(dp.prog_fd, unsettled_syn[i]))
             del_fn(ct_fd, ack_key_ref)                      # untimed
             s["dsr_first_ack_warm"].append(run(dp.prog_fd, ack_again))
             for name, fd in ops.items():
                 s[name].append(run(fd, one_op))
-        check_counts(before, dp.global_counters(), flood_before, dp_flood.global_counters(),
-                     calls)
+        check_counts(before, counters(dp), flood_before, dp_flood.global_counters(), calls)
         for name, values in s.items():
             per_run[name].append(statistics.median(values))
             means[name].append(trimmed_mean(values))
@@ -752,6 +764,7 @@ def _measure(calls, runs, quick, flows, ifindex, floor_fd, dp, dp_flood, mapcost
     result["diagnostics"] = {name: figure(name) for name in diag_names}
     result["diagnostics_what"] = {
         "dsr_syn_same": "one SYN again and again: dsr_syn with every line warm",
+        "dsr_syn_unsettled": "dsr_syn to a VIP whose slots are unsettled: the SYN looks its entry up",
         "before_nonvip": "nonvip on the program before the SYN rule changed (--before)",
         "before_dsr_established": "dsr_established on that program",
         "before_ipip_established": "ipip_established on that program",
@@ -804,18 +817,26 @@ def second_chance_ratio(per_run: dict, floor: float) -> dict:
             "goal_met": ratio <= SECOND_CHANCE_GOAL}
 
 
+def counters(dp: Datapath) -> dict:
+    return {**dp.global_counters(), "syns_without_lookup": dp.syns_without_lookup()}
+
+
 def check_counts(before: dict, after: dict, flood_before: dict, flood_after: dict, calls: int):
-    """Every syn was a miss that made no entry, every first_ack a miss that made
+    """Every syn was a miss that made no entry (a settled slot's without a
+    lookup, the unsettled VIP's with one), every first_ack a miss that made
     one, every established packet a hit; in the full table, every established
     packet a hit (the flood evicted none of them) and every flood ACK an insert;
     every second-chance packet went in GUE."""
     d = {k: after[k] - before[k] for k in ("ct_hits", "ct_misses", "ct_inserts_tcp",
-                                           "stateless_forwards", "second_choice_carried")}
+                                           "stateless_forwards", "second_choice_carried",
+                                           "syns_without_lookup")}
     n = len(MODES) * calls
-    # + the warm diagnostics: dsr_syn_same (a miss, stateless), dsr_first_ack_warm (miss, insert);
+    # + the warm diagnostics: dsr_syn_same (a miss, stateless, settled), dsr_syn_unsettled
+    # (a miss, stateless, looked up), dsr_first_ack_warm (miss, insert);
     # + ipip_sc_established: a hit that carries its second choice
-    want = {"ct_hits": n + calls, "ct_misses": 2 * n + 2 * calls, "ct_inserts_tcp": n + calls,
-            "stateless_forwards": n + calls, "second_choice_carried": calls}
+    want = {"ct_hits": n + calls, "ct_misses": 2 * n + 3 * calls, "ct_inserts_tcp": n + calls,
+            "stateless_forwards": n + 2 * calls, "second_choice_carried": calls,
+            "syns_without_lookup": n + calls}
     if d != want:
         raise RuntimeError(f"connection-table counters {d}, expected {want}")
     fd = {k: flood_after[k] - flood_before[k] for k in ("ct_hits", "ct_misses", "ct_inserts_tcp")}

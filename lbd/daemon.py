@@ -101,6 +101,7 @@ class Daemon:
         self.table_usage: dict = {}  # "tcp"/"udp" -> flowtable.TableUsage, from the last sample
         self.table_sampled_at: float | None = None  # unix time of that sample
         self.settled = settle.SettleResult()  # the last settle walk's result
+        self._settled_at = 0.0                # and when it ended (monotonic)
         self.rates = rates.RateRing()  # counter snapshots every second, for `lbctl status --rate`
         self._walk_lock = asyncio.Lock()  # one fresh walk (`lbctl wait-drained`) at a time
         self.capture_lock = asyncio.Lock()  # one `lbctl capture` at a time (lbd.capture)
@@ -471,11 +472,15 @@ class Daemon:
         except OSError as err:  # the maps are there while we run; say so if not
             log.warning("conntrack_sample_failed error=%s", err)
         # then the settle walk (lbd/dataplane/settle.py): which slots a SYN
-        # may place without its connection-table lookup
+        # may place without its connection-table lookup; at most a tenth of
+        # one core's time however long a full table makes it
+        if time.monotonic() - self._settled_at < settle.CPU_SHARE_INVERSE * self.settled.seconds:
+            return
         try:
             self.settled = await asyncio.to_thread(settle.settle, self.datapath)
         except OSError as err:
             log.warning("settle_walk_failed error=%s", err)
+        self._settled_at = time.monotonic()
 
     async def _sample_tables(self) -> None:
         while not self._stop.is_set():

@@ -25,7 +25,8 @@ table (lbd/dataplane/maps.py, under settle_lock), and the program, when a
 client's FIN or RST marks an entry. Every other entry a packet makes takes
 the slot's backend and second choice, and so agrees.
 
-The walk (every SETTLE_EVERY_S, off the event loop):
+The walk (after each table sample, every 10 s, or less often where a walk
+takes more than a tenth of that; off the event loop):
 1. under settle_lock: the TCP VIPs' tables are read, and every unsettled
    slot becomes a CANDIDATE;
 2. the connection table is walked (batched, a bucket at a time);
@@ -51,7 +52,9 @@ import numpy as np
 from lbd.dataplane import _maglev, bpfsys, layout
 from lbd.dataplane.flowtable import CLOSED_AFTER_S
 
-SETTLE_EVERY_S = 10.0
+# The daemon walks after each table sample (every 10 s), but never more often
+# than once per CPU_SHARE_INVERSE times the last walk's duration.
+CPU_SHARE_INVERSE = 10
 SLOTS_PER_WORD = layout.constant("LBD_SETTLED_SLOTS_PER_WORD")
 ACTIVE = layout.constant("LBD_BACKEND_ACTIVE")
 CLIENT_CLOSED = layout.constant("LBD_FLOW_CLIENT_CLOSED")

@@ -216,18 +216,31 @@ def _walk(datapath) -> tuple[np.ndarray, np.ndarray, bytes]:
 
 def _vip_of_entries(keys: np.ndarray, by_address: dict) -> np.ndarray:
     """Each entry's VIP (index in judged, -1 for none): the one a SYN of its
-    4-tuple finds, the VIP of its port before a port-0 VIP of its address."""
+    4-tuple finds, the VIP of its port before a port-0 VIP of its address.
+    Entries are grouped by a 64-bit mix of their destination (sorting 1M of
+    those takes a tenth of the time sorting the records would), and every
+    entry is checked to have its group's destination exactly."""
     where = np.full(len(keys), -1, dtype=np.int64)
     if not len(keys):
         return where
-    destination = np.empty(len(keys), dtype=[("family", "u1"), ("dst", "V16"), ("dport", "V2")])
-    destination["family"], destination["dst"], destination["dport"] = \
-        keys["family"], keys["dst"], keys["dport"]
-    unique, inverse = np.unique(destination, return_inverse=True)
-    found = np.array([by_address.get((bytes([int(u["family"])]) + bytes(u["dst"]), bytes(u["dport"])),
-                                     by_address.get((bytes([int(u["family"])]) + bytes(u["dst"]), b"\0\0"), -1))
-                      for u in unique], dtype=np.int64)
-    return found[inverse]
+    dst = np.frombuffer(keys["dst"].tobytes(), dtype="<u8").reshape(-1, 2)
+    port = np.frombuffer(keys["dport"].tobytes(), dtype="<u2").astype(np.uint64)
+    rest = port << np.uint64(8) | keys["family"].astype(np.uint64)
+    mix = (dst[:, 0] * np.uint64(0x9E3779B97F4A7C15)) ^ (dst[:, 1] * np.uint64(0xC2B2AE3D27D4EB4F)) \
+        ^ (rest * np.uint64(0x165667B19E3779F9))
+    _, first, group = np.unique(mix, return_index=True, return_inverse=True)
+
+    def vip_of(i: int) -> int:
+        address = bytes([int(keys["family"][i])]) + bytes(keys["dst"][i])
+        return by_address.get((address, bytes(keys["dport"][i])), by_address.get((address, b"\0\0"), -1))
+
+    found = np.array([vip_of(int(i)) for i in first], dtype=np.int64)
+    where = found[group]
+    same = first[group]
+    collided = np.flatnonzero((dst[:, 0] != dst[same, 0]) | (dst[:, 1] != dst[same, 1]) | (rest != rest[same]))
+    for i in collided:  # two destinations of one mix: each on its own
+        where[i] = vip_of(int(i))
+    return where
 
 
 def settle(datapath) -> SettleResult:

@@ -231,8 +231,7 @@ static __always_inline int lbd_forward_dsr(struct xdp_md *ctx, const struct lbd_
 
 	if ((void *)(eth + 1) > data_end)
 		return XDP_DROP;
-	__builtin_memcpy(eth->h_dest, be->dst_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
+	lbd_set_macs(eth, be->dst_mac);
 	if (be->ifindex == 0 || be->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	/* A redirect that fails does so after the program returns (in the

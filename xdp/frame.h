@@ -46,6 +46,24 @@ static __always_inline int lbd_parse_l2(void *data, void *data_end, __u32 *l2_le
 	return 0;
 }
 
+/* Set a frame's two MAC addresses from `macs`: 12 bytes, destination then
+ * source, as struct lbd_backend and struct lbd_nexthop hold them (2-byte
+ * aligned). In 16-bit words: a memcpy into a packet, whose alignment clang
+ * cannot know, becomes twelve byte loads and stores, the longest stretch of
+ * an encapsulated packet's code (every JITed byte of it is fetched per packet).
+ * 16 bits, not 32: a frame's start is 2-byte aligned for the verifier's strict
+ * alignment too (NET_IP_ALIGN), so the program loads on every architecture. */
+static __always_inline void lbd_set_macs(struct ethhdr *eth, const __u8 *macs)
+{
+	typedef __u16 __attribute__((may_alias)) lbd_u16_alias;
+	lbd_u16_alias *to = (lbd_u16_alias *)eth;
+	const lbd_u16_alias *from = (const lbd_u16_alias *)macs;
+
+#pragma unroll
+	for (int i = 0; i < 2 * ETH_ALEN / 2; i++)
+		to[i] = from[i];
+}
+
 /* Copy the L2 header (14, 18 or 22 bytes: 0-2 VLAN tags) from `from` to
  * `to`, both packet memory, at least 20 bytes apart (an outer header). Only
  * two tags (22 bytes) can overlap, so only they go through a stack copy.

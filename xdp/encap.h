@@ -273,18 +273,9 @@ static __always_inline int lbd_encapsulate(struct xdp_md *ctx, const struct lbd_
 		return -1;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	if (pkt->l2_len == sizeof(struct ethhdr)) {
-		/* untagged: of the old L2 header only its ethertype stays (the
-		 * MACs are the next hop's), and the outer header's family is the
-		 * client packet's, so write it rather than move 14 bytes */
-		struct ethhdr *eth = data;
-
-		if ((void *)(eth + 1) > data_end)
-			return -1;
-		eth->h_proto = pkt->flow.family == LBD_FAMILY_V4 ? bpf_htons(ETH_P_IP) : bpf_htons(ETH_P_IPV6);
-	} else if (lbd_move_l2(data, data + outer_len, pkt->l2_len, data_end)) {
-		return -1; /* VLAN tags: moved with the header */
-	}
+	/* the MACs are the next hop's (lbd_write_encap): move only the rest */
+	if (lbd_move_l2_tail(data, data + outer_len, pkt->l2_len, data_end))
+		return -1;
 	return lbd_write_encap(data, data_end, pkt, be, second, st, nh, flow_hash, outer_len);
 }
 

@@ -1,7 +1,8 @@
 /* frame.h: what both XDP programs (balancer.c and decap.c) need of a frame's
  * L2 header: the walk over Ethernet and its VLAN tags to the IP header, the
  * address-family numbers bpf_fib_lookup() takes, and moving the L2 header
- * over (or in front of) outer headers to rewrite a frame in place. */
+ * over (or in front of) outer headers to rewrite a frame in place, and setting
+ * its MACs. */
 #ifndef LBD_FRAME_H
 #define LBD_FRAME_H
 
@@ -9,73 +10,9 @@
  * socket header is included in BPF C */
 #ifndef AF_INET
 #define AF_INET 2
-/* lbd_move_l2 for a caller that writes both MACs itself (lbd_set_macs):
- * only what follows them, the VLAN tags and the ethertype (2, 6 or 10 bytes),
- * in 16-bit words. `to` and `from` at least 10 bytes apart, so nothing
- * overlaps. */
-static __always_inline int lbd_move_l2_tail(void *to, void *from, __u32 l2_len, void *data_end)
-{
-	typedef __u16 __attribute__((may_alias)) lbd_u16_alias;
-	lbd_u16_alias *t = to + 2 * ETH_ALEN;
-	const lbd_u16_alias *f = from + 2 * ETH_ALEN;
-
-	if (l2_len == sizeof(struct ethhdr)) {
-		if (from + sizeof(struct ethhdr) > data_end || to + sizeof(struct ethhdr) > data_end)
-			return -1;
-		t[0] = f[0];
-		return 0;
-	}
-	if (l2_len == sizeof(struct ethhdr) + 4) {
-		if (from + sizeof(struct ethhdr) + 4 > data_end || to + sizeof(struct ethhdr) + 4 > data_end)
-			return -1;
-#pragma unroll
-		for (int i = 0; i < 3; i++)
-			t[i] = f[i];
-		return 0;
-	}
-	if (from + sizeof(struct ethhdr) + 8 > data_end || to + sizeof(struct ethhdr) + 8 > data_end)
-		return -1;
-#pragma unroll
-	for (int i = 0; i < 5; i++)
-		t[i] = f[i];
-	return 0;
-}
-
 #endif
 #ifndef AF_INET6
 #define AF_INET6 10
-/* lbd_move_l2 for a caller that writes both MACs itself (lbd_set_macs):
- * only what follows them, the VLAN tags and the ethertype (2, 6 or 10 bytes),
- * in 16-bit words. `to` and `from` at least 10 bytes apart, so nothing
- * overlaps. */
-static __always_inline int lbd_move_l2_tail(void *to, void *from, __u32 l2_len, void *data_end)
-{
-	typedef __u16 __attribute__((may_alias)) lbd_u16_alias;
-	lbd_u16_alias *t = to + 2 * ETH_ALEN;
-	const lbd_u16_alias *f = from + 2 * ETH_ALEN;
-
-	if (l2_len == sizeof(struct ethhdr)) {
-		if (from + sizeof(struct ethhdr) > data_end || to + sizeof(struct ethhdr) > data_end)
-			return -1;
-		t[0] = f[0];
-		return 0;
-	}
-	if (l2_len == sizeof(struct ethhdr) + 4) {
-		if (from + sizeof(struct ethhdr) + 4 > data_end || to + sizeof(struct ethhdr) + 4 > data_end)
-			return -1;
-#pragma unroll
-		for (int i = 0; i < 3; i++)
-			t[i] = f[i];
-		return 0;
-	}
-	if (from + sizeof(struct ethhdr) + 8 > data_end || to + sizeof(struct ethhdr) + 8 > data_end)
-		return -1;
-#pragma unroll
-	for (int i = 0; i < 5; i++)
-		t[i] = f[i];
-	return 0;
-}
-
 #endif
 #define LBD_ETH_P_8021AD 0x88A8
 

@@ -244,8 +244,7 @@ static __always_inline int lbd_forward_dsr(struct xdp_md *ctx, const struct lbd_
 
 	if ((void *)(eth + 1) > data_end)
 		return XDP_DROP;
-	__builtin_memcpy(eth->h_dest, be->dst_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, be->src_mac, ETH_ALEN);
+	lbd_set_macs(eth, be->dst_mac);
 	if (be->ifindex == 0 || be->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	/* A redirect that fails does so after the program returns (in the
@@ -307,13 +306,18 @@ static __always_inline int lbd_forward_ipip(struct xdp_md *ctx, struct lbd_globa
 	__u64 now;
 	int route;
 
-	if (!st || !nh)
+	/* __builtin_expect: the cache's refresh and every failure off the
+	 * packet's straight line. No faster measurably (bench/xdp_cost.py), but
+	 * clang then emits a smaller program: 111,696 bytes of BPF instead of
+	 * 128,104, and the verifier processes 690k instructions instead of 731k
+	 * (of its 1M), room the other paths need. */
+	if (__builtin_expect(!st || !nh, 0))
 		return lbd_drop(gs, LBD_DROP_FIB_FAILED);
 	/* jiffies, not bpf_ktime_get_coarse_ns(): the verifier inlines
 	 * bpf_jiffies64() into one load, where a helper call measured ~50 ns
 	 * (every kernel return is a mitigated one on this CPU) */
 	now = bpf_jiffies64();
-	if (nh->generation != be->generation || now >= nh->expires_jiffies) {
+	if (__builtin_expect(nh->generation != be->generation || now >= nh->expires_jiffies, 0)) {
 		struct lbd_nexthop fresh;
 
 		route = lbd_route_to_backend(ctx, ctx->ingress_ifindex, pkt, be, st, &fresh, overhead, gue_vip);
@@ -330,13 +334,13 @@ static __always_inline int lbd_forward_ipip(struct xdp_md *ctx, struct lbd_globa
 		*nh = fresh;
 	}
 	/* the check the FIB makes when asked, made against the cached MTU */
-	if (pkt->l3_len + overhead > nh->mtu)
+	if (__builtin_expect(pkt->l3_len + overhead > nh->mtu, 0))
 		return lbd_too_big(ctx, gs, pkt, nh->mtu, overhead);
 	/* TCP only, also should a UDP VIP carry the flag: a backend has no UDP
 	 * state to tell its flows by (the design's rule; config refuses it) */
 	if (gue_vip && pkt->flow.proto == IPPROTO_TCP)
 		second = lbd_second_choice(second_id, backend_id, be);
-	if (lbd_encapsulate(ctx, pkt, be, second, st, nh, hash))
+	if (__builtin_expect(lbd_encapsulate(ctx, pkt, be, second, st, nh, hash), 0))
 		return lbd_drop(gs, LBD_DROP_ENCAP_FAILED);
 	pkt->forwarded = 1;
 	if (second)

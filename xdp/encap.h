@@ -56,6 +56,12 @@ struct lbd_gue_v6 {
 _Static_assert(sizeof(struct iphdr) + sizeof(struct lbd_gue_v4) == LBD_GUE_OVERHEAD_V4, "GUE v4");
 _Static_assert(sizeof(struct ipv6hdr) + sizeof(struct lbd_gue_v6) == LBD_GUE_OVERHEAD_V6, "GUE v6");
 
+/* lbd_set_macs reads both MACs as one 12-byte run */
+_Static_assert(__builtin_offsetof(struct lbd_nexthop, src_mac) ==
+	       __builtin_offsetof(struct lbd_nexthop, dst_mac) + ETH_ALEN, "next hop: MACs adjacent");
+_Static_assert(__builtin_offsetof(struct lbd_backend, src_mac) ==
+	       __builtin_offsetof(struct lbd_backend, dst_mac) + ETH_ALEN, "backend: MACs adjacent");
+
 /* Bytes a VIP's packets grow by on the way to the backend, the figure every MTU
  * check counts: a second-chance VIP always counts GUE's, also for a packet
  * that goes as plain IP-in-IP, so a flow's path MTU never changes with its
@@ -205,8 +211,7 @@ static __always_inline int lbd_write_encap(void *data, void *data_end, const str
 	__u32 l2_len = pkt->l2_len;
 	struct ethhdr *eth = data;
 
-	__builtin_memcpy(eth->h_dest, nh->dst_mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, nh->src_mac, ETH_ALEN);
+	lbd_set_macs(eth, nh->dst_mac);
 
 	if (v4) {
 		struct iphdr *outer = data + (l2_len & 0x1f);
@@ -268,7 +273,8 @@ static __always_inline int lbd_encapsulate(struct xdp_md *ctx, const struct lbd_
 		return -1;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
-	if (lbd_move_l2(data, data + outer_len, pkt->l2_len, data_end))
+	/* the MACs are the next hop's (lbd_write_encap): move only the rest */
+	if (lbd_move_l2_tail(data, data + outer_len, pkt->l2_len, data_end))
 		return -1;
 	return lbd_write_encap(data, data_end, pkt, be, second, st, nh, flow_hash, outer_len);
 }

@@ -8,7 +8,8 @@ from bench.sections.text import fmt, spread, table
 WALKS = {"sample_s": "the daemon's sample (both tables)",
          "sample_tcp_walk_s": "of which the TCP table",
          "backend_flows_s": "one backend's flows (wait-drained)",
-         "before_sample_s": "the sample before (counting every entry)"}
+         "before_sample_s": "the sample before (counting every entry)",
+         "settle_s": "the settle walk (settled slots, after each sample)"}
 
 
 def _seconds(s: dict) -> str:
@@ -20,7 +21,7 @@ def summary_rows(fc: dict, bench) -> list[list[str]]:
     walk = fc.get("walk")
     if walk:
         rows += [[bench.name, f"walk of {fmt(walk['table_entries'])} entries: {what}",
-                  _seconds(walk[key]), "–", "measured"] for key, what in WALKS.items()]
+                  _seconds(walk[key]), "–", "measured"] for key, what in WALKS.items() if key in walk]
     est = fc.get("established")
     if est:
         rows += [[bench.name, f"established packet, {case}: now − before",
@@ -38,7 +39,7 @@ def section(fc: dict, bench, rel: str) -> list[str]:
                   f"{fmt(walk['capacity'])}, filled in {fmt(walk['fill_s'], 2)} s; median "
                   "(min–max) of the runs:", "",
                   table(["walk", "seconds"],
-                        [[what, _seconds(walk[key])] for key, what in WALKS.items()]), ""]
+                        [[what, _seconds(walk[key])] for key, what in WALKS.items() if key in walk]), ""]
     est = fc.get("established")
     if est:
         cases = est["cases"]

@@ -21,6 +21,9 @@
 
 /* bitmap of VIP addresses (prefilter.h): the first test of every packet */
 LBD_MAP("array", u32, u64, prefilter, LBD_PREFILTER_WORDS, 0);
+/* bitmap of QUIC VIP addresses, same bits as prefilter's: a UDP datagram to one
+ * is tried for its CID before its connection-table entry (balancer.c lbd_quic_first) */
+LBD_MAP("array", u32, u64, quic_prefilter, LBD_PREFILTER_WORDS, 0);
 /* (VIP address, proto) -> what the address accepts: fragments, malformed packets, ICMP */
 LBD_MAP("hash", struct lbd_addr_key, struct lbd_addr_info, addrs, LBD_MAX_ADDRS, BPF_F_NO_PREALLOC);
 /* (VIP address, port or 0, proto) -> VIP id and flags: the lookup of well-formed packets */

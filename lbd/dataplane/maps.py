@@ -145,8 +145,8 @@ class MapWriter(Protocol):
 
     def vip_ids(self) -> dict[tuple[IPAddress, int, int], int]: ...
     def backend_entries(self) -> dict: ...
-    def read_prefilter(self) -> list[int]: ...
-    def write_prefilter(self, words: dict[int, int]) -> None: ...
+    def read_prefilter(self, quic: bool = False) -> list[int]: ...
+    def write_prefilter(self, words: dict[int, int], quic: bool = False) -> None: ...
     def set_vip(self, address: IPAddress, port: int, proto: int, vip_id: int, flags: int) -> None: ...
     def delete_vip(self, address: IPAddress, port: int, proto: int) -> None: ...
     def set_addr(self, address: IPAddress, proto: int, flags: int,
@@ -204,6 +204,7 @@ class Datapath:
         self.vips = self.bpf[b"vips"]
         self.addrs = self.bpf[b"addrs"]
         self.prefilter = self.bpf[b"prefilter"]
+        self.quic_prefilter = self.bpf[b"quic_prefilter"]
         self.backends = self.bpf[b"backends"]
         self.rings = self.bpf[b"rings"]
         self.second_rings = self.bpf[b"second_rings"]
@@ -267,14 +268,17 @@ class Datapath:
     def delete_addr(self, address: IPAddress, proto: int) -> None:
         self.addrs.pop(self._addr_key(address, proto), None)
 
-    def read_prefilter(self) -> list[int]:
-        """The prefilter bitmap as the program sees it, one int per 64-bit word."""
-        return [self.prefilter[ctypes.c_uint32(i)].value for i in range(C("LBD_PREFILTER_WORDS"))]
+    def read_prefilter(self, quic: bool = False) -> list[int]:
+        """The prefilter bitmap (with quic, the QUIC VIP addresses' bitmap of the
+        same bits) as the program sees it, one int per 64-bit word."""
+        bitmap = self.quic_prefilter if quic else self.prefilter
+        return [bitmap[ctypes.c_uint32(i)].value for i in range(C("LBD_PREFILTER_WORDS"))]
 
-    def write_prefilter(self, words: dict[int, int]) -> None:
-        """Set prefilter words: word index -> the word's 64 bits."""
+    def write_prefilter(self, words: dict[int, int], quic: bool = False) -> None:
+        """Set prefilter words (with quic, quic_prefilter's): word index -> the word's 64 bits."""
+        bitmap = self.quic_prefilter if quic else self.prefilter
         for index, bits in words.items():
-            self.prefilter[ctypes.c_uint32(index)] = ctypes.c_uint64(bits)
+            bitmap[ctypes.c_uint32(index)] = ctypes.c_uint64(bits)
 
     def set_settings(self, ipip_src_v4: ipaddress.IPv4Address | None,
                      ipip_src_v6: ipaddress.IPv6Address | None) -> None:

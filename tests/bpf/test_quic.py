@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lbd.dataplane import flowhash
+from lbd.dataplane.maps import prefilter_bit
 from lbd.plan import ACTIVE, DOWN, DRAINING, QuicPlan, VipPlan
 from lbd.dataplane.quiclb import CidFormat
 from tests.bpf import packet_grammar as g
@@ -153,10 +154,12 @@ def test_draft_vectors_reach_the_server_id_owner_from_any_client(quic_lb, vip, f
     assert quic_lb.dp.quic_routed_count(owner_id) == 120
 
 
-def test_a_datagram_under_todays_rule_makes_an_entry_that_its_4_tuple_follows(quic_lb):
+def test_a_datagram_under_todays_rule_makes_an_entry_that_a_routable_cid_passes_by(quic_lb):
     """docs/design.md: an unroutable CID (0b111) makes an entry, as any UDP
-    flow's first datagram; the 4-tuple then follows its entry, also with a
-    routable CID of another backend (the entry is looked up first)."""
+    flow's first datagram, and the 4-tuple's next unroutable datagram follows
+    it; a routable CID of another backend on the same 4-tuple goes to that
+    server ID's backend whatever the entry says (the CID is read before the
+    entry) and leaves the entry as it was."""
     plan = plan_of(quic_lb, QUIC_V4)
     sport = next(p for p in range(40000, 41000)
                  if table_backend(quic_lb, plan, sc.CLIENT_V4, p).server_id.hex() != "c4605e")
@@ -164,12 +167,49 @@ def test_a_datagram_under_todays_rule_makes_an_entry_that_its_4_tuple_follows(qu
     first = quic_lb.run(frame(QUIC_V4, short_packet(unroutable), sport=sport))
     placed = table_backend(quic_lb, plan, sc.CLIENT_V4, sport)
     assert backend_of(first, plan) == placed
-    assert udp_entry(quic_lb, QUIC_V4, sc.CLIENT_V4, sport) is not None
-    again = quic_lb.run(frame(QUIC_V4, short_packet(bytes.fromhex(VECTORS[0][3])), sport=sport))
+    entry = udp_entry(quic_lb, QUIC_V4, sc.CLIENT_V4, sport)
+    assert entry is not None
+    lookups = quic_lb.dp.global_counters()
+    routed = quic_lb.run(frame(QUIC_V4, short_packet(bytes.fromhex(VECTORS[0][3])), sport=sport))
+    assert backend_of(routed, plan).server_id.hex() == "c4605e"
+    assert udp_entry(quic_lb, QUIC_V4, sc.CLIENT_V4, sport) == entry
+    again = quic_lb.run(frame(QUIC_V4, short_packet(bytes([0xE7]) + os.urandom(7)), sport=sport))
     assert backend_of(again, plan) == placed
-    # another port of the same client has no entry: the CID places it
-    other = quic_lb.run(frame(QUIC_V4, short_packet(bytes.fromhex(VECTORS[0][3])), sport=sport + 1))
-    assert backend_of(other, plan).server_id.hex() == "c4605e"
+    counted = quic_lb.dp.global_counters()
+    # one entry hit (the unroutable datagram's), no miss: the routed one read no entry
+    assert (counted["ct_hits"] - lookups["ct_hits"], counted["ct_misses"] - lookups["ct_misses"]) == (1, 0)
+
+
+def quic_bits(dp) -> set[int]:
+    return {i * 64 + b for i, word in enumerate(dp.read_prefilter(quic=True)) for b in range(64) if word >> b & 1}
+
+
+def test_the_quic_bits_follow_the_quic_vips_and_gate_the_cid(quic_lb):
+    """xdp/prefilter.h: quic_prefilter has the bit of every QUIC VIP's address
+    (none of the control's), as Python computes it; the program reads the CID
+    of a datagram only behind that bit, and the bit goes with the last QUIC VIP."""
+    quic = [p for p in plans() if p.quic]
+    assert quic_bits(quic_lb.dp) == {prefilter_bit(p.address) for p in quic}
+    assert prefilter_bit(sc.ip(PLAIN_V4)) not in quic_bits(quic_lb.dp)
+    plan = plan_of(quic_lb, QUIC_V4)
+    sport = next(p for p in range(40000, 41000)
+                 if table_backend(quic_lb, plan, sc.CLIENT_V4, p).server_id.hex() != "c4605e")
+    packet = frame(QUIC_V4, short_packet(bytes.fromhex(VECTORS[0][3])), sport=sport)
+    bit = prefilter_bit(sc.ip(QUIC_V4))
+    words = quic_lb.dp.read_prefilter(quic=True)
+    quic_lb.dp.write_prefilter({bit // 64: words[bit // 64] & ~(1 << bit % 64)}, quic=True)
+    try:  # without its bit, the datagram is plain UDP: the table's backend
+        assert backend_of(quic_lb.run(packet), plan) == table_backend(quic_lb, plan, sc.CLIENT_V4, sport)
+    finally:
+        quic_lb.dp.write_prefilter({bit // 64: words[bit // 64]}, quic=True)
+    rfc_oracle.clear_flows(quic_lb.dp)
+    assert backend_of(quic_lb.run(packet), plan).server_id.hex() == "c4605e"
+    quic_lb.apply([dataclasses.replace(p, quic=None, backends=tuple(dataclasses.replace(b, server_id=None)
+                                                                     for b in p.backends))
+                   if str(p.address) == QUIC_V4 else p for p in plans()])
+    assert quic_bits(quic_lb.dp) == {prefilter_bit(p.address) for p in quic if str(p.address) != QUIC_V4}
+    quic_lb.apply([])
+    assert quic_bits(quic_lb.dp) == set()
 
 
 def test_the_control_vip_without_quic_places_by_the_table(quic_lb):

@@ -288,6 +288,7 @@ MAPS_TODAY_EXPECTS = (
     ("quic_stats", 'LBD_MAP("percpu_array", u32, u64, quic_stats, 1, 0);'),
     ("quic_routed", 'LBD_MAP("percpu_array", u32, u64, quic_routed, LBD_MAX_BACKENDS, 0);'),
     ("quic_prefilter", 'LBD_MAP("array", u32, u64, quic_prefilter, LBD_PREFILTER_WORDS, 0);'),
+    ("quic_sid_slots", 'LBD_MAP("array", u32, u64, quic_sid_slots, 1, 0);'),
 )
 
 

@@ -531,6 +531,25 @@ static __always_inline struct lbd_vip_stats *lbd_count_vip(__u32 vip_id, __u32 f
 	return vs;
 }
 
+/* The backend id of a VIP's server ID from quic_sid_slots, or NULL when none of
+ * its LBD_QUIC_PROBES slots holds it (then quic_servers, which holds every
+ * ID: a hash lookup is a call, dearer than these inlined array reads). */
+static __always_inline __u32 *lbd_quic_sid_lookup(const struct lbd_quic_server_key *key)
+{
+	__u32 home = lbd_quic_sid_slot_of(key), i, at;
+	struct lbd_quic_sid_slot *slot;
+
+#pragma unroll
+	for (i = 0; i < LBD_QUIC_PROBES; i++) {
+		at = (home + i) % LBD_MAX_BACKENDS;
+		slot = quic_sid_slots.lookup(&at);
+		if (slot && slot->vip_id == key->vip_id && slot->server_id[0] == key->server_id[0] &&
+		    slot->server_id[1] == key->server_id[1])
+			return &slot->backend_id;
+	}
+	return NULL;
+}
+
 /* The way a UDP packet to QUIC VIP vip_id takes (quic.h), counted by slot in
  * quic_stats (lbd_quic_packets_total{how}). LBD_QUIC_BY_CID comes with
  * *backend_id and *be: the backend with the CID's server ID, of this VIP,
@@ -555,7 +574,9 @@ static __always_inline int lbd_quic_check(const struct lbd_packet *pkt, void *da
 		way = lbd_quic_read_server_id(pkt, data_end, cfg, &key, &qs->slot);
 	if (way == LBD_QUIC_BY_CID) {
 		key.vip_id = vip_id;
-		id = quic_servers.lookup(&key);
+		id = lbd_quic_sid_lookup(&key);
+		if (!id)
+			id = quic_servers.lookup(&key);
 		if (!id) {
 			way = lbd_quic_out(&qs->slot, LBD_QUIC_PKT_FB_UNKNOWN_SERVER);
 		} else {

@@ -161,4 +161,15 @@ static __always_inline int lbd_quic_read_server_id(const struct lbd_packet *pkt,
 	return lbd_quic_out(slot_out, routed);
 }
 
+/* The home slot in quic_sid_slots of a VIP's server ID; its entry sits there or
+ * in one of the next LBD_QUIC_PROBES - 1 (mod LBD_MAX_BACKENDS). Multiplicative
+ * hashing in 64-bit arithmetic; lbd/dataplane/maps.py quic_sid_slot_of is the
+ * Python side of the same formula. */
+static __always_inline __u32 lbd_quic_sid_slot_of(const struct lbd_quic_server_key *key)
+{
+	__u64 mix = (key->server_id[0] ^ (key->server_id[1] * LBD_QUIC_SLOT_MUL) ^ key->vip_id) * LBD_QUIC_SLOT_MUL;
+
+	return (__u32)(mix >> 32) % LBD_MAX_BACKENDS;
+}
+
 #endif /* LBD_QUIC_H */

@@ -36,7 +36,7 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the server ID masks a
  * would tell the slots' states apart through the rest of the program
  * (measured with the capture hook: 957,000 of its 1,000,000 instructions
  * that way, 740,000 this way when the check ran after the entry lookup;
- * 651,580 with the check first, balancer.c lbd_quic_first; without QUIC
+ * 639,918 with the check first, balancer.c lbd_quic_first; without QUIC
  * 449,000). */
 enum lbd_quic_way {
 	LBD_QUIC_UNCHECKED = -1, /* not a QUIC VIP's UDP packet */

@@ -63,7 +63,8 @@ LBD_MAP("array", u32, struct lbd_settings, settings, 1, 0);
  * New maps beside layout 4's: a pinned datapath of layout 4 adopts them. */
 LBD_MAP("array", u32, struct lbd_quic_config, quic_configs, LBD_MAX_VIPS, 0);
 LBD_MAP("hash", struct lbd_quic_server_key, u32, quic_servers, LBD_MAX_BACKENDS, BPF_F_NO_PREALLOC);
-/* quic_servers' entries in open-addressed slots: read first, inlined (quic.h lbd_quic_sid_slot_of) */
+/* quic_servers' entries in open-addressed slots: read first, inlined (quic.h lbd_quic_sid_slot_of);
+ * 24 bytes x LBD_MAX_BACKENDS (3 MiB at the default) */
 LBD_MAP("array", u32, struct lbd_quic_sid_slot, quic_sid_slots, LBD_MAX_BACKENDS, 0);
 /* per-CPU counters, summed at scrape time */
 LBD_MAP("percpu_array", u32, struct lbd_vip_stats, vip_stats, LBD_MAX_VIPS, 0);

@@ -51,8 +51,8 @@ entry made while its VIP's second table was pending (provisional) names its
 slot's second once the VIP is no longer pending.
 
 Length (over 450 lines, on purpose): one job, the program's decision for one
-flow, and the decision is one chain (entry, finished connection, table,
-second choice, QUIC connection ID) whose steps read each other's results;
+flow, and the decision is one chain (QUIC connection ID, entry, finished
+connection, table, second choice) whose steps read each other's results;
 split across modules, the mirror of balancer.c would no longer read in the
 program's order, which is what tests/bpf/test_explain_kernel.py holds it to.
 """
@@ -314,18 +314,25 @@ def decide(view: FlowView, kind: str) -> Decision:
     entry, be = view.entry, view.entry_backend
     if not view.maybe_vip:
         return Decision(kind, "pass", 0, None, "not a VIP address", NONE_MADE if entry is None else LEFT)
+    # 1. a QUIC VIP's datagram whose CID names a usable server: by that server
+    # ID, whatever its entry says; read before any entry (docs/design.md), so
+    # an entry there is neither followed nor changed, and none is made
+    if view.quic is not None and view.quic.routed:
+        be = view.quic.backend
+        return Decision(kind, "forward", be.backend_id, str(be.address), "quic server id",
+                        LEFT if entry is not None else NONE_MADE)
     if kind == SYN and view.slot_settled:
-        # 0. a SYN in a settled slot: the table, its entry not looked up (and
+        # 2. a SYN in a settled slot: the table, its entry not looked up (and
         # so left), which in a settled slot is where the entry would lead
         return _by_settled_slot(view)
-    # 1. the flow's entry, if the packet may follow it: a SYN only a live
+    # 3. the flow's entry, if the packet may follow it: a SYN only a live
     # connection's, to a backend that takes new flows; anything else while
     # its backend is active or draining
     if view.entry_usable and (kind != SYN or view.syn_follows_entry):
         second = named_second(view.flow, be, be.vip_flags, *_entry_second(view))
         return Decision(kind, "forward", be.backend_id, str(be.address), "entry kept", KEPT,
                         *_second_fields(second))
-    # 2. otherwise the VIP's table. A SYN removes the entry it did not follow
+    # 3. otherwise the VIP's table. A SYN removes the entry it did not follow
     # (a new connection on an old 4-tuple, its backend closed to new flows or
     # its connection finished: its ACK must meet the SYN's
     # backend); any other packet overwrites it once placed; an RST makes none.
@@ -337,16 +344,10 @@ def decide(view: FlowView, kind: str) -> Decision:
         unplaced = REMOVED if kind == SYN else LEFT
     if view.vip_id is None:
         return Decision(kind, "pass", 0, None, "no VIP", unplaced)
-    # 3. a QUIC VIP's datagram without a usable entry: by its CID's server ID,
-    # no entry made; some fallbacks make none either (docs/design.md)
-    if view.quic is not None and view.quic.routed and entry is None:
-        be = view.quic.backend
-        return Decision(kind, "forward", be.backend_id, str(be.address), "quic server id", LEFT
-                        if entry is not None else NONE_MADE)
     table = view.table_backend
     if table is None or table.state != ACTIVE:
         return Decision(kind, "drop", 0, None, "no backend", unplaced)
-    # the CID is read only for a datagram whose 4-tuple has no entry (docs/design.md)
+    # a QUIC fallback makes no entry only where there was none (docs/design.md)
     stateless_quic = view.quic is not None and view.quic.makes_no_entry and entry is None
     if entry is None:
         why, effect = "table slot", MADE if kind == PACKET and not stateless_quic else NONE_MADE

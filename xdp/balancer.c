@@ -3,7 +3,9 @@
  *
  * For each packet: one bit of the prefilter says whether the destination can
  * be a VIP address at all (everything else leaves untouched with XDP_PASS,
- * having cost no hash lookup); then the connection table, whose backend entry
+ * having cost no hash lookup); a UDP datagram to a QUIC VIP's address (a bit
+ * of quic_prefilter) first tries the server ID in its connection ID (quic.h);
+ * then the connection table, whose backend entry
  * names the flow's VIP and its flags (one hash lookup for an established
  * flow); on a miss the VIP (its port, else the address's port-0 VIP) and its
  * Maglev table; then the packet goes to the backend by L2 DSR or IP-in-IP
@@ -68,9 +70,17 @@ static __always_inline int lbd_maybe_vip(const __u32 addr[4])
 {
 	__u32 bit = lbd_prefilter_bit(addr);
 	__u32 word = bit / 64;
-	__u64 *bits = prefilter.lookup(&word);
 
-	return bits && (*bits >> (bit % 64)) & 1;
+	return lbd_prefilter_has(prefilter.lookup(&word), bit);
+}
+
+/* 0 if no QUIC VIP uses this destination address; 1 if one may (prefilter.h). */
+static __always_inline int lbd_maybe_quic(const __u32 addr[4])
+{
+	__u32 bit = lbd_prefilter_bit(addr);
+	__u32 word = bit / 64;
+
+	return lbd_prefilter_has(quic_prefilter.lookup(&word), bit);
 }
 
 /* The backend id in slot hash % ring size of one of a VIP's tables (an inner
@@ -560,6 +570,25 @@ static __always_inline int lbd_syn_in_settled_slot(const struct lbd_packet *pkt,
 	return 1;
 }
 
+/* The backend id of a VIP's server ID from quic_sid_slots, or NULL when none of
+ * its LBD_QUIC_PROBES slots holds it (then quic_servers, which holds every
+ * ID: a hash lookup is a call, dearer than these inlined array reads). */
+static __always_inline __u32 *lbd_quic_sid_lookup(const struct lbd_quic_server_key *key)
+{
+	__u32 home = lbd_quic_sid_slot_of(key), i, at;
+	struct lbd_quic_sid_slot *slot;
+
+#pragma unroll
+	for (i = 0; i < LBD_QUIC_PROBES; i++) {
+		at = (home + i) % LBD_MAX_BACKENDS;
+		slot = quic_sid_slots.lookup(&at);
+		if (slot && slot->vip_id == key->vip_id && slot->server_id[0] == key->server_id[0] &&
+		    slot->server_id[1] == key->server_id[1])
+			return &slot->backend_id;
+	}
+	return NULL;
+}
+
 /* The way a UDP packet to QUIC VIP vip_id takes (quic.h), counted by slot in
  * quic_stats (lbd_quic_packets_total{how}). LBD_QUIC_BY_CID comes with
  * *backend_id and *be: the backend with the CID's server ID, of this VIP,
@@ -584,7 +613,9 @@ static __always_inline int lbd_quic_check(const struct lbd_packet *pkt, void *da
 		way = lbd_quic_read_server_id(pkt, data_end, cfg, &key, &qs->slot);
 	if (way == LBD_QUIC_BY_CID) {
 		key.vip_id = vip_id;
-		id = quic_servers.lookup(&key);
+		id = lbd_quic_sid_lookup(&key);
+		if (!id)
+			id = quic_servers.lookup(&key);
 		if (!id) {
 			way = lbd_quic_out(&qs->slot, LBD_QUIC_PKT_FB_UNKNOWN_SERVER);
 		} else {
@@ -606,6 +637,37 @@ static __always_inline int lbd_quic_check(const struct lbd_packet *pkt, void *da
 	return way;
 }
 
+/* QUIC by CID, before the connection table (docs/design.md, QUIC VIPs): a
+ * datagram to a QUIC VIP whose CID names a usable server is forwarded here,
+ * whatever its 4-tuple, the table and any entry say, with no connection-table
+ * lookup and no entry: LBD_QUIC_BY_CID, its action in *action. Otherwise the
+ * way the connection table and the Maglev table take it: LBD_QUIC_UNCHECKED
+ * (no QUIC VIP: a false positive of quic_prefilter), else a fallback's. */
+static __always_inline int lbd_quic_first(struct xdp_md *ctx, struct lbd_global_stats *gs,
+					  struct lbd_packet *pkt, void *data_end, int *action)
+{
+	struct lbd_vip_info *vip = lbd_vip_lookup(&pkt->flow, LBD_ADDR_ANY_VIP);
+	struct lbd_backend *be = NULL;
+	__u32 backend_id = 0, vip_flags, hash;
+	int way;
+
+	if (!vip || !(vip->flags & LBD_VIP_QUIC))
+		return LBD_QUIC_UNCHECKED;
+	vip_flags = vip->flags;
+	way = lbd_quic_check(pkt, data_end, vip->vip_id, &backend_id, &be);
+	if (way != LBD_QUIC_BY_CID)
+		return way;
+	if (!be) /* never: LBD_QUIC_BY_CID comes with its backend (for the verifier) */
+		return LBD_QUIC_TODAY;
+	lbd_count_vip(vip->vip_id, pkt->frame_len);
+	/* only the ipip IPv6 flow label needs a hash here, as for an established flow */
+	hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt->flow.family == LBD_FAMILY_V6 ?
+	       lbd_hash_for(&pkt->flow, vip_flags) : 0;
+	/* UDP: no second chance */
+	*action = lbd_forward(ctx, gs, pkt, backend_id, be, vip_flags, hash, 0, LBD_NO_BACKEND);
+	return LBD_QUIC_BY_CID;
+}
+
 static __always_inline int lbd_balance(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -618,9 +680,8 @@ static __always_inline int lbd_balance(struct xdp_md *ctx)
 	struct lbd_vip_stats *vs;
 	struct lbd_backend *be;
 	__u32 zero = 0, backend_id, vip_id, vip_flags, hash, second_id;
-	__u32 held_id = LBD_NO_BACKEND, held_vip = 0, entry_flags = 0, quic_id = 0;
-	struct lbd_backend *quic_be = NULL;
-	int parsed, moved = 0, syn, stateless, quic = LBD_QUIC_UNCHECKED;
+	__u32 held_id = LBD_NO_BACKEND, held_vip = 0, entry_flags = 0;
+	int parsed, moved = 0, syn, stateless, quic = LBD_QUIC_UNCHECKED, action;
 
 	gs = global_stats.lookup(&zero);
 	if (!gs)
@@ -642,6 +703,13 @@ static __always_inline int lbd_balance(struct xdp_md *ctx)
 			return lbd_verdict(gs, XDP_PASS);
 		return lbd_drop(gs, parsed == LBD_PARSED_EXT_CHAIN ? LBD_DROP_IPV6_EXT_CHAIN :
 				    LBD_DROP_MALFORMED);
+	}
+
+	/* QUIC by CID first: a CID-routed datagram costs no connection-table lookup */
+	if (pkt.flow.proto == IPPROTO_UDP && lbd_maybe_quic(pkt.flow.dst)) {
+		quic = lbd_quic_first(ctx, gs, &pkt, data_end, &action);
+		if (quic == LBD_QUIC_BY_CID)
+			return action;
 	}
 
 	/* A SYN opens a connection; an RST ends one: neither proves a flow real,
@@ -712,43 +780,29 @@ static __always_inline int lbd_balance(struct xdp_md *ctx)
 		gs->ct_misses++;
 	vip_id = vip->vip_id;
 	vip_flags = vip->flags;
-	/* QUIC by CID, for datagrams whose 4-tuple has no entry (docs/design.md
-	 * says why the entry comes first: the verifier's budget) */
-	if (!entry && (vip_flags & LBD_VIP_QUIC) && pkt.flow.proto == IPPROTO_UDP) {
-		quic = lbd_quic_check(&pkt, data_end, vip_id, &quic_id, &quic_be);
-		/* a CID-routed packet needs no entry; quic.h says which fallbacks
-		 * leave no state either (docs/design.md) */
+	/* a QUIC fallback without an entry: quic.h says which leave no state */
+	if (!entry && quic != LBD_QUIC_UNCHECKED)
 		stateless = quic != LBD_QUIC_TODAY;
-	}
 	vs = lbd_count_vip(vip_id, pkt.frame_len);
 
-	if (quic == LBD_QUIC_BY_CID && quic_be) {
-		backend_id = quic_id;
-		be = quic_be;
-		second_id = LBD_NO_BACKEND; /* UDP: no second chance */
-		/* only the ipip IPv6 flow label needs a hash here, as for an established flow */
-		hash = (vip_flags & LBD_VIP_MODE_IPIP) && pkt.flow.family == LBD_FAMILY_V6 ?
-		       lbd_hash_for(&pkt.flow, vip_flags) : 0;
+	hash = lbd_hash_for(&pkt.flow, vip_flags);
+	be = lbd_table_backend(vip_id, hash, &backend_id);
+	if (!be)
+		return lbd_drop(gs, LBD_DROP_NO_BACKEND);
+	/* A flow moved off a held backend names that backend, whatever its slot
+	 * names: the entry is the best knowledge of where its connection lives
+	 * (a slot taken by a backend added since the flow was placed names the
+	 * slot's owner before that, not the flow's). Otherwise the slot's second;
+	 * read from a second table that is not yet the first's, it is provisional. */
+	if (held_id != LBD_NO_BACKEND && held_vip == vip_id && (vip_flags & LBD_VIP_SECOND_CHANCE)) {
+		second_id = held_id;
 	} else {
-		hash = lbd_hash_for(&pkt.flow, vip_flags);
-		be = lbd_table_backend(vip_id, hash, &backend_id);
-		if (!be)
-			return lbd_drop(gs, LBD_DROP_NO_BACKEND);
-		/* A flow moved off a held backend names that backend, whatever its slot
-		 * names: the entry is the best knowledge of where its connection lives
-		 * (a slot taken by a backend added since the flow was placed names the
-		 * slot's owner before that, not the flow's). Otherwise the slot's second;
-		 * read from a second table that is not yet the first's, it is provisional. */
-		if (held_id != LBD_NO_BACKEND && held_vip == vip_id && (vip_flags & LBD_VIP_SECOND_CHANCE)) {
-			second_id = held_id;
-		} else {
-			second_id = lbd_second_pick(vip_id, vip_flags, hash);
-			if (vip_flags & LBD_VIP_SECOND_PENDING)
-				entry_flags = LBD_FLOW_SECOND_PROVISIONAL;
-		}
-		if (stateless)
-			gs->stateless_forwards++;
+		second_id = lbd_second_pick(vip_id, vip_flags, hash);
+		if (vip_flags & LBD_VIP_SECOND_PENDING)
+			entry_flags = LBD_FLOW_SECOND_PROVISIONAL;
 	}
+	if (stateless)
+		gs->stateless_forwards++;
 	if (!stateless) {
 		placed.backend_id = backend_id;
 		placed.generation = be->generation;

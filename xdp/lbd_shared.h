@@ -434,6 +434,22 @@ struct lbd_quic_server_key {
 	__u32 pad;          /* always 0 (hashed) */
 };
 
+/* quic_sid_slots value: quic_servers' entries again, in an array the program reads
+ * without a call (xdp/quic.h lbd_quic_sid_slot_of says where an entry may sit). A
+ * slot is written only while empty (vip_id 0) or to name another backend for
+ * its own server ID, and emptied before another ID takes it, so a read that
+ * races a write sees this ID's slot or an empty one. 24 bytes. */
+struct lbd_quic_sid_slot {
+	__u64 server_id[2]; /* as lbd_quic_server_key's */
+	__u32 vip_id;       /* 0: an empty slot (VIP ids start at 1) */
+	__u32 backend_id;
+};
+/* quic_sid_slots has LBD_MAX_BACKENDS slots (QUIC VIPs' backends take one each);
+ * an entry sits in one of the LBD_QUIC_PROBES slots from its home, or only in
+ * quic_servers when they are all taken. */
+#define LBD_QUIC_PROBES 4
+#define LBD_QUIC_SLOT_MUL 0x9e3779b97f4a7c15 /* 2^64 / golden ratio, odd */
+
 /* Per-CPU, one entry: QUIC datagrams by what happened to them. 96 bytes. */
 struct lbd_quic_stats {
 	__u64 packets[LBD_QUIC_PKT__MAX]; /* enum lbd_quic_slot */
@@ -526,6 +542,7 @@ _Static_assert(sizeof(struct lbd_forward_prefix) == 20, "forward prefix: 20 byte
 _Static_assert(sizeof(struct lbd_quic_config) == 4, "QUIC config: 4 bytes");
 _Static_assert(sizeof(struct lbd_quic_server_key) == 24, "QUIC server key: 24 bytes");
 _Static_assert(sizeof(struct lbd_quic_stats) == 96, "QUIC stats: 96 bytes");
+_Static_assert(sizeof(struct lbd_quic_sid_slot) == 24, "QUIC server ID slot: 24 bytes");
 _Static_assert(LBD_QUIC_MAX_SERVER_ID < sizeof(((struct lbd_quic_server_key *)0)->server_id), "server id fits");
 _Static_assert(LBD_QUIC_HP_SAMPLE_END > LBD_QUIC_MAX_SERVER_ID, "a QUIC packet holds 16 octets after its CID's first");
 _Static_assert(sizeof(struct lbd_capture_ctl) == 72, "capture control: 72 bytes");

@@ -21,6 +21,9 @@
 
 /* bitmap of VIP addresses (prefilter.h): the first test of every packet */
 LBD_MAP("array", u32, u64, prefilter, LBD_PREFILTER_WORDS, 0);
+/* bitmap of QUIC VIP addresses, same bits as prefilter's: a UDP datagram to one
+ * is tried for its CID before its connection-table entry (balancer.c lbd_quic_first) */
+LBD_MAP("array", u32, u64, quic_prefilter, LBD_PREFILTER_WORDS, 0);
 /* (VIP address, proto) -> what the address accepts: fragments, malformed packets, ICMP */
 LBD_MAP("hash", struct lbd_addr_key, struct lbd_addr_info, addrs, LBD_MAX_ADDRS, BPF_F_NO_PREALLOC);
 /* (VIP address, port or 0, proto) -> VIP id and flags: the lookup of well-formed packets */
@@ -67,6 +70,9 @@ LBD_MAP("array", u32, struct lbd_settings, settings, 1, 0);
  * New maps beside layout 4's: a pinned datapath of layout 4 adopts them. */
 LBD_MAP("array", u32, struct lbd_quic_config, quic_configs, LBD_MAX_VIPS, 0);
 LBD_MAP("hash", struct lbd_quic_server_key, u32, quic_servers, LBD_MAX_BACKENDS, BPF_F_NO_PREALLOC);
+/* quic_servers' entries in open-addressed slots: read first, inlined (quic.h lbd_quic_sid_slot_of);
+ * 24 bytes x LBD_MAX_BACKENDS (3 MiB at the default) */
+LBD_MAP("array", u32, struct lbd_quic_sid_slot, quic_sid_slots, LBD_MAX_BACKENDS, 0);
 /* per-CPU counters, summed at scrape time */
 /* SYNs placed by a settled slot, without a connection-table lookup
  * (lbd_syns_without_lookup_total). A map of its own beside layout 4's. */

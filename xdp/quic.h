@@ -10,8 +10,8 @@
  * connection survives client migration, NAT rebinding, backend changes and
  * host changes with no state anywhere. Everything else falls back to the UDP
  * path (LBD_QUIC_STATELESS says which fallbacks make no entry). The check
- * runs after the connection-table lookup, on datagrams whose 4-tuple has no
- * entry (docs/design.md says why).
+ * runs before the connection-table lookup, for datagrams to an address whose
+ * quic_prefilter bit is set (docs/design.md says why).
  *
  * Reads: the UDP payload (the datagram) ends at the UDP length or the IP
  * packet's end, whichever is first; nothing past it is read, and each read
@@ -35,8 +35,9 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "the server ID masks a
  * follow: had the program branched on them or indexed by them, the verifier
  * would tell the slots' states apart through the rest of the program
  * (measured with the capture hook: 957,000 of its 1,000,000 instructions
- * that way, 740,000 this way with the check for entry-less datagrams only;
- * without QUIC 457,000). */
+ * that way, 740,000 this way when the check ran after the entry lookup;
+ * 639,918 with the check first, balancer.c lbd_quic_first; without QUIC
+ * 449,000). */
 enum lbd_quic_way {
 	LBD_QUIC_UNCHECKED = -1, /* not a QUIC VIP's UDP packet */
 	LBD_QUIC_TODAY = 0,      /* a fallback under today's UDP rule: the table, an entry made */
@@ -158,6 +159,17 @@ static __always_inline int lbd_quic_read_server_id(const struct lbd_packet *pkt,
 	key->server_id[0] = lo;
 	key->server_id[1] = hi;
 	return lbd_quic_out(slot_out, routed);
+}
+
+/* The home slot in quic_sid_slots of a VIP's server ID; its entry sits there or
+ * in one of the next LBD_QUIC_PROBES - 1 (mod LBD_MAX_BACKENDS). Multiplicative
+ * hashing in 64-bit arithmetic; lbd/dataplane/maps.py quic_sid_slot_of is the
+ * Python side of the same formula. */
+static __always_inline __u32 lbd_quic_sid_slot_of(const struct lbd_quic_server_key *key)
+{
+	__u64 mix = (key->server_id[0] ^ (key->server_id[1] * LBD_QUIC_SLOT_MUL) ^ key->vip_id) * LBD_QUIC_SLOT_MUL;
+
+	return (__u32)(mix >> 32) % LBD_MAX_BACKENDS;
 }
 
 #endif /* LBD_QUIC_H */

@@ -54,6 +54,14 @@ def prefilter_bit(address: IPAddress) -> int:
     return product >> (32 - C("LBD_PREFILTER_LOG2"))
 
 
+def quic_sid_slot_of(vip_id: int, server_id_lo: int, server_id_hi: int, slots: int) -> int:
+    """The home slot of a VIP's server ID in quic_sid_slots (xdp/quic.h
+    lbd_quic_sid_slot_of): its two key words as the program loads them."""
+    mul, mask = C("LBD_QUIC_SLOT_MUL"), (1 << 64) - 1
+    mix = ((server_id_lo ^ ((server_id_hi * mul) & mask) ^ vip_id) * mul) & mask
+    return (mix >> 32) % slots
+
+
 def family_of(address: IPAddress) -> int:
     return C("LBD_FAMILY_V4") if address.version == 4 else C("LBD_FAMILY_V6")
 
@@ -145,8 +153,8 @@ class MapWriter(Protocol):
 
     def vip_ids(self) -> dict[tuple[IPAddress, int, int], int]: ...
     def backend_entries(self) -> dict: ...
-    def read_prefilter(self) -> list[int]: ...
-    def write_prefilter(self, words: dict[int, int]) -> None: ...
+    def read_prefilter(self, quic: bool = False) -> list[int]: ...
+    def write_prefilter(self, words: dict[int, int], quic: bool = False) -> None: ...
     def set_vip(self, address: IPAddress, port: int, proto: int, vip_id: int, flags: int) -> None: ...
     def delete_vip(self, address: IPAddress, port: int, proto: int) -> None: ...
     def set_addr(self, address: IPAddress, proto: int, flags: int,
@@ -204,6 +212,7 @@ class Datapath:
         self.vips = self.bpf[b"vips"]
         self.addrs = self.bpf[b"addrs"]
         self.prefilter = self.bpf[b"prefilter"]
+        self.quic_prefilter = self.bpf[b"quic_prefilter"]
         self.backends = self.bpf[b"backends"]
         self.rings = self.bpf[b"rings"]
         self.second_rings = self.bpf[b"second_rings"]
@@ -216,6 +225,7 @@ class Datapath:
         self.global_stats = self.bpf[b"global_stats"]
         self.quic_configs = self.bpf[b"quic_configs"]
         self.quic_servers = self.bpf[b"quic_servers"]
+        self.quic_sid_slots = self.bpf[b"quic_sid_slots"]
         self.quic_stats = self.bpf[b"quic_stats"]
         self.quic_routed = self.bpf[b"quic_routed"]
         self.settled = self.bpf[b"settled"]          # VIP id -> its settled map (lbd/dataplane/settle.py)
@@ -273,14 +283,17 @@ class Datapath:
     def delete_addr(self, address: IPAddress, proto: int) -> None:
         self.addrs.pop(self._addr_key(address, proto), None)
 
-    def read_prefilter(self) -> list[int]:
-        """The prefilter bitmap as the program sees it, one int per 64-bit word."""
-        return [self.prefilter[ctypes.c_uint32(i)].value for i in range(C("LBD_PREFILTER_WORDS"))]
+    def read_prefilter(self, quic: bool = False) -> list[int]:
+        """The prefilter bitmap (with quic, the QUIC VIP addresses' bitmap of the
+        same bits) as the program sees it, one int per 64-bit word."""
+        bitmap = self.quic_prefilter if quic else self.prefilter
+        return [bitmap[ctypes.c_uint32(i)].value for i in range(C("LBD_PREFILTER_WORDS"))]
 
-    def write_prefilter(self, words: dict[int, int]) -> None:
-        """Set prefilter words: word index -> the word's 64 bits."""
+    def write_prefilter(self, words: dict[int, int], quic: bool = False) -> None:
+        """Set prefilter words (with quic, quic_prefilter's): word index -> the word's 64 bits."""
+        bitmap = self.quic_prefilter if quic else self.prefilter
         for index, bits in words.items():
-            self.prefilter[ctypes.c_uint32(index)] = ctypes.c_uint64(bits)
+            bitmap[ctypes.c_uint32(index)] = ctypes.c_uint64(bits)
 
     def set_settings(self, ipip_src_v4: ipaddress.IPv4Address | None,
                      ipip_src_v6: ipaddress.IPv6Address | None) -> None:
@@ -580,10 +593,38 @@ class Datapath:
         return key
 
     def set_quic_server(self, vip_id: int, server_id: bytes, backend_id: int) -> None:
-        self.quic_servers[self._quic_server_key(vip_id, server_id)] = ctypes.c_uint32(backend_id)
+        """The server ID's entry in quic_servers, and in its slot of quic_sid_slots
+        (the one that holds it already, else the first empty one of its probes;
+        none when all are taken: the program then finds it in quic_servers)."""
+        key = self._quic_server_key(vip_id, server_id)
+        self.quic_servers[key] = ctypes.c_uint32(backend_id)
+        probes = self._quic_sid_probes(key)
+        index = next((i for i, slot in probes if self._holds(slot, key)), None)
+        if index is None:
+            index = next((i for i, slot in probes if slot.vip_id == 0), None)
+        if index is not None:
+            slot = self.quic_sid_slots.Leaf()
+            slot.server_id[:] = key.server_id[:]
+            slot.vip_id, slot.backend_id = vip_id, backend_id
+            self.quic_sid_slots[ctypes.c_uint32(index)] = slot
 
     def delete_quic_server(self, vip_id: int, server_id: bytes) -> None:
-        self.quic_servers.pop(self._quic_server_key(vip_id, server_id), None)
+        """Empty the server ID's slot (before another ID may take it), then its entry."""
+        key = self._quic_server_key(vip_id, server_id)
+        for index, slot in self._quic_sid_probes(key):
+            if self._holds(slot, key):
+                self.quic_sid_slots[ctypes.c_uint32(index)] = self.quic_sid_slots.Leaf()
+        self.quic_servers.pop(key, None)
+
+    def _quic_sid_probes(self, key) -> list:
+        """(index, slot) of the LBD_QUIC_PROBES slots where the key's entry may sit."""
+        home = quic_sid_slot_of(key.vip_id, key.server_id[0], key.server_id[1], self.limits.max_backends)
+        indexes = [(home + i) % self.limits.max_backends for i in range(C("LBD_QUIC_PROBES"))]
+        return [(i, self.quic_sid_slots[ctypes.c_uint32(i)]) for i in indexes]
+
+    @staticmethod
+    def _holds(slot, key) -> bool:
+        return slot.vip_id == key.vip_id and list(slot.server_id) == list(key.server_id)
 
     def quic_config(self, vip_id: int) -> tuple[int, int, int]:
         """(config ID, server ID length, CID length) of a VIP; length 0: none."""

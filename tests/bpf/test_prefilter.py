@@ -3,6 +3,7 @@ while any VIP uses it, the Python and C sides agree on which bit that is, and
 a bit shared with a foreign address never makes that address's traffic ours."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 
@@ -10,6 +11,7 @@ import pytest
 
 from lbd.dataplane import layout
 from lbd.dataplane.maps import prefilter_bit
+from lbd.plan import QuicPlan
 from tests.bpf import scenario as sc
 
 pytestmark = pytest.mark.bpf
@@ -71,22 +73,34 @@ def test_foreign_address_sharing_a_bit_passes_untouched(lb):
             assert result.action == XDP_PASS and result.packet == raw
 
 
-def test_bit_is_set_before_the_vip_and_cleared_after_it(lb):
-    plan = sc.vip(sc.DSR_V4, 80, sc.TCP_P)
+def quic_vip():
+    """A QUIC VIP (a UDP VIP with quic:), whose address has a quic_prefilter bit too."""
+    members = tuple(dataclasses.replace(b, server_id=bytes([i + 1]))
+                    for i, b in enumerate(sc.backends("198.18.0.", 2)))
+    return dataclasses.replace(sc.vip(sc.DSR_V4, 443, sc.UDP_P, members=members), quic=QuicPlan(0, 1, 6))
+
+
+@pytest.mark.parametrize("make,want", [
+    (lambda: sc.vip(sc.DSR_V4, 80, sc.TCP_P), ["bit set", "set_vip", "delete_vip", "bit cleared"]),
+    (quic_vip, ["bit set", "quic bit set", "set_vip", "delete_vip", "bit cleared", "quic bit cleared"]),
+], ids=["tcp", "quic"])
+def test_bit_is_set_before_the_vip_and_cleared_after_it(lb, make, want):
+    plan = make()
     bit = prefilter_bit(plan.address)
     events = []
     dp = lb.dp
     real = {name: getattr(dp, name) for name in ("write_prefilter", "set_vip", "delete_vip")}
 
     def record(name):
-        def call(*args):
+        def call(*args, **kwargs):
             if name == "write_prefilter":
                 word = args[0].get(bit // 64)
+                which = "quic bit" if kwargs.get("quic") else "bit"
                 if word is not None:
-                    events.append("bit set" if word >> bit % 64 & 1 else "bit cleared")
+                    events.append(f"{which} set" if word >> bit % 64 & 1 else f"{which} cleared")
             else:
                 events.append(name)
-            return real[name](*args)
+            return real[name](*args, **kwargs)
         return call
 
     for name in real:
@@ -97,7 +111,7 @@ def test_bit_is_set_before_the_vip_and_cleared_after_it(lb):
     finally:
         for name in real:
             delattr(dp, name)
-    assert events == ["bit set", "set_vip", "delete_vip", "bit cleared"]
+    assert events == want
 
 
 def test_prefilter_constants_describe_the_map(datapath):

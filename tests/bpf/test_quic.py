@@ -11,6 +11,7 @@ exactly when docs/design.md's flow rules say, and the counters by reason.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import struct
@@ -19,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lbd.dataplane import flowhash
+from lbd.dataplane import flowhash, layout
+from lbd.dataplane.maps import prefilter_bit, quic_sid_slot_of
 from lbd.plan import ACTIVE, DOWN, DRAINING, QuicPlan, VipPlan
 from lbd.dataplane.quiclb import CidFormat
 from tests.bpf import packet_grammar as g
@@ -153,10 +155,12 @@ def test_draft_vectors_reach_the_server_id_owner_from_any_client(quic_lb, vip, f
     assert quic_lb.dp.quic_routed_count(owner_id) == 120
 
 
-def test_a_datagram_under_todays_rule_makes_an_entry_that_its_4_tuple_follows(quic_lb):
+def test_a_datagram_under_todays_rule_makes_an_entry_that_a_routable_cid_passes_by(quic_lb):
     """docs/design.md: an unroutable CID (0b111) makes an entry, as any UDP
-    flow's first datagram; the 4-tuple then follows its entry, also with a
-    routable CID of another backend (the entry is looked up first)."""
+    flow's first datagram, and the 4-tuple's next unroutable datagram follows
+    it; a routable CID of another backend on the same 4-tuple goes to that
+    server ID's backend whatever the entry says (the CID is read before the
+    entry) and leaves the entry as it was."""
     plan = plan_of(quic_lb, QUIC_V4)
     sport = next(p for p in range(40000, 41000)
                  if table_backend(quic_lb, plan, sc.CLIENT_V4, p).server_id.hex() != "c4605e")
@@ -164,12 +168,115 @@ def test_a_datagram_under_todays_rule_makes_an_entry_that_its_4_tuple_follows(qu
     first = quic_lb.run(frame(QUIC_V4, short_packet(unroutable), sport=sport))
     placed = table_backend(quic_lb, plan, sc.CLIENT_V4, sport)
     assert backend_of(first, plan) == placed
-    assert udp_entry(quic_lb, QUIC_V4, sc.CLIENT_V4, sport) is not None
-    again = quic_lb.run(frame(QUIC_V4, short_packet(bytes.fromhex(VECTORS[0][3])), sport=sport))
+    entry = udp_entry(quic_lb, QUIC_V4, sc.CLIENT_V4, sport)
+    assert entry is not None
+    lookups = quic_lb.dp.global_counters()
+    routed = quic_lb.run(frame(QUIC_V4, short_packet(bytes.fromhex(VECTORS[0][3])), sport=sport))
+    assert backend_of(routed, plan).server_id.hex() == "c4605e"
+    assert udp_entry(quic_lb, QUIC_V4, sc.CLIENT_V4, sport) == entry
+    again = quic_lb.run(frame(QUIC_V4, short_packet(bytes([0xE7]) + os.urandom(7)), sport=sport))
     assert backend_of(again, plan) == placed
-    # another port of the same client has no entry: the CID places it
-    other = quic_lb.run(frame(QUIC_V4, short_packet(bytes.fromhex(VECTORS[0][3])), sport=sport + 1))
-    assert backend_of(other, plan).server_id.hex() == "c4605e"
+    counted = quic_lb.dp.global_counters()
+    # one entry hit (the unroutable datagram's), no miss: the routed one read no entry
+    assert (counted["ct_hits"] - lookups["ct_hits"], counted["ct_misses"] - lookups["ct_misses"]) == (1, 0)
+
+
+def quic_bits(dp) -> set[int]:
+    return {i * 64 + b for i, word in enumerate(dp.read_prefilter(quic=True)) for b in range(64) if word >> b & 1}
+
+
+def test_the_quic_bits_follow_the_quic_vips_and_gate_the_cid(quic_lb):
+    """xdp/prefilter.h: quic_prefilter has the bit of every QUIC VIP's address
+    (none of the control's), as Python computes it; the program reads the CID
+    of a datagram only behind that bit, and the bit goes with the last QUIC VIP."""
+    quic = [p for p in plans() if p.quic]
+    assert quic_bits(quic_lb.dp) == {prefilter_bit(p.address) for p in quic}
+    assert prefilter_bit(sc.ip(PLAIN_V4)) not in quic_bits(quic_lb.dp)
+    plan = plan_of(quic_lb, QUIC_V4)
+    sport = next(p for p in range(40000, 41000)
+                 if table_backend(quic_lb, plan, sc.CLIENT_V4, p).server_id.hex() != "c4605e")
+    packet = frame(QUIC_V4, short_packet(bytes.fromhex(VECTORS[0][3])), sport=sport)
+    bit = prefilter_bit(sc.ip(QUIC_V4))
+    words = quic_lb.dp.read_prefilter(quic=True)
+    quic_lb.dp.write_prefilter({bit // 64: words[bit // 64] & ~(1 << bit % 64)}, quic=True)
+    try:  # without its bit, the datagram is plain UDP: the table's backend
+        assert backend_of(quic_lb.run(packet), plan) == table_backend(quic_lb, plan, sc.CLIENT_V4, sport)
+    finally:
+        quic_lb.dp.write_prefilter({bit // 64: words[bit // 64]}, quic=True)
+    rfc_oracle.clear_flows(quic_lb.dp)
+    assert backend_of(quic_lb.run(packet), plan).server_id.hex() == "c4605e"
+    quic_lb.apply([dataclasses.replace(p, quic=None, backends=tuple(dataclasses.replace(b, server_id=None)
+                                                                     for b in p.backends))
+                   if str(p.address) == QUIC_V4 else p for p in plans()])
+    assert quic_bits(quic_lb.dp) == {prefilter_bit(p.address) for p in quic if str(p.address) != QUIC_V4}
+    quic_lb.apply([])
+    assert quic_bits(quic_lb.dp) == set()
+
+
+def colliding_server_ids(vip_id: int, slots: int, count: int) -> list[bytes]:
+    """`count` 3-octet server IDs whose home slot in quic_sid_slots is the same."""
+    by_home: dict[int, list[bytes]] = {}
+    for n in range(0x100000, 0x1000000):
+        sid = n.to_bytes(3, "big")
+        lo, hi = struct.unpack("=2Q", sid.ljust(16, b"\0"))
+        same = by_home.setdefault(quic_sid_slot_of(vip_id, lo, hi, slots), [])
+        same.append(sid)
+        if len(same) == count:
+            return same
+    raise AssertionError("no home slot for that many IDs")
+
+
+def test_server_ids_past_their_slots_are_read_from_quic_servers(quic_lb):
+    """xdp/quic.h: an ID's entry sits in one of LBD_QUIC_PROBES slots from its
+    home in quic_sid_slots, or only in quic_servers once they are taken. Six
+    IDs of one home: four in slots, two not, and each reaches its owner; a
+    removed backend's slot is emptied and its ID goes to no backend by CID."""
+    address, probes = "198.18.100.63", layout.constant("LBD_QUIC_PROBES")
+    six = sc.backends("198.18.0.", 6)
+    first = dataclasses.replace(sc.vip(address, PORT, UDP, members=tuple(
+        dataclasses.replace(b, server_id=bytes([0, 0, i + 1])) for i, b in enumerate(six))),
+        quic=QuicPlan(FMT.config_id, FMT.server_id_length, FMT.cid_length))
+    quic_lb.apply([*plans(), first])
+    vip_id = quic_lb.programmer.applied()[first.key].vip_id
+    slots = quic_lb.dp.limits.max_backends
+    sids = colliding_server_ids(vip_id, slots, 6)
+    members = tuple(dataclasses.replace(b, server_id=sid) for b, sid in zip(six, sids))
+    plan = dataclasses.replace(first, backends=members)
+    quic_lb.apply([*plans(), plan])
+    home = quic_sid_slot_of(vip_id, *struct.unpack("=2Q", sids[0].ljust(16, b"\0")), slots)
+
+    def in_slots() -> set[bytes]:
+        """The server IDs of the VIP in the probes from their home."""
+        read = [quic_lb.dp.quic_sid_slots[ctypes.c_uint32((home + i) % slots)] for i in range(probes)]
+        return {struct.pack("=2Q", *s.server_id)[:3] for s in read if s.vip_id == vip_id}
+
+    slotted = in_slots()
+    assert len(slotted) == probes and slotted < set(sids)
+    for backend in members:
+        cid = FMT.encode(backend.server_id)
+        assert backend_of(quic_lb.run(frame(address, short_packet(cid))), plan) == backend, backend.server_id.hex()
+    # the program reads the slots (same home as Python's): a slotted ID routes
+    # without its quic_servers entry, an ID past its slots does not
+    for backend in (next(b for b in members if b.server_id in slotted),
+                    next(b for b in members if b.server_id not in slotted)):
+        key = quic_lb.dp._quic_server_key(vip_id, backend.server_id)
+        value = quic_lb.dp.quic_servers[key]
+        del quic_lb.dp.quic_servers[key]
+        try:
+            got = backend_of(quic_lb.run(frame(address, short_packet(FMT.encode(backend.server_id)))), plan)
+            assert (got == backend) == (backend.server_id in slotted), backend.server_id.hex()
+        finally:
+            quic_lb.dp.quic_servers[key] = value
+    gone = next(b for b in members if b.server_id in slotted)
+    kept = dataclasses.replace(plan, backends=tuple(b for b in members if b is not gone))
+    quic_lb.apply([*plans(), kept])
+    assert in_slots() == slotted - {gone.server_id}
+    before = quic_lb.dp.quic_counters()
+    quic_lb.run(frame(address, short_packet(FMT.encode(gone.server_id))))
+    assert quic_lb.dp.quic_counters()["fb_unknown_server"] == before["fb_unknown_server"] + 1
+    for backend in kept.backends:
+        cid = FMT.encode(backend.server_id)
+        assert backend_of(quic_lb.run(frame(address, short_packet(cid))), kept) == backend
 
 
 def test_the_control_vip_without_quic_places_by_the_table(quic_lb):

@@ -3,6 +3,7 @@ an operator does: a YAML file, lbctl over the control socket, /metrics."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from lbd.dataplane import flowhash, maglev
 from lbd.testing.lab import Lab
 
 STREAMER = str(Path(__file__).with_name("streamer.py"))
@@ -40,14 +42,26 @@ def vip_entry(lab: Lab, name: str, vip: str, port: int, protocol: str, mode: str
             f"{check}backends: {backends(lab, names, family)}}}\n")
 
 
-def host_config(lab: Lab, socket_path: str, written_by: str) -> str:
-    """Everything of the lab's lbd host config but its VIPs (which follow `vips:`)."""
+def table_places(lab: Lab, names, flows, vip: str, port: int, proto: int) -> list[str]:
+    """The backend (name) the VIP's table of `names` (equal weights, the default
+    ring) gives each flow (client address, client port): the Maglev and flow
+    hash references, as the program reads them."""
+    table = maglev.build_table([(lab.backends[n].v4.packed, 100, i + 1) for i, n in enumerate(names)])
+    dst = ipaddress.ip_address(vip)
+    return [names[table[flowhash.table_slot(flowhash.flow_hash(ipaddress.ip_address(src), dst, sport, port, proto),
+                                            len(table))] - 1] for src, sport in flows]
+
+
+def host_config(lab: Lab, socket_path: str, written_by: str, host=None) -> str:
+    """Everything of an lbd host's config but its VIPs (which follow `vips:`):
+    the lab's lbd host, or `host` (a Node: lbd2 of a fleet lab)."""
+    host = host or lab.lbd
     return f"""# written by {written_by}
 interfaces: [{{name: eth0, mode: native}}]
 http: {{listen: 127.0.0.1:9100}}
 control: {{socket: {socket_path}}}
-bpffs: {lab.bpffs_dir}/lbd
-ipip: {{source_v4: {lab.lbd.v4}, source_v6: '{lab.lbd.v6}'}}
+bpffs: {lab.bpffs_dir}/{host.name}
+ipip: {{source_v4: {host.v4}, source_v6: '{host.v6}'}}
 vips:
 """
 

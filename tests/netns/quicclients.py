@@ -14,7 +14,8 @@ terminated connection as broken. Commands on stdin, one per line:
 the client migrates); `stop` ends the run; any other line is answered
 `done LINE` (a mark: the test changes something meanwhile). It prints "ready" once every
 connection has finished its handshake and one JSON line per connection at
-the end. Bounded: --duration seconds at most.
+the end (with `first_local`, the ADDR:PORT its first socket had; --local
+chooses them). Bounded: --duration seconds at most.
 """
 from __future__ import annotations
 
@@ -69,6 +70,7 @@ class Connection:
         self.vip, self.port, self.sources, self.index = vip, port, sources, index
         self.exchange_timeout = exchange_timeout
         self.source_at = index % len(sources)
+        self.first_local = (sources[self.source_at], 0)  # the first socket's (address, port)
         self.protocol: EchoClient | None = None
         self.transports = []
         self.exchanges = self.failures = self.rebinds = 0
@@ -79,7 +81,7 @@ class Connection:
         self.protocol = EchoClient(QuicConnection(configuration=client_configuration()))
         self.protocol.exchange_timeout = self.exchange_timeout
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: self.protocol, local_addr=(self.sources[self.source_at], 0))
+            lambda: self.protocol, local_addr=self.first_local)
         self.transports.append(transport)
         self.protocol.connect((self.vip, self.port))
         await asyncio.wait_for(self.protocol.wait_connected(), 10)
@@ -111,12 +113,18 @@ class Connection:
     def result(self) -> dict:
         return {"vip": self.vip, "index": self.index, "exchanges": self.exchanges, "failures": self.failures,
                 "rebinds": self.rebinds, "error": self.error, "servers": sorted(self.protocol.servers),
+                "first_local": "%s:%d" % self.transports[0].get_extra_info("sockname")[:2],
                 "broken": bool(self.failures or self.error)}
 
 
 async def main_async(args) -> None:
     conns = [Connection(vip, args.port, args.source, i, args.exchange_timeout)
              for vip in args.vip for i in range(args.per_vip)]
+    if args.local:
+        assert len(args.local) == len(conns), f"--local: {len(args.local)} given for {len(conns)} connections"
+        for conn, local in zip(conns, args.local):
+            address, port = local.rsplit(":", 1)
+            conn.first_local = (address, int(port))
     await asyncio.gather(*(c.open() for c in conns))
     stop = asyncio.Event()
     runs = [asyncio.ensure_future(c.run(stop)) for c in conns]
@@ -147,6 +155,9 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=443)
     parser.add_argument("--source", action="append", required=True)
     parser.add_argument("--per-vip", type=int, default=10)
+    parser.add_argument("--local", action="append", default=[],
+                        help="ADDR:PORT of each connection's first socket, in order (every VIP's "
+                             "--per-vip in turn): a test that predicts where each flow goes")
     parser.add_argument("--duration", type=float, default=90)
     parser.add_argument("--exchange-timeout", type=float, default=EXCHANGE_TIMEOUT_S,
                         help="longer where a path fails over (a fleet host dies: BGP hold time)")

@@ -21,11 +21,12 @@ from pathlib import Path
 import pytest
 
 from lbd.testing.lab import Lab
-from tests.netns.lbdrun import LbdUnderTest, host_config
+from tests.netns.lbdrun import LbdUnderTest, host_config, table_places
 
 pytestmark = pytest.mark.netns
 
 QUIC_VIP, CONTROL_VIP, PORT = "198.18.100.1", "198.18.100.3", 443
+UDP = 17
 BACKENDS = {"b1": "0000b1", "b2": "0000b2", "b3": "0000b3"}
 CLIENTS = str(Path(__file__).with_name("quicclients.py"))
 FLOOD = str(Path(__file__).with_name("quicflood.py"))
@@ -75,14 +76,21 @@ def quic_lab(lab):
             lab.stop(proc)
 
 
+def client_sources(lab: Lab) -> list[str]:
+    """The client addresses the connections open from (and rebind to)."""
+    return [str(a) for a in lab.client.v4s[1:21]]
+
+
 def run_clients(lab: Lab, commands: list, pause_s: float = 3.0, per_vip: int = PER_VIP,
-                exchange_timeout: float = 3.0, vips=(QUIC_VIP, CONTROL_VIP)) -> list[dict]:
+                exchange_timeout: float = 3.0, vips=(QUIC_VIP, CONTROL_VIP), local=()) -> list[dict]:
     """Open the connections, send each command (waiting for the clients to
     carry it out, then pause_s of traffic), stop, and return the results. A
-    command may be a callable: the test's own change, made between marks."""
-    sources = [str(a) for a in lab.client.v4s[1:21]]
+    command may be a callable: the test's own change, made between marks.
+    local: each connection's first (address, port), every VIP's per_vip in
+    turn (default: the sources in turn, any port)."""
     proc = lab.spawn(lab.client, [sys.executable, CLIENTS, *sum((["--vip", v] for v in vips), []),
-                                  "--port", str(PORT), *sum((["--source", s] for s in sources), []),
+                                  "--port", str(PORT), *sum((["--source", s] for s in client_sources(lab)), []),
+                                  *sum((["--local", f"{a}:{p}"] for a, p in local), []),
                                   "--per-vip", str(per_vip), "--duration", "150",
                                   "--exchange-timeout", str(exchange_timeout)],
                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -189,6 +197,60 @@ def test_quic_connections_survive_backend_changes_with_the_udp_table_emptied(qui
     assert lost, f"the control lost no connection off b2: the changes did not exercise the problem {control}"
     print(f"QUIC VIP: none of {len(survivors)} broke ({len(on_b2)} were on b2); control: {len(lost)} of "
           f"{len([r for r in control if r['servers'] != ['b2']])} off b2 broke")
+
+
+def moving_flows(lab: Lab, vip: str, before, after, count: int, exclude=()) -> list[tuple[str, int]]:
+    """`count` client (address, port)s whose slot the VIP's table of `before`
+    gives a backend that `after` keeps and the table of `after` another one:
+    flows that only their entry keeps on their backend (Maglev moves few such
+    slots, about 1 in 5,000 when one of three backends goes; the reference
+    tables say which). Ports from 10000, below the ephemeral ones."""
+    candidates = [(src, port) for port in range(10000, 15000) for src in client_sources(lab)
+                  if (src, port) not in exclude]
+    was = table_places(lab, list(before), candidates, vip, PORT, UDP)
+    now = table_places(lab, list(after), candidates, vip, PORT, UDP)
+    found = [c for c, b, a in zip(candidates, was, now) if b in after and a != b][:count]
+    assert len(found) == count, f"{vip}: only {len(found)} of {len(candidates)} flows move between kept backends"
+    return found
+
+
+def test_quic_connections_survive_a_backend_removed_with_the_udp_table_emptied(quic_lab):
+    """b3 removed from the config (a reload) while connections run, then the
+    UDP connection table emptied: no QUIC connection on b1 or b2 breaks. Those
+    on b3 break on both VIPs (its server is gone from the VIP) and are not
+    counted. Some of each VIP's connections are flows whose slot moves from b1
+    to b2 or back (moving_flows): the control, its entries gone, must lose
+    every one of them; the QUIC VIP, routed by CID, none."""
+    lab, lbd = quic_lab
+    emptied = []
+
+    def remove_b3():
+        lbd.write_config(quic_config(lab, lbd.socket, ("b1", "b2")))
+        lbd.lbctl("reload")
+        emptied.append(empty_udp_table(lbd))
+
+    kept, count = ("b1", "b2"), 3
+    quic_moving = moving_flows(lab, QUIC_VIP, BACKENDS, kept, count)
+    control_moving = moving_flows(lab, CONTROL_VIP, BACKENDS, kept, count, exclude=quic_moving)
+    sources = client_sources(lab)
+    # the rest from any port of the next addresses (port 0: the kernel picks one)
+    fill = [(sources[i % len(sources)], 0) for i in range(PER_VIP - count)]
+    results = run_clients(lab, [remove_b3], local=quic_moving + fill + control_moving + fill)
+    assert emptied[0] > 0, "the control's flows made no entries to empty"
+    quic = [r for r in results if r["vip"] == QUIC_VIP]
+    control = [r for r in results if r["vip"] == CONTROL_VIP]
+    assert len(quic) == len(control) == PER_VIP
+    survivors = [r for r in quic if r["servers"] != ["b3"]]
+    assert all(len(r["servers"]) == 1 for r in quic), quic
+    assert {f"{a}:{p}" for a, p in quic_moving} <= {r["first_local"] for r in survivors}, quic
+    broken = [r for r in survivors if r["broken"]]
+    assert not broken, f"QUIC VIP: {len(broken)} of {len(survivors)} connections not on b3 broke: {broken}"
+    moved = [r for r in control if r["first_local"] in {f"{a}:{p}" for a, p in control_moving}]
+    assert len(moved) == count and all(r["servers"] != ["b3"] for r in moved), control
+    kept_on = [r for r in moved if not r["broken"]]
+    assert not kept_on, f"the control kept {len(kept_on)} flows whose slot moved between b1 and b2: {kept_on}"
+    print(f"QUIC VIP: none of {len(survivors)} off b3 broke; control: all {count} whose slot moved broke, "
+          f"{len([r for r in control if r['broken']])} of {PER_VIP} in all")
 
 
 def udp_entries(lbd: LbdUnderTest) -> int:

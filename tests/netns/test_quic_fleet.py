@@ -3,8 +3,10 @@ ipip backends r1..r3 running the lab's aioquic server, a QUIC VIP and the
 same VIP without `quic:` (the control). While connections exchange data, r3
 joins both hosts' tables (each host's entries keep its flows where they
 were), then one host dies: its flows cross to a host that never saw them. No
-QUIC connection breaks; the control loses the crossing flows whose slot
-moved (the test asserts some did)."""
+QUIC connection breaks; the control loses every crossing flow whose slot
+moved. The test chooses the connections' 4-tuples so that some of each VIP's
+are such flows (the router's ECMP hash and the Maglev tables predict them:
+Fleet.ecmp_hosts, lbdrun.table_places), so the control must lose them."""
 from __future__ import annotations
 
 import os
@@ -17,25 +19,22 @@ import pytest
 
 from lbd.testing.lab import Lab
 from lbd.testing.topology import ROUTER_AS
-from tests.netns.lbdrun import LbdUnderTest
-from tests.netns.test_quic import CONTROL_VIP, HEALTH, PORT, QUIC_VIP, run_clients
+from tests.netns.lbdrun import LbdUnderTest, host_config, table_places
+from tests.netns.test_quic import CONTROL_VIP, HEALTH, PORT, QUIC_VIP, UDP, client_sources, run_clients
 
 pytestmark = pytest.mark.netns
 
 SERVER_IDS = {"r1": "0000a1", "r2": "0000a2", "r3": "0000a3"}
+PER_VIP = 20
+CROSSING_AND_MOVED = 8  # of each VIP's PER_VIP connections
+FIRST_PORT = 20000      # the connections' first client ports, below the ephemeral ones
 
 
 def config(lab: Lab, host, directory: str, names) -> str:
     def members(quic: bool) -> str:
         return "[" + ", ".join(f"{{address: {lab.backends[n].v4}" + (f", server_id: '{SERVER_IDS[n]}'}}"
                                                                       if quic else "}") for n in names) + "]"
-    return f"""# {host.name} (tests/netns/test_quic_fleet.py)
-interfaces: [{{name: eth0, mode: native}}]
-http: {{listen: 127.0.0.1:9100}}
-control: {{socket: {directory}/lbd.sock}}
-bpffs: {lab.bpffs_dir}/{host.name}
-ipip: {{source_v4: {host.v4}, source_v6: '{host.v6}'}}
-vips:
+    return host_config(lab, f"{directory}/lbd.sock", "tests/netns/test_quic_fleet.py", host) + f"""\
   - {{name: h3, address: {QUIC_VIP}, port: {PORT}, protocol: udp, mode: ipip, health: {HEALTH},
      quic: {{config_id: 1, server_id_length: 3, nonce_length: 6}}, backends: {members(True)}}}
   - {{name: h3-control, address: {CONTROL_VIP}, port: {PORT}, protocol: udp, mode: ipip, health: {HEALTH},
@@ -50,6 +49,23 @@ bgp:
   peers:
     - {{address: {lab.router.v4}, as: {ROUTER_AS}, hold_time: 3}}
 """
+
+
+def choose_flows(lab: Lab, vip: str, dying: str, exclude=()) -> tuple[list[tuple[str, int]], set[str]]:
+    """PER_VIP client (address, port)s for the VIP's connections, the first
+    CROSSING_AND_MOVED of them flows the router sends through `dying` and whose
+    slot r3 takes from another backend (so the host they cross to, which has no
+    entry for them, places them elsewhere); and those flows as "address:port"."""
+    sources = client_sources(lab)
+    candidates = [(src, FIRST_PORT + i) for i in range(100) for src in sources if (src, FIRST_PORT + i) not in exclude]
+    hosts = lab.ecmp_hosts(candidates, vip, PORT, "udp")
+    before = table_places(lab, ["r1", "r2"], candidates, vip, PORT, UDP)
+    after = table_places(lab, ["r1", "r2", "r3"], candidates, vip, PORT, UDP)
+    moved = [c for c, h, b, a in zip(candidates, hosts, before, after) if h == dying and a != b]
+    others = [c for c in candidates if c not in moved]
+    assert len(moved) >= CROSSING_AND_MOVED, f"only {len(moved)} of {len(candidates)} flows cross and move"
+    chosen = moved[:CROSSING_AND_MOVED] + others[:PER_VIP - CROSSING_AND_MOVED]
+    return chosen, {f"{a}:{p}" for a, p in moved[:CROSSING_AND_MOVED]}
 
 
 @pytest.fixture(scope="module")
@@ -97,12 +113,21 @@ def test_quic_connections_survive_a_backend_added_then_a_host_dying(quic_fleet):
             lbd.write_config(config(lab, node, directory, ("r1", "r2", "r3")))
             lbd.lbctl("reload")
 
-    results = run_clients(lab, [add_r3, lambda: lab.kill_host("lbd2")], pause_s=15.0, per_vip=20,
-                          exchange_timeout=20.0)
+    quic_flows, quic_moving = choose_flows(lab, QUIC_VIP, "lbd2")
+    control_flows, control_moving = choose_flows(lab, CONTROL_VIP, "lbd2", exclude=quic_flows)
+    results = run_clients(lab, [add_r3, lambda: lab.kill_host("lbd2")], pause_s=15.0, per_vip=PER_VIP,
+                          exchange_timeout=20.0, local=quic_flows + control_flows)
     quic = [r for r in results if r["vip"] == QUIC_VIP]
     control = [r for r in results if r["vip"] == CONTROL_VIP]
+    assert len(quic) == len(control) == PER_VIP
+    assert {r["first_local"] for r in quic} >= quic_moving  # the chosen flows were the ones opened
     broken = [r for r in quic if r["broken"]]
-    assert quic and not broken, f"QUIC VIP: {len(broken)} of {len(quic)} broke: {broken}"
-    lost = [r for r in control if r["broken"]]
-    assert lost, f"the control lost nothing: no crossing flow's slot moved {control}"
-    print(f"QUIC VIP: none of {len(quic)} broke; control: {len(lost)} of {len(control)} broke")
+    assert not broken, f"QUIC VIP: {len(broken)} of {len(quic)} broke: {broken}"
+    # every control flow that crossed to lbd1 and whose slot moved lost its server
+    crossed = [r for r in control if r["first_local"] in control_moving]
+    assert len(crossed) == CROSSING_AND_MOVED, control
+    kept = [r for r in crossed if not r["broken"]]
+    assert not kept, f"the control kept {len(kept)} crossing flows whose slot moved: {kept}"
+    print(f"QUIC VIP: none of {len(quic)} broke ({len(quic_moving)} crossed and moved); control: "
+          f"{len([r for r in control if r['broken']])} of {len(control)} broke, "
+          f"all {len(crossed)} that crossed and moved")

@@ -30,6 +30,7 @@ class FakeMaps:
         self.rings: dict[int, np.ndarray] = {}
         self.second_rings: dict[int, np.ndarray] = {}
         self.prefilter: dict[int, int] = {}
+        self.quic_prefilter: dict[int, int] = {}
         self.addrs: dict = {}         # (address, proto) -> (flags, fragment VIP id, its flags)
         self.quic_configs: dict[int, tuple[int, int, int]] = {}  # vip id -> (config id, sid len, cid len)
         self.quic_servers: dict[tuple[int, bytes], int] = {}    # (vip id, padded server ID) -> backend id
@@ -42,11 +43,12 @@ class FakeMaps:
         """As Datapath's: the entries that are not all zeros, by id."""
         return dict(self.entries)
 
-    def read_prefilter(self) -> list[int]:
-        return [self.prefilter.get(i, 0) for i in range(C("LBD_PREFILTER_WORDS"))]
+    def read_prefilter(self, quic: bool = False) -> list[int]:
+        bitmap = self.quic_prefilter if quic else self.prefilter
+        return [bitmap.get(i, 0) for i in range(C("LBD_PREFILTER_WORDS"))]
 
-    def write_prefilter(self, words: dict[int, int]) -> None:
-        self.prefilter.update(words)
+    def write_prefilter(self, words: dict[int, int], quic: bool = False) -> None:
+        (self.quic_prefilter if quic else self.prefilter).update(words)
 
     def set_vip(self, address: IPAddress, port: int, proto: int, vip_id: int, flags: int) -> None:
         self.vip_entries[(address, port, proto)] = (vip_id, flags)

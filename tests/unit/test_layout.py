@@ -29,7 +29,9 @@ RELEASED_LAYOUTS = {
         "lbd_forward_prefix": 20,
         # QUIC by CID: maps of their own, added beside layout 4's (whose
         # pinned maps are unchanged, so a daemon adopts them as they are)
-        "lbd_quic_config": 4, "lbd_quic_server_key": 24, "lbd_quic_stats": 96},
+        "lbd_quic_config": 4, "lbd_quic_server_key": 24, "lbd_quic_stats": 96,
+        # the same for the QUIC fast path's server-ID slots (quic_sid_slots)
+        "lbd_quic_sid_slot": 24},
 }
 # Structs of maps that are never pinned (a capture belongs to the daemon that
 # runs it, xdp/capture.h): held to their sizes, but no reason for a new layout.

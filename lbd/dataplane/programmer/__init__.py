@@ -13,10 +13,11 @@ consistent:
      background), so that the entries made in between read their second
      again once it is there,
   3. then VIP and address entries (a new VIP appears only once its table is
-     there), each address's prefilter bit set before its first VIP entry,
+     there), each address's prefilter bit (and a QUIC VIP's address's
+     quic_prefilter bit) set before its first VIP entry,
   4. removals last: VIP entries, then tables, then backend slots (a removed
      backend of a kept second-chance VIP is held instead), then the
-     prefilter bits of addresses no VIP uses any more.
+     prefilter bits of addresses no VIP (no QUIC VIP) uses any more.
 
 Ids: every VIP gets a stable id, every (VIP, backend address) a stable backend
 id. A reused backend id gets a new generation, so connection-table entries
@@ -87,6 +88,8 @@ class Programmer:
         self.books = Books.empty(self.limits.max_vips, self.limits.max_backends)
         # read back so bits left by an earlier daemon are cleared when unused
         self.books.prefilter = {i: bits for i, bits in enumerate(datapath.read_prefilter()) if bits}
+        self.books.quic_prefilter = {i: bits for i, bits in enumerate(datapath.read_prefilter(quic=True))
+                                     if bits}
         self._events: list[HoldEvent] = []
         # the VIP keys and flags the address entries and prefilter were last
         # written for: when they are unchanged (a health change), neither is
@@ -330,10 +333,15 @@ class Programmer:
         # prefilter bits for every wanted address (old ones stay set for now)
         shape = frozenset((key, plan.flags) for key, plan in wanted.items())
         same_vips = shape == self._vip_shape
+        # (and QUIC VIPs' quic_prefilter bits: without its bit, a QUIC VIP's
+        # datagram would be taken for plain UDP and make an entry)
         if not same_vips:
             wanted_bits = addrs.prefilter_words(plan.address for plan in wanted.values())
             addrs.write_prefilter(books, self.dp, {i: bits | books.prefilter.get(i, 0)
                                                    for i, bits in wanted_bits.items()})
+            quic_bits = addrs.prefilter_words(plan.address for plan in wanted.values() if plan.quic)
+            addrs.write_prefilter(books, self.dp, {i: bits | books.quic_prefilter.get(i, 0)
+                                                   for i, bits in quic_bits.items()}, quic=True)
         for key, applied in staged.items():
             self.dp.set_vip(key[0], key[1], key[2], applied.vip_id, self._vip_flags(key, applied))
         if not same_vips:
@@ -387,6 +395,7 @@ class Programmer:
         # 5. now that removed VIPs are gone: exactly the wanted addresses' bits
         if not same_vips:
             addrs.write_prefilter(books, self.dp, wanted_bits, exact=True)
+            addrs.write_prefilter(books, self.dp, quic_bits, exact=True, quic=True)
             self._vip_shape = shape
         return results
 

@@ -24,16 +24,22 @@ def prefilter_words(addresses) -> dict[int, int]:
     return words
 
 
-def write_prefilter(books: Books, dp: MapWriter, words: dict[int, int], exact: bool = False) -> None:
-    """Write the prefilter words that differ from what is written; with
-    exact, every word not in `words` becomes zero as well."""
-    target = dict(books.prefilter)
+def write_prefilter(books: Books, dp: MapWriter, words: dict[int, int], exact: bool = False,
+                    quic: bool = False) -> None:
+    """Write the prefilter words (with quic, quic_prefilter's) that differ from
+    what is written; with exact, every word not in `words` becomes zero as well."""
+    written = books.quic_prefilter if quic else books.prefilter
+    target = dict(written)
     if exact:
         target = {i: 0 for i in target}
     target.update(words)
-    changed = {i: bits for i, bits in target.items() if bits != books.prefilter.get(i, 0)}
-    dp.write_prefilter(changed)
-    books.prefilter = {i: bits for i, bits in target.items() if bits}
+    changed = {i: bits for i, bits in target.items() if bits != written.get(i, 0)}
+    dp.write_prefilter(changed, quic=quic)
+    kept = {i: bits for i, bits in target.items() if bits}
+    if quic:
+        books.quic_prefilter = kept
+    else:
+        books.prefilter = kept
 
 
 def write_addrs(books: Books, dp: MapWriter, wanted: dict[VipKey, VipPlan]) -> None:

@@ -35,7 +35,9 @@ def write(dp: MapWriter, applied: AppliedVip, old: AppliedVip | None, rewrite: b
     for sid in there.keys() - wanted.keys():
         dp.delete_quic_server(vip_id, sid)
     for sid, backend_id in wanted.items():
-        if there.get(sid) != backend_id:
+        # read from the map (an adopted datapath, a restore): all of them, so that
+        # their quic_sid_slots are filled too (an older program's has no slots)
+        if there.get(sid) != backend_id or rewrite or old is None:
             dp.set_quic_server(vip_id, sid, backend_id)
 
 

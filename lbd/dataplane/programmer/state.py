@@ -107,6 +107,8 @@ class Books:
     addr_entries: dict[tuple[IPAddress, int], tuple[int, int, int]] = field(default_factory=dict)
     # the prefilter as written (word index -> bits, nonzero words only)
     prefilter: dict[int, int] = field(default_factory=dict)
+    # quic_prefilter as written: the bits of QUIC VIPs' addresses (xdp/prefilter.h)
+    quic_prefilter: dict[int, int] = field(default_factory=dict)
     # VIPs whose second table waits to be built; ordered: first in, first built
     second_pending: dict[VipKey, None] = field(default_factory=dict)
 

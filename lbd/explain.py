@@ -332,7 +332,7 @@ def decide(view: FlowView, kind: str) -> Decision:
         second = named_second(view.flow, be, be.vip_flags, *_entry_second(view))
         return Decision(kind, "forward", be.backend_id, str(be.address), "entry kept", KEPT,
                         *_second_fields(second))
-    # 3. otherwise the VIP's table. A SYN removes the entry it did not follow
+    # 4. otherwise the VIP's table. A SYN removes the entry it did not follow
     # (a new connection on an old 4-tuple, its backend closed to new flows or
     # its connection finished: its ACK must meet the SYN's
     # backend); any other packet overwrites it once placed; an RST makes none.

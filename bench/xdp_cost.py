@@ -294,8 +294,6 @@ MAPS_TODAY_EXPECTS = (
     ("quic_routed", 'LBD_MAP("percpu_array", u32, u64, quic_routed, LBD_MAX_BACKENDS, 0);'),
     ("quic_prefilter", 'LBD_MAP("array", u32, u64, quic_prefilter, LBD_PREFILTER_WORDS, 0);'),
     ("quic_sid_slots", 'LBD_MAP("array", u32, u64, quic_sid_slots, 1, 0);'),
-    # a plain array stands in for the settled map-in-map: every VIP reads "none"
-    ("settled", 'BPF_F_TABLE("array", u32, u32, settled, LBD_MAX_VIPS, 0);'),
     ("syn_settled", 'LBD_MAP("percpu_array", u32, u64, syn_settled, 1, 0);'),
 )
 

@@ -93,7 +93,7 @@ static __always_inline __u32 lbd_table_slot(void *table, __u32 hash)
 	if (!table)
 		return LBD_NO_BACKEND;
 	id = bpf_map_lookup_elem(table, &slot);
-	return id ? *id : LBD_NO_BACKEND;
+	return id ? *id & LBD_SLOT_BACKEND : LBD_NO_BACKEND; /* without settle.h's marks */
 }
 
 /* The first choice: the VIP's current Maglev table. */
@@ -222,12 +222,12 @@ static __always_inline void lbd_flow_insert(struct lbd_global_stats *gs,
 	}
 }
 
-/* The VIP's settled map (settle.h), or NULL. */
-static __always_inline void *lbd_settled_map(__u32 vip_id)
+/* The VIP's Maglev table (an inner map of rings), or NULL. */
+static __always_inline void *lbd_ring_of(__u32 vip_id)
 {
 	int outer_key = vip_id;
 
-	return settled.lookup(&outer_key);
+	return rings.lookup(&outer_key);
 }
 
 /* The VIP's table's backend for `hash`, if it takes new flows (else NULL). */
@@ -555,14 +555,22 @@ static __always_inline struct lbd_vip_stats *lbd_count_vip(__u32 vip_id, __u32 f
  * path through the rules keeps the verifier's count in budget. */
 static __always_inline int lbd_syn_in_settled_slot(const struct lbd_packet *pkt, int syn)
 {
-	__u32 zero = 0;
+	__u32 zero = 0, slot, *value;
 	struct lbd_vip_info *vip;
+	void *table;
 	__u64 *count;
 
 	if (!syn || LBD_SYN_MAKES_ENTRY)
 		return 0;
 	vip = lbd_vip_lookup(&pkt->flow, LBD_ADDR_ANY_VIP);
-	if (!vip || !lbd_slot_settled(lbd_settled_map(vip->vip_id), lbd_hash_for(&pkt->flow, vip->flags)))
+	if (!vip)
+		return 0;
+	table = lbd_ring_of(vip->vip_id);
+	if (!table)
+		return 0;
+	slot = lbd_hash_for(&pkt->flow, vip->flags) % LBD_RING_SIZE;
+	value = bpf_map_lookup_elem(table, &slot);
+	if (!value || !lbd_slot_settled(*value))
 		return 0;
 	count = syn_settled.lookup(&zero);
 	if (count)
@@ -742,7 +750,7 @@ static __always_inline int lbd_balance(struct xdp_md *ctx)
 		if (be && lbd_backend_usable(be, entry->generation) &&
 		    (!syn || (be->state == LBD_BACKEND_ACTIVE && !lbd_flow_finished(entry)))) {
 			if (lbd_flow_seen(entry, &pkt))
-				lbd_unsettle(lbd_settled_map(be->vip_id),
+				lbd_unsettle(lbd_ring_of(be->vip_id),
 					     lbd_hash_for(&pkt.flow, be->vip_flags));
 			vip_id = be->vip_id;
 			vip_flags = be->vip_flags;
@@ -809,7 +817,7 @@ static __always_inline int lbd_balance(struct xdp_md *ctx)
 		placed.second_id = second_id;
 		lbd_flow_insert(gs, &pkt.flow, &placed, &pkt, entry_flags);
 		if (pkt.tcp_flags & (LBD_TCP_FIN | LBD_TCP_RST)) /* made finished (settle.h) */
-			lbd_unsettle(lbd_settled_map(vip_id), hash);
+			lbd_unsettle(lbd_ring_of(vip_id), hash);
 		if (vs) {
 			if (moved)
 				vs->rescheduled++;

@@ -73,19 +73,21 @@
 #define LBD_NO_BACKEND 0
 
 /* Settled slots (xdp/settle.h, lbd/dataplane/settle.py; docs/design.md "What a
- * SYN looks up"). Per VIP, one byte per Maglev slot, 8 slots per u64 array
- * value (one byte each, so that the program clears one slot with a plain
- * store: this bcc builds for a BPF CPU without atomic AND):
+ * SYN looks up"): two marks in the top bits of a slot of a VIP's Maglev table
+ * (rings; backend ids stay below them, LBD_MAX_BACKENDS is far smaller), so a
+ * SYN reads its slot's backend and whether it is settled in one load.
  * LBD_SLOT_SETTLED: no connection-table entry of the slot can send a SYN
  * elsewhere than the table, so a SYN there skips its entry lookup;
  * LBD_SLOT_CANDIDATE: the daemon's walk is judging the slot. Only the daemon
- * raises a byte, and only by compare and swap (CANDIDATE to SETTLED); the
- * program and the programmer only set bytes to 0. */
-#define LBD_SLOT_UNSETTLED 0
-#define LBD_SLOT_CANDIDATE 1
-#define LBD_SLOT_SETTLED 2
-#define LBD_SETTLED_SLOTS_PER_WORD 8
-#define LBD_SETTLED_WORDS ((LBD_RING_SIZE + LBD_SETTLED_SLOTS_PER_WORD - 1) / LBD_SETTLED_SLOTS_PER_WORD)
+ * sets a mark, and only by compare and swap (none to CANDIDATE, CANDIDATE to
+ * SETTLED); the program and the daemon clear them with plain stores of the
+ * slot's backend id. A table is written without marks. Every reader of a
+ * table masks them (LBD_SLOT_BACKEND). A daemon before them never meets one:
+ * its first apply writes every table afresh before it attaches its program. */
+#define LBD_SLOT_CANDIDATE 0x40000000
+#define LBD_SLOT_SETTLED 0x80000000
+#define LBD_SLOT_MARKS 0xc0000000
+#define LBD_SLOT_BACKEND 0x3fffffff
 
 /* vip_key.family, addr_key.family, flow_key.family, backend.family */
 enum lbd_family {

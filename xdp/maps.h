@@ -39,13 +39,6 @@ BPF_F_TABLE("array", u32, u32, ring_template, LBD_RING_SIZE, BPF_F_MMAPABLE);
 LBD_MAP("array_of_maps$ring_template", int, int, rings, LBD_MAX_VIPS, 0);
 /* VIP id -> its second-choice table (slot -> backend id, 0 none), read at the same slot as rings */
 LBD_MAP("array_of_maps$ring_template", int, int, second_rings, LBD_MAX_VIPS, 0);
-/* Per VIP, its settled bitmap (lbd_shared.h, xdp/settle.h): an inner map
- * shaped like settled_template. Not pinned: what it says holds only for the
- * tables the daemon that wrote it judged, so a new program starts with none
- * (every slot unsettled: every SYN looks its entry up) until that daemon's
- * first walk; an older program, which knows nothing of it, is never misled. */
-BPF_F_TABLE("array", u32, u64, settled_template, LBD_SETTLED_WORDS, BPF_F_MMAPABLE);
-BPF_F_TABLE("array_of_maps$settled_template", int, int, settled, LBD_MAX_VIPS, 0);
 /* 5-tuple -> backend: one key space, so a flow whose packets move to another
  * CPU keeps its backend. The common LRU (flags 0), not per-CPU LRU lists
  * (BPF_F_NO_COMMON_LRU): a per-CPU list rotates its active and inactive lists

@@ -10,8 +10,9 @@
  * a settled slot goes to the table without the lookup, as it would with it.
  *
  * What can make a settled slot's entry disagree, and who clears the slot:
- * - the table or the second table changes: the daemon clears the VIP's
- *   bitmap before it swaps the table in (lbd/dataplane/maps.py);
+ * - the table changes: a new table comes without marks;
+ * - the second table changes: the daemon clears the marks of the VIP's
+ *   table before it swaps the second table in (lbd/dataplane/maps.py);
  * - a client sends FIN or RST: its entry is marked finished, which a SYN on
  *   the 4-tuple would remove; lbd_unsettle below clears the slot first, once
  *   per connection (the mark is written once).
@@ -22,37 +23,25 @@
 
 #include "lbd_shared.h"
 
-/* The byte of slot `hash % LBD_RING_SIZE` in a VIP's settled map (the inner
- * map settled holds for it: bcc rewrites map names in balancer.c only, so
- * the caller looks it up), or NULL while the VIP has none (every slot
- * unsettled). */
-static __always_inline __u8 *lbd_settled_byte(void *bytes, __u32 hash)
+/* Marks live in the top bits of a table slot (lbd_shared.h). */
+static __always_inline int lbd_slot_settled(__u32 value)
 {
-	__u32 slot = hash % LBD_RING_SIZE, word = slot / LBD_SETTLED_SLOTS_PER_WORD;
-	__u8 *value;
-
-	if (!bytes)
-		return NULL;
-	value = bpf_map_lookup_elem(bytes, &word);
-	return value ? value + slot % LBD_SETTLED_SLOTS_PER_WORD : NULL;
+	return (value & LBD_SLOT_MARKS) == LBD_SLOT_SETTLED;
 }
 
-static __always_inline int lbd_slot_settled(void *bytes, __u32 hash)
+/* A client ended a connection of this slot of `table` (a VIP's inner map of
+ * rings): unsettle it, and end a walk's candidacy (its compare and swap then
+ * fails). A plain store: the backend id never changes in place, and marks
+ * are only ever cleared here. */
+static __always_inline void lbd_unsettle(void *table, __u32 hash)
 {
-	__u8 *state = lbd_settled_byte(bytes, hash);
+	__u32 slot = hash % LBD_RING_SIZE, *value;
 
-	return state && *state == LBD_SLOT_SETTLED;
-}
-
-/* A client ended a connection of this slot: unsettle it, and end a walk's
- * candidacy (its compare and swap then fails). A plain store of the slot's
- * own byte: no other slot's state is touched. */
-static __always_inline void lbd_unsettle(void *bytes, __u32 hash)
-{
-	__u8 *state = lbd_settled_byte(bytes, hash);
-
-	if (state && *state != LBD_SLOT_UNSETTLED)
-		*state = LBD_SLOT_UNSETTLED;
+	if (!table)
+		return;
+	value = bpf_map_lookup_elem(table, &slot);
+	if (value && (*value & LBD_SLOT_MARKS))
+		*value &= LBD_SLOT_BACKEND;
 }
 
 #endif /* LBD_SETTLE_H */

@@ -19,11 +19,11 @@
 
 #define NO_BACKEND 0u /* LBD_NO_BACKEND */
 /* From xdp/lbd_shared.h, which tests/unit holds these to: LBD_HASH_SEED and
- * the settled map's byte states. */
+ * the marks of a settled slot. */
 #define HASH_SEED 0x6c626431u
-#define SLOT_UNSETTLED 0
-#define SLOT_CANDIDATE 1
-#define SLOT_SETTLED 2
+#define SLOT_CANDIDATE 0x40000000u
+#define SLOT_SETTLED 0x80000000u
+#define SLOT_MARKS 0xc0000000u
 
 static inline uint32_t rotl32(uint32_t x, int r)
 {
@@ -252,28 +252,41 @@ out:
 	return result;
 }
 
-/* The program stores to these bytes while we run (xdp/settle.h): every
- * change here is a compare and swap, so none of its stores is lost. */
-static Py_ssize_t swap_bytes(unsigned char *bytes, Py_ssize_t n, const unsigned char *skip,
-			     unsigned char from, unsigned char to)
+/* The marks of settle.h in a Maglev table's slots (u32 values in 8-byte
+ * slots of a mmapped array map). The program and the daemon clear marks
+ * with plain stores while we run: every change here is a compare and swap
+ * from a value read, so none of their stores is lost. */
+static Py_ssize_t swap_marks(unsigned char *memory, Py_ssize_t slots, const unsigned char *skip,
+			     uint32_t from, uint32_t to)
 {
 	Py_ssize_t i, swapped = 0;
 
-	for (i = 0; i < n; i++) {
-		unsigned char expected = from;
+	for (i = 0; i < slots; i++) {
+		uint32_t *value = (uint32_t *)(memory + 8 * i), seen;
 
 		if (skip && skip[i])
 			continue;
-		if (__atomic_load_n(&bytes[i], __ATOMIC_RELAXED) == from &&
-		    __atomic_compare_exchange_n(&bytes[i], &expected, to, 0, __ATOMIC_SEQ_CST,
-						__ATOMIC_RELAXED))
+		seen = __atomic_load_n(value, __ATOMIC_RELAXED);
+		if ((seen & SLOT_MARKS) == from &&
+		    __atomic_compare_exchange_n(value, &seen, (seen & ~SLOT_MARKS) | to, 0,
+						__ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
 			swapped++;
 	}
 	return swapped;
 }
 
-/* mark_candidates(memory, slots) -> int: every unsettled slot of a settled
- * map (writable memory, one byte per slot) becomes a candidate. */
+static int table_memory(Py_buffer *memory, Py_ssize_t slots, const char *who)
+{
+	if (slots < 0 || slots > memory->len / 8) {
+		PyBuffer_Release(memory);
+		PyErr_Format(PyExc_ValueError, "%s: more slots than memory", who);
+		return -1;
+	}
+	return 0;
+}
+
+/* mark_candidates(memory, slots) -> int: every unmarked slot of a table
+ * becomes a candidate. */
 static PyObject *mark_candidates(PyObject *Py_UNUSED(self), PyObject *args)
 {
 	Py_buffer memory;
@@ -281,19 +294,16 @@ static PyObject *mark_candidates(PyObject *Py_UNUSED(self), PyObject *args)
 
 	if (!PyArg_ParseTuple(args, "w*n:mark_candidates", &memory, &slots))
 		return NULL;
-	if (slots < 0 || slots > memory.len) {
-		PyBuffer_Release(&memory);
-		PyErr_SetString(PyExc_ValueError, "mark_candidates: more slots than memory");
+	if (table_memory(&memory, slots, "mark_candidates") < 0)
 		return NULL;
-	}
-	swapped = swap_bytes(memory.buf, slots, NULL, SLOT_UNSETTLED, SLOT_CANDIDATE);
+	swapped = swap_marks(memory.buf, slots, NULL, 0, SLOT_CANDIDATE);
 	PyBuffer_Release(&memory);
 	return PyLong_FromSsize_t(swapped);
 }
 
 /* settle_slots(memory, blocked) -> int: every candidate slot not blocked
  * (one byte per slot, nonzero: an entry of it disagrees) becomes settled;
- * a slot the program unsettled since it was marked stays unsettled. */
+ * a slot unsettled since it was marked stays unsettled. */
 static PyObject *settle_slots(PyObject *Py_UNUSED(self), PyObject *args)
 {
 	Py_buffer memory, blocked;
@@ -301,13 +311,11 @@ static PyObject *settle_slots(PyObject *Py_UNUSED(self), PyObject *args)
 
 	if (!PyArg_ParseTuple(args, "w*y*:settle_slots", &memory, &blocked))
 		return NULL;
-	if (blocked.len > memory.len) {
-		PyBuffer_Release(&memory);
+	if (table_memory(&memory, blocked.len, "settle_slots") < 0) {
 		PyBuffer_Release(&blocked);
-		PyErr_SetString(PyExc_ValueError, "settle_slots: more slots than memory");
 		return NULL;
 	}
-	swapped = swap_bytes(memory.buf, blocked.len, blocked.buf, SLOT_CANDIDATE, SLOT_SETTLED);
+	swapped = swap_marks(memory.buf, blocked.len, blocked.buf, SLOT_CANDIDATE, SLOT_SETTLED);
 	PyBuffer_Release(&memory);
 	PyBuffer_Release(&blocked);
 	return PyLong_FromSsize_t(swapped);
@@ -321,7 +329,7 @@ static PyMethodDef methods[] = {
 	 "flow_slots(keys, key_size, offsets, client_only, ring_size) -> bytes: each "
 	 "connection-table key's Maglev slot as native u32 (see lbd.dataplane.settle)."},
 	{"mark_candidates", mark_candidates, METH_VARARGS,
-	 "mark_candidates(memory, slots) -> int: unsettled slots become candidates."},
+	 "mark_candidates(memory, slots) -> int: a table's unmarked slots become candidates."},
 	{"settle_slots", settle_slots, METH_VARARGS,
 	 "settle_slots(memory, blocked) -> int: candidates not blocked become settled."},
 	{NULL, NULL, 0, NULL},

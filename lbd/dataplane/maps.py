@@ -34,6 +34,7 @@ log = logging.getLogger("lbd.dataplane.maps")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 C = layout.constant
+SLOT_BACKEND = C("LBD_SLOT_BACKEND")  # a table slot without settle.h's marks
 TCP = socket.IPPROTO_TCP  # its flows have their own connection table
 
 
@@ -228,11 +229,10 @@ class Datapath:
         self.quic_sid_slots = self.bpf[b"quic_sid_slots"]
         self.quic_stats = self.bpf[b"quic_stats"]
         self.quic_routed = self.bpf[b"quic_routed"]
-        self.settled = self.bpf[b"settled"]          # VIP id -> its settled map (lbd/dataplane/settle.py)
         self.syn_settled = self.bpf[b"syn_settled"]  # SYNs placed without a connection-table lookup
-        # Held while a VIP's tables change and while the settle walk judges
-        # or settles slots: a slot is settled only against the tables the
-        # walk read (lbd/dataplane/settle.py).
+        # Held while a VIP's second table changes and while the settle walk
+        # judges or settles slots: a slot is settled only against the tables
+        # the walk read (lbd/dataplane/settle.py).
         self.settle_lock = threading.Lock()
         self._clock_fd: int | None = None
         self._clock_lock = threading.Lock()
@@ -371,18 +371,15 @@ class Datapath:
                 for vip_id, table in items[start:start + self.RING_BATCH]:
                     fds.append((vip_id, self._new_ring(table)))
                 with self.settle_lock:
-                    # unsettled before the swap: no SYN skips its lookup on
-                    # the strength of a judgement of the old tables
-                    self._unsettle([vip_id for vip_id, _ in fds])
+                    # a new table comes unmarked; before a new second table,
+                    # its VIP's table is unsettled, so no SYN skips its lookup
+                    # on the strength of a judgement of the old second choices
+                    if outer is self.second_rings:
+                        settle.clear(self, [vip_id for vip_id, _ in fds])
                     bpfsys.update_batch_u32(outer.map_fd, fds)
             finally:
                 for _, fd in fds:
                     os.close(fd)  # the outer map holds its own references now
-
-    def _unsettle(self, vip_ids) -> None:
-        """Every slot of these VIPs unsettled (xdp/settle.h). Called with
-        settle_lock held."""
-        settle.clear(self, vip_ids)
 
     def _new_ring(self, table) -> int:
         if len(table) != self.limits.ring_size:
@@ -414,9 +411,10 @@ class Datapath:
             return None
         fd = bpfsys.map_fd_by_id(map_id)
         try:
-            return bpfsys.lookup_array_u32(fd, self.limits.ring_size)
+            table = bpfsys.lookup_array_u32(fd, self.limits.ring_size)
         finally:
             os.close(fd)
+        return array.array("I", (v & SLOT_BACKEND for v in table))  # without settle's marks
 
     def ring_slot(self, vip_id: int, slot: int) -> int:
         """One slot of the VIP's current table (for explain)."""
@@ -432,19 +430,17 @@ class Datapath:
             return C("LBD_NO_BACKEND")
         fd = bpfsys.map_fd_by_id(map_id)
         try:
-            return bpfsys.lookup_u32(fd, slot) or 0
+            return (bpfsys.lookup_u32(fd, slot) or 0) & SLOT_BACKEND  # without settle's marks
         finally:
             os.close(fd)
 
     def clear_ring(self, vip_id: int) -> None:
-        with self.settle_lock:
-            self._unsettle([vip_id])
-            bpfsys.delete_u32(self.rings.map_fd, vip_id)
+        bpfsys.delete_u32(self.rings.map_fd, vip_id)
 
     def clear_second_ring(self, vip_id: int) -> None:
         """Remove the VIP's second-choice table (a no-op if it has none)."""
         with self.settle_lock:
-            self._unsettle([vip_id])
+            settle.clear(self, [vip_id])
             bpfsys.delete_u32(self.second_rings.map_fd, vip_id)
 
     # --- connection table -----------------------------------------------------

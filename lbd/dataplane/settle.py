@@ -5,8 +5,9 @@ cache and TLB miss that is most of a new connection's cost, and its answer
 changes where the SYN goes only when its 4-tuple has an entry that disagrees
 with the table (docs/design.md, "What a SYN looks up"). This module's walk
 finds the Maglev slots of which no entry disagrees and marks them SETTLED in
-the VIP's settled map (xdp/settle.h); a SYN in a settled slot skips the
-lookup.
+the top bits of the slot itself (xdp/lbd_shared.h, xdp/settle.h), so a SYN
+reads its backend and the mark in one load; a SYN in a settled slot skips
+the lookup.
 
 An entry **agrees** with its slot when it names the slot's backend, at that
 backend's generation, the backend takes new flows, its second choice is the
@@ -20,10 +21,11 @@ removes such an entry itself once it agrees and has been silent for
 CLOSED_AFTER_S (its close's last ACK has come), and until then the slot
 stays unsettled.
 
-Who unsettles: the daemon, before it swaps in a VIP's new table or second
-table (lbd/dataplane/maps.py, under settle_lock), and the program, when a
-client's FIN or RST marks an entry. Every other entry a packet makes takes
-the slot's backend and second choice, and so agrees.
+Who unsettles: a new table comes without marks; the daemon clears a VIP's
+marks before it swaps in its new second table (lbd/dataplane/maps.py, under
+settle_lock); the program clears a slot's when a client's FIN or RST marks
+an entry. Every other entry a packet makes takes the slot's backend and
+second choice, and so agrees.
 
 The walk (after each table sample, every 10 s, or less often where a walk
 takes more than a tenth of that; off the event loop):
@@ -37,8 +39,8 @@ takes more than a tenth of that; off the event loop):
    blocks becomes SETTLED by compare and swap, so a slot the program
    unsettled meanwhile (a FIN) stays unsettled.
 A VIP whose second table is pending is not judged (its entries' second
-choices are about to change). The settled maps are not pinned: a new
-program starts with every slot unsettled.
+choices are about to change). Marks survive a restart with the pinned
+tables, and stay true meanwhile: the program keeps clearing them.
 """
 from __future__ import annotations
 
@@ -55,14 +57,15 @@ from lbd.dataplane.flowtable import CLOSED_AFTER_S
 # The daemon walks after each table sample (every 10 s), but never more often
 # than once per CPU_SHARE_INVERSE times the last walk's duration.
 CPU_SHARE_INVERSE = 10
-SLOTS_PER_WORD = layout.constant("LBD_SETTLED_SLOTS_PER_WORD")
 ACTIVE = layout.constant("LBD_BACKEND_ACTIVE")
 CLIENT_CLOSED = layout.constant("LBD_FLOW_CLIENT_CLOSED")
 PROVISIONAL = layout.constant("LBD_FLOW_SECOND_PROVISIONAL")
 CLIENT_AFFINITY = layout.constant("LBD_VIP_CLIENT_AFFINITY")
 SECOND_PENDING = layout.constant("LBD_VIP_SECOND_PENDING")
-SLOT_UNSETTLED = layout.constant("LBD_SLOT_UNSETTLED")
+SLOT_UNSETTLED = 0
+SLOT_CANDIDATE = layout.constant("LBD_SLOT_CANDIDATE")
 SLOT_SETTLED = layout.constant("LBD_SLOT_SETTLED")
+SLOT_MARKS = layout.constant("LBD_SLOT_MARKS")
 TCP = 6
 
 
@@ -86,13 +89,8 @@ class _Judged:
     client_only: bool
     first_map: int
     second_map: int
-    settled_map: int
     first: np.ndarray   # slot -> backend id
     second: np.ndarray  # slot -> second choice (0: none)
-
-
-def _words(datapath) -> int:
-    return (datapath.limits.ring_size + SLOTS_PER_WORD - 1) // SLOTS_PER_WORD
 
 
 def _with_memory(map_id: int, value_size: int, entries: int, use):
@@ -105,35 +103,42 @@ def _with_memory(map_id: int, value_size: int, entries: int, use):
 
 
 def _read_table(map_id: int, size: int) -> np.ndarray:
-    """A Maglev table (u32 values in 8-byte slots of a mmapable array)."""
+    """A Maglev table's backend ids (u32 values in 8-byte slots of a mmapable
+    array), without marks."""
     def copy(memory):
         values = np.frombuffer(memory, dtype=np.uint32, count=2 * size)
-        table = values[0::2].copy()
+        table = values[0::2] & np.uint32(~SLOT_MARKS & 0xFFFFFFFF)
         del values  # the mapping cannot close while a view holds it
         return table
     return _with_memory(map_id, 4, size, copy)
 
 
 def clear(datapath, vip_ids) -> None:
-    """Every slot of these VIPs unsettled, in place (no map update, so no
-    RCU wait in an apply). The caller holds datapath.settle_lock, so no walk
-    settles a slot meanwhile; the program only ever clears."""
+    """Every slot of these VIPs' tables unsettled, in place (before their
+    second tables change). The caller holds datapath.settle_lock, so no walk
+    settles a slot meanwhile; the program only ever clears marks."""
+    size = datapath.limits.ring_size
     for vip_id in vip_ids:
-        map_id = bpfsys.lookup_u32(datapath.settled.map_fd, vip_id)
+        map_id = bpfsys.lookup_u32(datapath.rings.map_fd, vip_id)
         if map_id:
-            _with_memory(map_id, 8, _words(datapath), _zero)
+            _with_memory(map_id, 4, size, lambda memory: _unmark(memory, size))
+
+
+def _unmark(memory, size: int) -> None:
+    values = np.frombuffer(memory, dtype=np.uint32, count=2 * size)[0::2]
+    marked = np.flatnonzero(values & np.uint32(SLOT_MARKS))
+    values[marked] &= np.uint32(~SLOT_MARKS & 0xFFFFFFFF)  # each a 4-byte store of the slot's own value
+    del values
 
 
 def slot_state(datapath, vip_id: int, slot: int) -> int:
-    """One slot's byte (LBD_SLOT_*): 0 while the VIP has no settled map."""
-    map_id = bpfsys.lookup_u32(datapath.settled.map_fd, vip_id)
+    """One slot's marks (SLOT_SETTLED, SLOT_CANDIDATE or 0)."""
+    map_id = bpfsys.lookup_u32(datapath.rings.map_fd, vip_id)
     if not map_id:
-        return 0
-    return _with_memory(map_id, 8, _words(datapath), lambda memory: memory[slot])
-
-
-def _zero(memory) -> None:
-    memory[:] = bytes(len(memory))
+        return SLOT_UNSETTLED
+    value = _with_memory(map_id, 4, datapath.limits.ring_size,
+                         lambda memory: int.from_bytes(memory[8 * slot:8 * slot + 4], "little"))
+    return value & SLOT_MARKS
 
 
 def _tcp_vips(datapath) -> list[tuple[int, int, bytes, bytes]]:
@@ -159,41 +164,21 @@ def _backend_state(datapath) -> tuple[np.ndarray, np.ndarray]:
     return values["generation"].copy(), values["state"].copy()
 
 
-def _install_settled_maps(datapath, vip_ids: list[int]) -> None:
-    """A settled map (all unsettled) for each VIP that has none: one batched
-    update (the kernel waits for readers once per update call)."""
-    fds = []
-    try:
-        for vip_id in vip_ids:
-            fds.append((vip_id, bpfsys.create_array("lbd_settled", 8, _words(datapath),
-                                                    bpfsys.BPF_F_MMAPABLE)))
-        if fds:
-            bpfsys.update_batch_u32(datapath.settled.map_fd, fds)
-    finally:
-        for _, fd in fds:
-            os.close(fd)  # the outer map holds its own references now
-
-
 def _prepare(datapath) -> tuple[list[_Judged], dict, np.ndarray, np.ndarray]:
     """Step 1, with settle_lock held."""
     size = datapath.limits.ring_size
-    vips = [v for v in _tcp_vips(datapath) if not v[1] & SECOND_PENDING]
-    _install_settled_maps(datapath, [v[0] for v in vips
-                                     if not bpfsys.lookup_u32(datapath.settled.map_fd, v[0])])
     judged: list[_Judged] = []
     by_address: dict[tuple[bytes, bytes], int] = {}  # (family+address, port) -> index in judged
-    for vip_id, flags, address, port in vips:
+    for vip_id, flags, address, port in _tcp_vips(datapath):
         first_map = bpfsys.lookup_u32(datapath.rings.map_fd, vip_id)
-        settled_map = bpfsys.lookup_u32(datapath.settled.map_fd, vip_id)
-        if not first_map or not settled_map:
+        if not first_map or flags & SECOND_PENDING:
             continue
         second_map = bpfsys.lookup_u32(datapath.second_rings.map_fd, vip_id) or 0
         second = _read_table(second_map, size) if second_map else np.zeros(size, np.uint32)
-        _with_memory(settled_map, 8, _words(datapath),
-                     lambda memory: _maglev.mark_candidates(memory, size))
+        _with_memory(first_map, 4, size, lambda memory: _maglev.mark_candidates(memory, size))
         by_address[(address, port)] = len(judged)
         judged.append(_Judged(vip_id, bool(flags & CLIENT_AFFINITY), first_map, second_map,
-                              settled_map, _read_table(first_map, size), second))
+                              _read_table(first_map, size), second))
     generations, states = _backend_state(datapath)
     return judged, by_address, generations, states
 
@@ -243,6 +228,13 @@ def _vip_of_entries(keys: np.ndarray, by_address: dict) -> np.ndarray:
     return where
 
 
+def _count_settled(memory, size: int) -> int:
+    values = np.frombuffer(memory, dtype=np.uint32, count=2 * size)[0::2]
+    count = int(np.count_nonzero((values & np.uint32(SLOT_MARKS)) == np.uint32(SLOT_SETTLED)))
+    del values
+    return count
+
+
 def settle(datapath) -> SettleResult:
     """One walk (the module docstring's steps). Runs for a while at 1M
     entries: call it off the event loop."""
@@ -286,17 +278,14 @@ def settle(datapath) -> SettleResult:
     with datapath.settle_lock:
         for vip, blocked, remove in zip(judged, blocked_by_vip, removable):
             if (bpfsys.lookup_u32(datapath.rings.map_fd, vip.vip_id) != vip.first_map
-                    or (bpfsys.lookup_u32(datapath.second_rings.map_fd, vip.vip_id) or 0) != vip.second_map
-                    or bpfsys.lookup_u32(datapath.settled.map_fd, vip.vip_id) != vip.settled_map):
+                    or (bpfsys.lookup_u32(datapath.second_rings.map_fd, vip.vip_id) or 0) != vip.second_map):
                 continue  # its tables changed since step 1: judged again next walk
             for i in remove:
                 bpfsys.delete_bytes(datapath.conntrack.map_fd, raw_keys[i * key_size:(i + 1) * key_size])
             removed += len(remove)
             blocked_slots += int(np.count_nonzero(blocked))
-            newly += _with_memory(vip.settled_map, 8, _words(datapath),
+            newly += _with_memory(vip.first_map, 4, size,
                                   lambda memory: _maglev.settle_slots(memory, blocked.tobytes()))
-            settled += _with_memory(vip.settled_map, 8, _words(datapath),
-                                    lambda memory: int(np.count_nonzero(
-                                        np.frombuffer(memory, np.uint8, count=size) == SLOT_SETTLED)))
+            settled += _with_memory(vip.first_map, 4, size, lambda memory: _count_settled(memory, size))
     return SettleResult(len(judged), len(judged) * size, settled, newly, blocked_slots, removed,
                         len(values), time.monotonic() - started)

@@ -6,10 +6,16 @@ walk: the rules are written from docs/design.md's flow table, not from the
 walk's code."""
 from __future__ import annotations
 
+import array
+import ctypes
+import ipaddress
+
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scapy.layers.l2 import Ether
 
-from lbd.dataplane import flowhash, settle
+from lbd.dataplane import _maglev, flowhash, settle
 from lbd.plan import DRAINING
 from tests.bpf import flowkit as fk
 from tests.bpf import scenario as sc
@@ -145,3 +151,69 @@ def test_a_table_change_unsettles_every_slot_of_its_vip_before_it_lands(lb):
     skipped = lb.dp.syns_without_lookup()
     _send(lb, PORTS[0])
     assert lb.dp.syns_without_lookup() == skipped
+
+
+def test_a_second_table_change_unsettles_its_vip_before_it_lands(lb):
+    plan = _plan(sc.backends("198.18.0.", 3))
+    lb.apply([plan])
+    settle.settle(lb.dp)
+    vip_id = _vip_id(lb, plan)
+    assert settle.slot_state(lb.dp, vip_id, _slot(lb, plan, PORTS[0])) == settle.SLOT_SETTLED
+    lb.dp.write_second_rings({vip_id: array.array("I", bytes(4 * lb.dp.limits.ring_size))})
+    assert all(settle.slot_state(lb.dp, vip_id, _slot(lb, plan, port)) == settle.SLOT_UNSETTLED
+               for port in PORTS)
+
+
+def test_marks_never_reach_what_reads_a_table(lb):
+    """The marks share the table's slots: the program's table reads (a packet
+    without an entry) and the daemon's (explain, previews) see backends only."""
+    plan = _plan(sc.backends("198.18.0.", 3))
+    lb.apply([plan])
+    settle.settle(lb.dp)
+    vip_id = _vip_id(lb, plan)
+    assert list(lb.dp.read_ring(vip_id)) == list(lb.programmer.applied()[plan.key].table)
+    for port in PORTS[:20]:
+        packet = sc.client_packet(sc.DSR_V4, 80, sport=port, flags="A")
+        assert _send(lb, port, "A") == sc.mac(sc.predicted_backend(lb, plan, packet).dst_mac)
+
+
+addresses = st.one_of(st.integers(0, 2**32 - 1).map(ipaddress.IPv4Address),
+                      st.integers(0, 2**128 - 1).map(ipaddress.IPv6Address))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flows=st.lists(st.tuples(addresses, st.integers(0, 2**128 - 1), st.integers(0, 65535),
+                                st.integers(0, 65535), st.sampled_from([6, 17]), st.booleans()),
+                      min_size=1, max_size=20))
+def test_the_walks_slots_are_the_programs_hash(datapath, flows):
+    """flow_slots (C) against lbd.dataplane.flowhash (the Python reference the
+    kernel is held to), on keys laid out by the program's own key type."""
+    keys, client_only, expected = b"", b"", []
+    size = datapath.limits.ring_size
+    for src, dst_bits, sport, dport, proto, client in flows:
+        dst = ipaddress.IPv4Address(dst_bits % 2**32) if src.version == 4 else ipaddress.IPv6Address(dst_bits)
+        keys += bytes(datapath.flow_key(src, dst, sport, dport, proto))
+        client_only += bytes([client])
+        hashed = flowhash.client_hash(src) if client else flowhash.flow_hash(src, dst, sport, dport, proto)
+        expected.append(flowhash.table_slot(hashed, size))
+    key = datapath.conntrack.Key
+    offsets = (key.src.offset, key.dst.offset, key.sport.offset, key.proto.offset, key.family.offset)
+    got = array.array("I", _maglev.flow_slots(keys, ctypes.sizeof(key), offsets, client_only, size))
+    assert list(got) == expected
+
+
+def test_the_walks_compare_and_swap_moves_only_the_marks_of_lbd_shared_h():
+    """mark_candidates and settle_slots on a table's memory (u32 in 8-byte
+    slots): only the marks change, as the header defines them, and a slot
+    unmarked meanwhile (the program's FIN) stays unsettled."""
+    ids = [1, 2, 0x3FFFFFFF, 7]
+    memory = bytearray(b"".join(i.to_bytes(4, "little") + bytes(4) for i in ids))
+    value = lambda i: int.from_bytes(memory[8 * i:8 * i + 4], "little")  # noqa: E731
+    assert _maglev.mark_candidates(memory, len(ids)) == len(ids)
+    assert [value(i) for i in range(len(ids))] == [i | settle.SLOT_CANDIDATE for i in ids]
+    memory[8 * 3:8 * 3 + 4] = ids[3].to_bytes(4, "little")  # the program clears slot 3
+    assert _maglev.settle_slots(memory, bytes([0, 1, 0, 0])) == 2  # slot 1 blocked
+    assert [value(i) for i in range(len(ids))] == [ids[0] | settle.SLOT_SETTLED, ids[1] | settle.SLOT_CANDIDATE,
+                                                   ids[2] | settle.SLOT_SETTLED, ids[3]]
+    assert settle.SLOT_MARKS == settle.SLOT_SETTLED | settle.SLOT_CANDIDATE
+    assert max(ids) & settle.SLOT_MARKS == 0

@@ -9,12 +9,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from lbd.dataplane import layout
 from lbd.dataplane.maps import IPAddress
 
 if TYPE_CHECKING:  # plans are built by lbd.plan; this layer only reads them
+    from lbd.dataplane.programmer.stored import FirstTable, SecondTable
     from lbd.plan import VipKey, VipPlan
 
 C = layout.constant
@@ -76,15 +75,18 @@ class HoldEvent:
 class AppliedVip:
     """One VIP as the programmer last wrote it: its plan, ids and tables.
     Its plan and tables are never changed in place (a new table is a new
-    array), so a copy of the record may share them."""
+    object; stored tables only drop the slots the kernel holds), so a copy
+    of the record may share them."""
     plan: VipPlan
     vip_id: int
     backend_ids: dict[IPAddress, int]
-    table: np.ndarray | None
+    table: FirstTable | None           # its slots kept only until written (stored.py)
     fingerprint: str
-    second: np.ndarray | None = None   # second choices (second-chance VIPs only)
+    second: SecondTable | None = None  # second choices (second-chance VIPs only)
     second_fingerprint: str = ""
-    second_input: tuple | None = None  # (table input, candidates) the second table is of
+    # a digest of (table input, candidates) the second table is of (second.digest):
+    # compared only, and 32 bytes where the tuples were ~25 MB at 1,000 x 100
+    second_input: bytes | None = None
 
 
 @dataclass

@@ -41,7 +41,9 @@ BENCHMARKS = (
     # the same benchmark with TCP segments of established flows
     Benchmark("datapath_tcp", "datapath", ("--tcp",)),
     Benchmark("sharedmem", "sharedmem"),
-    Benchmark("control", "control"),
+    # beside today's daemon, main before issue #23's control-plane work (6fecec1);
+    # the comparison is skipped when that revision no longer loads
+    Benchmark("control", "control", ("--before", "6fecec1")),
     # beside today's program, the one before a SYN stopped making entries (a7ccca8^: the
     # established path before and after issue #13); skipped when it no longer loads
     Benchmark("xdp_cost", "xdp_cost", ("--before", "a7ccca8^")),

@@ -39,17 +39,18 @@ def digest(applied: AppliedVip, candidates: tuple[maglev.Backend, ...] | None) -
 
 
 def stage(books: Books, key: VipKey, applied: AppliedVip, old: AppliedVip | None,
-          candidates: tuple[maglev.Backend, ...] | None) -> None:
+          candidates: Callable[[], tuple[maglev.Backend, ...]] | None) -> None:
     """Carry the VIP's written second table over, and mark it pending when
     it is not the one its inputs (first table, candidates) make now
-    (candidates: None for a VIP without second chance)."""
+    (candidates: a function giving them, asked only where there is a table
+    to compare with; None for a VIP without second chance)."""
     if not applied.plan.second_chance:
         books.second_pending.pop(key, None)
         return
     if old is not None and old.second is not None:
         applied.second, applied.second_fingerprint = old.second, old.second_fingerprint
         applied.second_input = old.second_input
-    if applied.second_input == digest(applied, candidates):
+    if applied.second_input is not None and applied.second_input == digest(applied, candidates()):
         books.second_pending.pop(key, None)
     else:
         books.second_pending[key] = None

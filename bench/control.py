@@ -18,8 +18,16 @@ daemon process itself (which was being written when this was):
   rss_mb           resident memory of this process after the 1,000 x 100
                    apply (includes bcc/LLVM, as the daemon would)
 
+Second chance at scale (issue 23): bench/control_scale.py, each run a process
+of its own, for 1,000 ipip VIPs with second chance x 100 backends: the cold
+apply (first tables), until every second table is built, resident memory,
+a health change and a reload changing one VIP, as the daemon meets them.
+--before REV runs the same beside git revision REV's lbd (its lbd/ and xdp/
+from git), the two alternating run by run, so both meet the same machine.
+
 Writes bench/results/control.json:
-  {"cold_apply_s": {"<vips>x<backends>": F}, "health_to_map_ms": F, "rss_mb": F, ...}
+  {"cold_apply_s": {"<vips>x<backends>": F}, "health_to_map_ms": F, "rss_mb": F, ...,
+   "second_chance_scale": {"now": {...}, "before": {...}, "goals": {...}}}
 """
 from __future__ import annotations
 
@@ -33,6 +41,11 @@ import time
 from bench.machine import arguments, loadavg, save
 
 GOALS = {"cold_apply_1000x100_s": 5.0, "health_to_map_ms": 50.0}
+# issue 23, at 1,000 ipip VIPs with second chance x 100 backends: (figure, at most)
+SCALE_GOALS = {"first_tables_s": 2.0, "all_s": 20.0, "rss_mb": 250.0, "health_ms": 50.0,
+               "reload_one_ms": 100.0}
+SCALE_SIZE, SCALE_SIZE_QUICK = (1000, 100), (20, 10)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES_FULL = [(10, 10), (10, 100), (100, 10), (100, 100), (1000, 10), (1000, 100)]
 SIZES_QUICK = [(10, 10), (100, 10)]
 
@@ -215,13 +228,101 @@ def breakdown(vips: int = 100, backends: int = 10) -> dict:
     return out
 
 
+def tree_of(rev: str, workdir: str) -> str | None:
+    """git revision `rev`'s lbd/ and xdp/ written to `workdir`, with this
+    tree's compiled Maglev extension (only if the revision's C source is this
+    tree's); None if git cannot give them or the extension differs."""
+    import glob
+    import shutil
+    import subprocess
+
+    archive = subprocess.run(["git", "archive", rev, "lbd", "xdp"], cwd=REPO, capture_output=True)
+    if archive.returncode != 0:
+        return None
+    subprocess.run(["tar", "-x", "-C", workdir], input=archive.stdout, check=True)
+    source = "lbd/dataplane/_maglev.c"
+    with open(os.path.join(REPO, source), "rb") as ours, open(os.path.join(workdir, source), "rb") as theirs:
+        if ours.read() != theirs.read():
+            return None
+    for built in glob.glob(os.path.join(REPO, "lbd/dataplane/_maglev*.so")):
+        shutil.copy(built, os.path.join(workdir, "lbd/dataplane"))
+    return workdir
+
+
+def scale_once(tree: str, vips: int, backends: int, health_runs: int) -> dict:
+    """bench/control_scale.py in a process of its own, importing `tree`'s lbd."""
+    import json
+    import subprocess
+
+    script = os.path.join(REPO, "bench", "control_scale.py")
+    done = subprocess.run([sys.executable, script, "--vips", str(vips), "--backends", str(backends),
+                           "--health-runs", str(health_runs)], cwd=tree, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": tree}, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"control_scale.py in {tree} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def scale(before_rev: str | None, runs: int, quick: bool) -> dict:
+    """Issue 23's control-plane goals, today's lbd beside `before_rev`'s,
+    alternating run by run (the first program alternates too)."""
+    import tempfile
+
+    vips, backends = SCALE_SIZE_QUICK if quick else SCALE_SIZE
+    health_runs = 2 if quick else 5
+    with tempfile.TemporaryDirectory(prefix="lbd-ctl-") as work:
+        trees = {"now": REPO}
+        if before_rev:
+            before = tree_of(before_rev, work)
+            if before is not None:
+                trees["before"] = before
+        got: dict[str, list[dict]] = {name: [] for name in trees}
+        for r in range(runs):
+            order = list(trees) if r % 2 == 0 else list(reversed(trees))
+            for name in order:
+                got[name].append(scale_once(trees[name], vips, backends, health_runs))
+                print(f"scale {name} run {r}: {got[name][-1]}", flush=True)
+    out: dict = {"config": f"{vips}x{backends} ipip, second chance", "runs": runs,
+                 "what": "bench/control_scale.py: one process per program and run, alternating"}
+    for name, results in got.items():
+        medians = {k: round(statistics.median(r[k] for r in results), 3) for k in SCALE_GOALS}
+        medians["spread"] = {k: [min(r[k] for r in results), max(r[k] for r in results)] for k in SCALE_GOALS}
+        medians["rss_loaded_mb"] = statistics.median(r["rss_loaded_mb"] for r in results)
+        medians["runs"] = results
+        out[name] = medians
+    if before_rev:
+        out["before_rev"] = before_rev
+        out["before_loaded"] = "before" in got
+    out["goals"] = {k: {"goal": g, "value": out["now"][k], "met": out["now"][k] <= g}
+                    for k, g in SCALE_GOALS.items()}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = arguments(__doc__, "control", "small sizes, one run: checks it runs").parse_args(argv)
+    parser = arguments(__doc__, "control", "small sizes, one run: checks it runs")
+    parser.add_argument("--before", metavar="REV",
+                        help="also measure git revision REV's lbd at scale with second chance, "
+                             "beside today's (e.g. 1503dc4, main before issue 23)")
+    parser.add_argument("--scale-only", action="store_true",
+                        help="only the second-chance scale measurement (merged into --out's JSON)")
+    parser.add_argument("--scale-runs", type=int, default=None,
+                        help="runs of the second-chance scale measurement per program (default 3, quick 1)")
+    args = parser.parse_args(argv)
     load_start = loadavg()
+    scale_runs = args.scale_runs if args.scale_runs is not None else (1 if args.quick else 3)
+    if args.scale_only:
+        import json
+
+        result = json.loads(open(args.out).read()) if os.path.exists(args.out) else {}
+        result["second_chance_scale"] = scale(args.before, scale_runs, args.quick)
+        save(result, args, result.get("cold_start", {}).get("xdp_mode", "n/a"), load_start)
+        return 0
     if args.quick:
         result = measure(SIZES_QUICK, runs=1, health_runs=3)
     else:
         result = measure(SIZES_FULL, runs=3, health_runs=15)
+    if scale_runs:  # --scale-runs 0: the rest only
+        result["second_chance_scale"] = scale(args.before, scale_runs, args.quick)
     result["breakdown"] = breakdown(20 if args.quick else 100, 10)
     result["method"] = ("lbd.dataplane.programmer.Programmer on a loaded lbd.dataplane.maps.Datapath, "
                         "median of runs; the daemon calls this layer")

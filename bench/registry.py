@@ -41,10 +41,13 @@ BENCHMARKS = (
     # the same benchmark with TCP segments of established flows
     Benchmark("datapath_tcp", "datapath", ("--tcp",)),
     Benchmark("sharedmem", "sharedmem"),
-    Benchmark("control", "control"),
-    # beside today's program, the one before the encapsulation was made leaner (6fecec1,
-    # issue #23), and today's with encapsulation cut to its helper call alone (what
-    # an ipip packet cannot do without); each skipped once it no longer loads or applies
+    # beside today's daemon, main before issue #23's control-plane work (6fecec1);
+    # the comparison is skipped when that revision no longer loads
+    Benchmark("control", "control", ("--before", "6fecec1")),
+    # beside today's program, the one before issue #23 (6fecec1: before settled slots and
+    # the leaner encapsulation), and today's with encapsulation cut to its helper call
+    # alone (what an ipip packet cannot do without); each skipped once it no longer loads
+    # or applies
     Benchmark("xdp_cost", "xdp_cost", ("--before", "6fecec1",
                                        "--patch", "bench/notes/ipip_adjust_head_only.patch")),
     Benchmark("decap_cost", "decap_cost"),

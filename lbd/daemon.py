@@ -50,10 +50,14 @@ log = logging.getLogger("lbd")
 NEIGHBOUR_REFRESH_S = 30.0
 EXPIRE_EVERY_S = 5.0  # holds are ended at their time, and looked at at least this often
 # Second tables cost one Maglev build per backend (0.13 s for 100 backends;
-# 1,000 such VIPs take about two minutes): an apply spends at most this on
-# them, and the rest are built in the background, this long at a time under
-# the apply lock, so start-up, reloads and health changes wait for none.
-SECOND_BUDGET_S = 1.0
+# VIPs of the same backends share one: lbd.dataplane.programmer): an apply
+# spends this on them (none: a health change or a reload must not wait a
+# build's 0.1-0.8 s, bench/control.py's second_chance_scale), and they are
+# built in the background right after, this long at a time under the apply
+# lock, so start-up, reloads and health changes wait for none. Meanwhile a
+# changed VIP names the backend a moved slot had, which is the rule's answer
+# for one backend down, drained, removed or added (docs/second-chance.md).
+SECOND_BUDGET_S = 0.0
 SECOND_CHUNK_S = 0.5
 
 

@@ -10,8 +10,28 @@ COLD_APPLY_GOAL_S, COLD_APPLY_GOAL_AT = 5.0, "1000x100"
 HEALTH_GOAL_MS = 50
 
 
-def summary_rows(ctl: dict, bench) -> list[list[str]]:
+# issue 23 at 1,000 ipip VIPs with second chance x 100 backends: figure -> (what, unit)
+SCALE = {"first_tables_s": ("cold apply, first tables", "s"),
+         "all_s": ("cold apply until every second table is built", "s"),
+         "rss_mb": ("resident memory after it", "MB"),
+         "health_ms": ("health change → maps", "ms"),
+         "reload_one_ms": ("reload changing one VIP", "ms")}
+
+
+def _scale_rows(sc: dict, bench) -> list[list[str]]:
     rows = []
+    for key, (what, unit) in SCALE.items():
+        goal = sc["goals"][key]
+        before = sc.get("before", {}).get(key)
+        was = f" (before {fmt(before, 2)} {unit})" if before is not None else ""
+        rows.append([bench.name, f"second chance {sc['config'].split()[0]}: {what}",
+                     f"{fmt(sc['now'][key], 2)} {unit}{was}", f"<= {goal['goal']:g} {unit}",
+                     verdict(goal["met"])])
+    return rows
+
+
+def summary_rows(ctl: dict, bench) -> list[list[str]]:
+    rows = _scale_rows(ctl["second_chance_scale"], bench) if "second_chance_scale" in ctl else []
     for size, s in ctl["cold_apply_s"].items():
         goal, met = ((f"<= {COLD_APPLY_GOAL_S:g} s", s <= COLD_APPLY_GOAL_S)
                      if size == COLD_APPLY_GOAL_AT else ("–", None))
@@ -29,6 +49,13 @@ def summary_rows(ctl: dict, bench) -> list[list[str]]:
 
 def misses(ctl: dict, bench, said: set[str]) -> list[str]:
     out = []
+    sc = ctl.get("second_chance_scale")
+    for key, goal in (sc or {}).get("goals", {}).items():
+        if not goal["met"]:
+            what, unit = SCALE[key]
+            out.append(f"- control: at {sc['config']}, {what} "
+                       f"{fmt(goal['value'], 2)} {unit} against {goal['goal']:g} {unit}. "
+                       + notes.say("control", f"why {key}", {**ctl, "sc": sc}))
     s = ctl["cold_apply_s"].get(COLD_APPLY_GOAL_AT)
     bd = ctl.get("breakdown", {})
     steps = ", ".join(f"{k} {fmt(v, 2)} ms" for k, v in
@@ -80,4 +107,20 @@ def section(ctl: dict, bench, rel: str) -> list[str]:
             f"with {ctl['rss_config']} applied, bcc/LLVM included. Cold start "
             f"({ctl['cold_start']['what']}): {fmt(ctl['cold_start']['s'], 2)} s; parts: "
             + ", ".join(f"{k} {v} s" for k, v in ctl["cold_start"]["parts_median_s"].items())
-            + ". " + notes.say("control", "cold start", ctl), ""]
+            + ". " + notes.say("control", "cold start", ctl), ""] + _scale_section(ctl)
+
+
+def _scale_section(ctl: dict) -> list[str]:
+    sc = ctl.get("second_chance_scale")
+    if not sc:
+        return []
+    names = [n for n in ("before", "now") if n in sc]
+    header = ["at " + sc["config"]] + [
+        f"before ({sc.get('before_rev', '')})" if n == "before" else "today" for n in names] + ["goal"]
+    rows = []
+    for key, (what, unit) in SCALE.items():
+        rows.append([what] + [f"{fmt(sc[n][key], 2)} {unit} ({spread(sc[n]['spread'][key], 2)})"
+                              for n in names] + [f"<= {sc['goals'][key]['goal']:g} {unit}"])
+    return ["### Second chance at scale", "", f"{sc['what']}; runs per program: {sc['runs']} "
+            "(median, spread). " + notes.say("control", "second chance at scale", {**ctl, "sc": sc}), "",
+            table(header, rows), ""]

@@ -112,11 +112,21 @@ def update_batch_u32(fd: int, pairs: list[tuple[int, int]]) -> None:
     call (so no program still uses an old inner map), once per batch here."""
     keys = (ctypes.c_uint32 * len(pairs))(*(k for k, _ in pairs))
     values = (ctypes.c_uint32 * len(pairs))(*(v for _, v in pairs))
+    update_batch(fd, keys, values, len(pairs))
+
+
+def update_batch(fd: int, keys, values, count: int) -> None:
+    """Write `count` entries in one BPF_MAP_UPDATE_BATCH (keys, values: ctypes
+    arrays or buffers of `count` keys and values of the map's sizes): one
+    syscall where a loop of updates takes one each (a cold apply of 1,000
+    VIPs x 100 backends writes 100,000 backend entries)."""
+    key_size, value_size = ctypes.sizeof(keys) // max(count, 1), ctypes.sizeof(values) // max(count, 1)
     done = 0
-    while done < len(pairs):
-        n = ctypes.c_uint32(len(pairs) - done)
-        _check(_libbpf.bpf_map_update_batch(fd, ctypes.addressof(keys) + 4 * done,
-                                            ctypes.addressof(values) + 4 * done, ctypes.byref(n), None),
+    while done < count:
+        n = ctypes.c_uint32(count - done)
+        _check(_libbpf.bpf_map_update_batch(fd, ctypes.addressof(keys) + key_size * done,
+                                            ctypes.addressof(values) + value_size * done,
+                                            ctypes.byref(n), None),
                "BPF_MAP_UPDATE_BATCH")
         done += n.value
 

@@ -9,7 +9,9 @@ same Programmer on the real maps (tests/bpf/test_second_choice_programmer.py).
 """
 from __future__ import annotations
 
+import array
 from types import SimpleNamespace
+from typing import Iterable
 
 import numpy as np
 
@@ -69,6 +71,10 @@ class FakeMaps:
             generation=entry.generation, vip_id=entry.vip_id, vip_flags=entry.vip_flags,
             ifindex=entry.ifindex, second_until=entry.second_until, address=entry.address)
 
+    def set_backends(self, entries: dict[int, BackendEntry]) -> None:
+        for backend_id, entry in entries.items():
+            self.set_backend(backend_id, entry)
+
     def set_second_until(self, backend_id: int, value: int) -> None:
         self.entries[backend_id].second_until = value
 
@@ -87,14 +93,17 @@ class FakeMaps:
     def clear_second_ring(self, vip_id: int) -> None:
         self.second_rings.pop(vip_id, None)
 
-    def clear_vip_counters(self, vip_id: int) -> None:
+    def read_second_ring(self, vip_id: int) -> array.array | None:
+        """As Datapath's: the programmer reads written second tables back."""
+        table = self.second_rings.get(vip_id)
+        return None if table is None else array.array("I", table.tobytes())
+
+    def second_ring_slot(self, vip_id: int, slot: int) -> int:
+        table = self.second_rings.get(vip_id)
+        return 0 if table is None else int(table[slot])
+
+    def clear_counters(self, vip_ids: Iterable[int], backend_ids: Iterable[int]) -> None:
         pass  # no counters here
-
-    def clear_backend_counters(self, backend_id: int) -> None:
-        pass
-
-    def clear_quic_routed(self, backend_id: int) -> None:
-        pass
 
     def set_quic_config(self, vip_id: int, config_id: int, server_id_len: int, cid_len: int) -> None:
         self.quic_configs[vip_id] = (config_id, server_id_len, cid_len)

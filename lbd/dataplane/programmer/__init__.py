@@ -42,8 +42,14 @@ previous plans are written again, every entry and table of them.
 The package, by job: state (records, results, the Books: all bookkeeping in
 one place, copied whole to undo a failed apply), ids (ids, generations,
 adopt), holds (pure), second (the second-table queue, budget and interim
-tables), tables (pure table math), addrs (address entries and prefilter),
-preview (pure). This module keeps the order of the writes.
+tables), tables (pure table math), stored (written tables kept as what makes
+them, not as their slots), addrs (address entries and prefilter), preview
+(pure). This module keeps the order of the writes.
+
+Memory and pauses at 1,000 VIPs x 100 backends (bench/control.py's
+second_chance_scale): the cycle collector waits until an apply is done
+(lbd.dataplane.heap), and the heap the tables' slots freed is given back
+after an apply or a background pass that wrote GIVE_BACK_AFTER_TABLES or more.
 
 Length (over 450 lines, on purpose): the order of the writes (_apply) and
 its undo (_restore) stay together in this one module: it is the order every
@@ -56,6 +62,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable
 
+from lbd.dataplane import heap
 from lbd.dataplane.maps import BackendEntry, IPAddress, MapWriter
 # by full name: a module of the package does not import the package itself
 import lbd.dataplane.programmer.addrs as addrs
@@ -63,6 +70,7 @@ import lbd.dataplane.programmer.holds as holds
 import lbd.dataplane.programmer.ids as ids
 import lbd.dataplane.programmer.quic as quic
 import lbd.dataplane.programmer.second as second
+import lbd.dataplane.programmer.stored as stored
 import lbd.dataplane.programmer.tables as tables
 from lbd.dataplane.programmer.preview import preview as _preview
 from lbd.dataplane.programmer.state import (  # noqa: F401  (re-exported: the package's names)
@@ -73,6 +81,10 @@ if TYPE_CHECKING:  # plans are built by lbd.plan; this layer only reads them
     from lbd.plan import VipKey, VipPlan
 
 log = logging.getLogger("lbd.dataplane.programmer")
+# an apply or background pass that wrote this many tables gives their freed
+# memory back (malloc_trim walks the whole heap: 5-40 ms, more than a health
+# change's own work, so not after every apply)
+GIVE_BACK_AFTER_TABLES = 32
 
 
 class Programmer:
@@ -95,6 +107,9 @@ class Programmer:
         # written for: when they are unchanged (a health change), neither is
         # recomputed, which at 1,000 VIPs is most of a health change's cost
         self._vip_shape: frozenset | None = None
+        self._tables_written = 0  # by the last apply
+        # second tables by pool (second.build), the last few built: a cache, not books
+        self._second_by_pool: dict[tuple, tuple] = {}
 
     def now(self) -> int:
         return int(self.clock())
@@ -162,17 +177,27 @@ class Programmer:
         books = self.books
         left = second.budget_left(budget_s)
         built: dict[VipKey, AppliedVip] = {}
-        for key in list(books.second_pending):
+        # VIPs of the same backends one after the other: they share one build
+        for key in sorted(books.second_pending, key=lambda k: hash(books.applied[k].plan.table_input())):
             if not left():
                 break
             built[key] = dataclasses.replace(books.applied[key])
-            second.build(built[key], self._candidates(key, built[key], books.until), self.limits.ring_size)
-        self.dp.write_second_rings({a.vip_id: a.second for a in built.values()})
+            self._build_second(key, built[key], books.until)
+        self.dp.write_second_rings({a.vip_id: a.second.slots() for a in built.values()})
+        for applied in built.values():
+            applied.second.written()
         books.applied.update(built)
         for key, applied in built.items():
             del books.second_pending[key]
             self.dp.set_vip(key[0], key[1], key[2], applied.vip_id, self._vip_flags(key, applied))
+        # once a pass is large, and once the queue is done (the daemon then idles)
+        if len(built) >= GIVE_BACK_AFTER_TABLES or (built and not books.second_pending):
+            heap.give_back()
         return len(books.second_pending)
+
+    def _build_second(self, key: VipKey, applied: AppliedVip, untils: dict[int, int]) -> None:
+        second.build(applied, self._candidates(key, applied, untils), self.limits.ring_size,
+                     self.dp, self._second_by_pool)
 
     def _vip_flags(self, key: VipKey, applied: AppliedVip) -> int:
         """The VIP entry's flags: the plan's, and PENDING while its second
@@ -189,14 +214,20 @@ class Programmer:
         """Make the datapath hold exactly `plans`."""
         self._check_capacity(plans)
         previous = [a.plan for a in self.books.applied.values()]
-        saved, events = self.books.copy(), len(self._events)
-        try:
-            return self._apply(plans)
-        except Exception as err:
-            log.error("apply_failed error=%s action=restoring_previous", err)
-            del self._events[events:]  # holds of an apply that did not happen
-            self._restore(saved, previous)
-            raise ApplyError(f"writing the maps failed: {err}") from err
+        self._tables_written = 0
+        with heap.collector_paused():
+            saved, events = self.books.copy(), len(self._events)
+            try:
+                results = self._apply(plans)
+            except Exception as err:
+                log.error("apply_failed error=%s action=restoring_previous", err)
+                del self._events[events:]  # holds of an apply that did not happen
+                self._restore(saved, previous)
+                raise ApplyError(f"writing the maps failed: {err}") from err
+        del saved, previous
+        if self._tables_written >= GIVE_BACK_AFTER_TABLES:
+            heap.give_back()  # the tables' slots and the books' copy, freed now
+        return results
 
     def _restore(self, saved: Books, previous: list[VipPlan]) -> None:
         """After a failed write: the books as before, then every entry and
@@ -205,6 +236,12 @@ class Programmer:
         vip_ids_tried, backend_ids_tried = dict(self.books.vip_ids), set(self.books.backend_ids.values())
         self.books = saved
         self._vip_shape = None  # what the failed apply wrote is unknown: rewrite all
+        # a written second table is read back from the kernel (stored.py), where
+        # the failed apply may have written its own: build every one again
+        for key, applied in saved.applied.items():
+            if applied.plan.second_chance:
+                applied.second = None
+                saved.second_pending[key] = None
         try:
             for key, vip_id in vip_ids_tried.items():
                 if key not in saved.vip_ids:
@@ -231,6 +268,7 @@ class Programmer:
 
         # Build everything first: ids, holds, tables, fingerprints.
         staged: dict[VipKey, AppliedVip] = {}
+        by_pool: dict = {}  # VIPs of the same backends share their first table's build
         for key, plan in wanted.items():
             old = books.applied.get(key)
             if old and old.plan is not plan and old.plan == plan:
@@ -245,63 +283,69 @@ class Programmer:
                 vip_id = books.free_vip_ids.pop()
                 fresh_vip_ids.add(vip_id)
             books.vip_ids[key] = vip_id
-            backend_ids = {b.address: ids.backend_id(books, self.dp, key, b.address, fresh_ids)
-                           for b in plan.backends}
-            for b in plan.backends:
-                untils[backend_ids[b.address]] = self._next_until(backend_ids[b.address], b.state, plan)
+            # ids in the plan's order, so that what follows walks them beside the
+            # plan's backends (an address lookup hashes it: 15 per backend cost
+            # a third of a cold apply at 1,000 x 100)
+            id_list = [ids.backend_id(books, self.dp, key, b.address, fresh_ids) for b in plan.backends]
+            backend_ids = dict(zip([b.address for b in plan.backends], id_list))
+            now = self.clock()
+            for b, backend_id in zip(plan.backends, id_list):
+                untils[backend_id] = holds.next_until(books.until.get(backend_id, NO_HOLD), b.state, plan, now)
             self._stage_removed(key, plan, backend_ids, old, to_hold, to_release)
             if old and old.plan.table_input() == plan.table_input() and old.table is not None:
                 table = old.table
                 fingerprint = old.fingerprint
             else:
-                table = tables.build_table(plan, backend_ids, self.limits.ring_size)
-                fingerprint = tables.canonical_fingerprint(
-                    table, {backend_ids[b.address]: b.address for b in plan.backends if b.in_table})
+                table, fingerprint = stored.first(plan, backend_ids, id_list, self.limits.ring_size, by_pool)
             staged[key] = AppliedVip(plan, vip_id, backend_ids, table, fingerprint)
             second.stage(books, key, staged[key], old,
-                         self._candidates(key, staged[key], untils) if plan.second_chance else None)
+                         (lambda key=key: self._candidates(key, staged[key], untils))
+                         if plan.second_chance else None)
         # the second tables now pending: those of the VIPs staged here first,
         # within the time budget (the daemon builds the rest in the background)
-        left, now_untils = second.budget_left(self.second_budget_s), {**books.until, **untils}
+        left, now_untils = second.budget_left(self.second_budget_s), None
         for key in [k for k in books.second_pending if k in staged]:
             if not left():
                 break
-            second.build(staged[key], self._candidates(key, staged[key], now_untils), self.limits.ring_size)
+            if now_untils is None:  # a copy of 100,000 entries: only when a table is built
+                now_untils = {**books.until, **untils}
+            self._build_second(key, staged[key], now_untils)
             del books.second_pending[key]
         # the rest, until built: their moved slots name the backend they had
         for key in [k for k in books.second_pending if k in staged]:
             old, applied = books.applied.get(key), staged[key]
             if old is not None and old.table is not None and applied.second is not None \
                     and applied.table is not old.table:
-                applied.second = second.interim(old.table, applied.table, applied.second)
+                applied.second = stored.SecondTable(second.interim(old.table, applied.table, applied.second),
+                                                    self.limits.ring_size, self.dp, applied.vip_id)
 
         # 0. an id taken anew starts its counters at zero: a VIP or backend
         # must not inherit the packets of the one that had the id before
         # (Prometheus would see its counter jump); adopted ids keep theirs
-        for vip_id in fresh_vip_ids:
-            self.dp.clear_vip_counters(vip_id)
-        for backend_id in fresh_ids:
-            self.dp.clear_backend_counters(backend_id)
-            self.dp.clear_quic_routed(backend_id)
+        self.dp.clear_counters(fresh_vip_ids, fresh_ids)
         # 1. backend entries of new and changed VIPs (only the backends that
-        # changed; all of a VIP's when its flags changed: each entry holds them)
+        # changed; all of a VIP's when its flags changed: each entry holds
+        # them), in one batched write
+        entries: dict[int, BackendEntry] = {}
         for key, applied in staged.items():
             old = books.applied.get(key)
             before = ({b.address: (b, old.backend_ids[b.address], books.until.get(old.backend_ids[b.address]))
                        for b in old.plan.backends}
                       if old and old.plan.flags == applied.plan.flags and not rewrite else {})
-            for b in applied.plan.backends:
-                backend_id = applied.backend_ids[b.address]
+            flags = applied.plan.flags
+            # backend_ids: in the plan's order (made so above)
+            for b, backend_id in zip(applied.plan.backends, applied.backend_ids.values()):
                 until = untils[backend_id]
                 if before.get(b.address) == (b, backend_id, until):
                     continue
                 self._note_hold(applied.plan.name, b.address, backend_id, until, "down")
-                self.dp.set_backend(backend_id, BackendEntry(
+                entries[backend_id] = BackendEntry(
                     vip_id=applied.vip_id, address=b.address, state=b.state,
                     generation=books.generations[backend_id], dst_mac=b.dst_mac,
-                    src_mac=b.src_mac, ifindex=b.ifindex, vip_flags=applied.plan.flags,
-                    second_until=until))
+                    src_mac=b.src_mac, ifindex=b.ifindex, vip_flags=flags,
+                    second_until=until)
                 books.until[backend_id] = until
+        self.dp.set_backends(entries)
         # 1b. QUIC VIPs: their CID format and server IDs, which name the
         # backend entries written just above (xdp/quic.h)
         for key, applied in staged.items():
@@ -324,11 +368,11 @@ class Programmer:
                 old = books.applied.get(key)
                 self.dp.set_vip(key[0], key[1], key[2], applied.vip_id,
                                 (old or applied).plan.flags | PENDING)
-        self.dp.write_rings({applied.vip_id: applied.table for applied in changed.values()})
-        self.dp.write_second_rings({
-            applied.vip_id: applied.second for key, applied in staged.items()
-            if applied.second is not None and (rewrite or key not in books.applied
-                                               or books.applied[key].second is not applied.second)})
+        self.dp.write_rings({applied.vip_id: applied.table.slots() for applied in changed.values()})
+        seconds = {key: applied.second for key, applied in staged.items()
+                   if applied.second is not None and (rewrite or key not in books.applied
+                                                      or books.applied[key].second is not applied.second)}
+        self.dp.write_second_rings({staged[key].vip_id: table.slots() for key, table in seconds.items()})
         # 3. VIP entries and the address entries derived from them, behind
         # prefilter bits for every wanted address (old ones stay set for now)
         shape = frozenset((key, plan.flags) for key, plan in wanted.items())
@@ -397,6 +441,12 @@ class Programmer:
             addrs.write_prefilter(books, self.dp, wanted_bits, exact=True)
             addrs.write_prefilter(books, self.dp, quic_bits, exact=True, quic=True)
             self._vip_shape = shape
+        # the kernel holds the tables now: their slots need not stay here
+        self._tables_written = len(changed) + len(seconds)
+        for applied in changed.values():
+            applied.table.written()
+        for table in seconds.values():
+            table.written()
         return results
 
     def _remove_adopted_vip(self, key: VipKey) -> None:

@@ -1,7 +1,15 @@
 """Maglev tables as the Programmer compares them (pure): a plan's table by
 backend id or by address rank, its host-independent fingerprint, and what
 changed between two tables (moved slots, the share of them a second table
-still finds, backends that joined). Used by apply and by preview alike."""
+still finds, backends that joined). Used by apply and by preview alike.
+
+Tables by pool: Maglev stores ids but places by address and weight only, so
+VIPs whose in-table backends have the same addresses and weights (a service
+on several ports, or on an IPv4 and an IPv6 VIP) have the same table up to
+the ids it stores. Built once with each backend's rank (its place by
+address) as its id (`rank_first`), a table is given to each such VIP by
+swapping ranks for its ids (`by_ids`); the rank table is also the canonical
+form the fingerprints hash (`rank_fingerprint`)."""
 from __future__ import annotations
 
 import array
@@ -25,6 +33,28 @@ def build_table(plan: VipPlan, number: dict[IPAddress, int], ring_size: int) -> 
     return np.frombuffer(maglev.build_table(entries, ring_size), dtype=np.uint32)
 
 
+def rank_first(table_input: tuple, ring_size: int) -> np.ndarray:
+    """The Maglev table of a plan's table_input() ((packed address, weight),
+    sorted by address), each backend stored as its rank there (1, 2, ...)."""
+    entries = [maglev.Backend(packed, weight, rank) for rank, (packed, weight) in enumerate(table_input, start=1)]
+    return np.frombuffer(maglev.build_table(entries, ring_size), dtype=np.uint32)
+
+
+def by_ids(rank_table: np.ndarray, ids_by_rank) -> np.ndarray:
+    """A rank table with each rank r swapped for ids_by_rank[r - 1] (0 stays 0)."""
+    lut = np.zeros(len(ids_by_rank) + 1, dtype=np.uint32)
+    lut[1:] = ids_by_rank
+    return np.take(lut, rank_table)
+
+
+def rank_fingerprint(rank_table: np.ndarray) -> str:
+    """maglev.fingerprint of a rank table: the same as canonical_fingerprint
+    of the table it gives by ids."""
+    canonical = array.array("I")
+    canonical.frombytes(np.ascontiguousarray(rank_table, dtype=np.uint32).tobytes())
+    return maglev.fingerprint(canonical)
+
+
 def canonical_fingerprint(table: np.ndarray, id_to_address: dict[int, IPAddress]) -> str:
     """Fingerprint of slot -> backend *address*: equal on every host with the
     same config, whatever ids each host happened to allocate."""
@@ -38,17 +68,19 @@ def canonical_fingerprint(table: np.ndarray, id_to_address: dict[int, IPAddress]
     return maglev.fingerprint(canonical)
 
 
-def moved(old: np.ndarray | None, new: np.ndarray) -> float:
-    """The share of slots whose backend changed (all of them: no old table)."""
+def moved(old, new) -> float:
+    """The share of slots whose backend changed (all of them: no old table).
+    Tables: arrays, or anything np.asarray takes (stored tables)."""
     if old is None or len(old) != len(new):
         return 1.0
-    return float(np.count_nonzero(old != new)) / len(new)
+    return float(np.count_nonzero(np.asarray(old) != np.asarray(new))) / len(new)
 
 
 def found(before: np.ndarray, after: np.ndarray, second: np.ndarray | None) -> float | None:
     """Of the slots that moved from `before` to `after`, the share whose
     second choice is the backend they had; None if none moved (or no second)."""
-    moved = np.asarray(before) != np.asarray(after)
+    before, after = np.asarray(before), np.asarray(after)
+    moved = before != after
     if second is None or len(before) != len(after) or not moved.any():
         return None
     return float(np.count_nonzero(moved & (np.asarray(second) == before))) / float(np.count_nonzero(moved))

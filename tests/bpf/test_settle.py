@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import array
 import ctypes
+import dataclasses
 import ipaddress
 
 import pytest
@@ -48,8 +49,7 @@ def _flow(port: int) -> fk.Flow:
 
 
 def _with_state(members, address, state):
-    return tuple(b if str(b.address) != address else b.__class__(**{**b.__dict__, "state": state})
-                 for b in members)
+    return tuple(b if str(b.address) != address else dataclasses.replace(b, state=state) for b in members)
 
 
 def test_every_slot_of_a_vip_without_entries_settles_and_its_syns_skip_the_lookup(lb):

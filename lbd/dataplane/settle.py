@@ -66,6 +66,7 @@ SLOT_UNSETTLED = 0
 SLOT_CANDIDATE = layout.constant("LBD_SLOT_CANDIDATE")
 SLOT_SETTLED = layout.constant("LBD_SLOT_SETTLED")
 SLOT_MARKS = layout.constant("LBD_SLOT_MARKS")
+SLOT_BACKEND = layout.constant("LBD_SLOT_BACKEND")  # a slot without its marks
 TCP = 6
 
 
@@ -107,7 +108,7 @@ def _read_table(map_id: int, size: int) -> np.ndarray:
     array), without marks."""
     def copy(memory):
         values = np.frombuffer(memory, dtype=np.uint32, count=2 * size)
-        table = values[0::2] & np.uint32(~SLOT_MARKS & 0xFFFFFFFF)
+        table = values[0::2] & np.uint32(SLOT_BACKEND)
         del values  # the mapping cannot close while a view holds it
         return table
     return _with_memory(map_id, 4, size, copy)
@@ -127,7 +128,7 @@ def clear(datapath, vip_ids) -> None:
 def _unmark(memory, size: int) -> None:
     values = np.frombuffer(memory, dtype=np.uint32, count=2 * size)[0::2]
     marked = np.flatnonzero(values & np.uint32(SLOT_MARKS))
-    values[marked] &= np.uint32(~SLOT_MARKS & 0xFFFFFFFF)  # each a 4-byte store of the slot's own value
+    values[marked] &= np.uint32(SLOT_BACKEND)  # each a 4-byte store of the slot's own value
     del values
 
 

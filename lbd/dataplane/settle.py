@@ -18,8 +18,7 @@ the entry's own state would differ (the stamp a followed SYN writes, which
 no rule of a settled slot reads). An entry its client ended would be removed
 by a SYN, so that the new connection's entry starts unmarked: the walk
 removes such an entry itself once it agrees and has been silent for
-CLOSED_AFTER_S (its close's last ACK has come), and until then the slot
-stays unsettled.
+ENDED_KEPT_S, and until then the slot stays unsettled.
 
 Who unsettles: a new table comes without marks; the daemon clears a VIP's
 marks before it swaps in its new second table (lbd/dataplane/maps.py, under
@@ -52,11 +51,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from lbd.dataplane import _maglev, bpfsys, layout
-from lbd.dataplane.flowtable import CLOSED_AFTER_S
 
 # The daemon walks after each table sample (every 10 s), but never more often
 # than once per CPU_SHARE_INVERSE times the last walk's duration.
 CPU_SHARE_INVERSE = 10
+# An entry its client ended stays this long after its last packet before the
+# walk removes it (it agrees with the table, so its flow's next packet, if
+# any, would make the same entry): its close's last ACKs have long come, and
+# `lbctl explain` still shows a connection that just closed. Shorter settles
+# the slots of busy VIPs sooner (a slot with a recent close stays unsettled).
+ENDED_KEPT_S = 60
 ACTIVE = layout.constant("LBD_BACKEND_ACTIVE")
 CLIENT_CLOSED = layout.constant("LBD_FLOW_CLIENT_CLOSED")
 PROVISIONAL = layout.constant("LBD_FLOW_SECOND_PROVISIONAL")
@@ -255,7 +259,7 @@ def settle(datapath) -> SettleResult:
     client_only = np.array([j.client_only for j in judged] + [False], dtype=np.uint8)[owner]
     slots = np.frombuffer(_maglev.flow_slots(raw_keys, key_size, offsets, client_only.tobytes(), size),
                           dtype=np.uint32)
-    closed_for = int(CLOSED_AFTER_S * datapath.hz)
+    closed_for = int(ENDED_KEPT_S * datapath.hz)
     blocked_by_vip, removable = [], []
     for index, vip in enumerate(judged):
         mine = np.flatnonzero(owner == index)

@@ -156,7 +156,7 @@ EXPLAIN_EFFECTS = {KEEP: {KEPT}, NO_ENTRY: {NONE_MADE, REMOVED}, PLACE: {MADE, R
                    UNSAID: {LEFT, NONE_MADE}, LEAVE: {LEFT, NONE_MADE}}
 # docs/design.md "What a SYN looks up": an entry its client ended is removed by
 # the settle walk once it agrees and has been silent this long
-ENDED_REMOVED_AFTER_S = 2
+ENDED_REMOVED_AFTER_S = 60
 
 
 @dataclass

@@ -130,7 +130,7 @@ def test_ended_entries_that_agree_are_removed_once_silent_and_their_slots_settle
     for port in (ended, recent):
         _send(lb, port, "A")
         _send(lb, port, "FA")
-    fk.silence(lb.dp, _flow(ended), 5)  # its close's last ACK came long ago
+    fk.silence(lb.dp, _flow(ended), 90)  # docs/design.md: removed after 60 s of silence
     result = settle.settle(lb.dp)
     assert result.removed == 1
     assert fk.entry(lb.dp, _flow(ended)) is None and fk.entry(lb.dp, _flow(recent)) is not None

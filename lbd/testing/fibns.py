@@ -16,6 +16,8 @@ from typing import Iterator
 
 from pyroute2 import netns
 
+from lbd.testing.netns import remove_stale
+
 IFNAME = "lbd0"
 MAC = "02:00:00:00:01:01"
 V4, V6 = "198.18.1.1", "fd00:1::1"
@@ -36,6 +38,9 @@ def fib_namespace(name: str | None = None, enter: bool = True) -> Iterator[int]:
     def ip(*args: str) -> None:
         subprocess.run(["ip", "-n", name, *args], check=True, capture_output=True)
 
+    # a run killed before its cleanup (SIGKILL, a CI timeout) leaves its
+    # namespace behind: remove those of runs that are gone
+    remove_stale()
     subprocess.run(["ip", "netns", "del", name], capture_output=True)
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:

@@ -91,14 +91,16 @@ def remove_netns(ns: str) -> None:
 
 
 def lab_namespaces(base: str = BASE_PREFIX) -> dict[str, int]:
-    """Namespaces of labs with this base prefix, with the pid of the run that made them."""
-    pattern = re.compile(rf"^{re.escape(base)}(\d+)-\d+-")
+    """Namespaces of test runs with this base prefix, with the pid of the run
+    that made them: a lab's (`lbdt4242-0-router`) and a single namespace's
+    (`lbdt-bpf-4242`, `lbdt-fib-4242`: fibns)."""
+    pattern = re.compile(rf"^{re.escape(base)}(?:(\d+)-\d+-|-[a-z]+-(\d+)$)")
     found = {}
     with contextlib.suppress(FileNotFoundError):
         for name in os.listdir(NETNS_DIR):
             match = pattern.match(name)
             if match:
-                found[name] = int(match.group(1))
+                found[name] = int(match.group(1) or match.group(2))
     return found
 
 
